@@ -1,0 +1,28 @@
+//! "Did you mean …?" for misspelt keys, stages, kinds and references.
+
+/// The candidate closest to `word`, if it is close enough to be a likely typo.
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Help text for an unknown name.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    nearest(word, candidates).map(|n| format!("did you mean `{n}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_words_only() {
+        assert_eq!(nearest("scroes", ["scores", "pairs"]), Some("scores"));
+        assert_eq!(nearest("kindd", ["kind", "needs"]), Some("kind"));
+        assert_eq!(nearest("zzzzzz", ["kind", "needs"]), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! Runs a plan: stale instances in dependency order, independent ones concurrently.
+//! A failing instance skips its dependents; everything else still runs.
+
+mod progress;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use petgraph::Direction;
+use petgraph::graph::NodeIndex;
+
+use crate::plan::{Instance, Plan, key_of};
+use crate::stages::{Input, RunContext, StageError};
+use crate::store::{InstanceReport, InstanceStatus, Label, LockMode, OutputRef, RunRecord, StageRecord, StatCache, Store, StoreError, now_ms};
+
+pub use progress::Progress;
+
+pub struct RunOptions {
+    pub jobs: usize,
+    /// Stage or instance names to run, with what they need; empty = all.
+    pub targets: Vec<String>,
+    /// Stage or instance names to rerun even when fresh.
+    pub force: Vec<String>,
+    pub lock_timeout: Option<Duration>,
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What the run of one instance produced.
+struct Finished {
+    node: NodeIndex,
+    report: InstanceReport,
+}
+
+/// Shared, read-only state of one run.
+struct RunEnv<'a> {
+    plan: &'a Plan,
+    store: &'a Store,
+    stat_cache: &'a StatCache,
+    workspace: &'a Path,
+    pipeline: &'a str,
+    lock_timeout: Option<Duration>,
+}
+
+/// Runs the selected part of a plan and writes its run record.
+pub fn run(plan: &Plan, store: &Store, workspace: &Path, pipeline: &crate::dsl::Pipeline, opts: &RunOptions) -> Result<RunRecord, ExecError> {
+    let started = Instant::now();
+    let started_unix_ms = now_ms();
+    let selected = plan.select(&opts.targets).map_err(ExecError::Usage)?;
+    for name in &opts.force {
+        if plan.find(name).is_empty() {
+            return Err(ExecError::Usage(format!("--force {name}: no such stage in this pipeline")));
+        }
+    }
+    let _store_lock = store.lock_store(LockMode::Shared, opts.lock_timeout)?;
+    let stat_cache = StatCache::load(store);
+    let env = RunEnv { plan, store, stat_cache: &stat_cache, workspace, pipeline: &pipeline.label, lock_timeout: opts.lock_timeout };
+    let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
+
+    let order: Vec<NodeIndex> = plan.order.iter().copied().filter(|n| selected.contains(n)).collect();
+    let progress = Progress::new(order.len(), opts.progress);
+    let mut waiting: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, plan.graph[n].deps.len())).collect();
+    let mut ready: Vec<NodeIndex> = order.iter().copied().filter(|n| waiting[n] == 0).collect();
+    let mut outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = HashMap::new();
+    let mut reports: HashMap<NodeIndex, InstanceReport> = HashMap::new();
+    let mut running = 0usize;
+
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<Finished>();
+        loop {
+            while running < opts.jobs.max(1) {
+                let Some(node) = take_next(&mut ready, &order) else { break };
+                let inputs = bound_inputs(plan, node, &outputs);
+                let dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = plan.graph[node].deps.iter().filter_map(|d| outputs.get(d).map(|o| (*d, o.clone()))).collect();
+                let tx = tx.clone();
+                let env = &env;
+                let force = forced.contains(&node);
+                progress.started(&plan.graph[node].name);
+                running += 1;
+                scope.spawn(move || {
+                    let report = execute(env, node, &inputs, &dep_outputs, force);
+                    let _ = tx.send(Finished { node, report });
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok(done) = rx.recv() else { break };
+            running -= 1;
+            progress.finished(&done.report);
+            let ok = matches!(done.report.status, InstanceStatus::Hit | InstanceStatus::Ran);
+            if ok {
+                outputs.insert(done.node, done.report.outputs.clone());
+            }
+            for next in plan.graph.neighbors_directed(done.node, Direction::Outgoing) {
+                let Some(count) = waiting.get_mut(&next) else { continue };
+                *count -= 1;
+                if *count == 0 {
+                    if ok {
+                        ready.push(next);
+                    } else {
+                        skip(plan, next, &plan.graph[done.node].name, &mut waiting, &mut reports, &progress);
+                    }
+                }
+            }
+            reports.insert(done.node, done.report);
+        }
+    });
+    progress.clear();
+    let _ = stat_cache.save(store);
+
+    let instances: Vec<InstanceReport> = order.iter().filter_map(|n| reports.remove(n)).collect();
+    let ok = instances.iter().all(|r| matches!(r.status, InstanceStatus::Hit | InstanceStatus::Ran));
+    let record = RunRecord {
+        id: format!("{started_unix_ms}-{}", std::process::id()),
+        pipeline: pipeline.label.clone(),
+        pipeline_name: pipeline.name.clone(),
+        started_unix_ms,
+        duration_ms: started.elapsed().as_millis() as u64,
+        ok,
+        hashed_bytes: stat_cache.stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        hashed_files: stat_cache.stats.files.load(std::sync::atomic::Ordering::Relaxed),
+        instances,
+    };
+    store.put_run(&record)?;
+    Ok(record)
+}
+
+/// The ready instance that comes first in dependency order (deterministic scheduling).
+fn take_next(ready: &mut Vec<NodeIndex>, order: &[NodeIndex]) -> Option<NodeIndex> {
+    let (at, _) = ready.iter().enumerate().min_by_key(|(_, n)| order.iter().position(|o| o == *n))?;
+    Some(ready.swap_remove(at))
+}
+
+/// Marks `node` and everything downstream of it skipped because `cause` failed.
+fn skip(plan: &Plan, node: NodeIndex, cause: &str, waiting: &mut HashMap<NodeIndex, usize>, reports: &mut HashMap<NodeIndex, InstanceReport>, progress: &Progress) {
+    if reports.contains_key(&node) || waiting.remove(&node).is_none() {
+        return;
+    }
+    let inst = &plan.graph[node];
+    let report = InstanceReport {
+        name: inst.name.clone(),
+        kind: inst.kind.name.to_string(),
+        status: InstanceStatus::Skipped,
+        duration_ms: 0,
+        key: None,
+        outputs: BTreeMap::new(),
+        error: Some(format!("not run: `{cause}` failed")),
+    };
+    progress.finished(&report);
+    reports.insert(node, report);
+    for next in plan.graph.neighbors_directed(node, Direction::Outgoing) {
+        skip(plan, next, cause, waiting, reports, progress);
+    }
+}
+
+fn bound_inputs(plan: &Plan, node: NodeIndex, outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>) -> BTreeMap<String, Input> {
+    let inst = &plan.graph[node];
+    inst.inputs
+        .iter()
+        .filter_map(|(role, (dep, output))| {
+            let out = outputs.get(dep)?.get(output)?.clone();
+            Some((role.clone(), Input { from: format!("{}.{output}", plan.graph[*dep].name), output: out }))
+        })
+        .collect()
+}
+
+/// Runs (or finds in the cache) one instance. Never panics on user input: every problem
+/// becomes a failed report.
+fn execute(env: &RunEnv, node: NodeIndex, inputs: &BTreeMap<String, Input>, dep_outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>, force: bool) -> InstanceReport {
+    let inst = &env.plan.graph[node];
+    let start = Instant::now();
+    let mut report = InstanceReport {
+        name: inst.name.clone(),
+        kind: inst.kind.name.to_string(),
+        status: InstanceStatus::Failed,
+        duration_ms: 0,
+        key: None,
+        outputs: BTreeMap::new(),
+        error: None,
+    };
+    match compute(env, inst, inputs, dep_outputs, force, &mut report) {
+        Ok((status, outputs)) => {
+            report.status = status;
+            report.outputs = outputs;
+        }
+        Err(e) => report.error = Some(e.to_string()),
+    }
+    report.duration_ms = start.elapsed().as_millis() as u64;
+    report
+}
+
+fn compute(
+    env: &RunEnv,
+    inst: &Instance,
+    inputs: &BTreeMap<String, Input>,
+    dep_outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>,
+    force: bool,
+    report: &mut InstanceReport,
+) -> Result<(InstanceStatus, BTreeMap<String, OutputRef>), StageError> {
+    let preimage = inst
+        .preimage(&env.plan.graph, &|n| dep_outputs.get(&n).cloned(), env.workspace, env.stat_cache)
+        .map_err(|e| StageError::Failed(e.to_string()))?;
+    let key = key_of(&preimage);
+    report.key = Some(key.clone());
+    let ctx = RunContext { workspace: env.workspace, store: env.store, stat_cache: env.stat_cache, instance: &inst.name, inputs };
+    let label = Label { pipeline: env.pipeline.to_string(), instance: inst.name.clone(), key: key.clone(), preimage: preimage.clone() };
+
+    if !force {
+        if let Some(record) = env.store.complete_record(&key)? {
+            inst.stage_impl.restore(&ctx, &record.outputs)?;
+            env.store.put_label(&label)?;
+            return Ok((InstanceStatus::Hit, record.outputs));
+        }
+    }
+    let _lock = env.store.lock_key(&key, &format!("`{}` (another silkie run is computing it)", inst.name), env.lock_timeout)?;
+    if !force {
+        // Another run may have finished it while we waited for the lock.
+        if let Some(record) = env.store.complete_record(&key)? {
+            inst.stage_impl.restore(&ctx, &record.outputs)?;
+            env.store.put_label(&label)?;
+            return Ok((InstanceStatus::Hit, record.outputs));
+        }
+    }
+    let start = Instant::now();
+    let outputs = inst.stage_impl.run(&ctx)?;
+    let record = StageRecord {
+        key,
+        kind: inst.kind.name.to_string(),
+        preimage,
+        outputs: outputs.clone(),
+        created_unix_ms: now_ms(),
+        duration_ms: start.elapsed().as_millis() as u64,
+    };
+    env.store.put_record(&record)?;
+    env.store.put_label(&label)?;
+    Ok((InstanceStatus::Ran, outputs))
+}

@@ -1,0 +1,494 @@
+//! The `silkie` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use silkie::dsl::{Loader, Pipeline, PipelineErrors};
+use silkie::exec::{self, RunOptions};
+use silkie::plan::{self, Assessment, Plan, State};
+use silkie::store::{InstanceStatus, OutputKind, StatCache, Store};
+use silkie::table;
+
+#[derive(Parser)]
+#[command(name = "silkie", version, about = "Preference distillation for vision-language models, as an incremental pipeline")]
+struct Cli {
+    /// Directory that relative paths in pipelines resolve against [default: the current directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Cache directory [default: <workspace>/cache]
+    #[arg(long, global = true, env = "SILKIE_CACHE", value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline, or some of its stages and what they need
+    Run(RunArgs),
+    /// Say per stage instance: fresh, stale (and why), pending or never run
+    Status(PositionalPipeline),
+    /// Show which part of a stage's key changed since its last run
+    Explain(ExplainArgs),
+    /// Print the stage graph
+    Dag(DagArgs),
+    /// Print a table output of a stage
+    Show(ShowArgs),
+    /// Check a pipeline without running anything
+    Validate(PositionalPipeline),
+    /// Remove what the last runs of every pipeline no longer reach
+    Gc(GcArgs),
+}
+
+#[derive(Args, Clone)]
+struct PipelineFile {
+    /// The pipeline file [default: pipeline.yaml in the workspace]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Override a value: stages.NAME.params.KEY=VALUE, vars.X=VALUE, models.M.FIELD=VALUE
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Args)]
+struct PositionalPipeline {
+    /// The pipeline file (same as -f)
+    pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    file: PipelineFile,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// [PIPELINE.yaml] [STAGE…]: a first argument ending in .yaml/.yml is the pipeline
+    args: Vec<String>,
+    #[command(flatten)]
+    file: PipelineFile,
+    /// Rerun this stage even when fresh (repeatable)
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Instances to run at once [default: number of cores]
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// Give up waiting for a lock another run holds after this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    lock_timeout: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    stage: String,
+    #[command(flatten)]
+    file: PipelineFile,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct DagArgs {
+    pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    file: PipelineFile,
+    #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+    format: DagFormat,
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// STAGE or STAGE.OUTPUT
+    stage: String,
+    #[command(flatten)]
+    file: PipelineFile,
+    /// Rows to print
+    #[arg(long, default_value_t = 10)]
+    rows: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Say what would be removed without removing it
+    #[arg(long)]
+    dry_run: bool,
+    /// Runs to keep per pipeline
+    #[arg(long, default_value_t = 1)]
+    keep_runs: usize,
+    #[arg(long, value_name = "SECONDS")]
+    lock_timeout: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DagFormat {
+    Text,
+    Mermaid,
+    Dot,
+}
+
+/// Exit codes: 0 success, 1 a stage or the store failed, 2 bad input (pipeline, arguments).
+enum Failure {
+    Invalid(String),
+    Pipeline(PipelineErrors),
+    Runtime(String),
+}
+
+type Outcome = Result<bool, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(Failure::Pipeline(errors)) => {
+            for e in errors.0 {
+                eprintln!("{:?}", miette::Report::new(e));
+            }
+            ExitCode::from(2)
+        }
+        Err(Failure::Invalid(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "silkie=info",
+        1 => "silkie=debug",
+        _ => "silkie=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SILKIE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().with_ansi(std::io::stderr().is_terminal()).init();
+}
+
+/// Where the command works: the workspace and its cache.
+struct Context {
+    workspace: PathBuf,
+    cache: PathBuf,
+}
+
+impl Context {
+    fn new(cli: &Cli) -> Result<Context, Failure> {
+        let cwd = std::env::current_dir().map_err(|e| Failure::Runtime(format!("cannot read the current directory: {e}")))?;
+        let workspace = cli.workspace.as_ref().map_or(cwd.clone(), |w| cwd.join(w));
+        if !workspace.is_dir() {
+            return Err(Failure::Invalid(format!("the workspace {} is not a directory", workspace.display())));
+        }
+        let cache = cli.cache.as_ref().map_or_else(|| workspace.join("cache"), |c| cwd.join(c));
+        Ok(Context { workspace, cache })
+    }
+
+    fn store(&self) -> Result<Store, Failure> {
+        Store::open(&self.cache).map_err(|e| Failure::Runtime(e.to_string()))
+    }
+
+    /// A pipeline path from the command line: relative to the current directory when it
+    /// exists there, else to the workspace; `pipeline.yaml` in the workspace by default.
+    fn pipeline_path(&self, given: Option<&Path>) -> PathBuf {
+        match given {
+            None => self.workspace.join("pipeline.yaml"),
+            Some(p) if p.is_absolute() => p.to_path_buf(),
+            Some(p) => {
+                let here = std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf());
+                if here.exists() { here } else { self.workspace.join(p) }
+            }
+        }
+    }
+
+    fn load(&self, given: Option<&Path>, sets: &[String]) -> Result<(Pipeline, Plan), Failure> {
+        let path = self.pipeline_path(given);
+        let pipeline = Loader { workspace: &self.workspace }.load(&path, sets).map_err(Failure::Pipeline)?;
+        let plan = plan::build(&pipeline).map_err(Failure::Pipeline)?;
+        Ok((pipeline, plan))
+    }
+}
+
+fn pick<'a>(positional: Option<&'a PathBuf>, file: &'a PipelineFile) -> Result<Option<&'a Path>, Failure> {
+    match (positional, &file.file) {
+        (Some(_), Some(_)) => Err(Failure::Invalid("give the pipeline either as an argument or with -f, not both".into())),
+        (p, f) => Ok(p.or(f.as_ref()).map(PathBuf::as_path)),
+    }
+}
+
+fn dispatch(cli: Cli) -> Outcome {
+    let ctx = Context::new(&cli)?;
+    match cli.command {
+        Command::Run(args) => cmd_run(&ctx, args),
+        Command::Status(args) => cmd_status(&ctx, args),
+        Command::Explain(args) => cmd_explain(&ctx, args),
+        Command::Dag(args) => cmd_dag(&ctx, args),
+        Command::Show(args) => cmd_show(&ctx, args),
+        Command::Validate(args) => cmd_validate(&ctx, args),
+        Command::Gc(args) => cmd_gc(&ctx, args),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn seconds(s: Option<f64>) -> Result<Option<Duration>, Failure> {
+    s.map(|s| Duration::try_from_secs_f64(s).map_err(|_| Failure::Invalid(format!("--lock-timeout {s}: expected a non-negative number of seconds")))).transpose()
+}
+
+fn cmd_run(ctx: &Context, args: RunArgs) -> Outcome {
+    let mut rest = args.args.clone();
+    let positional = match rest.first() {
+        Some(first) if args.file.file.is_none() && (first.ends_with(".yaml") || first.ends_with(".yml")) => Some(PathBuf::from(rest.remove(0))),
+        _ => None,
+    };
+    let given = pick(positional.as_ref(), &args.file)?;
+    let (pipeline, plan) = ctx.load(given, &args.file.sets)?;
+    let store = ctx.store()?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let opts = RunOptions {
+        jobs,
+        targets: rest,
+        force: args.force,
+        lock_timeout: seconds(args.lock_timeout)?,
+        progress: args.format == Format::Text && std::io::stderr().is_terminal(),
+    };
+    let record = exec::run(&plan, &store, &ctx.workspace, &pipeline, &opts).map_err(|e| match e {
+        exec::ExecError::Usage(msg) => Failure::Invalid(msg),
+        other => Failure::Runtime(other.to_string()),
+    })?;
+    if args.format == Format::Json {
+        print_json(&record);
+        return Ok(record.ok);
+    }
+    let count = |s: InstanceStatus| record.instances.iter().filter(|r| r.status == s).count();
+    println!(
+        "{}: ran {}, cached {}, failed {}, skipped {} in {:.2} s",
+        pipeline.label,
+        count(InstanceStatus::Ran),
+        count(InstanceStatus::Hit),
+        count(InstanceStatus::Failed),
+        count(InstanceStatus::Skipped),
+        record.duration_ms as f64 / 1000.0
+    );
+    for r in record.instances.iter().filter(|r| r.status == InstanceStatus::Failed) {
+        println!("  {} failed: {}", r.name, r.error.as_deref().unwrap_or("unknown error"));
+    }
+    Ok(record.ok)
+}
+
+fn assess(ctx: &Context, pipeline: &Pipeline, plan: &Plan) -> Result<Vec<Assessment>, Failure> {
+    let store = ctx.store()?;
+    let stat_cache = StatCache::load(&store);
+    let states = plan::assess(plan, &store, &stat_cache, &ctx.workspace, &pipeline.label);
+    let _ = stat_cache.save(&store);
+    Ok(states)
+}
+
+fn cmd_status(ctx: &Context, args: PositionalPipeline) -> Outcome {
+    let (pipeline, plan) = ctx.load(pick(args.pipeline.as_ref(), &args.file)?, &args.file.sets)?;
+    let states = assess(ctx, &pipeline, &plan)?;
+    if args.format == Format::Json {
+        print_json(&states);
+        return Ok(true);
+    }
+    let width = states.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in &states {
+        let state = match s.state {
+            State::Fresh => "fresh",
+            State::Stale => "stale",
+            State::Pending => "pending",
+            State::Never => "never run",
+        };
+        let reason = s.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+        println!("{:width$}  {:8} {state}{reason}", s.name, s.kind);
+    }
+    Ok(true)
+}
+
+fn cmd_explain(ctx: &Context, args: ExplainArgs) -> Outcome {
+    let (pipeline, plan) = ctx.load(args.file.file.as_deref(), &args.file.sets)?;
+    let nodes = plan.find(&args.stage);
+    if nodes.is_empty() {
+        let help = silkie::dsl::did_you_mean(&args.stage, plan.names()).map(|h| format!("; {h}")).unwrap_or_default();
+        return Err(Failure::Invalid(format!("no stage named `{}` in {}{help}", args.stage, pipeline.label)));
+    }
+    let store = ctx.store()?;
+    let states = assess(ctx, &pipeline, &plan)?;
+    let mut explained = Vec::new();
+    for node in nodes {
+        let name = &plan.graph[node].name;
+        let Some(state) = states.iter().find(|s| s.name == *name) else { continue };
+        let label = store.label(&pipeline.label, name).map_err(|e| Failure::Runtime(e.to_string()))?;
+        let changes = match (&label, &state.preimage) {
+            (Some(label), Some(now)) => plan::diff(&label.preimage, now),
+            _ => Vec::new(),
+        };
+        let summary = match (state.state, &label) {
+            (State::Fresh, _) => "fresh: nothing changed since its last run".to_string(),
+            (State::Pending, _) => format!("pending: it {}; explain that stage first", state.reason.as_deref().unwrap_or("waits on a stale stage")),
+            (_, None) => "never run in this pipeline, so there is nothing to compare with".to_string(),
+            (_, Some(_)) if state.preimage.is_none() => format!("stale: {}", state.reason.as_deref().unwrap_or("")),
+            (_, Some(_)) => format!("stale: {}", plan::describe(&changes)),
+        };
+        explained.push((name.clone(), state.state, summary, changes));
+    }
+    if args.format == Format::Json {
+        let items: Vec<_> = explained.iter().map(|(name, state, summary, changes)| json!({"name": name, "state": state, "summary": summary, "changes": changes})).collect();
+        if items.len() == 1 { print_json(&items[0]) } else { print_json(&items) }
+        return Ok(true);
+    }
+    for (name, _, summary, changes) in &explained {
+        println!("{name}: {summary}");
+        for c in changes {
+            println!("  {}: {} → {}", c.path, c.old, c.new);
+        }
+    }
+    Ok(true)
+}
+
+fn cmd_dag(ctx: &Context, args: DagArgs) -> Outcome {
+    let (_, plan) = ctx.load(pick(args.pipeline.as_ref(), &args.file)?, &args.file.sets)?;
+    let g = &plan.graph;
+    let id = |n: petgraph::graph::NodeIndex| format!("n{}", n.index());
+    match args.format {
+        DagFormat::Text => {
+            for &n in &plan.order {
+                let needs: Vec<&str> = g[n].deps.iter().map(|d| g[*d].name.as_str()).collect();
+                let after = if needs.is_empty() { String::new() } else { format!("  ← {}", needs.join(", ")) };
+                println!("{} ({}){after}", g[n].name, g[n].kind.name);
+            }
+        }
+        DagFormat::Mermaid => {
+            println!("flowchart LR");
+            for &n in &plan.order {
+                println!("  {}[\"{} ({})\"]", id(n), g[n].name.replace('"', "'"), g[n].kind.name);
+            }
+            for e in g.edge_indices() {
+                if let Some((a, b)) = g.edge_endpoints(e) {
+                    println!("  {} --> {}", id(a), id(b));
+                }
+            }
+        }
+        DagFormat::Dot => {
+            println!("digraph silkie {{\n  rankdir=LR;");
+            for &n in &plan.order {
+                println!("  {} [label=\"{}\\n({})\"];", id(n), g[n].name.replace('"', "'"), g[n].kind.name);
+            }
+            for e in g.edge_indices() {
+                if let Some((a, b)) = g.edge_endpoints(e) {
+                    println!("  {} -> {};", id(a), id(b));
+                }
+            }
+            println!("}}");
+        }
+    }
+    Ok(true)
+}
+
+fn cmd_show(ctx: &Context, args: ShowArgs) -> Outcome {
+    let (pipeline, plan) = ctx.load(args.file.file.as_deref(), &args.file.sets)?;
+    let (stage, output) = match plan.find(&args.stage).is_empty() {
+        false => (args.stage.clone(), None),
+        true => match args.stage.rsplit_once('.') {
+            Some((s, o)) => (s.to_string(), Some(o.to_string())),
+            None => (args.stage.clone(), None),
+        },
+    };
+    let nodes = plan.find(&stage);
+    let [node] = nodes.as_slice() else {
+        return Err(Failure::Invalid(if nodes.is_empty() {
+            let help = silkie::dsl::did_you_mean(&stage, plan.names()).map(|h| format!("; {h}")).unwrap_or_default();
+            format!("no stage named `{stage}` in {}{help}", pipeline.label)
+        } else {
+            let names: Vec<&str> = nodes.iter().map(|n| plan.graph[*n].name.as_str()).collect();
+            format!("`{stage}` has several instances; name one: {}", names.join(", "))
+        }));
+    };
+    let name = plan.graph[*node].name.clone();
+    let states = assess(ctx, &pipeline, &plan)?;
+    let state = states.iter().find(|s| s.name == name).ok_or_else(|| Failure::Runtime("internal: instance not assessed".into()))?;
+    let store = ctx.store()?;
+    let record = match (&state.state, &state.key) {
+        (State::Fresh, Some(key)) => store.complete_record(key).map_err(|e| Failure::Runtime(e.to_string()))?,
+        _ => None,
+    };
+    let Some(record) = record else {
+        let why = state.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        return Err(Failure::Runtime(format!("`{name}` has no fresh output to show; it is {:?}{why}; run `silkie run {} {}` first", state.state, pipeline.label, name).to_lowercase()));
+    };
+    let tables: Vec<(&String, _)> = record.outputs.iter().filter(|(_, o)| o.kind == OutputKind::Table || o.format.is_some()).collect();
+    let chosen = match &output {
+        Some(o) => record.outputs.get_key_value(o).ok_or_else(|| Failure::Invalid(format!("`{name}` has no output `{o}`; its outputs: {}", record.outputs.keys().cloned().collect::<Vec<_>>().join(", "))))?,
+        None => match tables.as_slice() {
+            [one] => *one,
+            [] => return Err(Failure::Invalid(format!("`{name}` has no table output to show"))),
+            _ => return Err(Failure::Invalid(format!("`{name}` has several table outputs; name one as {name}.OUTPUT: {}", tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")))),
+        },
+    };
+    let (out_name, out) = chosen;
+    let format = match out.kind {
+        OutputKind::Table => table::TableFormat::Parquet,
+        _ => out.format.as_deref().and_then(|f| table::TableFormat::from_path(Path::new(&format!("x.{f}")))).ok_or_else(|| Failure::Invalid(format!("`{name}.{out_name}` is not a table")))?,
+    };
+    let df = table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mut head = df.head(Some(args.rows));
+    if args.format == Format::Json {
+        let rows = table::to_json_rows(&mut head).map_err(|e| Failure::Runtime(e.to_string()))?;
+        print_json(&rows);
+    } else {
+        println!("{name}.{out_name}: {} rows", df.height());
+        println!("{head}");
+    }
+    Ok(true)
+}
+
+fn cmd_validate(ctx: &Context, args: PositionalPipeline) -> Outcome {
+    let (pipeline, plan) = ctx.load(pick(args.pipeline.as_ref(), &args.file)?, &args.file.sets)?;
+    if args.format == Format::Json {
+        print_json(&json!({"pipeline": pipeline.label, "valid": true, "stages": pipeline.stages.len(), "instances": plan.order.len()}));
+    } else {
+        println!("{}: valid ({} stages, {} instances)", pipeline.label, pipeline.stages.len(), plan.order.len());
+    }
+    Ok(true)
+}
+
+fn cmd_gc(ctx: &Context, args: GcArgs) -> Outcome {
+    let store = ctx.store()?;
+    let report = store.gc(args.keep_runs, args.dry_run, seconds(args.lock_timeout)?).map_err(|e| Failure::Runtime(e.to_string()))?;
+    if args.format == Format::Json {
+        print_json(&report);
+        return Ok(true);
+    }
+    let verb = if args.dry_run { "would free" } else { "freed" };
+    println!(
+        "gc: {verb} {:.1} MB ({} blobs, {} stage records, {} old runs); kept {} runs",
+        report.bytes_freed as f64 / 1e6,
+        report.blobs_removed,
+        report.records_removed,
+        report.runs_removed,
+        report.runs_kept
+    );
+    Ok(true)
+}

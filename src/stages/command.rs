@@ -1,0 +1,166 @@
+//! `command`: runs a shell command in the workspace — the escape hatch for anything not
+//! built in, like a DVC stage. Its deps' bytes are in the key; its outs go into the store
+//! and are restored into the workspace on a cache hit.
+//!
+//! Each input (every output of every needed stage) is handed to the command as an
+//! environment variable `SILKIE_IN_<STAGE>_<OUTPUT>` holding a read-only path.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command as Process;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, workspace_files};
+use crate::dsl::Issue;
+use crate::store::{OutputKind, OutputRef};
+use crate::table::TableFormat;
+
+pub const KIND: Kind = Kind { name: "command", version: 1, configure };
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    cmd: String,
+    #[serde(default)]
+    deps: Vec<String>,
+    #[serde(default)]
+    outs: Vec<String>,
+    /// Extra environment for the command; part of the key.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+struct CommandStage {
+    params: Params,
+}
+
+fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
+    let params: Params = parse_params(params)?;
+    if params.cmd.trim().is_empty() {
+        return Err(Issue::new("params.cmd", "the command is empty"));
+    }
+    for (i, out) in params.outs.iter().enumerate() {
+        if out.is_empty() || PathBuf::from(out).is_absolute() || out.split(['/', '\\']).any(|p| p == "..") {
+            return Err(Issue::new(format!("params.outs[{i}]"), format!("`{out}` must be a relative path inside the workspace")));
+        }
+        if params.outs[..i].contains(out) {
+            return Err(Issue::new(format!("params.outs[{i}]"), format!("`{out}` is listed twice")));
+        }
+    }
+    Ok(Box::new(CommandStage { params }))
+}
+
+/// `SILKIE_IN_` + the input's name, upper-cased, anything else than letters and digits as `_`.
+fn env_name(input: &str) -> String {
+    let tail: String = input.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("SILKIE_IN_{tail}")
+}
+
+impl CommandStage {
+    /// Gives every input a path with a telling extension, pointing into the store.
+    fn stage_inputs(&self, ctx: &RunContext, dir: &std::path::Path) -> Result<Vec<(String, PathBuf)>, StageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StageError::Failed(format!("{}: {e}", dir.display())))?;
+        let mut env = Vec::new();
+        for (name, input) in ctx.inputs {
+            let blob = ctx.store.blob_path(&input.output.digest);
+            let path = match input.output.kind {
+                OutputKind::Dir => {
+                    let dest = dir.join(name);
+                    ctx.store.restore_dir(&input.output.digest, &dest)?;
+                    dest
+                }
+                OutputKind::Table => link(&blob, &dir.join(format!("{name}.parquet")))?,
+                OutputKind::File => {
+                    let ext = input.output.format.as_deref().map(|f| format!(".{f}")).unwrap_or_default();
+                    link(&blob, &dir.join(format!("{name}{ext}")))?
+                }
+            };
+            env.push((env_name(name), path));
+        }
+        Ok(env)
+    }
+}
+
+fn link(target: &std::path::Path, at: &std::path::Path) -> Result<PathBuf, StageError> {
+    #[cfg(unix)]
+    let made = std::os::unix::fs::symlink(target, at);
+    #[cfg(not(unix))]
+    let made = std::fs::copy(target, at).map(|_| ());
+    made.map_err(|e| StageError::Failed(format!("cannot stage input {}: {e}", at.display())))?;
+    Ok(at.to_path_buf())
+}
+
+impl Stage for CommandStage {
+    fn canonical_params(&self) -> Value {
+        canonical(&self.params)
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        self.params
+            .outs
+            .iter()
+            .map(|out| OutputDecl { name: out.clone(), table: TableFormat::from_path(out.as_ref()).is_some() })
+            .collect()
+    }
+
+    fn roles(&self) -> Roles {
+        Roles::EveryNeed
+    }
+
+    fn key_files(&self) -> Vec<PathBuf> {
+        self.params.deps.iter().map(PathBuf::from).collect()
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
+        for out in &self.params.outs {
+            workspace_files::clear(ctx, out)?;
+        }
+        let staging = ctx.store.tmp_path("inputs");
+        let inputs = self.stage_inputs(ctx, &staging)?;
+        let result = Process::new("sh")
+            .arg("-c")
+            .arg(&self.params.cmd)
+            .current_dir(ctx.workspace)
+            .env("SILKIE_WORKSPACE", ctx.workspace)
+            .envs(inputs)
+            .envs(&self.params.env)
+            .output();
+        let _ = std::fs::remove_dir_all(&staging);
+        let output = result.map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", self.params.cmd)))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !stdout.trim().is_empty() {
+            tracing::debug!("{} stdout:\n{stdout}", ctx.instance);
+        }
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+            let status = output.status.code().map_or("a signal".to_string(), |c| format!("exit code {c}"));
+            return Err(StageError::Failed(format!("`{}` failed with {status}{}{}", self.params.cmd, if tail.is_empty() { "" } else { ":\n" }, tail.join("\n"))));
+        }
+        let mut outputs = BTreeMap::new();
+        for out in &self.params.outs {
+            outputs.insert(out.clone(), workspace_files::capture(ctx, out)?);
+        }
+        Ok(outputs)
+    }
+
+    fn restore(&self, ctx: &RunContext, outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
+        for (out, output) in outputs {
+            workspace_files::restore(ctx, out, output)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_name;
+
+    #[test]
+    fn env_names_are_shell_safe() {
+        assert_eq!(env_name("raw.table"), "SILKIE_IN_RAW_TABLE");
+        assert_eq!(env_name("clean.data/out-1.csv"), "SILKIE_IN_CLEAN_DATA_OUT_1_CSV");
+    }
+}

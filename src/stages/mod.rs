@@ -1,0 +1,153 @@
+//! Stage kinds. Each kind is one file exposing a [`Kind`]; a configured stage is a [`Stage`].
+//!
+//! Adding a kind is adding a file and one line to [`KINDS`].
+
+mod command;
+mod export;
+mod load;
+mod workspace_files;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::DataFrame;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::dsl::{Issue, serde_issue};
+use crate::store::{OutputKind, OutputRef, StatCache, Store, StoreError};
+use crate::table::{self, TableError, TableFormat};
+
+/// A stage kind: its name, the version of its semantics (part of every key), and how to
+/// turn params into a runnable stage.
+pub struct Kind {
+    pub name: &'static str,
+    /// Bumped whenever the kind's output for the same inputs changes.
+    pub version: u32,
+    pub configure: fn(&Value) -> Result<Box<dyn Stage>, Issue>,
+}
+
+pub static KINDS: &[Kind] = &[load::KIND, command::KIND, export::KIND];
+
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// What a stage declares it produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputDecl {
+    pub name: String,
+    /// Tables can feed any role that reads a table.
+    pub table: bool,
+}
+
+/// Which inputs a stage reads.
+pub enum Roles {
+    /// Named roles, bound per DESIGN §3.
+    Named(&'static [&'static str]),
+    /// Every output of every needed stage (the `command` escape hatch).
+    EveryNeed,
+}
+
+/// A configured stage, ready to run.
+pub trait Stage: Send + Sync {
+    /// Params as they enter the key: typed, defaults filled in.
+    fn canonical_params(&self) -> Value;
+    fn outputs(&self) -> Vec<OutputDecl>;
+    fn roles(&self) -> Roles;
+    /// Workspace files (or directories) whose bytes enter the key.
+    fn key_files(&self) -> Vec<PathBuf>;
+    fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError>;
+    /// Called on a cache hit: puts workspace files the stage owns back in place.
+    fn restore(&self, _ctx: &RunContext, _outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One bound input: which upstream output feeds a role.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// `instance.output`, for messages.
+    pub from: String,
+    pub output: OutputRef,
+}
+
+/// What a running stage may touch.
+pub struct RunContext<'a> {
+    pub workspace: &'a Path,
+    pub store: &'a Store,
+    pub stat_cache: &'a StatCache,
+    pub instance: &'a str,
+    pub inputs: &'a BTreeMap<String, Input>,
+}
+
+impl RunContext<'_> {
+    pub fn input(&self, role: &str) -> Result<&Input, StageError> {
+        self.inputs.get(role).ok_or_else(|| StageError::Failed(format!("no input bound to role `{role}`")))
+    }
+
+    /// Reads a table input (a Parquet table, or a file in a table format).
+    pub fn read_table(&self, role: &str) -> Result<DataFrame, StageError> {
+        let input = self.input(role)?;
+        let path = self.store.blob_path(&input.output.digest);
+        if !path.is_file() {
+            return Err(StoreError::MissingBlob { digest: input.output.digest.clone() }.into());
+        }
+        let format = match (input.output.kind, input.output.format.as_deref()) {
+            (OutputKind::Table, _) => TableFormat::Parquet,
+            (OutputKind::File, Some(f)) => serde_json::from_value(Value::String(f.to_string()))
+                .map_err(|_| StageError::Failed(format!("{}: `{f}` is not a table format", input.from)))?,
+            _ => return Err(StageError::Failed(format!("{} is not a table", input.from))),
+        };
+        Ok(table::read(&path, format)?)
+    }
+
+    /// Stores a table as Parquet and describes it as an output.
+    pub fn put_table(&self, df: &mut DataFrame) -> Result<OutputRef, StageError> {
+        let tmp = self.store.tmp_path("table.parquet");
+        table::write(df, &tmp, TableFormat::Parquet)?;
+        let (digest, bytes) = self.store.adopt(&tmp)?;
+        Ok(OutputRef { digest, kind: OutputKind::Table, rows: Some(df.height() as u64), bytes, format: None })
+    }
+
+    /// A path inside the workspace, refusing ones that leave it.
+    pub fn workspace_path(&self, relative: &str) -> Result<PathBuf, StageError> {
+        workspace_path(self.workspace, relative)
+    }
+}
+
+pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf, StageError> {
+    let rel = Path::new(relative);
+    if rel.is_absolute() {
+        return Ok(rel.to_path_buf());
+    }
+    if rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(StageError::Failed(format!("`{relative}` leaves the workspace; outputs must stay inside it")));
+    }
+    Ok(workspace.join(rel))
+}
+
+/// Parses a kind's params into its typed struct (with `deny_unknown_fields`), so that
+/// errors carry the key path under `params`.
+pub fn parse_params<P: DeserializeOwned>(params: &Value) -> Result<P, Issue> {
+    serde_path_to_error::deserialize(params.clone()).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = if inner == "." { "params".to_string() } else { format!("params.{inner}") };
+        serde_issue(path, &e.into_inner().to_string())
+    })
+}
+
+/// Serializes typed params back to JSON: this is what enters the key (defaults filled in).
+pub fn canonical<P: serde::Serialize>(params: &P) -> Value {
+    serde_json::to_value(params).unwrap_or(Value::Null)
+}

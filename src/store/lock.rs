@@ -1,0 +1,76 @@
+//! File locks: the store lock (shared by runs, exclusive for gc) and one lock per stage key.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{Result, Store, StoreError, io_err};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// Held while alive; the OS releases it if the process dies, so a `kill -9` leaves no stale lock.
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+}
+
+impl Store {
+    /// The store-wide lock: runs hold it shared, `gc` exclusive.
+    pub fn lock_store(&self, mode: LockMode, timeout: Option<Duration>) -> Result<LockGuard> {
+        acquire(&self.root.join("store.lock"), mode, timeout, "the store lock (a `silkie gc` or run is in progress)")
+    }
+
+    /// The lock for computing one stage key; `what` names it in the waiting message.
+    pub fn lock_key(&self, key: &str, what: &str, timeout: Option<Duration>) -> Result<LockGuard> {
+        acquire(&self.lock_path(key), LockMode::Exclusive, timeout, what)
+    }
+
+    pub(crate) fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+}
+
+fn acquire(path: &Path, mode: LockMode, timeout: Option<Duration>, what: &str) -> Result<LockGuard> {
+    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(io_err(path))?;
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let attempt = match mode {
+            LockMode::Shared => file.try_lock_shared(),
+            LockMode::Exclusive => file.try_lock(),
+        };
+        match attempt {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(StoreError::Io { path: path.to_path_buf(), source: e }),
+        }
+        if let Some(limit) = timeout {
+            if start.elapsed() >= limit {
+                return Err(StoreError::LockTimeout { what: what.to_string(), seconds: limit.as_secs_f64() });
+            }
+        }
+        if !told {
+            let holder = holder_pid(&mut file).map(|p| format!(" (held by pid {p})")).unwrap_or_default();
+            tracing::info!("waiting for {what}{holder}");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if mode == LockMode::Exclusive {
+        // Who holds it, for the message another process prints while it waits.
+        let _ = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
+    }
+    Ok(LockGuard { _file: file })
+}
+
+fn holder_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}

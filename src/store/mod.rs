@@ -1,0 +1,111 @@
+//! The content-addressed store under the cache directory (DESIGN §4).
+//!
+//! Layout:
+//! - `blobs/ab/<digest>`: immutable content by BLAKE3 digest;
+//! - `records/ab/<key>.json`: stage key → output manifest and key pre-image;
+//! - `labels/<hash>.json`: the last key a (pipeline, instance) ran with, for `explain`;
+//! - `runs/<id>.json`: one record per `silkie run`;
+//! - `locks/`, `store.lock`: per-instance locks and the store lock `gc` takes;
+//! - `statcache.json`: (path, size, mtime, inode) → digest;
+//! - `tmp/`: files being written; renamed into place only when complete.
+//!
+//! Every write is temp file → fsync → rename, values before the keys that point at them.
+
+mod blobs;
+mod gc;
+mod lock;
+mod records;
+mod statcache;
+mod verify;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use blobs::{DirEntry, DirManifest};
+pub use gc::GcReport;
+pub use lock::{LockGuard, LockMode};
+pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, RunRecord, StageRecord};
+pub use statcache::{HashStats, StatCache};
+pub use verify::Problem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: corrupt store file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("gave up waiting for {what} after {seconds} s (--lock-timeout); another silkie process holds it")]
+    LockTimeout { what: String, seconds: f64 },
+    #[error("blob {digest} is missing from the store (removed by gc?); rerun the stage that made it with --force")]
+    MissingBlob { digest: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// A handle on one cache directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in ["blobs", "records", "labels", "runs", "locks", "tmp"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh path under `tmp/` for a file that will be renamed into place.
+    pub fn tmp_path(&self, hint: &str) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        self.root.join("tmp").join(format!("{}-{n}-{nanos}-{hint}", std::process::id()))
+    }
+
+    /// Writes `bytes` to `path` so that readers see either the old file or the whole new one.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path("write");
+        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(bytes).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    }
+
+    fn write_json<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+        self.write_atomic(path, &bytes)
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path: path.to_path_buf(), source: e }),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for records.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
