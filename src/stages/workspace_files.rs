@@ -44,9 +44,13 @@ fn same_content(ctx: &RunContext, path: &Path, digest: &str) -> bool {
     path.is_file() && ctx.stat_cache.digest(path).is_ok_and(|d| d == digest)
 }
 
-/// Removes a declared output before the stage runs, so a stale copy is never taken for new.
+/// Removes a declared output before the stage runs, so a stale copy is never taken for
+/// new, and makes sure its directory exists.
 pub fn clear(ctx: &RunContext, relative: &str) -> Result<(), StageError> {
     let path = ctx.workspace_path(relative)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StageError::Failed(format!("cannot create the directory of `{relative}`: {e}")))?;
+    }
     let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
     match result {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,0 +1,98 @@
+//! Helpers for driving the `silkie` binary in a scratch workspace.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Ran {
+        Ran {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_silkie")
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(self.path()).env_remove("SILKIE_CACHE").env("SILKIE_LOG", "silkie=warn").args(args);
+        cmd
+    }
+
+    pub fn silkie(&self, args: &[&str]) -> Ran {
+        self.command(args).output().expect("run silkie").into()
+    }
+
+    /// Runs and expects success; returns the run record.
+    pub fn run(&self, args: &[&str]) -> Value {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--format", "json"]);
+        let ran = self.silkie(&all);
+        assert_eq!(ran.code, 0, "silkie {all:?} failed:\n{}\n{}", ran.stdout, ran.stderr);
+        ran.json()
+    }
+}
+
+/// instance name → status ("hit", "ran", …) from a run record.
+pub fn statuses(record: &Value) -> Vec<(String, String)> {
+    record["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_string(), i["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+pub fn status_of(record: &Value, name: &str) -> String {
+    statuses(record).into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no instance {name} in {record}")).1
+}
+
+pub fn ran(record: &Value) -> Vec<String> {
+    let mut names: Vec<String> = statuses(record).into_iter().filter(|(_, s)| s == "ran").map(|(n, _)| n).collect();
+    names.sort();
+    names
+}
