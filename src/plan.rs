@@ -200,7 +200,12 @@ fn stage_order(pipeline: &Pipeline, deps: &BTreeMap<&str, Vec<String>>) -> Resul
     match petgraph::algo::toposort(&g, None) {
         Ok(order) => Ok(order.into_iter().rev().map(|n| g[n].to_string()).collect()),
         Err(cycle) => {
-            let path = find_cycle(&g, cycle.node_id());
+            let mut path = find_cycle(&g, cycle.node_id());
+            // Start the printed cycle at its first stage by name, so the message is stable.
+            path.pop();
+            let first_at = (0..path.len()).min_by_key(|&i| g[path[i]]).unwrap_or(0);
+            path.rotate_left(first_at);
+            path.push(path[0]);
             let first = g[path[0]];
             let at = pipeline.stages[first].needs.iter().position(|n| n.stage == g[path[1]]).map(|i| format!("stages.{first}.needs[{i}]")).unwrap_or(format!("stages.{first}"));
             let shown: Vec<&str> = path.iter().map(|&n| g[n]).collect();

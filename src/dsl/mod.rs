@@ -369,7 +369,8 @@ pub fn serde_issue(path: String, message: &str) -> Issue {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        let key_path = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        let key_path = if path.is_empty() || path == field || path.ends_with(&format!(".{field}")) { path.clone() } else { format!("{path}.{field}") };
+        let key_path = if key_path.is_empty() { field.to_string() } else { key_path };
         let allowed = if candidates.is_empty() { String::new() } else { format!("; allowed keys: {}", candidates.join(", ")) };
         return Issue::new(key_path, format!("unknown key `{field}`{allowed}")).with_help(did_you_mean(field, candidates));
     }
