@@ -64,17 +64,18 @@ impl CommandStage {
         std::fs::create_dir_all(dir).map_err(|e| StageError::Failed(format!("{}: {e}", dir.display())))?;
         let mut env = Vec::new();
         for (name, input) in ctx.inputs {
+            let file_name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
             let blob = ctx.store.blob_path(&input.output.digest);
             let path = match input.output.kind {
                 OutputKind::Dir => {
-                    let dest = dir.join(name);
+                    let dest = dir.join(&file_name);
                     ctx.store.restore_dir(&input.output.digest, &dest)?;
                     dest
                 }
-                OutputKind::Table => link(&blob, &dir.join(format!("{name}.parquet")))?,
+                OutputKind::Table => link(&blob, &dir.join(format!("{file_name}.parquet")))?,
                 OutputKind::File => {
                     let ext = input.output.format.as_deref().map(|f| format!(".{f}")).unwrap_or_default();
-                    link(&blob, &dir.join(format!("{name}{ext}")))?
+                    link(&blob, &dir.join(format!("{file_name}{ext}")))?
                 }
             };
             env.push((env_name(name), path));
