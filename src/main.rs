@@ -15,7 +15,11 @@ use silkie::store::{InstanceStatus, OutputKind, StatCache, Store};
 use silkie::table;
 
 #[derive(Parser)]
-#[command(name = "silkie", version, about = "Preference distillation for vision-language models, as an incremental pipeline")]
+#[command(
+    name = "silkie",
+    version,
+    about = "Preference distillation for vision-language models, as an incremental pipeline"
+)]
 struct Cli {
     /// Directory that relative paths in pipelines resolve against [default: the current directory]
     #[arg(long, global = true, value_name = "DIR")]
@@ -185,8 +189,15 @@ fn init_logging(verbose: u8) {
         1 => "silkie=debug",
         _ => "silkie=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SILKIE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().with_ansi(std::io::stderr().is_terminal()).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SILKIE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// Where the command works: the workspace and its cache.
@@ -197,7 +208,8 @@ struct Context {
 
 impl Context {
     fn new(cli: &Cli) -> Result<Context, Failure> {
-        let cwd = std::env::current_dir().map_err(|e| Failure::Runtime(format!("cannot read the current directory: {e}")))?;
+        let cwd =
+            std::env::current_dir().map_err(|e| Failure::Runtime(format!("cannot read the current directory: {e}")))?;
         let workspace = cli.workspace.as_ref().map_or(cwd.clone(), |w| cwd.join(w));
         if !workspace.is_dir() {
             return Err(Failure::Invalid(format!("the workspace {} is not a directory", workspace.display())));
@@ -233,7 +245,9 @@ impl Context {
 
 fn pick<'a>(positional: Option<&'a PathBuf>, file: &'a PipelineFile) -> Result<Option<&'a Path>, Failure> {
     match (positional, &file.file) {
-        (Some(_), Some(_)) => Err(Failure::Invalid("give the pipeline either as an argument or with -f, not both".into())),
+        (Some(_), Some(_)) => {
+            Err(Failure::Invalid("give the pipeline either as an argument or with -f, not both".into()))
+        }
         (p, f) => Ok(p.or(f.as_ref()).map(PathBuf::as_path)),
     }
 }
@@ -256,13 +270,19 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 fn seconds(s: Option<f64>) -> Result<Option<Duration>, Failure> {
-    s.map(|s| Duration::try_from_secs_f64(s).map_err(|_| Failure::Invalid(format!("--lock-timeout {s}: expected a non-negative number of seconds")))).transpose()
+    s.map(|s| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| Failure::Invalid(format!("--lock-timeout {s}: expected a non-negative number of seconds")))
+    })
+    .transpose()
 }
 
 fn cmd_run(ctx: &Context, args: RunArgs) -> Outcome {
     let mut rest = args.args.clone();
     let positional = match rest.first() {
-        Some(first) if args.file.file.is_none() && (first.ends_with(".yaml") || first.ends_with(".yml")) => Some(PathBuf::from(rest.remove(0))),
+        Some(first) if args.file.file.is_none() && (first.ends_with(".yaml") || first.ends_with(".yml")) => {
+            Some(PathBuf::from(rest.remove(0)))
+        }
         _ => None,
     };
     let given = pick(positional.as_ref(), &args.file)?;
@@ -349,7 +369,10 @@ fn cmd_explain(ctx: &Context, args: ExplainArgs) -> Outcome {
         };
         let summary = match (state.state, &label) {
             (State::Fresh, _) => "fresh: nothing changed since its last run".to_string(),
-            (State::Pending, _) => format!("pending: it {}; explain that stage first", state.reason.as_deref().unwrap_or("waits on a stale stage")),
+            (State::Pending, _) => format!(
+                "pending: it {}; explain that stage first",
+                state.reason.as_deref().unwrap_or("waits on a stale stage")
+            ),
             (_, None) => "never run in this pipeline, so there is nothing to compare with".to_string(),
             (_, Some(_)) if state.preimage.is_none() => format!("stale: {}", state.reason.as_deref().unwrap_or("")),
             (_, Some(_)) => format!("stale: {}", plan::describe(&changes)),
@@ -358,7 +381,11 @@ fn cmd_explain(ctx: &Context, args: ExplainArgs) -> Outcome {
     }
     if args.format == Format::Json {
         let items: Vec<_> = explained.iter().map(|(name, state, summary, changes)| json!({"name": name, "state": state, "summary": summary, "changes": changes})).collect();
-        if items.len() == 1 { print_json(&items[0]) } else { print_json(&items) }
+        if items.len() == 1 {
+            print_json(&items[0])
+        } else {
+            print_json(&items)
+        }
         return Ok(true);
     }
     for (name, _, summary, changes) in &explained {
@@ -430,7 +457,10 @@ fn cmd_show(ctx: &Context, args: ShowArgs) -> Outcome {
     };
     let name = plan.graph[*node].name.clone();
     let states = assess(ctx, &pipeline, &plan)?;
-    let state = states.iter().find(|s| s.name == name).ok_or_else(|| Failure::Runtime("internal: instance not assessed".into()))?;
+    let state = states
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| Failure::Runtime("internal: instance not assessed".into()))?;
     let store = ctx.store()?;
     let record = match (&state.state, &state.key) {
         (State::Fresh, Some(key)) => store.complete_record(key).map_err(|e| Failure::Runtime(e.to_string()))?,
@@ -438,21 +468,42 @@ fn cmd_show(ctx: &Context, args: ShowArgs) -> Outcome {
     };
     let Some(record) = record else {
         let why = state.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        return Err(Failure::Runtime(format!("`{name}` has no fresh output to show; it is {:?}{why}; run `silkie run {} {}` first", state.state, pipeline.label, name).to_lowercase()));
+        return Err(Failure::Runtime(
+            format!(
+                "`{name}` has no fresh output to show; it is {:?}{why}; run `silkie run {} {}` first",
+                state.state, pipeline.label, name
+            )
+            .to_lowercase(),
+        ));
     };
-    let tables: Vec<(&String, _)> = record.outputs.iter().filter(|(_, o)| o.kind == OutputKind::Table || o.format.is_some()).collect();
+    let tables: Vec<(&String, _)> =
+        record.outputs.iter().filter(|(_, o)| o.kind == OutputKind::Table || o.format.is_some()).collect();
     let chosen = match &output {
-        Some(o) => record.outputs.get_key_value(o).ok_or_else(|| Failure::Invalid(format!("`{name}` has no output `{o}`; its outputs: {}", record.outputs.keys().cloned().collect::<Vec<_>>().join(", "))))?,
+        Some(o) => record.outputs.get_key_value(o).ok_or_else(|| {
+            Failure::Invalid(format!(
+                "`{name}` has no output `{o}`; its outputs: {}",
+                record.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?,
         None => match tables.as_slice() {
             [one] => *one,
             [] => return Err(Failure::Invalid(format!("`{name}` has no table output to show"))),
-            _ => return Err(Failure::Invalid(format!("`{name}` has several table outputs; name one as {name}.OUTPUT: {}", tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")))),
+            _ => {
+                return Err(Failure::Invalid(format!(
+                    "`{name}` has several table outputs; name one as {name}.OUTPUT: {}",
+                    tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
         },
     };
     let (out_name, out) = chosen;
     let format = match out.kind {
         OutputKind::Table => table::TableFormat::Parquet,
-        _ => out.format.as_deref().and_then(|f| table::TableFormat::from_path(Path::new(&format!("x.{f}")))).ok_or_else(|| Failure::Invalid(format!("`{name}.{out_name}` is not a table")))?,
+        _ => out
+            .format
+            .as_deref()
+            .and_then(|f| table::TableFormat::from_path(Path::new(&format!("x.{f}"))))
+            .ok_or_else(|| Failure::Invalid(format!("`{name}.{out_name}` is not a table")))?,
     };
     let df = table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut head = df.head(Some(args.rows));
@@ -469,7 +520,9 @@ fn cmd_show(ctx: &Context, args: ShowArgs) -> Outcome {
 fn cmd_validate(ctx: &Context, args: PositionalPipeline) -> Outcome {
     let (pipeline, plan) = ctx.load(pick(args.pipeline.as_ref(), &args.file)?, &args.file.sets)?;
     if args.format == Format::Json {
-        print_json(&json!({"pipeline": pipeline.label, "valid": true, "stages": pipeline.stages.len(), "instances": plan.order.len()}));
+        print_json(
+            &json!({"pipeline": pipeline.label, "valid": true, "stages": pipeline.stages.len(), "instances": plan.order.len()}),
+        );
     } else {
         println!("{}: valid ({} stages, {} instances)", pipeline.label, pipeline.stages.len(), plan.order.len());
     }
@@ -478,7 +531,9 @@ fn cmd_validate(ctx: &Context, args: PositionalPipeline) -> Outcome {
 
 fn cmd_gc(ctx: &Context, args: GcArgs) -> Outcome {
     let store = ctx.store()?;
-    let report = store.gc(args.keep_runs, args.dry_run, seconds(args.lock_timeout)?).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let report = store
+        .gc(args.keep_runs, args.dry_run, seconds(args.lock_timeout)?)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     if args.format == Format::Json {
         print_json(&report);
         return Ok(true);

@@ -50,7 +50,12 @@ impl Plan {
         let mut selected = BTreeSet::new();
         let mut queue = VecDeque::new();
         for target in targets {
-            let matching: Vec<NodeIndex> = self.order.iter().copied().filter(|&n| self.graph[n].name == *target || self.graph[n].stage == *target).collect();
+            let matching: Vec<NodeIndex> = self
+                .order
+                .iter()
+                .copied()
+                .filter(|&n| self.graph[n].name == *target || self.graph[n].stage == *target)
+                .collect();
             if matching.is_empty() {
                 let names: Vec<&str> = self.order.iter().map(|&n| self.graph[n].stage.as_str()).collect();
                 let help = did_you_mean(target, names).map(|h| format!("; {h}")).unwrap_or_default();
@@ -124,15 +129,19 @@ pub fn build(pipeline: &Pipeline) -> Result<Plan, PipelineErrors> {
     if !issues.is_empty() {
         return Err(locate(issues));
     }
-    let order = petgraph::algo::toposort(&graph, None).map_err(|_| locate(vec![Issue::new("stages", "internal error: the instance graph has a cycle")]))?;
+    let order = petgraph::algo::toposort(&graph, None)
+        .map_err(|_| locate(vec![Issue::new("stages", "internal error: the instance graph has a cycle")]))?;
     Ok(Plan { graph, order })
 }
 
 fn unknown_kind(stage: &StageDef) -> Issue {
     let names = stages::KINDS.iter().map(|k| k.name);
     let known: Vec<&str> = stages::KINDS.iter().map(|k| k.name).collect();
-    Issue::new(format!("stages.{}.kind", stage.name), format!("unknown stage kind `{}`; known kinds: {}", stage.kind, known.join(", ")))
-        .with_help(did_you_mean(&stage.kind, names))
+    Issue::new(
+        format!("stages.{}.kind", stage.name),
+        format!("unknown stage kind `{}`; known kinds: {}", stage.kind, known.join(", ")),
+    )
+    .with_help(did_you_mean(&stage.kind, names))
 }
 
 /// Every stage a stage depends on: its `needs`, explicit `inputs`, and `{ stage: … }` model references.
@@ -144,7 +153,10 @@ fn stage_dependencies(pipeline: &Pipeline) -> Result<BTreeMap<&str, Vec<String>>
         let mut mine: Vec<String> = Vec::new();
         let mut add = |dep: &str, path: String, issues: &mut Vec<Issue>| {
             if !pipeline.stages.contains_key(dep) {
-                issues.push(Issue::new(path, format!("`{dep}` is not a stage of this pipeline")).with_help(did_you_mean(dep, names.iter().copied())));
+                issues.push(
+                    Issue::new(path, format!("`{dep}` is not a stage of this pipeline"))
+                        .with_help(did_you_mean(dep, names.iter().copied())),
+                );
             } else if dep == name {
                 issues.push(Issue::new(path, format!("stage `{name}` cannot need itself")));
             } else if !mine.iter().any(|d| d == dep) {
@@ -207,7 +219,12 @@ fn stage_order(pipeline: &Pipeline, deps: &BTreeMap<&str, Vec<String>>) -> Resul
             path.rotate_left(first_at);
             path.push(path[0]);
             let first = g[path[0]];
-            let at = pipeline.stages[first].needs.iter().position(|n| n.stage == g[path[1]]).map(|i| format!("stages.{first}.needs[{i}]")).unwrap_or(format!("stages.{first}"));
+            let at = pipeline.stages[first]
+                .needs
+                .iter()
+                .position(|n| n.stage == g[path[1]])
+                .map(|i| format!("stages.{first}.needs[{i}]"))
+                .unwrap_or(format!("stages.{first}"));
             let shown: Vec<&str> = path.iter().map(|&n| g[n]).collect();
             Err(vec![Issue::new(at, format!("the stages need each other in a cycle: {}", shown.join(" → ")))])
         }
@@ -247,7 +264,12 @@ fn consistent(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> bool 
 
 /// The matrix bindings of a stage's instances: those of its upstream stages (fan-out),
 /// combined consistently, times its own matrix.
-fn bindings_for(stage: &StageDef, upstream: &[&str], by_stage: &HashMap<&str, Vec<NodeIndex>>, graph: &DiGraph<Instance, ()>) -> Result<Vec<BTreeMap<String, Value>>, Issue> {
+fn bindings_for(
+    stage: &StageDef,
+    upstream: &[&str],
+    by_stage: &HashMap<&str, Vec<NodeIndex>>,
+    graph: &DiGraph<Instance, ()>,
+) -> Result<Vec<BTreeMap<String, Value>>, Issue> {
     let mut combos = vec![BTreeMap::new()];
     for dep in upstream {
         let mut next = Vec::new();
@@ -267,7 +289,10 @@ fn bindings_for(stage: &StageDef, upstream: &[&str], by_stage: &HashMap<&str, Ve
     }
     for (axis, values) in &stage.matrix {
         if combos.iter().any(|c| c.contains_key(axis)) {
-            return Err(Issue::new(format!("stages.{}.matrix.{axis}", stage.name), format!("the matrix axis `{axis}` is already swept by a stage this one needs; rename one of them")));
+            return Err(Issue::new(
+                format!("stages.{}.matrix.{axis}", stage.name),
+                format!("the matrix axis `{axis}` is already swept by a stage this one needs; rename one of them"),
+            ));
         }
         combos = combos
             .into_iter()
@@ -318,7 +343,11 @@ fn instantiate(
     let deps: BTreeMap<&str, NodeIndex> = upstream
         .iter()
         .map(|&dep| {
-            let node = by_stage[dep].iter().copied().find(|&n| consistent(&graph[n].bindings, &bindings)).expect("bindings were built from upstream instances");
+            let node = by_stage[dep]
+                .iter()
+                .copied()
+                .find(|&n| consistent(&graph[n].bindings, &bindings))
+                .expect("bindings were built from upstream instances");
             (dep, node)
         })
         .collect();
@@ -327,7 +356,8 @@ fn instantiate(
     for (path, need) in model_references(&params, "params") {
         let node = deps[need.stage.as_str()];
         let output = need.output.clone().unwrap_or_else(|| "checkpoint".to_string());
-        check_output(&format!("{base}.{path}"), &need.stage, &output, &graph[node].stage_impl.outputs()).map_err(|i| vec![i])?;
+        check_output(&format!("{base}.{path}"), &need.stage, &output, &graph[node].stage_impl.outputs())
+            .map_err(|i| vec![i])?;
         model_refs.push((need.stage, need.output, node, output));
     }
     let mut ordered_deps: Vec<NodeIndex> = Vec::new();
@@ -357,14 +387,25 @@ fn check_output(path: &str, stage: &str, output: &str, outputs: &[OutputDecl]) -
         return Ok(());
     }
     let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-    Err(Issue::new(path, format!("stage `{stage}` has no output `{output}`; its outputs: {}", if names.is_empty() { "none".to_string() } else { names.join(", ") }))
-        .with_help(did_you_mean(output, names)))
+    Err(Issue::new(
+        path,
+        format!(
+            "stage `{stage}` has no output `{output}`; its outputs: {}",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ),
+    )
+    .with_help(did_you_mean(output, names)))
 }
 
 type Bound = BTreeMap<String, (NodeIndex, String)>;
 
 /// Binds each input role to an upstream output, as DESIGN §3 says.
-fn bind_roles(stage: &StageDef, stage_impl: &dyn Stage, deps: &BTreeMap<&str, NodeIndex>, graph: &DiGraph<Instance, ()>) -> Result<(Bound, bool), Issue> {
+fn bind_roles(
+    stage: &StageDef,
+    stage_impl: &dyn Stage,
+    deps: &BTreeMap<&str, NodeIndex>,
+    graph: &DiGraph<Instance, ()>,
+) -> Result<(Bound, bool), Issue> {
     let base = format!("stages.{}", stage.name);
     // What each `needs` entry offers: (stage, output decl), narrowed by `stage.output`.
     let mut offered: Vec<(&str, NodeIndex, OutputDecl)> = Vec::new();
@@ -382,7 +423,8 @@ fn bind_roles(stage: &StageDef, stage_impl: &dyn Stage, deps: &BTreeMap<&str, No
     }
     let roles = match stage_impl.roles() {
         Roles::EveryNeed => {
-            let bound = offered.into_iter().map(|(s, node, decl)| (format!("{s}.{}", decl.name), (node, decl.name))).collect();
+            let bound =
+                offered.into_iter().map(|(s, node, decl)| (format!("{s}.{}", decl.name), (node, decl.name))).collect();
             return Ok((bound, false));
         }
         Roles::Named(roles) => roles,
@@ -402,17 +444,37 @@ fn bind_roles(stage: &StageDef, stage_impl: &dyn Stage, deps: &BTreeMap<&str, No
             ([one], _) => one,
             ([], [one]) => one,
             (several, tables) => {
-                let candidates: Vec<String> = if several.is_empty() { tables.iter().map(|(s, _, d)| format!("{s}.{}", d.name)).collect() } else { several.iter().map(|(s, _, d)| format!("{s}.{}", d.name)).collect() };
-                let why = if candidates.is_empty() { "no stage in `needs` provides a table".to_string() } else { format!("it could be any of {}", candidates.join(", ")) };
-                return Err(Issue::new(format!("{base}.needs"), format!("cannot tell which output feeds the input `{role}`: {why}"))
-                    .with_help(Some(format!("name it: `inputs: {{ {role}: STAGE.OUTPUT }}`, or list the stage in `needs`"))));
+                let candidates: Vec<String> = if several.is_empty() {
+                    tables.iter().map(|(s, _, d)| format!("{s}.{}", d.name)).collect()
+                } else {
+                    several.iter().map(|(s, _, d)| format!("{s}.{}", d.name)).collect()
+                };
+                let why = if candidates.is_empty() {
+                    "no stage in `needs` provides a table".to_string()
+                } else {
+                    format!("it could be any of {}", candidates.join(", "))
+                };
+                return Err(Issue::new(
+                    format!("{base}.needs"),
+                    format!("cannot tell which output feeds the input `{role}`: {why}"),
+                )
+                .with_help(Some(format!(
+                    "name it: `inputs: {{ {role}: STAGE.OUTPUT }}`, or list the stage in `needs`"
+                ))));
             }
         };
         bound.insert(role.to_string(), (chosen.1, chosen.2.name.clone()));
     }
     if let Some(extra) = stage.inputs.keys().find(|r| !roles.contains(&r.as_str())) {
-        return Err(Issue::new(format!("{base}.inputs.{extra}"), format!("kind `{}` has no input `{extra}`; its inputs: {}", stage.kind, if roles.is_empty() { "none".into() } else { roles.join(", ") }))
-            .with_help(did_you_mean(extra, roles.iter().copied())));
+        return Err(Issue::new(
+            format!("{base}.inputs.{extra}"),
+            format!(
+                "kind `{}` has no input `{extra}`; its inputs: {}",
+                stage.kind,
+                if roles.is_empty() { "none".into() } else { roles.join(", ") }
+            ),
+        )
+        .with_help(did_you_mean(extra, roles.iter().copied())));
     }
     Ok((bound, true))
 }
@@ -437,10 +499,19 @@ impl std::fmt::Display for KeyError {
 
 impl Instance {
     /// The canonical pre-image of this instance's key, from its upstream outputs.
-    pub fn preimage(&self, graph: &DiGraph<Instance, ()>, outputs_of: &dyn Fn(NodeIndex) -> Option<BTreeMap<String, OutputRef>>, workspace: &Path, stat_cache: &StatCache) -> Result<Value, KeyError> {
+    pub fn preimage(
+        &self,
+        graph: &DiGraph<Instance, ()>,
+        outputs_of: &dyn Fn(NodeIndex) -> Option<BTreeMap<String, OutputRef>>,
+        workspace: &Path,
+        stat_cache: &StatCache,
+    ) -> Result<Value, KeyError> {
         let digest_of = |node: NodeIndex, output: &str| -> Result<String, KeyError> {
             let outputs = outputs_of(node).ok_or_else(|| KeyError::Pending(graph[node].name.clone()))?;
-            outputs.get(output).map(|o| o.digest.clone()).ok_or_else(|| KeyError::Pending(format!("{}.{output}", graph[node].name)))
+            outputs
+                .get(output)
+                .map(|o| o.digest.clone())
+                .ok_or_else(|| KeyError::Pending(format!("{}.{output}", graph[node].name)))
         };
         let inputs = if self.roles_in_key {
             let mut map = Map::new();
@@ -449,7 +520,8 @@ impl Instance {
             }
             Value::Object(map)
         } else {
-            let mut digests = self.inputs.values().map(|(node, output)| digest_of(*node, output)).collect::<Result<Vec<_>, _>>()?;
+            let mut digests =
+                self.inputs.values().map(|(node, output)| digest_of(*node, output)).collect::<Result<Vec<_>, _>>()?;
             digests.sort();
             json!(digests)
         };
@@ -461,7 +533,9 @@ impl Instance {
         let mut files = Map::new();
         for path in self.stage_impl.key_files().into_iter().chain(self.use_file.clone()) {
             let full = workspace.join(&path);
-            let digest = stat_cache.digest(&full).map_err(|e| KeyError::File(format!("cannot read `{}`: {}", path.display(), io_reason(&e))))?;
+            let digest = stat_cache
+                .digest(&full)
+                .map_err(|e| KeyError::File(format!("cannot read `{}`: {}", path.display(), io_reason(&e))))?;
             files.insert(path.to_string_lossy().into_owned(), Value::String(digest));
         }
         Ok(json!({
@@ -477,7 +551,9 @@ impl Instance {
 
 fn io_reason(e: &crate::store::StoreError) -> String {
     match e {
-        crate::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "no such file".into(),
+        crate::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "no such file".into()
+        }
         crate::store::StoreError::Io { source, .. } => source.to_string(),
         other => other.to_string(),
     }
@@ -488,7 +564,8 @@ fn io_reason(e: &crate::store::StoreError) -> String {
 fn substitute_model_ref(value: &mut Value, stage: &str, output: Option<&str>, digest: &str) {
     match value {
         Value::Object(map) => {
-            let matches = map.get("stage").and_then(Value::as_str) == Some(stage) && map.get("output").and_then(Value::as_str) == output;
+            let matches = map.get("stage").and_then(Value::as_str) == Some(stage)
+                && map.get("output").and_then(Value::as_str) == output;
             if matches {
                 map.remove("stage");
                 map.remove("output");
@@ -561,13 +638,26 @@ pub enum State {
 }
 
 /// What is fresh, stale (and why), pending or never run — without running anything.
-pub fn assess(plan: &Plan, store: &Store, stat_cache: &StatCache, workspace: &Path, pipeline_label: &str) -> Vec<Assessment> {
+pub fn assess(
+    plan: &Plan,
+    store: &Store,
+    stat_cache: &StatCache,
+    workspace: &Path,
+    pipeline_label: &str,
+) -> Vec<Assessment> {
     let mut known: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = HashMap::new();
     let mut out = Vec::new();
     for &node in &plan.order {
         let inst = &plan.graph[node];
         let label = store.label(pipeline_label, &inst.name).ok().flatten();
-        let mut assessment = Assessment { name: inst.name.clone(), kind: inst.kind.name.to_string(), state: State::Never, reason: None, key: None, preimage: None };
+        let mut assessment = Assessment {
+            name: inst.name.clone(),
+            kind: inst.kind.name.to_string(),
+            state: State::Never,
+            reason: None,
+            key: None,
+            preimage: None,
+        };
         match inst.preimage(&plan.graph, &|n| known.get(&n).cloned(), workspace, stat_cache) {
             Err(KeyError::Pending(up)) => {
                 assessment.state = State::Pending;

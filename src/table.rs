@@ -70,7 +70,10 @@ pub fn read(path: &Path, format: TableFormat) -> Result<DataFrame, TableError> {
             if rows == 0 {
                 return Err(TableError::Format { path: path.to_path_buf(), message: "the file holds no rows".into() });
             }
-            JsonReader::new(File::open(path).map_err(io)?).with_json_format(JsonFormat::JsonLines).finish().map_err(read_err)
+            JsonReader::new(File::open(path).map_err(io)?)
+                .with_json_format(JsonFormat::JsonLines)
+                .finish()
+                .map_err(read_err)
         }
     }
 }
@@ -98,7 +101,8 @@ fn each_line(path: &Path, mut check: impl FnMut(usize, &str) -> Result<(), Table
     let (mut line_no, mut rows) = (0, 0);
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|source| TableError::Io { path: path.to_path_buf(), source })?;
+        let n =
+            reader.read_until(b'\n', &mut buf).map_err(|source| TableError::Io { path: path.to_path_buf(), source })?;
         if n == 0 {
             return Ok(rows);
         }
@@ -123,7 +127,9 @@ pub fn write(df: &mut DataFrame, path: &Path, format: TableFormat) -> Result<(),
     match format {
         TableFormat::Parquet => ParquetWriter::new(file).finish(df).map(|_| ()).map_err(write_err),
         TableFormat::Csv => CsvWriter::new(file).finish(df).map_err(write_err),
-        TableFormat::Jsonl => JsonWriter::new(file).with_json_format(JsonFormat::JsonLines).finish(df).map_err(write_err),
+        TableFormat::Jsonl => {
+            JsonWriter::new(file).with_json_format(JsonFormat::JsonLines).finish(df).map_err(write_err)
+        }
     }
 }
 

@@ -103,7 +103,10 @@ fn identical_bytes_keep_dependents_fresh() {
 fn a_renamed_stage_is_a_cache_hit() {
     let ws = workspace();
     ws.run(&[]);
-    let renamed = PIPELINE.replace("  side:", "  side_copy:").replace("raw:", "source:").replace("needs: [raw]", "needs: [source]");
+    let renamed = PIPELINE
+        .replace("  side:", "  side_copy:")
+        .replace("raw:", "source:")
+        .replace("needs: [raw]", "needs: [source]");
     ws.write("pipeline.yaml", &renamed);
     let second = ws.run(&[]);
     assert!(statuses(&second).iter().all(|(_, s)| s == "hit"), "{second}");
@@ -118,7 +121,10 @@ fn set_and_extends_ablations_reuse_unchanged_upstream_stages() {
     assert_eq!(status_of(&set, "raw"), "hit");
     assert_eq!(status_of(&set, "side"), "hit");
 
-    ws.write("ablation.yaml", "extends: pipeline.yaml\nname: ablation\nstages:\n  side:\n    params: { path: out/raw.csv }\n");
+    ws.write(
+        "ablation.yaml",
+        "extends: pipeline.yaml\nname: ablation\nstages:\n  side:\n    params: { path: out/raw.csv }\n",
+    );
     let ablation = ws.run(&["ablation.yaml"]);
     assert_eq!(ran(&ablation), ["side"]);
     assert_eq!(status_of(&ablation, "raw"), "hit");
@@ -212,4 +218,35 @@ fn the_cache_location_follows_flags_and_env() {
     assert!(out.status.success());
     assert!(elsewhere.path().join("runs").read_dir().unwrap().count() == 1);
     assert!(!ws.path().join("cache").exists());
+}
+
+#[test]
+fn a_use_file_is_merged_under_the_stage_and_its_bytes_are_in_the_key() {
+    let ws = workspace();
+    ws.write("stages/to-csv.yaml", "kind: export\nparams: { path: out/default.csv }\n");
+    ws.write(
+        "uses.yaml",
+        "version: 1\nmodels:\n  judge: { provider: openai, model: gpt-4v }\nstages:\n  raw: { kind: load, params: { path: data/input.csv } }\n  out:\n    use: stages/to-csv.yaml\n    needs: [raw]\n    params: { path: \"out/${models.judge.model}.csv\" }\n",
+    );
+    let first = ws.run(&["uses.yaml"]);
+    assert_eq!(status_of(&first, "out"), "ran");
+    assert!(ws.read("out/gpt-4v.csv").starts_with("id,text,score"));
+    // Editing the used file (even a comment) changes the key of the stage that uses it.
+    ws.write("stages/to-csv.yaml", "# reviewed\nkind: export\nparams: { path: out/default.csv }\n");
+    let explain = ws.silkie(&["explain", "out", "-f", "uses.yaml", "--format", "json"]).json();
+    assert_eq!(explain["changes"][0]["path"], "files.stages/to-csv.yaml");
+    let second = ws.run(&["uses.yaml"]);
+    assert_eq!(ran(&second), ["out"]);
+}
+
+#[test]
+fn dag_prints_text_mermaid_and_dot() {
+    let ws = workspace();
+    let mermaid = ws.silkie(&["dag", "--format", "mermaid"]);
+    assert!(mermaid.stdout.starts_with("flowchart LR"), "{}", mermaid.stdout);
+    assert_eq!(mermaid.stdout.matches("-->").count(), 3);
+    let dot = ws.silkie(&["dag", "--format", "dot"]);
+    assert!(dot.stdout.starts_with("digraph silkie {") && dot.stdout.matches("->").count() == 3, "{}", dot.stdout);
+    let version = ws.silkie(&["--version"]);
+    assert!(version.stdout.starts_with("silkie "));
 }

@@ -9,14 +9,21 @@ use std::process::Command;
 fn expectation(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap();
     let first = String::from_utf8_lossy(&bytes).lines().next().unwrap_or_default().to_string();
-    first.strip_prefix("# expect: ").unwrap_or_else(|| panic!("{}: first line must be `# expect: …`", path.display())).to_string()
+    first
+        .strip_prefix("# expect: ")
+        .unwrap_or_else(|| panic!("{}: first line must be `# expect: …`", path.display()))
+        .to_string()
 }
 
 #[test]
 fn every_malformed_pipeline_gets_a_clear_error() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/malformed");
     let cache = tempfile::tempdir().unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
     files.sort();
     assert!(files.len() >= 30, "the corpus must hold at least 30 files, has {}", files.len());
     let mut failures = Vec::new();
@@ -25,7 +32,14 @@ fn every_malformed_pipeline_gets_a_clear_error() {
         let expected = expectation(file);
         for verb in ["validate", "run", "status"] {
             let out = Command::new(common::bin())
-                .args(["--workspace", dir.to_str().unwrap(), "--cache", cache.path().to_str().unwrap(), verb, file.to_str().unwrap()])
+                .args([
+                    "--workspace",
+                    dir.to_str().unwrap(),
+                    "--cache",
+                    cache.path().to_str().unwrap(),
+                    verb,
+                    file.to_str().unwrap(),
+                ])
                 .env("NO_COLOR", "1")
                 .output()
                 .unwrap();
@@ -54,8 +68,14 @@ fn every_malformed_pipeline_gets_a_clear_error() {
 #[test]
 fn errors_point_at_line_and_column() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/malformed");
-    let out = Command::new(common::bin()).args(["--workspace", dir.to_str().unwrap(), "validate", "06-missing-need.yaml"]).output().unwrap();
+    let out = Command::new(common::bin())
+        .args(["--workspace", dir.to_str().unwrap(), "validate", "06-missing-need.yaml"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("06-missing-need.yaml:5:30: stages.b.needs[0]: `raww` is not a stage of this pipeline"), "{stderr}");
+    assert!(
+        stderr.contains("06-missing-need.yaml:5:30: stages.b.needs[0]: `raww` is not a stage of this pipeline"),
+        "{stderr}"
+    );
     assert!(stderr.contains("did you mean `raw`?"), "{stderr}");
 }

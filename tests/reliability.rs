@@ -59,7 +59,12 @@ fn kill_dash_nine_at_any_moment_never_corrupts_the_store() {
     for i in 0..kills {
         // Points spread over the run (a stride coprime to the count visits all of them).
         let at = full.mul_f64(((i * 7) % kills) as f64 / kills as f64 * 1.1);
-        let mut child = ws.command(&["run", "--set", &format!("vars.salt={i}")]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = ws
+            .command(&["run", "--set", &format!("vars.salt={i}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(at);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -93,9 +98,11 @@ stages:
     params: { cmd: "cat out/slow.txt > out/after.txt", outs: [out/after.txt] }
 "#,
     );
-    let spawn = || ws.command(&["run", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn =
+        || ws.command(&["run", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (a, b) = (spawn(), spawn());
-    let (a, b): (common::Ran, common::Ran) = (a.wait_with_output().unwrap().into(), b.wait_with_output().unwrap().into());
+    let (a, b): (common::Ran, common::Ran) =
+        (a.wait_with_output().unwrap().into(), b.wait_with_output().unwrap().into());
     assert_eq!((a.code, b.code), (0, 0), "{}\n{}", a.stderr, b.stderr);
     let (a, b) = (a.json(), b.json());
     // The slow stage ran exactly once; the other run waited for it and took the result.
@@ -110,7 +117,12 @@ fn gc_during_a_run_deletes_nothing_that_run_needs() {
     let ws = Workspace::new();
     ws.write("pipeline.yaml", PIPELINE);
     ws.run(&["--set", "vars.salt=old"]);
-    let run = ws.command(&["run", "--set", "vars.salt=new", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let run = ws
+        .command(&["run", "--set", "vars.salt=new", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(150));
     let gc = ws.silkie(&["gc", "--format", "json"]);
     let run: common::Ran = run.wait_with_output().unwrap().into();
@@ -160,7 +172,12 @@ fn a_big_unchanged_input_is_not_reread() {
     // Only the small output file written a moment ago is re-hashed (racy guard), never big.bin.
     assert!(second["hashed_bytes"].as_u64().unwrap() < 1 << 20, "the no-op rerun re-read its input: {second}");
     // A touched file is re-hashed, but the same content keeps the stage cached.
-    std::fs::File::options().write(true).open(&big).unwrap().set_modified(std::time::SystemTime::now() - Duration::from_secs(5)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(5))
+        .unwrap();
     let third = ws.run(&[]);
     assert!(third["hashed_bytes"].as_u64().unwrap() >= 1 << 30);
     assert_eq!(status_of(&third, "size"), "hit");
@@ -179,5 +196,9 @@ fn a_second_run_waits_for_the_lock_or_times_out_clearly() {
     let first_out = first.wait_with_output().unwrap();
     assert!(first_out.status.success());
     assert_eq!(second.code, 1, "{}", second.stdout);
-    assert!(second.stdout.contains("gave up waiting for `slow` (another silkie run is computing it)"), "{}", second.stdout);
+    assert!(
+        second.stdout.contains("gave up waiting for `slow` (another silkie run is computing it)"),
+        "{}",
+        second.stdout
+    );
 }

@@ -61,7 +61,8 @@ fn split<'s>(s: &'s str, path: &str) -> Result<Vec<Piece<'s>>, Issue> {
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
             let Some(end) = after.find('}') else {
-                return Err(Issue::new(path, format!("unterminated `${{` in \"{s}\"")).with_help(Some("close the reference with `}`, or write `$${` for a literal `${`".into())));
+                return Err(Issue::new(path, format!("unterminated `${{` in \"{s}\""))
+                    .with_help(Some("close the reference with `}`, or write `$${` for a literal `${`".into())));
             };
             if !text.is_empty() {
                 pieces.push(Piece::Text(std::mem::take(&mut text)));
@@ -103,7 +104,10 @@ fn resolve_str(s: &str, scope: &Scope, path: &str) -> Result<Value, Issue> {
                 Some(v) => {
                     return Err(Issue::new(
                         path,
-                        format!("`${{{reference}}}` is a {} and cannot be spliced into the text \"{s}\"", type_name(&v)),
+                        format!(
+                            "`${{{reference}}}` is a {} and cannot be spliced into the text \"{s}\"",
+                            type_name(&v)
+                        ),
                     )
                     .with_help(Some("use the reference as the whole value to keep its type".into())));
                 }
@@ -142,32 +146,33 @@ fn lookup(reference: &str, scope: &Scope, path: &str) -> Result<Option<Value>, I
                 Some(v) => Ok(Some(v.clone())),
                 None if m.is_empty() => Err(Issue::new(
                     path,
-                    format!("`${{{reference}}}` is used, but this stage has no matrix (neither its own nor from a stage it needs)"),
+                    format!(
+                        "`${{{reference}}}` is used, but this stage has no matrix (neither its own nor from a stage it needs)"
+                    ),
                 )),
                 None => Err(unknown("matrix axis", name, m.keys().map(String::as_str).collect())),
             },
         },
         ["models", model, fields @ ..] if !fields.is_empty() => {
             let Some(mut node) = scope.models.get(*model) else {
-                let names = scope.models.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+                let names =
+                    scope.models.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
                 return Err(unknown("model", model, names));
             };
             for field in fields {
                 node = match node.get(*field) {
                     Some(v) => v,
                     None => {
-                        let names = node.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+                        let names =
+                            node.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
                         return Err(unknown(&format!("field in model `{model}` named"), field, names));
                     }
                 };
             }
             Ok(Some(node.clone()))
         }
-        _ => Err(Issue::new(
-            path,
-            format!("`${{{reference}}}` is not a reference silkie knows"),
-        )
-        .with_help(Some("write ${vars.NAME}, ${matrix.AXIS} or ${models.MODEL.FIELD}".into()))),
+        _ => Err(Issue::new(path, format!("`${{{reference}}}` is not a reference silkie knows"))
+            .with_help(Some("write ${vars.NAME}, ${matrix.AXIS} or ${models.MODEL.FIELD}".into()))),
     }
 }
 
@@ -176,7 +181,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn scope_with<'a>(vars: &'a Map<String, Value>, models: &'a Value, matrix: Option<&'a BTreeMap<String, Value>>) -> Scope<'a> {
+    fn scope_with<'a>(
+        vars: &'a Map<String, Value>,
+        models: &'a Value,
+        matrix: Option<&'a BTreeMap<String, Value>>,
+    ) -> Scope<'a> {
         Scope { vars, models, matrix }
     }
 

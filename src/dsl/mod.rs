@@ -162,30 +162,53 @@ impl Loader<'_> {
         let bytes = std::fs::read(path)
             .map_err(|e| one(SourceMap::error_at(&shown, "", None, format!("cannot read pipeline file: {e}"))))?;
         let text = String::from_utf8(bytes).map_err(|e| {
-            one(SourceMap::error_at(&shown, "", None, format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+            one(SourceMap::error_at(
+                &shown,
+                "",
+                None,
+                format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            ))
         })?;
         let mut yaml: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
             let offset = e.location().map(|l| l.index());
             one(SourceMap::error_at(&shown, &text, offset, format!("invalid YAML: {e}")))
         })?;
-        yaml.apply_merge().map_err(|e| one(SourceMap::error_at(&shown, &text, None, format!("invalid YAML merge key: {e}"))))?;
+        yaml.apply_merge()
+            .map_err(|e| one(SourceMap::error_at(&shown, &text, None, format!("invalid YAML merge key: {e}"))))?;
         sources.add(&shown, &text, mount);
         let value = yaml_to_json(yaml, "").map_err(|issue| sources.locate_all(vec![issue]))?;
         if value.is_null() {
-            return Err(one(SourceMap::error_at(&shown, &text, None, "the file is empty; expected a map with `version` and `stages`".into())));
+            return Err(one(SourceMap::error_at(
+                &shown,
+                &text,
+                None,
+                "the file is empty; expected a map with `version` and `stages`".into(),
+            )));
         }
         if !value.is_object() {
-            return Err(one(SourceMap::error_at(&shown, &text, Some(0), format!("expected a map at the top level, found a {}", type_name(&value)))));
+            return Err(one(SourceMap::error_at(
+                &shown,
+                &text,
+                Some(0),
+                format!("expected a map at the top level, found a {}", type_name(&value)),
+            )));
         }
         Ok(value)
     }
 
     /// Reads a pipeline file and everything it `extends`, merged, child over parent.
-    fn read_with_extends(&self, path: &Path, sources: &mut SourceMap, chain: &mut Vec<PathBuf>) -> Result<Value, PipelineErrors> {
+    fn read_with_extends(
+        &self,
+        path: &Path,
+        sources: &mut SourceMap,
+        chain: &mut Vec<PathBuf>,
+    ) -> Result<Value, PipelineErrors> {
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         if let Some(at) = chain.iter().position(|p| *p == canonical) {
-            let cycle: Vec<String> = chain[at..].iter().chain([&canonical]).map(|p| self.display(p).display().to_string()).collect();
-            return Err(sources.locate_all(vec![Issue::new("extends", format!("`extends` forms a loop: {}", cycle.join(" → ")))]));
+            let cycle: Vec<String> =
+                chain[at..].iter().chain([&canonical]).map(|p| self.display(p).display().to_string()).collect();
+            return Err(sources
+                .locate_all(vec![Issue::new("extends", format!("`extends` forms a loop: {}", cycle.join(" → ")))]));
         }
         chain.push(canonical);
         let mut value = self.read(path, sources, "")?;
@@ -195,16 +218,27 @@ impl Loader<'_> {
         };
         let parents = match parent {
             Value::String(p) => vec![p],
-            Value::Array(items) if items.iter().all(Value::is_string) => items.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            Value::Array(items) if items.iter().all(Value::is_string) => {
+                items.iter().filter_map(|v| v.as_str().map(String::from)).collect()
+            }
             other => {
-                return Err(sources.locate_all(vec![Issue::new("extends", format!("expected a file path (or a list of them), found a {}", type_name(&other)))]));
+                return Err(sources.locate_all(vec![Issue::new(
+                    "extends",
+                    format!("expected a file path (or a list of them), found a {}", type_name(&other)),
+                )]));
             }
         };
         let mut merged = Value::Object(Map::new());
         for parent in parents {
             let parent_path = self.resolve(Path::new(&parent));
             if !parent_path.exists() {
-                return Err(sources.locate_all(vec![Issue::new("extends", format!("extends `{parent}`, which does not exist (paths resolve against the workspace {})", self.workspace.display()))]));
+                return Err(sources.locate_all(vec![Issue::new(
+                    "extends",
+                    format!(
+                        "extends `{parent}`, which does not exist (paths resolve against the workspace {})",
+                        self.workspace.display()
+                    ),
+                )]));
             }
             merge::deep_merge(&mut merged, self.read_with_extends(&parent_path, sources, chain)?);
         }
@@ -224,7 +258,13 @@ impl Loader<'_> {
         }
         let raw: RawPipeline = typed(root, &sources)?;
         if raw.version != LANGUAGE_VERSION {
-            return Err(sources.locate_all(vec![Issue::new("version", format!("unsupported pipeline language version {}; this silkie reads version {LANGUAGE_VERSION}", raw.version))]));
+            return Err(sources.locate_all(vec![Issue::new(
+                "version",
+                format!(
+                    "unsupported pipeline language version {}; this silkie reads version {LANGUAGE_VERSION}",
+                    raw.version
+                ),
+            )]));
         }
         let mut issues = Vec::new();
         let models_json = serde_json::to_value(&raw.models).unwrap_or_default();
@@ -240,7 +280,8 @@ impl Loader<'_> {
         for (name, stage) in raw.stages {
             let base = format!("stages.{name}");
             if !valid_stage_name(&name) {
-                issues.push(Issue::new(&base, format!("stage name `{name}` may hold only letters, digits, `_` and `-`")));
+                issues
+                    .push(Issue::new(&base, format!("stage name `{name}` may hold only letters, digits, `_` and `-`")));
                 continue;
             }
             match build_stage(name.clone(), stage, &scope, &base, use_files.get(&name).cloned()) {
@@ -257,12 +298,17 @@ impl Loader<'_> {
             return Err(sources.locate_all(issues));
         }
         let label = self.display(&full).display().to_string();
-        let name = raw.name.unwrap_or_else(|| full.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let name =
+            raw.name.unwrap_or_else(|| full.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         Ok(Pipeline { label, name, vars, models, stages, sources })
     }
 
     /// Replaces every stage's `use: FILE` with the file's definition, the stage merged over it.
-    fn expand_uses(&self, root: &mut Value, sources: &mut SourceMap) -> Result<BTreeMap<String, PathBuf>, PipelineErrors> {
+    fn expand_uses(
+        &self,
+        root: &mut Value,
+        sources: &mut SourceMap,
+    ) -> Result<BTreeMap<String, PathBuf>, PipelineErrors> {
         let mut used = BTreeMap::new();
         let Some(stages) = root.get_mut("stages").and_then(Value::as_object_mut) else {
             return Ok(used);
@@ -272,11 +318,17 @@ impl Loader<'_> {
             let Some(use_value) = obj.remove("use") else { continue };
             let path = format!("stages.{name}.use");
             let Some(file) = use_value.as_str() else {
-                return Err(sources.locate_all(vec![Issue::new(path, format!("expected a path to a stage definition file, found a {}", type_name(&use_value)))]));
+                return Err(sources.locate_all(vec![Issue::new(
+                    path,
+                    format!("expected a path to a stage definition file, found a {}", type_name(&use_value)),
+                )]));
             };
             let full = self.resolve(Path::new(file));
             if !full.is_file() {
-                return Err(sources.locate_all(vec![Issue::new(path, format!("uses `{file}`, which does not exist (paths resolve against the workspace)"))]));
+                return Err(sources.locate_all(vec![Issue::new(
+                    path,
+                    format!("uses `{file}`, which does not exist (paths resolve against the workspace)"),
+                )]));
             }
             let mut base = self.read(&full, sources, &format!("stages.{name}"))?;
             merge::deep_merge(&mut base, Value::Object(std::mem::take(obj)));
@@ -301,19 +353,31 @@ fn valid_stage_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn build_stage(name: String, raw: RawStage, scope: &Scope, base: &str, use_file: Option<PathBuf>) -> Result<StageDef, Vec<Issue>> {
+fn build_stage(
+    name: String,
+    raw: RawStage,
+    scope: &Scope,
+    base: &str,
+    use_file: Option<PathBuf>,
+) -> Result<StageDef, Vec<Issue>> {
     let mut issues = Vec::new();
     let _ = raw.description;
     let kind = match raw.kind {
         Some(k) => k,
         None => {
-            issues.push(Issue::new(base, "the stage has neither `kind` nor `use`").with_help(Some("add `kind: load` (or another kind), or `use: stages/FILE.yaml`".into())));
+            issues.push(
+                Issue::new(base, "the stage has neither `kind` nor `use`")
+                    .with_help(Some("add `kind: load` (or another kind), or `use: stages/FILE.yaml`".into())),
+            );
             String::new()
         }
     };
     let params = interpolate(&mut issues, scope, raw.params, format!("{base}.params"));
     if !params.is_object() {
-        issues.push(Issue::new(format!("{base}.params"), format!("expected a map of parameters, found a {}", type_name(&params))));
+        issues.push(Issue::new(
+            format!("{base}.params"),
+            format!("expected a map of parameters, found a {}", type_name(&params)),
+        ));
     }
     let runtime_json = serde_json::to_value(&raw.runtime).unwrap_or_default();
     let runtime_json = interpolate(&mut issues, scope, runtime_json, format!("{base}.runtime"));
@@ -329,9 +393,16 @@ fn build_stage(name: String, raw: RawStage, scope: &Scope, base: &str, use_file:
         if values.is_empty() {
             issues.push(Issue::new(&path, "a matrix axis needs at least one value"));
         }
-        let values: Vec<Value> = values.into_iter().enumerate().map(|(i, v)| interpolate(&mut issues, scope, v, format!("{path}[{i}]"))).collect();
+        let values: Vec<Value> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| interpolate(&mut issues, scope, v, format!("{path}[{i}]")))
+            .collect();
         if let Some(bad) = values.iter().find(|v| v.is_object() || v.is_array() || v.is_null()) {
-            issues.push(Issue::new(&path, format!("matrix values must be strings, numbers or booleans, found a {}", type_name(bad))));
+            issues.push(Issue::new(
+                &path,
+                format!("matrix values must be strings, numbers or booleans, found a {}", type_name(bad)),
+            ));
         }
         matrix.insert(axis, values);
     }
@@ -349,7 +420,11 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value, sources: &SourceMap) -> R
     typed_at(value, "", sources)
 }
 
-fn typed_at<T: serde::de::DeserializeOwned>(value: Value, prefix: &str, sources: &SourceMap) -> Result<T, PipelineErrors> {
+fn typed_at<T: serde::de::DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    sources: &SourceMap,
+) -> Result<T, PipelineErrors> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let mut path = match (prefix.is_empty(), inner == ".") {
@@ -369,10 +444,16 @@ pub fn serde_issue(path: String, message: &str) -> Issue {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        let key_path = if path.is_empty() || path == field || path.ends_with(&format!(".{field}")) { path.clone() } else { format!("{path}.{field}") };
+        let key_path = if path.is_empty() || path == field || path.ends_with(&format!(".{field}")) {
+            path.clone()
+        } else {
+            format!("{path}.{field}")
+        };
         let key_path = if key_path.is_empty() { field.to_string() } else { key_path };
-        let allowed = if candidates.is_empty() { String::new() } else { format!("; allowed keys: {}", candidates.join(", ")) };
-        return Issue::new(key_path, format!("unknown key `{field}`{allowed}")).with_help(did_you_mean(field, candidates));
+        let allowed =
+            if candidates.is_empty() { String::new() } else { format!("; allowed keys: {}", candidates.join(", ")) };
+        return Issue::new(key_path, format!("unknown key `{field}`{allowed}"))
+            .with_help(did_you_mean(field, candidates));
     }
     if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
         return Issue::new(path, format!("missing required key `{field}`"));
@@ -395,13 +476,19 @@ pub fn yaml_to_json(value: serde_yaml::Value, path: &str) -> Result<Value, Issue
                 let f = n.as_f64().unwrap_or(f64::NAN);
                 match serde_json::Number::from_f64(f) {
                     Some(num) => Value::Number(num),
-                    None => return Err(Issue::new(path, format!("the number {f} is not finite; write a finite number"))),
+                    None => {
+                        return Err(Issue::new(path, format!("the number {f} is not finite; write a finite number")));
+                    }
                 }
             }
         }
         Y::String(s) => Value::String(s),
         Y::Sequence(items) => Value::Array(
-            items.into_iter().enumerate().map(|(i, v)| yaml_to_json(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| yaml_to_json(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
         ),
         Y::Mapping(map) => {
             let mut out = Map::new();
@@ -410,13 +497,23 @@ pub fn yaml_to_json(value: serde_yaml::Value, path: &str) -> Result<Value, Issue
                     Y::String(s) => s,
                     Y::Number(n) => n.to_string(),
                     Y::Bool(b) => b.to_string(),
-                    other => return Err(Issue::new(path, format!("keys must be plain names, found a key of the form {other:?}"))),
+                    other => {
+                        return Err(Issue::new(
+                            path,
+                            format!("keys must be plain names, found a key of the form {other:?}"),
+                        ));
+                    }
                 };
                 let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 out.insert(key, yaml_to_json(v, &child)?);
             }
             Value::Object(out)
         }
-        Y::Tagged(tagged) => return Err(Issue::new(path, format!("YAML tags like `{}` are not part of the pipeline language", tagged.tag))),
+        Y::Tagged(tagged) => {
+            return Err(Issue::new(
+                path,
+                format!("YAML tags like `{}` are not part of the pipeline language", tagged.tag),
+            ));
+        }
     })
 }

@@ -156,11 +156,7 @@ impl SourceMap {
                 None => break,
             }
         }
-        let (file, text) = self
-            .files
-            .first()
-            .map(|f| (f.path.clone(), f.text.clone()))
-            .unwrap_or_default();
+        let (file, text) = self.files.first().map(|f| (f.path.clone(), f.text.clone())).unwrap_or_default();
         PipelineError {
             file: file.clone(),
             path: issue.path,
@@ -182,11 +178,7 @@ fn strip_mount<'a>(path: &'a str, mount: &str) -> Option<&'a str> {
         return Some(path);
     }
     let rest = path.strip_prefix(mount)?;
-    if rest.is_empty() {
-        Some("")
-    } else {
-        rest.strip_prefix('.').or_else(|| rest.starts_with('[').then_some(rest))
-    }
+    if rest.is_empty() { Some("") } else { rest.strip_prefix('.').or_else(|| rest.starts_with('[').then_some(rest)) }
 }
 
 /// `a.b[0].c` → `a.b[0]` → `a.b` → `a` → ``.
@@ -220,7 +212,11 @@ fn index_positions(text: &str) -> HashMap<String, Position> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut parser = Parser::new_from_str(text);
     // Returns the path the next node occupies, recording its position if it is a key or item.
-    let next_node = |stack: &mut Vec<Frame>, positions: &mut HashMap<String, Position>, pos: Position, scalar: Option<&str>| -> Option<String> {
+    let next_node = |stack: &mut Vec<Frame>,
+                     positions: &mut HashMap<String, Position>,
+                     pos: Position,
+                     scalar: Option<&str>|
+     -> Option<String> {
         match stack.last_mut() {
             None => Some(String::new()),
             Some(Frame::Seq { path, next }) => {

@@ -13,7 +13,10 @@ use petgraph::graph::NodeIndex;
 
 use crate::plan::{Instance, Plan, key_of};
 use crate::stages::{Input, RunContext, StageError};
-use crate::store::{InstanceReport, InstanceStatus, Label, LockMode, OutputRef, RunRecord, StageRecord, StatCache, Store, StoreError, now_ms};
+use crate::store::{
+    InstanceReport, InstanceStatus, Label, LockMode, OutputRef, RunRecord, StageRecord, StatCache, Store, StoreError,
+    now_ms,
+};
 
 pub use progress::Progress;
 
@@ -52,7 +55,13 @@ struct RunEnv<'a> {
 }
 
 /// Runs the selected part of a plan and writes its run record.
-pub fn run(plan: &Plan, store: &Store, workspace: &Path, pipeline: &crate::dsl::Pipeline, opts: &RunOptions) -> Result<RunRecord, ExecError> {
+pub fn run(
+    plan: &Plan,
+    store: &Store,
+    workspace: &Path,
+    pipeline: &crate::dsl::Pipeline,
+    opts: &RunOptions,
+) -> Result<RunRecord, ExecError> {
     let started = Instant::now();
     let started_unix_ms = now_ms();
     let selected = plan.select(&opts.targets).map_err(ExecError::Usage)?;
@@ -63,7 +72,14 @@ pub fn run(plan: &Plan, store: &Store, workspace: &Path, pipeline: &crate::dsl::
     }
     let _store_lock = store.lock_store(LockMode::Shared, opts.lock_timeout)?;
     let stat_cache = StatCache::load(store);
-    let env = RunEnv { plan, store, stat_cache: &stat_cache, workspace, pipeline: &pipeline.label, lock_timeout: opts.lock_timeout };
+    let env = RunEnv {
+        plan,
+        store,
+        stat_cache: &stat_cache,
+        workspace,
+        pipeline: &pipeline.label,
+        lock_timeout: opts.lock_timeout,
+    };
     let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
 
     let order: Vec<NodeIndex> = plan.order.iter().copied().filter(|n| selected.contains(n)).collect();
@@ -80,7 +96,8 @@ pub fn run(plan: &Plan, store: &Store, workspace: &Path, pipeline: &crate::dsl::
             while running < opts.jobs.max(1) {
                 let Some(node) = take_next(&mut ready, &order) else { break };
                 let inputs = bound_inputs(plan, node, &outputs);
-                let dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = plan.graph[node].deps.iter().filter_map(|d| outputs.get(d).map(|o| (*d, o.clone()))).collect();
+                let dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> =
+                    plan.graph[node].deps.iter().filter_map(|d| outputs.get(d).map(|o| (*d, o.clone()))).collect();
                 let tx = tx.clone();
                 let env = &env;
                 let force = forced.contains(&node);
@@ -142,7 +159,14 @@ fn take_next(ready: &mut Vec<NodeIndex>, order: &[NodeIndex]) -> Option<NodeInde
 }
 
 /// Marks `node` and everything downstream of it skipped because `cause` failed.
-fn skip(plan: &Plan, node: NodeIndex, cause: &str, waiting: &mut HashMap<NodeIndex, usize>, reports: &mut HashMap<NodeIndex, InstanceReport>, progress: &Progress) {
+fn skip(
+    plan: &Plan,
+    node: NodeIndex,
+    cause: &str,
+    waiting: &mut HashMap<NodeIndex, usize>,
+    reports: &mut HashMap<NodeIndex, InstanceReport>,
+    progress: &Progress,
+) {
     if reports.contains_key(&node) || waiting.remove(&node).is_none() {
         return;
     }
@@ -163,7 +187,11 @@ fn skip(plan: &Plan, node: NodeIndex, cause: &str, waiting: &mut HashMap<NodeInd
     }
 }
 
-fn bound_inputs(plan: &Plan, node: NodeIndex, outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>) -> BTreeMap<String, Input> {
+fn bound_inputs(
+    plan: &Plan,
+    node: NodeIndex,
+    outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>,
+) -> BTreeMap<String, Input> {
     let inst = &plan.graph[node];
     inst.inputs
         .iter()
@@ -176,7 +204,13 @@ fn bound_inputs(plan: &Plan, node: NodeIndex, outputs: &HashMap<NodeIndex, BTree
 
 /// Runs (or finds in the cache) one instance. Never panics on user input: every problem
 /// becomes a failed report.
-fn execute(env: &RunEnv, node: NodeIndex, inputs: &BTreeMap<String, Input>, dep_outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>, force: bool) -> InstanceReport {
+fn execute(
+    env: &RunEnv,
+    node: NodeIndex,
+    inputs: &BTreeMap<String, Input>,
+    dep_outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>,
+    force: bool,
+) -> InstanceReport {
     let inst = &env.plan.graph[node];
     let start = Instant::now();
     let mut report = InstanceReport {
@@ -212,24 +246,28 @@ fn compute(
         .map_err(|e| StageError::Failed(e.to_string()))?;
     let key = key_of(&preimage);
     report.key = Some(key.clone());
-    let ctx = RunContext { workspace: env.workspace, store: env.store, stat_cache: env.stat_cache, instance: &inst.name, inputs };
-    let label = Label { pipeline: env.pipeline.to_string(), instance: inst.name.clone(), key: key.clone(), preimage: preimage.clone() };
+    let ctx = RunContext {
+        workspace: env.workspace,
+        store: env.store,
+        stat_cache: env.stat_cache,
+        instance: &inst.name,
+        inputs,
+    };
+    let label = Label {
+        pipeline: env.pipeline.to_string(),
+        instance: inst.name.clone(),
+        key: key.clone(),
+        preimage: preimage.clone(),
+    };
 
-    if !force {
-        if let Some(record) = env.store.complete_record(&key)? {
-            inst.stage_impl.restore(&ctx, &record.outputs)?;
-            env.store.put_label(&label)?;
-            return Ok((InstanceStatus::Hit, record.outputs));
-        }
+    if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {
+        return Ok(hit);
     }
-    let _lock = env.store.lock_key(&key, &format!("`{}` (another silkie run is computing it)", inst.name), env.lock_timeout)?;
-    if !force {
-        // Another run may have finished it while we waited for the lock.
-        if let Some(record) = env.store.complete_record(&key)? {
-            inst.stage_impl.restore(&ctx, &record.outputs)?;
-            env.store.put_label(&label)?;
-            return Ok((InstanceStatus::Hit, record.outputs));
-        }
+    let _lock =
+        env.store.lock_key(&key, &format!("`{}` (another silkie run is computing it)", inst.name), env.lock_timeout)?;
+    // Another run may have finished it while we waited for the lock.
+    if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {
+        return Ok(hit);
     }
     let start = Instant::now();
     let outputs = inst.stage_impl.run(&ctx)?;
@@ -242,6 +280,25 @@ fn compute(
         duration_ms: start.elapsed().as_millis() as u64,
     };
     env.store.put_record(&record)?;
-    env.store.put_label(&label)?;
+    update_label(env.store, &label)?;
     Ok((InstanceStatus::Ran, outputs))
+}
+
+type Done = (InstanceStatus, BTreeMap<String, OutputRef>);
+
+/// A cache hit: the complete record for the label's key, with workspace files restored.
+fn cached(env: &RunEnv, inst: &Instance, ctx: &RunContext, label: &Label) -> Result<Option<Done>, StageError> {
+    let Some(record) = env.store.complete_record(&label.key)? else { return Ok(None) };
+    inst.stage_impl.restore(ctx, &record.outputs)?;
+    update_label(env.store, label)?;
+    Ok(Some((InstanceStatus::Hit, record.outputs)))
+}
+
+/// Records the key this instance last ran with; skipped when unchanged, which keeps a
+/// no-op rerun free of writes.
+fn update_label(store: &Store, label: &Label) -> Result<(), StoreError> {
+    if store.label(&label.pipeline, &label.instance)?.is_some_and(|old| old.key == label.key) {
+        return Ok(());
+    }
+    store.put_label(label)
 }

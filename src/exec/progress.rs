@@ -15,7 +15,10 @@ impl Progress {
     pub fn new(total: usize, on_terminal: bool) -> Progress {
         let bar = on_terminal.then(|| {
             let bar = ProgressBar::new(total as u64);
-            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} stages  {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} stages  {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
         });
@@ -46,7 +49,11 @@ impl Progress {
                 if report.status != InstanceStatus::Hit {
                     bar.println(line);
                 }
-                bar.set_message(if running.is_empty() { String::new() } else { format!("running {}", running.join(", ")) });
+                bar.set_message(if running.is_empty() {
+                    String::new()
+                } else {
+                    format!("running {}", running.join(", "))
+                });
             }
             None if report.status == InstanceStatus::Failed => tracing::error!("{line}"),
             None => tracing::info!("{line}"),

@@ -43,7 +43,10 @@ fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
     }
     for (i, out) in params.outs.iter().enumerate() {
         if out.is_empty() || PathBuf::from(out).is_absolute() || out.split(['/', '\\']).any(|p| p == "..") {
-            return Err(Issue::new(format!("params.outs[{i}]"), format!("`{out}` must be a relative path inside the workspace")));
+            return Err(Issue::new(
+                format!("params.outs[{i}]"),
+                format!("`{out}` must be a relative path inside the workspace"),
+            ));
         }
         if params.outs[..i].contains(out) {
             return Err(Issue::new(format!("params.outs[{i}]"), format!("`{out}` is listed twice")));
@@ -54,7 +57,8 @@ fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
 
 /// `SILKIE_IN_` + the input's name, upper-cased, anything else than letters and digits as `_`.
 fn env_name(input: &str) -> String {
-    let tail: String = input.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let tail: String =
+        input.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
     format!("SILKIE_IN_{tail}")
 }
 
@@ -64,7 +68,8 @@ impl CommandStage {
         std::fs::create_dir_all(dir).map_err(|e| StageError::Failed(format!("{}: {e}", dir.display())))?;
         let mut env = Vec::new();
         for (name, input) in ctx.inputs {
-            let file_name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let file_name: String =
+                name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
             let blob = ctx.store.blob_path(&input.output.digest);
             let path = match input.output.kind {
                 OutputKind::Dir => {
@@ -129,7 +134,8 @@ impl Stage for CommandStage {
             .envs(&self.params.env)
             .output();
         let _ = std::fs::remove_dir_all(&staging);
-        let output = result.map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", self.params.cmd)))?;
+        let output =
+            result.map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", self.params.cmd)))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !stdout.trim().is_empty() {
             tracing::debug!("{} stdout:\n{stdout}", ctx.instance);
@@ -138,7 +144,12 @@ impl Stage for CommandStage {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
             let status = output.status.code().map_or("a signal".to_string(), |c| format!("exit code {c}"));
-            return Err(StageError::Failed(format!("`{}` failed with {status}{}{}", self.params.cmd, if tail.is_empty() { "" } else { ":\n" }, tail.join("\n"))));
+            return Err(StageError::Failed(format!(
+                "`{}` failed with {status}{}{}",
+                self.params.cmd,
+                if tail.is_empty() { "" } else { ":\n" },
+                tail.join("\n")
+            )));
         }
         let mut outputs = BTreeMap::new();
         for out in &self.params.outs {

@@ -49,7 +49,8 @@ fn same_content(ctx: &RunContext, path: &Path, digest: &str) -> bool {
 pub fn clear(ctx: &RunContext, relative: &str) -> Result<(), StageError> {
     let path = ctx.workspace_path(relative)?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StageError::Failed(format!("cannot create the directory of `{relative}`: {e}")))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StageError::Failed(format!("cannot create the directory of `{relative}`: {e}")))?;
     }
     let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
     match result {

@@ -91,7 +91,8 @@ impl Store {
             total += bytes;
             manifest.files.insert(rel, DirEntry { digest, bytes, executable: is_executable(&path) });
         }
-        let json = serde_json::to_vec(&manifest).map_err(|e| StoreError::Corrupt { path: dir.to_path_buf(), reason: e.to_string() })?;
+        let json = serde_json::to_vec(&manifest)
+            .map_err(|e| StoreError::Corrupt { path: dir.to_path_buf(), reason: e.to_string() })?;
         let (digest, _) = self.put_bytes(&json)?;
         Ok((digest, total))
     }
@@ -111,7 +112,10 @@ impl Store {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let tmp = dest.with_file_name(format!(".{}.silkie-tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        let tmp = dest.with_file_name(format!(
+            ".{}.silkie-tmp",
+            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
         std::fs::copy(&src, &tmp).map_err(io_err(&tmp))?;
         set_permissions(&tmp, executable);
         std::fs::rename(&tmp, dest).map_err(io_err(dest))

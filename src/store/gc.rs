@@ -94,7 +94,9 @@ fn remove(path: &Path, dry_run: bool) -> Result<()> {
     }
     let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     match result {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(super::StoreError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(super::StoreError::Io { path: path.to_path_buf(), source: e })
+        }
         _ => Ok(()),
     }
 }

@@ -36,7 +36,8 @@ impl Store {
 }
 
 fn acquire(path: &Path, mode: LockMode, timeout: Option<Duration>, what: &str) -> Result<LockGuard> {
-    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(io_err(path))?;
+    let mut file =
+        OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(io_err(path))?;
     let start = Instant::now();
     let mut told = false;
     loop {
@@ -49,10 +50,10 @@ fn acquire(path: &Path, mode: LockMode, timeout: Option<Duration>, what: &str) -
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(e)) => return Err(StoreError::Io { path: path.to_path_buf(), source: e }),
         }
-        if let Some(limit) = timeout {
-            if start.elapsed() >= limit {
-                return Err(StoreError::LockTimeout { what: what.to_string(), seconds: limit.as_secs_f64() });
-            }
+        if let Some(limit) = timeout
+            && start.elapsed() >= limit
+        {
+            return Err(StoreError::LockTimeout { what: what.to_string(), seconds: limit.as_secs_f64() });
         }
         if !told {
             let holder = holder_pid(&mut file).map(|p| format!(" (held by pid {p})")).unwrap_or_default();

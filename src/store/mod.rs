@@ -72,7 +72,8 @@ impl Store {
     /// A fresh path under `tmp/` for a file that will be renamed into place.
     pub fn tmp_path(&self, hint: &str) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         self.root.join("tmp").join(format!("{}-{n}-{nanos}-{hint}", std::process::id()))
     }
 
@@ -90,7 +91,8 @@ impl Store {
     }
 
     fn write_json<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
         self.write_atomic(path, &bytes)
     }
 

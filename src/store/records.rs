@@ -145,10 +145,10 @@ impl Store {
         let mut runs = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let path = entry.map_err(io_err(&dir))?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                if let Some(run) = self.read_json::<RunRecord>(&path)? {
-                    runs.push(run);
-                }
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(run) = self.read_json::<RunRecord>(&path)?
+            {
+                runs.push(run);
             }
         }
         runs.sort_by(|a, b| (a.started_unix_ms, &a.id).cmp(&(b.started_unix_ms, &b.id)));

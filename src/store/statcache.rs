@@ -58,10 +58,13 @@ impl StatCache {
         }
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).to_string_lossy().into_owned();
         let (size, mtime_ns, inode) = stat(&meta);
-        if let Some(e) = self.entries.lock().expect("stat cache lock").get(&key) {
-            if e.size == size && e.mtime_ns == mtime_ns && e.inode == inode && e.hashed_at_ns - mtime_ns > RACY_NS {
-                return Ok(e.digest.clone());
-            }
+        if let Some(e) = self.entries.lock().expect("stat cache lock").get(&key)
+            && e.size == size
+            && e.mtime_ns == mtime_ns
+            && e.inode == inode
+            && e.hashed_at_ns - mtime_ns > RACY_NS
+        {
+            return Ok(e.digest.clone());
         }
         let file = std::fs::File::open(path).map_err(io_err(path))?;
         let hashed_at_ns = now_ns();
@@ -79,7 +82,8 @@ impl StatCache {
         if !*self.dirty.lock().expect("stat cache lock") {
             return Ok(());
         }
-        let mut merged: HashMap<String, Entry> = std::fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mut merged: HashMap<String, Entry> =
+            std::fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let ours = self.entries.lock().expect("stat cache lock");
         for (k, v) in ours.iter() {
             merged.insert(k.clone(), v.clone());
@@ -102,6 +106,11 @@ fn stat(meta: &std::fs::Metadata) -> (u64, i128, u64) {
 
 #[cfg(not(unix))]
 fn stat(meta: &std::fs::Metadata) -> (u64, i128, u64) {
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as i128).unwrap_or(0);
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
     (meta.len(), mtime, 0)
 }

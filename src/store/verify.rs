@@ -27,7 +27,9 @@ impl Store {
                 if output.kind == OutputKind::Dir {
                     match self.read_dir_manifest(&output.digest) {
                         Ok(manifest) => digests.extend(manifest.files.into_values().map(|e| e.digest)),
-                        Err(e) => problems.push(Problem { path: path.clone(), reason: format!("output `{name}`: {e}") }),
+                        Err(e) => {
+                            problems.push(Problem { path: path.clone(), reason: format!("output `{name}`: {e}") })
+                        }
                     }
                 }
                 for digest in digests {
