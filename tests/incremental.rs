@@ -83,7 +83,8 @@ fn explain_names_a_typed_param_with_old_and_new_value() {
     ws.run(&[]);
     let explain = ws.silkie(&["explain", "side", "--set", "stages.side.params.format=csv", "--format", "json"]).json();
     assert_eq!(explain["changes"], json!([{"path": "params.format", "old": "parquet", "new": "csv"}]));
-    let text = ws.silkie(&["explain", "side", "--set", "stages.side.params.format=csv"]);
+    // `STAGE.params.KEY` is short for `stages.STAGE.params.KEY`.
+    let text = ws.silkie(&["explain", "side", "--set", "side.params.format=csv"]);
     assert!(text.stdout.contains("params.format: \"parquet\" → \"csv\""), "{}", text.stdout);
 }
 

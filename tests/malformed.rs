@@ -6,6 +6,13 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+/// Extra command-line arguments from an optional second line `# args: …`.
+fn extra_args(path: &Path) -> Vec<String> {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+    let second = text.lines().nth(1).unwrap_or_default();
+    second.strip_prefix("# args: ").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
 fn expectation(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap();
     let first = String::from_utf8_lossy(&bytes).lines().next().unwrap_or_default().to_string();
@@ -40,6 +47,7 @@ fn every_malformed_pipeline_gets_a_clear_error() {
                     verb,
                     file.to_str().unwrap(),
                 ])
+                .args(extra_args(file))
                 .env("NO_COLOR", "1")
                 .output()
                 .unwrap();

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::source::Issue;
+use super::suggest::did_you_mean;
 
 /// Merges `over` into `base`: maps merge key by key, lists and scalars replace.
 pub fn deep_merge(base: &mut Value, over: Value) {
@@ -26,16 +27,36 @@ pub fn apply_set(root: &mut Value, assignment: &str) -> Result<(), Issue> {
     let Some((path, raw)) = assignment.split_once('=') else {
         return Err(Issue::new("", format!("--set {assignment}: expected KEY.PATH=VALUE")));
     };
-    let keys: Vec<&str> = path.split('.').collect();
+    let mut keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
         return Err(Issue::new("", format!("--set {assignment}: the key path `{path}` has an empty part")));
     }
+    let stage_names: Vec<&str> = root
+        .get("stages")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    // `STAGE.params.x` is short for `stages.STAGE.params.x`.
     if !matches!(keys[0], "vars" | "models" | "stages" | "name") {
-        return Err(Issue::new(
-            "",
-            format!("--set {assignment}: the key path must start with vars, models, stages or name, not `{}`", keys[0]),
-        ));
+        if !stage_names.contains(&keys[0]) {
+            let candidates = stage_names.iter().copied().chain(["vars", "models", "stages", "name"]);
+            return Err(Issue::new(
+                "",
+                format!(
+                    "--set {assignment}: `{}` is not a stage of this pipeline, nor vars, models, stages or name",
+                    keys[0]
+                ),
+            )
+            .with_help(did_you_mean(keys[0], candidates)));
+        }
+        keys.insert(0, "stages");
     }
+    if keys[0] == "stages" && keys.len() > 1 && !stage_names.contains(&keys[1]) {
+        return Err(Issue::new("", format!("--set {assignment}: `{}` is not a stage of this pipeline", keys[1]))
+            .with_help(did_you_mean(keys[1], stage_names.iter().copied())));
+    }
+    let path = &keys.join(".");
+    let path = path.as_str();
     let value: Value = match serde_yaml::from_str::<serde_yaml::Value>(raw) {
         Ok(v) => super::yaml_to_json(v, path)?,
         Err(e) => return Err(Issue::new(path, format!("--set value `{raw}` is not valid YAML: {e}"))),
@@ -79,5 +100,9 @@ mod tests {
         assert_eq!(root["stages"]["p"]["params"], json!({"beta": 0.2, "name": "abc"}));
         assert!(apply_set(&mut root, "oops").is_err());
         assert!(apply_set(&mut root, "foo.x=1").is_err());
+        apply_set(&mut root, "p.params.beta=0.3").unwrap();
+        assert_eq!(root["stages"]["p"]["params"]["beta"], json!(0.3));
+        let err = apply_set(&mut root, "stages.q.params.beta=1").unwrap_err();
+        assert_eq!(err.help.as_deref(), Some("did you mean `p`?"));
     }
 }

@@ -127,8 +127,8 @@ struct RawStage {
     needs: Vec<String>,
     #[serde(default = "empty_map")]
     params: Value,
-    #[serde(default)]
-    runtime: Runtime,
+    #[serde(default = "empty_map")]
+    runtime: Value,
     #[serde(default)]
     matrix: BTreeMap<String, Vec<Value>>,
     #[serde(default)]
@@ -379,9 +379,16 @@ fn build_stage(
             format!("expected a map of parameters, found a {}", type_name(&params)),
         ));
     }
-    let runtime_json = serde_json::to_value(&raw.runtime).unwrap_or_default();
-    let runtime_json = interpolate(&mut issues, scope, runtime_json, format!("{base}.runtime"));
-    let runtime = serde_json::from_value(runtime_json).unwrap_or(raw.runtime);
+    let runtime_json = interpolate(&mut issues, scope, raw.runtime, format!("{base}.runtime"));
+    let runtime = match serde_path_to_error::deserialize::<_, Runtime>(runtime_json) {
+        Ok(r) => r,
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." { format!("{base}.runtime") } else { format!("{base}.runtime.{inner}") };
+            issues.push(serde_issue(path, &e.into_inner().to_string()));
+            Runtime::default()
+        }
+    };
     let mut needs = Vec::new();
     for (i, need) in raw.needs.iter().enumerate() {
         let text = interpolate(&mut issues, scope, Value::String(need.clone()), format!("{base}.needs[{i}]"));
