@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, workspace_files};
+use super::{
+    Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format, workspace_files,
+};
 use crate::dsl::Issue;
 use crate::store::{OutputKind, OutputRef};
 use crate::table::{self, TableFormat};
@@ -28,13 +30,7 @@ struct Export {
 
 fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
-    let format = match params.format {
-        Some(f) => f,
-        None => TableFormat::from_path(params.path.as_ref()).ok_or_else(|| {
-            Issue::new("params.path", format!("cannot tell the format of `{}` from its extension", params.path))
-                .with_help(Some("set `format:` to parquet, jsonl or csv".into()))
-        })?,
-    };
+    let format = table_format(&params.path, params.format)?;
     if params.path.split(['/', '\\']).any(|part| part == "..") {
         return Err(Issue::new("params.path", format!("`{}` leaves the workspace; export inside it", params.path)));
     }

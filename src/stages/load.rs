@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::{Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
 use crate::dsl::Issue;
 use crate::store::OutputRef;
 use crate::table::{self, TableFormat};
@@ -29,13 +29,7 @@ struct Load {
 
 fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
-    let format = match params.format {
-        Some(f) => f,
-        None => TableFormat::from_path(params.path.as_ref()).ok_or_else(|| {
-            Issue::new("params.path", format!("cannot tell the format of `{}` from its extension", params.path))
-                .with_help(Some("set `format:` to jsonl, parquet or csv".into()))
-        })?,
-    };
+    let format = table_format(&params.path, params.format)?;
     params.format = Some(format);
     Ok(Box::new(Load { params, format }))
 }

@@ -137,6 +137,14 @@ pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf
     Ok(workspace.join(rel))
 }
 
+/// The table format of a `path` param: the explicit `format` param, else the extension.
+pub(crate) fn table_format(path: &str, format: Option<TableFormat>) -> Result<TableFormat, Issue> {
+    format.or_else(|| TableFormat::from_path(path.as_ref())).ok_or_else(|| {
+        Issue::new("params.path", format!("cannot tell the format of `{path}` from its extension"))
+            .with_help(Some("set `format:` to parquet, jsonl or csv".into()))
+    })
+}
+
 /// Parses a kind's params into its typed struct (with `deny_unknown_fields`), so that
 /// errors carry the key path under `params`.
 pub fn parse_params<P: DeserializeOwned>(params: &Value) -> Result<P, Issue> {

@@ -53,6 +53,9 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// The on-disk layout this build reads and writes.
+const LAYOUT: &str = "silkie-store/1";
+
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
@@ -62,7 +65,23 @@ impl Store {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        let store = Store { root: root.to_path_buf() };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// Refuses a cache written in another layout rather than misreading it.
+    fn check_layout(&self) -> Result<()> {
+        let marker = self.root.join("LAYOUT");
+        match std::fs::read_to_string(&marker) {
+            Ok(text) if text.trim() == LAYOUT => Ok(()),
+            Ok(text) => Err(StoreError::Corrupt {
+                path: marker,
+                reason: format!("this cache has layout `{}`, this silkie reads `{LAYOUT}`; use another --cache", text.trim()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_atomic(&marker, LAYOUT.as_bytes()),
+            Err(e) => Err(StoreError::Io { path: marker, source: e }),
+        }
     }
 
     pub fn root(&self) -> &Path {
