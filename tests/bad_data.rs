@@ -8,7 +8,10 @@ fn run_load(file: &str, bytes: &[u8]) -> (i32, String) {
     let ws = Workspace::new();
     std::fs::create_dir_all(ws.path().join("data")).unwrap();
     std::fs::write(ws.path().join("data").join(file), bytes).unwrap();
-    ws.write("pipeline.yaml", &format!("version: 1\nstages:\n  raw: {{ kind: load, params: {{ path: data/{file} }} }}\n"));
+    ws.write(
+        "pipeline.yaml",
+        &format!("version: 1\nstages:\n  raw: {{ kind: load, params: {{ path: data/{file} }} }}\n"),
+    );
     let out = ws.silkie(&["run", "--format", "json"]);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     let record = out.json();

@@ -41,6 +41,11 @@ stages:
       outs: [out/summary.txt]
 "#;
 
+fn walk_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map_or(0, |entries| entries.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum())
+}
+
 fn assert_consistent(ws: &Workspace) {
     let store = Store::open(&ws.path().join("cache")).unwrap();
     let problems = store.verify().unwrap();
@@ -56,7 +61,10 @@ fn kill_dash_nine_at_any_moment_never_corrupts_the_store() {
     ws.run(&["--set", "vars.salt=full"]);
     let full = start.elapsed().max(Duration::from_millis(200));
     let kills = 24;
+    let records = || walk_count(&ws.path().join("cache/records"));
+    let mut progress_at_kill = std::collections::BTreeSet::new();
     for i in 0..kills {
+        let before = records();
         // Points spread over the run (a stride coprime to the count visits all of them).
         let at = full.mul_f64(((i * 7) % kills) as f64 / kills as f64 * 1.1);
         let mut child = ws
@@ -69,6 +77,7 @@ fn kill_dash_nine_at_any_moment_never_corrupts_the_store() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert_consistent(&ws);
+        progress_at_kill.insert(records() - before);
         // Resume some of the interrupted runs: the next run completes what the killed one left.
         if i % 4 == 3 {
             let resumed = ws.run(&["--set", &format!("vars.salt={i}")]);
@@ -76,6 +85,8 @@ fn kill_dash_nine_at_any_moment_never_corrupts_the_store() {
             assert_eq!(ws.read("out/summary.txt").trim(), "7");
         }
     }
+    // The kills landed at different points: after 0, some, and all of the 5 stages.
+    assert!(progress_at_kill.len() >= 3, "kills all landed at the same point: {progress_at_kill:?}");
     let last = ws.run(&["--set", "vars.salt=full"]);
     assert!(statuses(&last).iter().all(|(_, s)| s == "hit"), "{last}");
     assert_consistent(&ws);

@@ -77,7 +77,10 @@ impl Store {
             Ok(text) if text.trim() == LAYOUT => Ok(()),
             Ok(text) => Err(StoreError::Corrupt {
                 path: marker,
-                reason: format!("this cache has layout `{}`, this silkie reads `{LAYOUT}`; use another --cache", text.trim()),
+                reason: format!(
+                    "this cache has layout `{}`, this silkie reads `{LAYOUT}`; use another --cache",
+                    text.trim()
+                ),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_atomic(&marker, LAYOUT.as_bytes()),
             Err(e) => Err(StoreError::Io { path: marker, source: e }),
