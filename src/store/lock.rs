@@ -22,7 +22,11 @@ pub struct LockGuard {
 impl Store {
     /// The store-wide lock: runs hold it shared, `gc` exclusive.
     pub fn lock_store(&self, mode: LockMode, timeout: Option<Duration>) -> Result<LockGuard> {
-        acquire(&self.root.join("store.lock"), mode, timeout, "the store lock (a `silkie gc` or run is in progress)")
+        let what = match mode {
+            LockMode::Shared => "the store lock (a `silkie gc` is running)",
+            LockMode::Exclusive => "the store lock (`silkie run`s are in progress; gc starts when they end)",
+        };
+        acquire(&self.root.join("store.lock"), mode, timeout, what)
     }
 
     /// The lock for computing one stage key; `what` names it in the waiting message.
