@@ -468,13 +468,12 @@ fn cmd_show(ctx: &Context, args: ShowArgs) -> Outcome {
     };
     let Some(record) = record else {
         let why = state.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        return Err(Failure::Runtime(
-            format!(
-                "`{name}` has no fresh output to show; it is {:?}{why}; run `silkie run {} {}` first",
-                state.state, pipeline.label, name
-            )
-            .to_lowercase(),
-        ));
+        let state_word =
+            serde_json::to_value(state.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        return Err(Failure::Runtime(format!(
+            "`{name}` has no fresh output to show (it is {state_word}{why}); run `silkie run {} {name}` first",
+            pipeline.label
+        )));
     };
     let tables: Vec<(&String, _)> =
         record.outputs.iter().filter(|(_, o)| o.kind == OutputKind::Table || o.format.is_some()).collect();

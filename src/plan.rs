@@ -28,8 +28,10 @@ pub struct Instance {
     pub deps: Vec<NodeIndex>,
     /// Role → (upstream instance, output name).
     pub inputs: BTreeMap<String, (NodeIndex, String)>,
-    /// Whether the role names enter the key (they do not for `command`, whose roles are stage names).
-    roles_in_key: bool,
+    /// For kinds that read every need (`command`): the roles in `needs` order. Such inputs
+    /// enter the key by position, so a renamed upstream stage stays a cache hit while
+    /// swapping two inputs' contents does not.
+    positional_inputs: Option<Vec<String>>,
     /// `{ stage: NAME, output: O }` model references in params → the instance and output they point at.
     model_refs: Vec<(String, Option<String>, NodeIndex, String)>,
     pub use_file: Option<PathBuf>,
@@ -108,6 +110,11 @@ pub fn build(pipeline: &Pipeline) -> Result<Plan, PipelineErrors> {
             }
         };
         let mut made = Vec::new();
+        let names: Vec<String> = combos.iter().map(|b| instance_name(name, b)).collect();
+        if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
+            issues.push(Issue::new(format!("stages.{name}.matrix"), format!("two instances would both be named `{dup}`; matrix values must differ as text (like 1 and \"1\" do not)")));
+            continue;
+        }
         for bindings in combos {
             match instantiate(pipeline, stage, kind, bindings, &upstream, &by_stage, &graph) {
                 Ok(instance) => {
@@ -169,7 +176,7 @@ fn stage_dependencies(pipeline: &Pipeline) -> Result<BTreeMap<&str, Vec<String>>
         for (role, need) in &stage.inputs {
             add(&need.stage, format!("stages.{name}.inputs.{role}"), &mut issues);
         }
-        for (path, need) in model_references(&stage.params, "params") {
+        for (path, need) in declared_model_references(&stage.kind, &stage.params) {
             add(&need.stage, format!("stages.{name}.{path}"), &mut issues);
         }
         deps.insert(name.as_str(), mine);
@@ -177,7 +184,17 @@ fn stage_dependencies(pipeline: &Pipeline) -> Result<BTreeMap<&str, Vec<String>>
     if issues.is_empty() { Ok(deps) } else { Err(issues) }
 }
 
-/// `{ stage: NAME, output?: O, … }` maps anywhere in params.
+/// Model references in the params a kind declares as model fields (`pool`, `judge`, …).
+fn declared_model_references(kind: &str, params: &Value) -> Vec<(String, Need)> {
+    let fields = stages::kind(kind).map_or(&[][..], |k| k.model_params);
+    fields
+        .iter()
+        .filter_map(|f| params.get(*f).map(|v| model_references(v, &format!("params.{f}"))))
+        .flatten()
+        .collect()
+}
+
+/// `{ stage: NAME, output?: O, … }` maps anywhere in a model field.
 fn model_references(value: &Value, path: &str) -> Vec<(String, Need)> {
     let mut found = Vec::new();
     match value {
@@ -334,7 +351,7 @@ fn instantiate(
 ) -> Result<Instance, Vec<Issue>> {
     let base = format!("stages.{}", stage.name);
     let models = serde_json::to_value(&pipeline.models).unwrap_or_default();
-    let scope = Scope { vars: &pipeline.vars, models: &models, matrix: Some(&bindings) };
+    let scope = Scope { vars: &pipeline.vars, models: &models, matrix: Some(&bindings), keep_escapes: false };
     let params = resolve(&stage.params, &scope, &format!("{base}.params")).map_err(|i| vec![i])?;
     let stage_impl = (kind.configure)(&params).map_err(|mut i| {
         i.path = format!("{base}.{}", i.path);
@@ -351,9 +368,9 @@ fn instantiate(
             (dep, node)
         })
         .collect();
-    let (inputs, roles_in_key) = bind_roles(stage, stage_impl.as_ref(), &deps, graph).map_err(|i| vec![i])?;
+    let (inputs, positional_inputs) = bind_roles(stage, stage_impl.as_ref(), &deps, graph).map_err(|i| vec![i])?;
     let mut model_refs = Vec::new();
-    for (path, need) in model_references(&params, "params") {
+    for (path, need) in declared_model_references(&stage.kind, &params) {
         let node = deps[need.stage.as_str()];
         let output = need.output.clone().unwrap_or_else(|| "checkpoint".to_string());
         check_output(&format!("{base}.{path}"), &need.stage, &output, &graph[node].stage_impl.outputs())
@@ -376,7 +393,7 @@ fn instantiate(
         runtime: stage.runtime.clone(),
         deps: ordered_deps,
         inputs,
-        roles_in_key,
+        positional_inputs,
         model_refs,
         use_file: stage.use_file.clone(),
     })
@@ -405,7 +422,7 @@ fn bind_roles(
     stage_impl: &dyn Stage,
     deps: &BTreeMap<&str, NodeIndex>,
     graph: &DiGraph<Instance, ()>,
-) -> Result<(Bound, bool), Issue> {
+) -> Result<(Bound, Option<Vec<String>>), Issue> {
     let base = format!("stages.{}", stage.name);
     // What each `needs` entry offers: (stage, output decl), narrowed by `stage.output`.
     let mut offered: Vec<(&str, NodeIndex, OutputDecl)> = Vec::new();
@@ -423,9 +440,10 @@ fn bind_roles(
     }
     let roles = match stage_impl.roles() {
         Roles::EveryNeed => {
+            let order = offered.iter().map(|(s, _, decl)| format!("{s}.{}", decl.name)).collect();
             let bound =
                 offered.into_iter().map(|(s, node, decl)| (format!("{s}.{}", decl.name), (node, decl.name))).collect();
-            return Ok((bound, false));
+            return Ok((bound, Some(order)));
         }
         Roles::Named(roles) => roles,
     };
@@ -476,7 +494,7 @@ fn bind_roles(
         )
         .with_help(did_you_mean(extra, roles.iter().copied())));
     }
-    Ok((bound, true))
+    Ok((bound, None))
 }
 
 /// Why a key cannot be computed yet.
@@ -513,17 +531,21 @@ impl Instance {
                 .map(|o| o.digest.clone())
                 .ok_or_else(|| KeyError::Pending(format!("{}.{output}", graph[node].name)))
         };
-        let inputs = if self.roles_in_key {
-            let mut map = Map::new();
-            for (role, (node, output)) in &self.inputs {
-                map.insert(role.clone(), Value::String(digest_of(*node, output)?));
+        let inputs = match &self.positional_inputs {
+            Some(order) => {
+                let digests = order.iter().map(|role| {
+                    let (node, output) = &self.inputs[role];
+                    digest_of(*node, output)
+                });
+                Value::Array(digests.map(|d| d.map(Value::String)).collect::<Result<_, _>>()?)
             }
-            Value::Object(map)
-        } else {
-            let mut digests =
-                self.inputs.values().map(|(node, output)| digest_of(*node, output)).collect::<Result<Vec<_>, _>>()?;
-            digests.sort();
-            json!(digests)
+            None => {
+                let mut map = Map::new();
+                for (role, (node, output)) in &self.inputs {
+                    map.insert(role.clone(), Value::String(digest_of(*node, output)?));
+                }
+                Value::Object(map)
+            }
         };
         let mut params = self.stage_impl.canonical_params();
         for (stage, output, node, resolved) in &self.model_refs {

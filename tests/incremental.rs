@@ -251,3 +251,57 @@ fn dag_prints_text_mermaid_and_dot() {
     let version = ws.silkie(&["--version"]);
     assert!(version.stdout.starts_with("silkie "));
 }
+
+#[test]
+fn a_failed_dependency_skips_a_stage_whatever_order_they_finish_in() {
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        r#"
+version: 1
+stages:
+  a: { kind: command, params: { cmd: "echo a > a.txt && false", outs: [a.txt] } }
+  b: { kind: command, params: { cmd: "sleep 0.3 && echo b > b.txt", outs: [b.txt] } }
+  c: { kind: command, needs: [a, b], params: { cmd: "cat a.txt b.txt > c.txt", outs: [c.txt] } }
+"#,
+    );
+    let out = ws.silkie(&["run", "--format", "json", "--jobs", "2"]);
+    assert_eq!(out.code, 1);
+    let record = out.json();
+    assert_eq!(status_of(&record, "a"), "failed");
+    assert_eq!(status_of(&record, "b"), "ran");
+    assert_eq!(status_of(&record, "c"), "skipped");
+    assert!(!ws.path().join("c.txt").exists());
+}
+
+#[test]
+fn swapping_the_contents_of_two_command_inputs_is_not_a_cache_hit() {
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        r#"
+version: 1
+vars: { va: 1, vb: 2 }
+stages:
+  a: { kind: command, params: { cmd: "echo ${vars.va} > a.txt", outs: [a.txt] } }
+  b: { kind: command, params: { cmd: "echo ${vars.vb} > b.txt", outs: [b.txt] } }
+  c: { kind: command, needs: [a, b], params: { cmd: "cat $SILKIE_IN_A_A_TXT > c.txt", outs: [c.txt] } }
+"#,
+    );
+    ws.run(&[]);
+    assert_eq!(ws.read("c.txt").trim(), "1");
+    let swapped = ws.run(&["--set", "vars.va=2", "--set", "vars.vb=1"]);
+    assert_eq!(status_of(&swapped, "c"), "ran");
+    assert_eq!(ws.read("c.txt").trim(), "2");
+}
+
+#[test]
+fn shell_variables_survive_interpolation_through_the_escape() {
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  a:\n    kind: command\n    matrix: { n: [1] }\n    params: { cmd: 'X=hi; echo \"$${X}-${matrix.n}\" > a.txt', outs: [a.txt], env: { stage: prod } }\n",
+    );
+    ws.run(&[]);
+    assert_eq!(ws.read("a.txt").trim(), "hi-1");
+}

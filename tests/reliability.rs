@@ -207,9 +207,81 @@ fn a_second_run_waits_for_the_lock_or_times_out_clearly() {
     let first_out = first.wait_with_output().unwrap();
     assert!(first_out.status.success());
     assert_eq!(second.code, 1, "{}", second.stdout);
-    assert!(
-        second.stdout.contains("gave up waiting for `slow` (another silkie run is computing it)"),
-        "{}",
-        second.stdout
+    assert!(second.stdout.contains("slow failed: gave up waiting for"), "{}", second.stdout);
+    assert!(second.stdout.contains("another silkie run is"), "{}", second.stdout);
+}
+
+#[test]
+fn parallel_cache_hits_restoring_the_same_file_all_succeed() {
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  a: { kind: command, params: { cmd: \"seq 1 100000 > out/a.txt\", outs: [out/a.txt] } }\n  e: { kind: command, params: { cmd: \"seq 1 1000 > out/e.txt\", outs: [out/e.txt] } }\n",
     );
+    ws.run(&[]);
+    for _ in 0..3 {
+        std::fs::remove_file(ws.path().join("out/a.txt")).unwrap();
+        let children: Vec<_> = (0..4)
+            .map(|_| ws.command(&["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+            .collect();
+        for child in children {
+            let out: common::Ran = child.wait_with_output().unwrap().into();
+            assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        }
+        assert_eq!(ws.read("out/a.txt").lines().count(), 100_000);
+    }
+}
+
+#[test]
+fn gc_keeps_the_outputs_of_the_latest_success_when_a_later_run_failed() {
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  a: { kind: command, params: { cmd: \"echo ok > a.txt\", outs: [a.txt] } }\n",
+    );
+    ws.run(&[]);
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  a: { kind: command, params: { cmd: \"false\", outs: [a.txt] } }\n",
+    );
+    assert_eq!(ws.silkie(&["run"]).code, 1);
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  a: { kind: command, params: { cmd: \"echo ok > a.txt\", outs: [a.txt] } }\n",
+    );
+    assert_eq!(ws.silkie(&["gc"]).code, 0);
+    assert_consistent(&ws);
+    let again = ws.run(&[]);
+    assert_eq!(status_of(&again, "a"), "hit");
+}
+
+#[test]
+fn a_corrupt_parquet_input_never_hangs_the_run() {
+    let ws = Workspace::new();
+    ws.write("data.csv", &(0..2000).map(|i| format!("{i},row-{i}\n")).fold("id,text\n".to_string(), |acc, l| acc + &l));
+    ws.write("pipeline.yaml", "version: 1\nstages:\n  t: { kind: load, params: { path: data.csv } }\n  p: { kind: export, needs: [t], params: { path: good.parquet } }\n");
+    ws.run(&[]);
+    let good = std::fs::read(ws.path().join("good.parquet")).unwrap();
+    ws.write("pipeline.yaml", "version: 1\nstages:\n  t: { kind: load, params: { path: bad.parquet } }\n");
+    // Corrupt bytes at many places: each run must end, as a failure or a success, never hang.
+    for at in (8..good.len() - 8).step_by(good.len() / 25) {
+        let mut bad = good.clone();
+        for b in &mut bad[at..(at + 6).min(good.len() - 8)] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(ws.path().join("bad.parquet"), &bad).unwrap();
+        let mut child = ws.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("silkie hung on a parquet file corrupted at byte {at}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(matches!(status.code(), Some(0) | Some(1)), "corrupted at {at}: {status:?}");
+    }
 }

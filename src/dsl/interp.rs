@@ -12,11 +12,14 @@ use super::source::Issue;
 use super::suggest::nearest;
 
 /// The values references may point at.
+#[derive(Clone, Copy)]
 pub struct Scope<'a> {
     pub vars: &'a Map<String, Value>,
     pub models: &'a Value,
     /// `None` while matrix values are not known yet: `${matrix.…}` is then left in place.
     pub matrix: Option<&'a BTreeMap<String, Value>>,
+    /// Leave `$${` escapes for a later pass (values that are interpolated twice).
+    pub keep_escapes: bool,
 }
 
 /// Resolves every reference in `value`; `path` names where it sits, for errors.
@@ -49,7 +52,7 @@ enum Piece<'s> {
     Reference(&'s str),
 }
 
-fn split<'s>(s: &'s str, path: &str) -> Result<Vec<Piece<'s>>, Issue> {
+fn split<'s>(s: &'s str, path: &str, keep_escapes: bool) -> Result<Vec<Piece<'s>>, Issue> {
     let mut pieces = Vec::new();
     let mut text = String::new();
     let mut rest = s;
@@ -57,7 +60,7 @@ fn split<'s>(s: &'s str, path: &str) -> Result<Vec<Piece<'s>>, Issue> {
         text.push_str(&rest[..at]);
         let tail = &rest[at..];
         if let Some(after) = tail.strip_prefix("$${") {
-            text.push_str("${");
+            text.push_str(if keep_escapes { "$${" } else { "${" });
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
             let Some(end) = after.find('}') else {
@@ -85,7 +88,7 @@ fn resolve_str(s: &str, scope: &Scope, path: &str) -> Result<Value, Issue> {
     if !s.contains('$') {
         return Ok(Value::String(s.to_string()));
     }
-    let pieces = split(s, path)?;
+    let pieces = split(s, path, scope.keep_escapes)?;
     if let [Piece::Reference(reference)] = pieces.as_slice() {
         return Ok(lookup(reference, scope, path)?.unwrap_or_else(|| Value::String(s.to_string())));
     }
@@ -186,7 +189,7 @@ mod tests {
         models: &'a Value,
         matrix: Option<&'a BTreeMap<String, Value>>,
     ) -> Scope<'a> {
-        Scope { vars, models, matrix }
+        Scope { vars, models, matrix, keep_escapes: false }
     }
 
     #[test]
@@ -198,6 +201,10 @@ mod tests {
         assert_eq!(resolve(&json!("${vars.dir}/a-${vars.seed}"), &s, "x").unwrap(), json!("data/a-42"));
         assert_eq!(resolve(&json!("${models.judge.model}"), &s, "x").unwrap(), json!("gpt-4v"));
         assert_eq!(resolve(&json!("$${vars.seed}"), &s, "x").unwrap(), json!("${vars.seed}"));
+        let first_pass = Scope { keep_escapes: true, ..scope_with(&vars, &models, None) };
+        let once = resolve(&json!("echo $${HOME} ${vars.seed}"), &first_pass, "x").unwrap();
+        assert_eq!(once, json!("echo $${HOME} 42"));
+        assert_eq!(resolve(&once, &s, "x").unwrap(), json!("echo ${HOME} 42"));
         assert_eq!(resolve(&json!("cost $5"), &s, "x").unwrap(), json!("cost $5"));
         assert_eq!(resolve(&json!("${matrix.beta}"), &s, "x").unwrap(), json!("${matrix.beta}"));
     }

@@ -269,13 +269,13 @@ impl Loader<'_> {
         let mut issues = Vec::new();
         let models_json = serde_json::to_value(&raw.models).unwrap_or_default();
         let vars = raw.vars.clone();
-        let models_scope = Scope { vars: &vars, models: &Value::Null, matrix: None };
+        let models_scope = Scope { vars: &vars, models: &Value::Null, matrix: None, keep_escapes: false };
         let models_resolved = match resolve(&models_json, &models_scope, "models") {
             Ok(v) => v,
             Err(i) => return Err(sources.locate_all(vec![i])),
         };
         let models: BTreeMap<String, ModelDef> = typed_at(models_resolved.clone(), "models", &sources)?;
-        let scope = Scope { vars: &vars, models: &models_resolved, matrix: None };
+        let scope = Scope { vars: &vars, models: &models_resolved, matrix: None, keep_escapes: false };
         let mut stages = BTreeMap::new();
         for (name, stage) in raw.stages {
             let base = format!("stages.{name}");
@@ -372,7 +372,9 @@ fn build_stage(
             String::new()
         }
     };
-    let params = interpolate(&mut issues, scope, raw.params, format!("{base}.params"));
+    // Params are interpolated again once matrix values are known: escapes wait for that pass.
+    let params_scope = Scope { keep_escapes: true, ..*scope };
+    let params = interpolate(&mut issues, &params_scope, raw.params, format!("{base}.params"));
     if !params.is_object() {
         issues.push(Issue::new(
             format!("{base}.params"),

@@ -193,7 +193,7 @@ pub fn parent_path(path: &str) -> Option<&str> {
 fn line_col_of(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before.rfind('\n').map_or(before, |nl| &before[nl + 1..]).chars().count() + 1;
     (line, col)
 }
 

@@ -4,6 +4,7 @@
 mod progress;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -84,17 +85,15 @@ pub fn run(
 
     let order: Vec<NodeIndex> = plan.order.iter().copied().filter(|n| selected.contains(n)).collect();
     let progress = Progress::new(order.len(), opts.progress);
-    let mut waiting: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, plan.graph[n].deps.len())).collect();
-    let mut ready: Vec<NodeIndex> = order.iter().copied().filter(|n| waiting[n] == 0).collect();
+    let mut scheduler = Scheduler::new(plan, &order);
     let mut outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = HashMap::new();
-    let mut reports: HashMap<NodeIndex, InstanceReport> = HashMap::new();
     let mut running = 0usize;
 
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<Finished>();
         loop {
             while running < opts.jobs.max(1) {
-                let Some(node) = take_next(&mut ready, &order) else { break };
+                let Some(node) = scheduler.next_ready() else { break };
                 let inputs = bound_inputs(plan, node, &outputs);
                 let dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> =
                     plan.graph[node].deps.iter().filter_map(|d| outputs.get(d).map(|o| (*d, o.clone()))).collect();
@@ -104,7 +103,14 @@ pub fn run(
                 progress.started(&plan.graph[node].name);
                 running += 1;
                 scope.spawn(move || {
-                    let report = execute(env, node, &inputs, &dep_outputs, force);
+                    // A panic in a stage must not leave the run waiting forever for its report.
+                    let report =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| execute(env, node, &inputs, &dep_outputs, force)))
+                            .unwrap_or_else(|panic| {
+                                let mut report = blank_report(&env.plan.graph[node], InstanceStatus::Failed);
+                                report.error = Some(format!("internal error (panic): {}", panic_message(&panic)));
+                                report
+                            });
                     let _ = tx.send(Finished { node, report });
                 });
             }
@@ -114,28 +120,18 @@ pub fn run(
             let Ok(done) = rx.recv() else { break };
             running -= 1;
             progress.finished(&done.report);
-            let ok = matches!(done.report.status, InstanceStatus::Hit | InstanceStatus::Ran);
-            if ok {
+            if matches!(done.report.status, InstanceStatus::Hit | InstanceStatus::Ran) {
                 outputs.insert(done.node, done.report.outputs.clone());
             }
-            for next in plan.graph.neighbors_directed(done.node, Direction::Outgoing) {
-                let Some(count) = waiting.get_mut(&next) else { continue };
-                *count -= 1;
-                if *count == 0 {
-                    if ok {
-                        ready.push(next);
-                    } else {
-                        skip(plan, next, &plan.graph[done.node].name, &mut waiting, &mut reports, &progress);
-                    }
-                }
+            for skipped in scheduler.finish(done.node, done.report) {
+                progress.finished(&skipped);
             }
-            reports.insert(done.node, done.report);
         }
     });
     progress.clear();
     let _ = stat_cache.save(store);
 
-    let instances: Vec<InstanceReport> = order.iter().filter_map(|n| reports.remove(n)).collect();
+    let instances = scheduler.into_reports();
     let ok = instances.iter().all(|r| matches!(r.status, InstanceStatus::Hit | InstanceStatus::Ran));
     let record = RunRecord {
         id: format!("{started_unix_ms}-{}", std::process::id()),
@@ -152,39 +148,85 @@ pub fn run(
     Ok(record)
 }
 
-/// The ready instance that comes first in dependency order (deterministic scheduling).
-fn take_next(ready: &mut Vec<NodeIndex>, order: &[NodeIndex]) -> Option<NodeIndex> {
-    let (at, _) = ready.iter().enumerate().min_by_key(|(_, n)| order.iter().position(|o| o == *n))?;
-    Some(ready.swap_remove(at))
+/// Which instances may start: all their dependencies finished, none of them failed.
+struct Scheduler<'a> {
+    plan: &'a Plan,
+    order: &'a [NodeIndex],
+    waiting: HashMap<NodeIndex, usize>,
+    /// The failed upstream instance that keeps each of these from running.
+    blocked: HashMap<NodeIndex, String>,
+    ready: Vec<NodeIndex>,
+    reports: HashMap<NodeIndex, InstanceReport>,
 }
 
-/// Marks `node` and everything downstream of it skipped because `cause` failed.
-fn skip(
-    plan: &Plan,
-    node: NodeIndex,
-    cause: &str,
-    waiting: &mut HashMap<NodeIndex, usize>,
-    reports: &mut HashMap<NodeIndex, InstanceReport>,
-    progress: &Progress,
-) {
-    if reports.contains_key(&node) || waiting.remove(&node).is_none() {
-        return;
+impl<'a> Scheduler<'a> {
+    fn new(plan: &'a Plan, order: &'a [NodeIndex]) -> Self {
+        let waiting: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, plan.graph[n].deps.len())).collect();
+        let ready = order.iter().copied().filter(|n| waiting[n] == 0).collect();
+        Scheduler { plan, order, waiting, blocked: HashMap::new(), ready, reports: HashMap::new() }
     }
-    let inst = &plan.graph[node];
-    let report = InstanceReport {
+
+    /// The ready instance that comes first in dependency order (deterministic scheduling).
+    fn next_ready(&mut self) -> Option<NodeIndex> {
+        let (at, _) = self.ready.iter().enumerate().min_by_key(|(_, n)| self.order.iter().position(|o| o == *n))?;
+        Some(self.ready.swap_remove(at))
+    }
+
+    /// Records a finished instance; returns the reports of instances skipped because of it.
+    fn finish(&mut self, node: NodeIndex, report: InstanceReport) -> Vec<InstanceReport> {
+        let failed = !matches!(report.status, InstanceStatus::Hit | InstanceStatus::Ran);
+        let mut cause = failed.then(|| report.name.clone());
+        self.reports.insert(node, report);
+        let mut skipped = Vec::new();
+        let mut queue = vec![(node, cause.take())];
+        while let Some((done, failure)) = queue.pop() {
+            for next in self.plan.graph.neighbors_directed(done, Direction::Outgoing) {
+                let Some(count) = self.waiting.get_mut(&next) else { continue };
+                if let Some(cause) = &failure {
+                    self.blocked.entry(next).or_insert_with(|| cause.clone());
+                }
+                *count -= 1;
+                if *count > 0 {
+                    continue;
+                }
+                match self.blocked.get(&next).cloned() {
+                    None => self.ready.push(next),
+                    Some(cause) => {
+                        let mut report = blank_report(&self.plan.graph[next], InstanceStatus::Skipped);
+                        report.error = Some(format!("not run: `{cause}` failed"));
+                        skipped.push(report.clone());
+                        self.reports.insert(next, report);
+                        queue.push((next, Some(cause)));
+                    }
+                }
+            }
+        }
+        skipped
+    }
+
+    fn into_reports(mut self) -> Vec<InstanceReport> {
+        self.order.iter().filter_map(|n| self.reports.remove(n)).collect()
+    }
+}
+
+fn blank_report(inst: &Instance, status: InstanceStatus) -> InstanceReport {
+    InstanceReport {
         name: inst.name.clone(),
         kind: inst.kind.name.to_string(),
-        status: InstanceStatus::Skipped,
+        status,
         duration_ms: 0,
         key: None,
         outputs: BTreeMap::new(),
-        error: Some(format!("not run: `{cause}` failed")),
-    };
-    progress.finished(&report);
-    reports.insert(node, report);
-    for next in plan.graph.neighbors_directed(node, Direction::Outgoing) {
-        skip(plan, next, cause, waiting, reports, progress);
+        error: None,
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 fn bound_inputs(
@@ -213,15 +255,7 @@ fn execute(
 ) -> InstanceReport {
     let inst = &env.plan.graph[node];
     let start = Instant::now();
-    let mut report = InstanceReport {
-        name: inst.name.clone(),
-        kind: inst.kind.name.to_string(),
-        status: InstanceStatus::Failed,
-        duration_ms: 0,
-        key: None,
-        outputs: BTreeMap::new(),
-        error: None,
-    };
+    let mut report = blank_report(inst, InstanceStatus::Failed);
     match compute(env, inst, inputs, dep_outputs, force, &mut report) {
         Ok((status, outputs)) => {
             report.status = status;
@@ -260,12 +294,20 @@ fn compute(
         preimage: preimage.clone(),
     };
 
-    if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {
-        return Ok(hit);
-    }
+    // Workspace files this instance writes are locked first (sorted, so two runs never
+    // deadlock), then its key: no other run writes the same files or computes the same key.
+    let mut paths: Vec<String> = inst.stage_impl.workspace_outputs();
+    paths.sort();
+    paths.dedup();
+    let _path_locks = paths
+        .iter()
+        .map(|p| {
+            let what = format!("`{p}` (another silkie run is writing it)");
+            env.store.lock_named(&format!("workspace:{}", env.workspace.join(p).display()), &what, env.lock_timeout)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let _lock =
         env.store.lock_key(&key, &format!("`{}` (another silkie run is computing it)", inst.name), env.lock_timeout)?;
-    // Another run may have finished it while we waited for the lock.
     if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {
         return Ok(hit);
     }

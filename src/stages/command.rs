@@ -17,7 +17,7 @@ use crate::dsl::Issue;
 use crate::store::{OutputKind, OutputRef};
 use crate::table::TableFormat;
 
-pub const KIND: Kind = Kind { name: "command", version: 1, configure };
+pub const KIND: Kind = Kind { name: "command", version: 1, model_params: &[], configure };
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,18 +41,38 @@ fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
     if params.cmd.trim().is_empty() {
         return Err(Issue::new("params.cmd", "the command is empty"));
     }
+    let mut claimed: Vec<(String, Vec<String>)> = Vec::new();
+    for (i, dep) in params.deps.iter().enumerate() {
+        claimed.push((format!("params.deps[{i}]"), components(dep)));
+    }
     for (i, out) in params.outs.iter().enumerate() {
-        if out.is_empty() || PathBuf::from(out).is_absolute() || out.split(['/', '\\']).any(|p| p == "..") {
+        let at = format!("params.outs[{i}]");
+        let parts = components(out);
+        if parts.is_empty() || PathBuf::from(out).is_absolute() || parts.iter().any(|p| p == "..") {
             return Err(Issue::new(
-                format!("params.outs[{i}]"),
-                format!("`{out}` must be a relative path inside the workspace"),
+                at,
+                format!(
+                    "`{out}` must be a file or directory inside the workspace, not the workspace itself or outside it"
+                ),
             ));
         }
-        if params.outs[..i].contains(out) {
-            return Err(Issue::new(format!("params.outs[{i}]"), format!("`{out}` is listed twice")));
+        // An out is deleted before the command runs: it must not hold a dep or another out.
+        if let Some((other, _)) = claimed.iter().find(|(_, c)| c.starts_with(&parts) || parts.starts_with(c)) {
+            return Err(Issue::new(
+                at,
+                format!(
+                    "`{out}` overlaps {other}; outs are removed before the command runs, so they cannot contain deps or each other"
+                ),
+            ));
         }
+        claimed.push((at, parts));
     }
     Ok(Box::new(CommandStage { params }))
+}
+
+/// A relative path's normal components (`./a//b/` → `[a, b]`).
+fn components(path: &str) -> Vec<String> {
+    path.split(['/', '\\']).filter(|p| !p.is_empty() && *p != ".").map(String::from).collect()
 }
 
 /// `SILKIE_IN_` + the input's name, upper-cased, anything else than letters and digits as `_`.
@@ -89,6 +109,23 @@ impl CommandStage {
     }
 }
 
+/// A `kill -9` of silkie must not leave the command running and writing into the
+/// workspace while the next run starts.
+#[cfg(target_os = "linux")]
+fn die_with_parent(process: &mut Process) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own settings.
+    unsafe {
+        process.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Process) {}
+
 fn link(target: &std::path::Path, at: &std::path::Path) -> Result<PathBuf, StageError> {
     #[cfg(unix)]
     let made = std::os::unix::fs::symlink(target, at);
@@ -115,6 +152,10 @@ impl Stage for CommandStage {
         Roles::EveryNeed
     }
 
+    fn workspace_outputs(&self) -> Vec<String> {
+        self.params.outs.clone()
+    }
+
     fn key_files(&self) -> Vec<PathBuf> {
         self.params.deps.iter().map(PathBuf::from).collect()
     }
@@ -125,14 +166,16 @@ impl Stage for CommandStage {
         }
         let staging = ctx.store.tmp_path("inputs");
         let inputs = self.stage_inputs(ctx, &staging)?;
-        let result = Process::new("sh")
+        let mut process = Process::new("sh");
+        process
             .arg("-c")
             .arg(&self.params.cmd)
             .current_dir(ctx.workspace)
             .env("SILKIE_WORKSPACE", ctx.workspace)
             .envs(inputs)
-            .envs(&self.params.env)
-            .output();
+            .envs(&self.params.env);
+        die_with_parent(&mut process);
+        let result = process.output();
         let _ = std::fs::remove_dir_all(&staging);
         let output =
             result.map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", self.params.cmd)))?;

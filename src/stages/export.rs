@@ -13,7 +13,7 @@ use crate::dsl::Issue;
 use crate::store::{OutputKind, OutputRef};
 use crate::table::{self, TableFormat};
 
-pub const KIND: Kind = Kind { name: "export", version: 1, configure };
+pub const KIND: Kind = Kind { name: "export", version: 1, model_params: &[], configure };
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +53,10 @@ impl Stage for Export {
 
     fn key_files(&self) -> Vec<PathBuf> {
         Vec::new()
+    }
+
+    fn workspace_outputs(&self) -> Vec<String> {
+        vec![self.params.path.clone()]
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {

@@ -11,7 +11,7 @@ use crate::dsl::Issue;
 use crate::store::OutputRef;
 use crate::table::{self, TableFormat};
 
-pub const KIND: Kind = Kind { name: "load", version: 1, configure };
+pub const KIND: Kind = Kind { name: "load", version: 1, model_params: &[], configure };
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -24,6 +24,8 @@ pub struct Kind {
     pub name: &'static str,
     /// Bumped whenever the kind's output for the same inputs changes.
     pub version: u32,
+    /// Params that may hold model references (`{ stage: NAME }`), which add DAG edges.
+    pub model_params: &'static [&'static str],
     pub configure: fn(&Value) -> Result<Box<dyn Stage>, Issue>,
 }
 
@@ -58,6 +60,10 @@ pub trait Stage: Send + Sync {
     /// Workspace files (or directories) whose bytes enter the key.
     fn key_files(&self) -> Vec<PathBuf>;
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError>;
+    /// Workspace paths this stage writes; runs lock them so two never write one at once.
+    fn workspace_outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Called on a cache hit: puts workspace files the stage owns back in place.
     fn restore(&self, _ctx: &RunContext, _outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
         Ok(())

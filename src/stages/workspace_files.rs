@@ -17,10 +17,17 @@ pub fn capture(ctx: &RunContext, relative: &str) -> Result<OutputRef, StageError
         return Ok(OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None });
     }
     let format = TableFormat::from_path(&path);
-    let rows = match format {
-        Some(f) => Some(table::read(&path, f)?.height() as u64),
-        None => None,
-    };
+    // Row counts are informative: a file polars cannot read is still a valid file output.
+    let rows = format.and_then(|f| match table::read(&path, f) {
+        Ok(df) => Some(df.height() as u64),
+        Err(e) => {
+            tracing::warn!(
+                "{}: `{relative}` does not read as a table ({e}); it can only be used as a file",
+                ctx.instance
+            );
+            None
+        }
+    });
     let (digest, bytes) = ctx.store.put_file(&path)?;
     Ok(OutputRef { digest, kind: OutputKind::File, rows, bytes, format: format.map(|f| f.to_string()) })
 }
@@ -29,13 +36,29 @@ pub fn capture(ctx: &RunContext, relative: &str) -> Result<OutputRef, StageError
 pub fn restore(ctx: &RunContext, relative: &str, output: &OutputRef) -> Result<(), StageError> {
     let path = ctx.workspace_path(relative)?;
     match output.kind {
-        OutputKind::Dir => ctx.store.restore_dir(&output.digest, &path)?,
+        OutputKind::Dir => restore_dir(ctx, relative, &path, &output.digest),
         _ => {
             if !same_content(ctx, &path, &output.digest) {
                 tracing::info!("{}: restoring {relative} from the cache", ctx.instance);
                 ctx.store.restore_file(&output.digest, &path, false)?;
             }
+            Ok(())
         }
+    }
+}
+
+/// Brings a workspace directory in line with a stored one, touching only files that differ.
+fn restore_dir(ctx: &RunContext, relative: &str, path: &Path, digest: &str) -> Result<(), StageError> {
+    let manifest = ctx.store.read_dir_manifest(digest)?;
+    let stale = manifest.files.iter().any(|(rel, entry)| !same_content(ctx, &path.join(rel), &entry.digest));
+    let extra = path.is_dir()
+        && crate::store::walk_files(path)?.iter().any(|f| {
+            let rel = f.strip_prefix(path).unwrap_or(f).to_string_lossy().replace('\\', "/");
+            !manifest.files.contains_key(&rel)
+        });
+    if stale || extra || !path.is_dir() {
+        tracing::info!("{}: restoring {relative}/ from the cache", ctx.instance);
+        ctx.store.restore_dir(digest, path)?;
     }
     Ok(())
 }
@@ -48,6 +71,13 @@ fn same_content(ctx: &RunContext, path: &Path, digest: &str) -> bool {
 /// new, and makes sure its directory exists.
 pub fn clear(ctx: &RunContext, relative: &str) -> Result<(), StageError> {
     let path = ctx.workspace_path(relative)?;
+    let cache = ctx.store.root();
+    if cache.starts_with(&path) || path.starts_with(cache) {
+        return Err(StageError::Failed(format!(
+            "`{relative}` holds or lies inside the cache {}; write outputs elsewhere",
+            cache.display()
+        )));
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| StageError::Failed(format!("cannot create the directory of `{relative}`: {e}")))?;

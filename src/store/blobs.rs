@@ -112,10 +112,10 @@ impl Store {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let tmp = dest.with_file_name(format!(
-            ".{}.silkie-tmp",
-            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-        ));
+        // A name no other process uses, so concurrent restores never trip over each other.
+        let n = super::TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dest.with_file_name(format!(".{name}.{}-{n}.silkie-tmp", std::process::id()));
         std::fs::copy(&src, &tmp).map_err(io_err(&tmp))?;
         set_permissions(&tmp, executable);
         std::fs::rename(&tmp, dest).map_err(io_err(dest))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{LockMode, OutputKind, Result, Store, io_err};
+use super::{InstanceStatus, LockMode, OutputKind, Result, Store, io_err};
 
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
@@ -28,8 +28,9 @@ impl Store {
         for run in self.runs()? {
             by_pipeline.entry(run.pipeline.clone()).or_default().push(run);
         }
-        let mut keys = HashSet::new();
-        let mut blobs = HashSet::new();
+        // Roots: the keys the kept runs reached, and the last key of every pipeline × instance
+        // (which also covers stages that finished in a run killed before its record).
+        let mut keys: HashSet<String> = self.labels()?.into_iter().map(|l| l.key).collect();
         for runs in by_pipeline.values() {
             let cut = runs.len().saturating_sub(keep_runs);
             for (i, run) in runs.iter().enumerate() {
@@ -41,23 +42,26 @@ impl Store {
                     continue;
                 }
                 report.runs_kept += 1;
-                for instance in &run.instances {
-                    keys.extend(instance.key.clone());
-                    for output in instance.outputs.values() {
-                        // A missing manifest means its files are gone already; nothing to keep.
-                        let reached = self.blobs_of(&output.digest, output.kind == OutputKind::Dir).unwrap_or_default();
-                        blobs.extend(reached);
-                    }
-                }
+                let reached =
+                    run.instances.iter().filter(|i| matches!(i.status, InstanceStatus::Hit | InstanceStatus::Ran));
+                keys.extend(reached.filter_map(|i| i.key.clone()));
             }
         }
 
+        let mut blobs = HashSet::new();
         for (path, record) in self.all_records()? {
-            if record.as_ref().is_some_and(|r| keys.contains(&r.key)) {
-                continue;
+            match record.filter(|r| keys.contains(&r.key)) {
+                Some(record) => {
+                    for output in record.outputs.values() {
+                        // A missing manifest means its files are gone already; nothing to keep.
+                        blobs.extend(self.blobs_of(&output.digest, output.kind == OutputKind::Dir).unwrap_or_default());
+                    }
+                }
+                None => {
+                    report.records_removed += 1;
+                    remove(&path, dry_run)?;
+                }
             }
-            report.records_removed += 1;
-            remove(&path, dry_run)?;
         }
         let blob_root = self.root.join("blobs");
         for fan in std::fs::read_dir(&blob_root).map_err(io_err(&blob_root))? {

@@ -34,6 +34,12 @@ impl Store {
         acquire(&self.lock_path(key), LockMode::Exclusive, timeout, what)
     }
 
+    /// A lock on anything else by name (e.g. a workspace file two runs could both write).
+    pub fn lock_named(&self, name: &str, what: &str, timeout: Option<Duration>) -> Result<LockGuard> {
+        let id = blake3::hash(name.as_bytes()).to_hex();
+        acquire(&self.root.join("locks").join(format!("n-{}.lock", &id[..32])), LockMode::Exclusive, timeout, what)
+    }
+
     pub(crate) fn lock_path(&self, key: &str) -> PathBuf {
         self.root.join("locks").join(format!("{key}.lock"))
     }

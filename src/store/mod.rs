@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use blobs::{DirEntry, DirManifest};
+pub use blobs::{DirEntry, DirManifest, walk_files};
 pub use gc::GcReport;
 pub use lock::{LockGuard, LockMode};
 pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, RunRecord, StageRecord};

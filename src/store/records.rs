@@ -100,7 +100,13 @@ impl Store {
 
     /// A record whose every blob is present; `None` when missing or partly collected.
     pub fn complete_record(&self, key: &str) -> Result<Option<StageRecord>> {
-        Ok(self.record(key)?.filter(|r| r.outputs.values().all(|o| self.has_blob(&o.digest))))
+        let complete = |o: &OutputRef| match o.kind {
+            OutputKind::Dir => {
+                self.read_dir_manifest(&o.digest).is_ok_and(|m| m.files.values().all(|f| self.has_blob(&f.digest)))
+            }
+            _ => self.has_blob(&o.digest),
+        };
+        Ok(self.record(key)?.filter(|r| r.outputs.values().all(complete)))
     }
 
     /// Writes a record. The caller has already stored every blob it names.
@@ -133,6 +139,20 @@ impl Store {
 
     pub fn put_label(&self, label: &Label) -> Result<()> {
         self.write_json(&self.label_path(&label.pipeline, &label.instance), label)
+    }
+
+    /// Every label (the last key of each pipeline × instance).
+    pub fn labels(&self) -> Result<Vec<Label>> {
+        let dir = self.root.join("labels");
+        let mut labels = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            // A label that does not parse is not a root; gc then treats its record like any other.
+            if let Ok(Some(label)) = self.read_json::<Label>(&path) {
+                labels.push(label);
+            }
+        }
+        Ok(labels)
     }
 
     pub fn put_run(&self, run: &RunRecord) -> Result<()> {

@@ -16,6 +16,9 @@ use super::{Result, Store, io_err};
 struct Entry {
     size: u64,
     mtime_ns: i128,
+    /// Catches tools that restore an old mtime (`cp -p`, `rsync -t`, `touch -d`).
+    #[serde(default)]
+    ctime_ns: i128,
     inode: u64,
     digest: String,
     hashed_at_ns: i128,
@@ -57,10 +60,11 @@ impl StatCache {
             return Ok(blake3::hash(listing.as_bytes()).to_hex().to_string());
         }
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).to_string_lossy().into_owned();
-        let (size, mtime_ns, inode) = stat(&meta);
+        let (size, mtime_ns, ctime_ns, inode) = stat(&meta);
         if let Some(e) = self.entries.lock().expect("stat cache lock").get(&key)
             && e.size == size
             && e.mtime_ns == mtime_ns
+            && e.ctime_ns == ctime_ns
             && e.inode == inode
             && e.hashed_at_ns - mtime_ns > RACY_NS
         {
@@ -71,7 +75,7 @@ impl StatCache {
         let (digest, bytes) = hash_reader(std::io::BufReader::with_capacity(1 << 20, file)).map_err(io_err(path))?;
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.stats.files.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry { size, mtime_ns, inode, digest: digest.clone(), hashed_at_ns };
+        let entry = Entry { size, mtime_ns, ctime_ns, inode, digest: digest.clone(), hashed_at_ns };
         self.entries.lock().expect("stat cache lock").insert(key, entry);
         *self.dirty.lock().expect("stat cache lock") = true;
         Ok(digest)
@@ -98,19 +102,19 @@ fn now_ns() -> i128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
 }
 
+/// (size, mtime, ctime, inode); times in nanoseconds.
 #[cfg(unix)]
-fn stat(meta: &std::fs::Metadata) -> (u64, i128, u64) {
+fn stat(meta: &std::fs::Metadata) -> (u64, i128, i128, u64) {
     use std::os::unix::fs::MetadataExt;
-    (meta.size(), meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128, meta.ino())
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+    (meta.size(), ns(meta.mtime(), meta.mtime_nsec()), ns(meta.ctime(), meta.ctime_nsec()), meta.ino())
 }
 
 #[cfg(not(unix))]
-fn stat(meta: &std::fs::Metadata) -> (u64, i128, u64) {
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    (meta.len(), mtime, 0)
+fn stat(meta: &std::fs::Metadata) -> (u64, i128, i128, u64) {
+    let since_epoch = |t: std::io::Result<std::time::SystemTime>| {
+        t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i128)
+    };
+    let mtime = since_epoch(meta.modified());
+    (meta.len(), mtime, mtime, 0)
 }

@@ -1,0 +1,61 @@
+//! The data report a preference-data stage writes beside its tables: rows in, rows out,
+//! and every drop counted by reason — so nothing is ever dropped silently.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataReport {
+    /// Rows read, per input (`responses`, `ratings`, file lines, …).
+    pub rows_in: BTreeMap<String, u64>,
+    /// Rows written, per output table.
+    pub rows_out: BTreeMap<String, u64>,
+    /// Rows left out, by reason (`tie`, `unparseable_rating`, `missing_image`, …).
+    pub dropped: BTreeMap<String, u64>,
+    /// Things kept but worth knowing (`out_of_range_rating`, …).
+    pub notes: BTreeMap<String, u64>,
+}
+
+impl DataReport {
+    pub fn input(&mut self, name: &str, rows: u64) {
+        *self.rows_in.entry(name.to_string()).or_default() += rows;
+    }
+
+    pub fn output(&mut self, name: &str, rows: u64) {
+        *self.rows_out.entry(name.to_string()).or_default() += rows;
+    }
+
+    pub fn drop(&mut self, reason: &str, rows: u64) {
+        if rows > 0 {
+            *self.dropped.entry(reason.to_string()).or_default() += rows;
+        }
+    }
+
+    pub fn note(&mut self, what: &str, count: u64) {
+        if count > 0 {
+            *self.notes.entry(what.to_string()).or_default() += count;
+        }
+    }
+}
+
+impl fmt::Display for DataReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let section = |f: &mut fmt::Formatter<'_>, title: &str, map: &BTreeMap<String, u64>| -> fmt::Result {
+            if map.is_empty() {
+                return writeln!(f, "{title}: none");
+            }
+            writeln!(f, "{title}:")?;
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            for (k, v) in map {
+                writeln!(f, "  {k:width$}  {v:>10}")?;
+            }
+            Ok(())
+        };
+        section(f, "rows in", &self.rows_in)?;
+        section(f, "rows out", &self.rows_out)?;
+        section(f, "dropped", &self.dropped)?;
+        section(f, "notes", &self.notes)
+    }
+}
