@@ -1,6 +1,7 @@
 //! silkie: the Silkie recipe (preference distillation for vision-language models) as a
 //! declarative, incremental pipeline. See ARCHITECTURE.md for the map.
 
+pub mod data;
 pub mod dsl;
 pub mod exec;
 pub mod plan;

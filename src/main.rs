@@ -11,8 +11,7 @@ use serde_json::json;
 use silkie::dsl::{Loader, Pipeline, PipelineErrors};
 use silkie::exec::{self, RunOptions};
 use silkie::plan::{self, Assessment, Plan, State};
-use silkie::store::{InstanceStatus, OutputKind, StatCache, Store};
-use silkie::table;
+use silkie::store::{InstanceStatus, StatCache, Store};
 
 #[derive(Parser)]
 #[command(
@@ -118,8 +117,19 @@ struct ShowArgs {
     /// Rows to print
     #[arg(long, default_value_t = 10)]
     rows: usize,
+    /// Print the stage's data report (rows in, rows out, drops by reason) instead
+    #[arg(long, conflicts_with = "by")]
+    report: bool,
+    /// Per-model statistics of a scores table: mean score per aspect, and win rate in the pairs
+    #[arg(long, value_enum)]
+    by: Option<GroupBy>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GroupBy {
+    Model,
 }
 
 #[derive(Args)]
@@ -147,6 +157,10 @@ enum DagFormat {
     Text,
     Mermaid,
     Dot,
+}
+
+mod cli {
+    pub mod show;
 }
 
 /// Exit codes: 0 success, 1 a stage or the store failed, 2 bad input (pipeline, arguments).
@@ -259,7 +273,7 @@ fn dispatch(cli: Cli) -> Outcome {
         Command::Status(args) => cmd_status(&ctx, args),
         Command::Explain(args) => cmd_explain(&ctx, args),
         Command::Dag(args) => cmd_dag(&ctx, args),
-        Command::Show(args) => cmd_show(&ctx, args),
+        Command::Show(args) => cli::show::run(&ctx, args),
         Command::Validate(args) => cmd_validate(&ctx, args),
         Command::Gc(args) => cmd_gc(&ctx, args),
     }
@@ -432,86 +446,6 @@ fn cmd_dag(ctx: &Context, args: DagArgs) -> Outcome {
             }
             println!("}}");
         }
-    }
-    Ok(true)
-}
-
-fn cmd_show(ctx: &Context, args: ShowArgs) -> Outcome {
-    let (pipeline, plan) = ctx.load(args.file.file.as_deref(), &args.file.sets)?;
-    let (stage, output) = match plan.find(&args.stage).is_empty() {
-        false => (args.stage.clone(), None),
-        true => match args.stage.rsplit_once('.') {
-            Some((s, o)) => (s.to_string(), Some(o.to_string())),
-            None => (args.stage.clone(), None),
-        },
-    };
-    let nodes = plan.find(&stage);
-    let [node] = nodes.as_slice() else {
-        return Err(Failure::Invalid(if nodes.is_empty() {
-            let help = silkie::dsl::did_you_mean(&stage, plan.names()).map(|h| format!("; {h}")).unwrap_or_default();
-            format!("no stage named `{stage}` in {}{help}", pipeline.label)
-        } else {
-            let names: Vec<&str> = nodes.iter().map(|n| plan.graph[*n].name.as_str()).collect();
-            format!("`{stage}` has several instances; name one: {}", names.join(", "))
-        }));
-    };
-    let name = plan.graph[*node].name.clone();
-    let states = assess(ctx, &pipeline, &plan)?;
-    let state = states
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| Failure::Runtime("internal: instance not assessed".into()))?;
-    let store = ctx.store()?;
-    let record = match (&state.state, &state.key) {
-        (State::Fresh, Some(key)) => store.complete_record(key).map_err(|e| Failure::Runtime(e.to_string()))?,
-        _ => None,
-    };
-    let Some(record) = record else {
-        let why = state.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        let state_word =
-            serde_json::to_value(state.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        return Err(Failure::Runtime(format!(
-            "`{name}` has no fresh output to show (it is {state_word}{why}); run `silkie run {} {name}` first",
-            pipeline.label
-        )));
-    };
-    let tables: Vec<(&String, _)> =
-        record.outputs.iter().filter(|(_, o)| o.kind == OutputKind::Table || o.format.is_some()).collect();
-    let chosen = match &output {
-        Some(o) => record.outputs.get_key_value(o).ok_or_else(|| {
-            Failure::Invalid(format!(
-                "`{name}` has no output `{o}`; its outputs: {}",
-                record.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?,
-        None => match tables.as_slice() {
-            [one] => *one,
-            [] => return Err(Failure::Invalid(format!("`{name}` has no table output to show"))),
-            _ => {
-                return Err(Failure::Invalid(format!(
-                    "`{name}` has several table outputs; name one as {name}.OUTPUT: {}",
-                    tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")
-                )));
-            }
-        },
-    };
-    let (out_name, out) = chosen;
-    let format = match out.kind {
-        OutputKind::Table => table::TableFormat::Parquet,
-        _ => out
-            .format
-            .as_deref()
-            .and_then(|f| table::TableFormat::from_path(Path::new(&format!("x.{f}"))))
-            .ok_or_else(|| Failure::Invalid(format!("`{name}.{out_name}` is not a table")))?,
-    };
-    let df = table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let mut head = df.head(Some(args.rows));
-    if args.format == Format::Json {
-        let rows = table::to_json_rows(&mut head).map_err(|e| Failure::Runtime(e.to_string()))?;
-        print_json(&rows);
-    } else {
-        println!("{name}.{out_name}: {} rows", df.height());
-        println!("{head}");
     }
     Ok(true)
 }

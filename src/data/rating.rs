@@ -40,7 +40,9 @@ pub fn parse_rating(text: &str) -> Option<f64> {
     };
     let mantissa_ok = match mantissa.split_once('.') {
         Some((int, frac)) => {
-            (int.is_empty() || digit_part(int)) && (frac.is_empty() || digit_part(frac)) && !(int.is_empty() && frac.is_empty())
+            (int.is_empty() || digit_part(int))
+                && (frac.is_empty() || digit_part(frac))
+                && !(int.is_empty() && frac.is_empty())
         }
         None => digit_part(mantissa),
     };
@@ -78,7 +80,29 @@ mod tests {
 
     #[test]
     fn rejects_what_python_rejects_and_non_finite_values() {
-        for text in ["", " ", "N/A", "n/a", "four", "4/5", "4 / 5", "4.0.0", "1__0", "_1", "1_", "1e", ".", "e5", "4 5", "nan", "inf", "-Infinity", "1e999", "Rating: 4", "0x4"] {
+        for text in [
+            "",
+            " ",
+            "N/A",
+            "n/a",
+            "four",
+            "4/5",
+            "4 / 5",
+            "4.0.0",
+            "1__0",
+            "_1",
+            "1_",
+            "1e",
+            ".",
+            "e5",
+            "4 5",
+            "nan",
+            "inf",
+            "-Infinity",
+            "1e999",
+            "Rating: 4",
+            "0x4",
+        ] {
             assert_eq!(parse_rating(text), None, "{text:?}");
         }
     }

@@ -2,9 +2,11 @@
 //!
 //! Adding a kind is adding a file and one line to [`KINDS`].
 
+mod aggregate;
 mod command;
 mod export;
 mod load;
+mod pair;
 mod workspace_files;
 
 use std::collections::BTreeMap;
@@ -29,7 +31,7 @@ pub struct Kind {
     pub configure: fn(&Value) -> Result<Box<dyn Stage>, Issue>,
 }
 
-pub static KINDS: &[Kind] = &[load::KIND, command::KIND, export::KIND];
+pub static KINDS: &[Kind] = &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -124,6 +126,13 @@ impl RunContext<'_> {
         table::write(df, &tmp, TableFormat::Parquet)?;
         let (digest, bytes) = self.store.adopt(&tmp)?;
         Ok(OutputRef { digest, kind: OutputKind::Table, rows: Some(df.height() as u64), bytes, format: None })
+    }
+
+    /// Stores a data report (JSON) as the `report` output.
+    pub fn put_report(&self, report: &crate::data::report::DataReport) -> Result<OutputRef, StageError> {
+        let json = serde_json::to_vec_pretty(report).map_err(|e| StageError::Failed(e.to_string()))?;
+        let (digest, bytes) = self.store.put_bytes(&json)?;
+        Ok(OutputRef { digest, kind: OutputKind::File, rows: None, bytes, format: Some("report".into()) })
     }
 
     /// A path inside the workspace, refusing ones that leave it.

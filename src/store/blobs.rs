@@ -97,6 +97,14 @@ impl Store {
         Ok((digest, total))
     }
 
+    /// Stores a manifest built elsewhere (its files already in the store).
+    pub fn put_manifest(&self, manifest: &DirManifest) -> Result<(String, u64)> {
+        let json = serde_json::to_vec(manifest)
+            .map_err(|e| StoreError::Corrupt { path: self.root.clone(), reason: e.to_string() })?;
+        let (digest, _) = self.put_bytes(&json)?;
+        Ok((digest, manifest.files.values().map(|e| e.bytes).sum()))
+    }
+
     pub fn read_dir_manifest(&self, digest: &str) -> Result<DirManifest> {
         let path = self.blob_path(digest);
         let bytes = std::fs::read(&path).map_err(|_| StoreError::MissingBlob { digest: digest.to_string() })?;

@@ -1,0 +1,166 @@
+//! `silkie show`: a stage's table output, its data report, or per-model statistics.
+
+use std::path::Path;
+
+use petgraph::Direction;
+use polars::prelude::DataFrame;
+
+use crate::{Context, Failure, Format, GroupBy, Outcome, ShowArgs, assess, print_json};
+use silkie::data::report::DataReport;
+use silkie::data::stats;
+use silkie::plan::{Plan, State};
+use silkie::store::{OutputKind, OutputRef, StageRecord, Store};
+use silkie::table::{self, TableFormat};
+
+pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
+    let (pipeline, plan) = ctx.load(args.file.file.as_deref(), &args.file.sets)?;
+    let (stage, output) = match plan.find(&args.stage).is_empty() {
+        false => (args.stage.clone(), None),
+        true => match args.stage.rsplit_once('.') {
+            Some((s, o)) => (s.to_string(), Some(o.to_string())),
+            None => (args.stage.clone(), None),
+        },
+    };
+    let name = single_instance(&plan, &stage, &pipeline.label)?;
+    let shown = Shown { ctx, plan: &plan, pipeline: &pipeline };
+    let record = shown.fresh_record(&name)?;
+    let store = ctx.store()?;
+    if args.report {
+        return print_report(&store, &name, &record, args.format);
+    }
+    let (out_name, out) = pick_output(&name, &record, output.as_deref())?;
+    let mut df = read_table(&store, &name, out_name, out)?;
+    if args.by == Some(GroupBy::Model) {
+        let pairs = shown.downstream_pairs(&name);
+        df = stats::by_model(&df, pairs.as_ref()).map_err(Failure::Runtime)?;
+    }
+    let total = df.height();
+    let mut head = df.head(Some(args.rows));
+    if args.format == Format::Json {
+        let rows = table::to_json_rows(&mut head).map_err(|e| Failure::Runtime(e.to_string()))?;
+        print_json(&rows);
+    } else {
+        println!("{name}.{out_name}: {total} rows");
+        println!("{head}");
+    }
+    Ok(true)
+}
+
+fn single_instance(plan: &Plan, stage: &str, pipeline: &str) -> Result<String, Failure> {
+    let nodes = plan.find(stage);
+    match nodes.as_slice() {
+        [node] => Ok(plan.graph[*node].name.clone()),
+        [] => {
+            let help = silkie::dsl::did_you_mean(stage, plan.names()).map(|h| format!("; {h}")).unwrap_or_default();
+            Err(Failure::Invalid(format!("no stage named `{stage}` in {pipeline}{help}")))
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(|n| plan.graph[*n].name.as_str()).collect();
+            Err(Failure::Invalid(format!("`{stage}` has several instances; name one: {}", names.join(", "))))
+        }
+    }
+}
+
+struct Shown<'a> {
+    ctx: &'a Context,
+    plan: &'a Plan,
+    pipeline: &'a silkie::dsl::Pipeline,
+}
+
+impl Shown<'_> {
+    /// The record of an instance that is fresh, or an error that says how to make it so.
+    fn fresh_record(&self, name: &str) -> Result<StageRecord, Failure> {
+        let states = assess(self.ctx, self.pipeline, self.plan)?;
+        let state = states
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Failure::Runtime("internal: instance not assessed".into()))?;
+        let store = self.ctx.store()?;
+        let record = match (&state.state, &state.key) {
+            (State::Fresh, Some(key)) => store.complete_record(key).map_err(|e| Failure::Runtime(e.to_string()))?,
+            _ => None,
+        };
+        record.ok_or_else(|| {
+            let why = state.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let word =
+                serde_json::to_value(state.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            Failure::Runtime(format!(
+                "`{name}` has no fresh output to show (it is {word}{why}); run `silkie run {} {name}` first",
+                self.pipeline.label
+            ))
+        })
+    }
+
+    /// The pairs of the one fresh `pair` stage fed by this instance, for win rates.
+    fn downstream_pairs(&self, name: &str) -> Option<DataFrame> {
+        let node = *self.plan.find(name).first()?;
+        let pair_nodes: Vec<_> = self
+            .plan
+            .graph
+            .neighbors_directed(node, Direction::Outgoing)
+            .filter(|n| self.plan.graph[*n].kind.name == "pair")
+            .collect();
+        let [pair] = pair_nodes.as_slice() else { return None };
+        let record = self.fresh_record(&self.plan.graph[*pair].name).ok()?;
+        let store = self.ctx.store().ok()?;
+        let out = record.outputs.get("pairs")?;
+        table::read(&store.blob_path(&out.digest), TableFormat::Parquet).ok()
+    }
+}
+
+fn print_report(store: &Store, name: &str, record: &StageRecord, format: Format) -> Outcome {
+    let Some(out) = record.outputs.get("report") else {
+        return Err(Failure::Invalid(format!("`{name}` writes no data report (its outputs: {})", names(record))));
+    };
+    let bytes = std::fs::read(store.blob_path(&out.digest)).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let report: DataReport =
+        serde_json::from_slice(&bytes).map_err(|e| Failure::Runtime(format!("corrupt report: {e}")))?;
+    if format == Format::Json {
+        print_json(&report);
+    } else {
+        println!("{name}: data report");
+        print!("{report}");
+    }
+    Ok(true)
+}
+
+fn names(record: &StageRecord) -> String {
+    record.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// How a stored output reads as a table, if it does.
+fn table_format(out: &OutputRef) -> Option<TableFormat> {
+    match out.kind {
+        OutputKind::Table => Some(TableFormat::Parquet),
+        OutputKind::File => out.format.as_deref().and_then(|f| TableFormat::from_path(Path::new(&format!("x.{f}")))),
+        OutputKind::Dir => None,
+    }
+}
+
+fn pick_output<'r>(
+    name: &str,
+    record: &'r StageRecord,
+    asked: Option<&str>,
+) -> Result<(&'r str, &'r OutputRef), Failure> {
+    if let Some(o) = asked {
+        return record
+            .outputs
+            .get_key_value(o)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| Failure::Invalid(format!("`{name}` has no output `{o}`; its outputs: {}", names(record))));
+    }
+    let tables: Vec<(&String, &OutputRef)> = record.outputs.iter().filter(|(_, o)| table_format(o).is_some()).collect();
+    match tables.as_slice() {
+        [(k, v)] => Ok((k.as_str(), v)),
+        [] => Err(Failure::Invalid(format!("`{name}` has no table output to show"))),
+        _ => Err(Failure::Invalid(format!(
+            "`{name}` has several table outputs; name one as {name}.OUTPUT: {}",
+            tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn read_table(store: &Store, name: &str, out_name: &str, out: &OutputRef) -> Result<DataFrame, Failure> {
+    let format = table_format(out).ok_or_else(|| Failure::Invalid(format!("`{name}.{out_name}` is not a table")))?;
+    table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))
+}

@@ -1,0 +1,96 @@
+//! Building and reading polars columns without ceremony.
+
+use polars::prelude::*;
+
+/// A DataFrame from equally long columns.
+pub fn frame(height: usize, columns: Vec<Column>) -> PolarsResult<DataFrame> {
+    DataFrame::new(height, columns)
+}
+
+pub fn str_col(name: &str, values: Vec<Option<String>>) -> Column {
+    Column::new(name.into(), values)
+}
+
+pub fn i64_col(name: &str, values: Vec<Option<i64>>) -> Column {
+    Column::new(name.into(), values)
+}
+
+pub fn f64_col(name: &str, values: Vec<Option<f64>>) -> Column {
+    Column::new(name.into(), values)
+}
+
+/// A string column, or an error naming the table and column.
+pub fn strings<'a>(df: &'a DataFrame, table: &str, name: &str) -> Result<&'a StringChunked, String> {
+    df.column(name)
+        .map_err(|_| missing(df, table, name))?
+        .str()
+        .map_err(|_| format!("table `{table}`: column `{name}` must hold text, it holds {}", dtype_of(df, name)))
+}
+
+/// An integer column (any integer width), as i64.
+pub fn integers(df: &DataFrame, table: &str, name: &str) -> Result<Int64Chunked, String> {
+    let column = df.column(name).map_err(|_| missing(df, table, name))?;
+    if !column.dtype().is_integer() {
+        return Err(format!("table `{table}`: column `{name}` must hold integers, it holds {}", column.dtype()));
+    }
+    column.cast(&DataType::Int64).map_err(|e| e.to_string())?.i64().cloned().map_err(|e| e.to_string())
+}
+
+/// A numeric column, as f64.
+pub fn floats(df: &DataFrame, table: &str, name: &str) -> Result<Float64Chunked, String> {
+    let column = df.column(name).map_err(|_| missing(df, table, name))?;
+    if !column.dtype().is_primitive_numeric() && !column.dtype().is_null() {
+        return Err(format!("table `{table}`: column `{name}` must hold numbers, it holds {}", column.dtype()));
+    }
+    column.cast(&DataType::Float64).map_err(|e| e.to_string())?.f64().cloned().map_err(|e| e.to_string())
+}
+
+fn dtype_of(df: &DataFrame, name: &str) -> String {
+    df.column(name).map(|c| c.dtype().to_string()).unwrap_or_default()
+}
+
+fn missing(df: &DataFrame, table: &str, name: &str) -> String {
+    let have: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
+    format!("table `{table}` has no column `{name}`; its columns: {}", have.join(", "))
+}
+
+/// The row key every response-level table shares: (instruction id, model, sample index).
+pub struct ResponseKeys<'a> {
+    pub instruction: Vec<&'a str>,
+    pub model: Vec<&'a str>,
+    pub sample: Vec<i64>,
+}
+
+impl<'a> ResponseKeys<'a> {
+    /// Reads the key columns; a null anywhere is an error naming the row.
+    pub fn read(df: &'a DataFrame, table: &str) -> Result<ResponseKeys<'a>, String> {
+        let instruction = non_null(strings(df, table, "instruction_id")?.iter().collect(), table, "instruction_id")?;
+        let model = non_null(strings(df, table, "model")?.iter().collect(), table, "model")?;
+        let sample = match df.column("sample_index") {
+            // Tables from outside silkie may have one sample per model and no index column.
+            Err(_) => vec![0; df.height()],
+            Ok(_) => non_null(integers(df, table, "sample_index")?.iter().collect(), table, "sample_index")?,
+        };
+        Ok(ResponseKeys { instruction, model, sample })
+    }
+
+    pub fn key(&self, row: usize) -> (&'a str, &'a str, i64) {
+        (self.instruction[row], self.model[row], self.sample[row])
+    }
+
+    pub fn len(&self) -> usize {
+        self.instruction.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instruction.is_empty()
+    }
+}
+
+fn non_null<T>(values: Vec<Option<T>>, table: &str, column: &str) -> Result<Vec<T>, String> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(row, v)| v.ok_or_else(|| format!("table `{table}`, row {}: `{column}` is empty", row + 1)))
+        .collect()
+}

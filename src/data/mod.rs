@@ -1,0 +1,10 @@
+//! Preference data: the released VLFeedback format, ratings, scores, pairs and their data
+//! reports. Pure functions over polars tables; stage kinds wrap them.
+
+pub mod aggregate;
+pub mod frame;
+pub mod pairs;
+pub mod rating;
+pub mod report;
+pub mod stats;
+pub mod vlfeedback;

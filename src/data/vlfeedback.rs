@@ -1,0 +1,337 @@
+//! Reads the released VLFeedback data as published: JSONL or Parquet rows
+//! `{id, prompt, models, completions: [{model, response, annotations: {Aspect: {Rating, Rationale}}}]}`
+//! with images at `<images>/{id}.jpg`, into the `instructions`, `responses` and `ratings` tables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::frame::{f64_col, frame, i64_col, str_col};
+use super::rating::{ASPECTS, aspect_id, parse_rating};
+use super::report::DataReport;
+use crate::table;
+
+/// What to do with a row or image that cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBad {
+    /// Fail the stage, naming the file and line.
+    #[default]
+    Error,
+    /// Leave the instruction out and count it in the report.
+    Skip,
+}
+
+pub struct Options<'a> {
+    /// Directory holding `{id}.jpg`; `None` when the data comes without images.
+    pub images: Option<&'a Path>,
+    pub on_missing_image: OnBad,
+    pub on_bad_row: OnBad,
+    /// Who wrote the ratings (the release's judge is GPT-4V).
+    pub judge: &'a str,
+    pub source: &'a str,
+}
+
+/// The imported tables, sorted by their row keys.
+pub struct Imported {
+    pub instructions: DataFrame,
+    pub responses: DataFrame,
+    pub ratings: DataFrame,
+    /// `{id}.jpg` → (blob digest, bytes), for every image the instructions use.
+    pub images: BTreeMap<String, (String, u64)>,
+    pub report: DataReport,
+}
+
+/// Puts one image file into the blob store: (digest, bytes), or why it could not.
+pub type StoreImage<'s> = dyn FnMut(&Path) -> Result<(String, u64), String> + 's;
+
+struct Completion {
+    model: String,
+    response: String,
+    /// Per aspect id: (raw rating text, rationale); `None` when the aspect is absent.
+    ratings: [Option<(String, String)>; 3],
+}
+
+struct Row {
+    id: String,
+    prompt: String,
+    completions: Vec<Completion>,
+}
+
+/// Reads `path` (JSONL, or Parquet by extension). `store_image` puts one image file into the
+/// blob store and returns its digest and size.
+pub fn import(
+    path: &Path,
+    shown: &str,
+    opts: &Options,
+    store_image: &mut StoreImage,
+) -> Result<Imported, String> {
+    let mut report = DataReport::default();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut images = BTreeMap::new();
+    let mut digests: Vec<Option<String>> = Vec::new();
+    let mut unknown_aspects = 0;
+    let mut lines = 0;
+    for_each_record(path, shown, &mut |location, record| {
+        lines += 1;
+        let parsed = record.and_then(|value| parse_row(&value, &mut unknown_aspects));
+        let row = match parsed {
+            Ok(row) => row,
+            Err(reason) => return reject(opts.on_bad_row, &mut report, "bad_row", &location, &reason),
+        };
+        if let Some(first) = seen.get(&row.id) {
+            let reason = format!("duplicate id `{}` (first seen at {first})", row.id);
+            return reject(opts.on_bad_row, &mut report, "duplicate_id", &location, &reason);
+        }
+        let digest = match opts.images {
+            None => None,
+            Some(dir) => match check_image(&dir.join(format!("{}.jpg", row.id))) {
+                Ok(file) => {
+                    let (digest, bytes) = store_image(&file).map_err(|e| format!("{location}: {e}"))?;
+                    images.insert(format!("{}.jpg", row.id), (digest.clone(), bytes));
+                    Some(digest)
+                }
+                Err((reason, why)) => return reject(opts.on_missing_image, &mut report, reason, &location, &why),
+            },
+        };
+        seen.insert(row.id.clone(), location);
+        digests.push(digest);
+        rows.push(row);
+        Ok(())
+    })?;
+    if lines == 0 {
+        return Err(format!("{shown}: the file holds no rows"));
+    }
+    report.input("rows", lines);
+    report.note("unknown_aspect", unknown_aspects);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| rows[a].id.cmp(&rows[b].id));
+    let instructions = instructions_table(&rows, &digests, &order, opts.source).map_err(|e| e.to_string())?;
+    let (responses, ratings) = response_tables(&rows, &order, opts.judge, &mut report).map_err(|e| e.to_string())?;
+    report.output("instructions", instructions.height() as u64);
+    report.output("responses", responses.height() as u64);
+    report.output("ratings", ratings.height() as u64);
+    Ok(Imported { instructions, responses, ratings, images, report })
+}
+
+fn reject(policy: OnBad, report: &mut DataReport, reason: &str, location: &str, why: &str) -> Result<(), String> {
+    match policy {
+        OnBad::Error => Err(format!("{location}: {why}")),
+        OnBad::Skip => {
+            tracing::debug!("skipping {location}: {why}");
+            report.drop(reason, 1);
+            Ok(())
+        }
+    }
+}
+
+/// Calls `f` with ("file:line", the parsed JSON object or why it is not one) for every record.
+fn for_each_record(
+    path: &Path,
+    shown: &str,
+    f: &mut dyn FnMut(String, Result<Value, String>) -> Result<(), String>,
+) -> Result<(), String> {
+    if table::TableFormat::from_path(path) == Some(table::TableFormat::Parquet) {
+        let mut df = table::read(path, table::TableFormat::Parquet).map_err(|e| e.to_string())?;
+        let rows = table::to_json_rows(&mut df).map_err(|e| format!("{shown}: {e}"))?;
+        for (i, row) in rows.into_iter().enumerate() {
+            f(format!("{shown}: row {}", i + 1), Ok(row))?;
+        }
+        return Ok(());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line = 0;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("{shown}: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        let location = format!("{shown}:{line}");
+        let record = match std::str::from_utf8(&buf) {
+            Err(e) => Err(format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1)),
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => {
+                serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))
+            }
+        };
+        f(location, record)?;
+    }
+}
+
+fn text_of(value: &Value, what: &str) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Err(format!("`{what}` is missing")),
+        other => Err(format!("`{what}` must be text, found {}", crate::dsl::type_name(other))),
+    }
+}
+
+fn parse_row(value: &Value, unknown_aspects: &mut u64) -> Result<Row, String> {
+    let obj = value.as_object().ok_or("expected a JSON object")?;
+    let id = text_of(obj.get("id").unwrap_or(&Value::Null), "id")?;
+    let prompt = text_of(obj.get("prompt").unwrap_or(&Value::Null), "prompt")?;
+    let completions =
+        obj.get("completions").and_then(Value::as_array).ok_or("`completions` is missing or not a list")?;
+    if completions.is_empty() {
+        return Err("`completions` is empty".into());
+    }
+    let mut parsed = Vec::with_capacity(completions.len());
+    for (i, c) in completions.iter().enumerate() {
+        let at = |field: &str| format!("completions[{i}].{field}");
+        let model = text_of(c.get("model").unwrap_or(&Value::Null), &at("model"))?;
+        let response = text_of(c.get("response").unwrap_or(&Value::Null), &at("response"))?;
+        let annotations = c
+            .get("annotations")
+            .and_then(Value::as_object)
+            .ok_or_else(|| format!("`{}` is missing or not a map", at("annotations")))?;
+        let mut ratings: [Option<(String, String)>; 3] = Default::default();
+        for (name, annotation) in annotations {
+            let Some(aspect) = aspect_id(name) else {
+                *unknown_aspects += 1;
+                continue;
+            };
+            let slot = ASPECTS.iter().position(|a| *a == aspect).expect("aspect ids come from ASPECTS");
+            let rating = match annotation.get("Rating") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            let rationale = annotation.get("Rationale").and_then(Value::as_str).unwrap_or_default().to_string();
+            ratings[slot] = Some((rating, rationale));
+        }
+        parsed.push(Completion { model, response, ratings });
+    }
+    Ok(Row { id, prompt, completions: parsed })
+}
+
+/// `Ok(file)` when the image is there and its header decodes; else (drop reason, message).
+fn check_image(file: &Path) -> Result<PathBuf, (&'static str, String)> {
+    if !file.is_file() {
+        return Err(("missing_image", format!("image {} does not exist", file.display())));
+    }
+    image::ImageReader::open(file)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
+        .map(|_| file.to_path_buf())
+        .map_err(|e| ("undecodable_image", format!("image {} cannot be decoded: {e}", file.display())))
+}
+
+fn instructions_table(
+    rows: &[Row],
+    digests: &[Option<String>],
+    order: &[usize],
+    source: &str,
+) -> PolarsResult<DataFrame> {
+    let n = order.len();
+    frame(
+        n,
+        vec![
+            str_col("id", order.iter().map(|&i| Some(rows[i].id.clone())).collect()),
+            str_col("prompt", order.iter().map(|&i| Some(rows[i].prompt.clone())).collect()),
+            str_col("image", order.iter().map(|&i| digests[i].clone()).collect()),
+            str_col("source", vec![Some(source.to_string()); n]),
+        ],
+    )
+}
+
+fn response_tables(
+    rows: &[Row],
+    order: &[usize],
+    judge: &str,
+    report: &mut DataReport,
+) -> PolarsResult<(DataFrame, DataFrame)> {
+    // (instruction id, model, sample index, completion)
+    let mut responses: Vec<(&str, &str, i64, &Completion)> = Vec::new();
+    for &i in order {
+        let mut per_model: HashMap<&str, i64> = HashMap::new();
+        for c in &rows[i].completions {
+            let index = per_model.entry(&c.model).or_default();
+            responses.push((&rows[i].id, &c.model, *index, c));
+            *index += 1;
+        }
+    }
+    responses.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    let n = responses.len();
+    let none_i64 = || i64_col("", vec![None; n]);
+    let responses_df = frame(
+        n,
+        vec![
+            str_col("instruction_id", responses.iter().map(|r| Some(r.0.to_string())).collect()),
+            str_col("model", responses.iter().map(|r| Some(r.1.to_string())).collect()),
+            i64_col("sample_index", responses.iter().map(|r| Some(r.2)).collect()),
+            str_col("response", responses.iter().map(|r| Some(r.3.response.clone())).collect()),
+            str_col("finish_reason", vec![None; n]),
+            none_i64().with_name("tokens_in".into()),
+            none_i64().with_name("tokens_out".into()),
+            none_i64().with_name("latency_ms".into()),
+            str_col("call_key", vec![None; n]),
+        ],
+    )?;
+
+    let mut cols: [Vec<Option<String>>; 6] = Default::default(); // instruction_id, model, aspect, rating_text, rationale, status
+    let mut sample_index = Vec::with_capacity(n * 3);
+    let mut values = Vec::with_capacity(n * 3);
+    let (mut unparseable, mut missing, mut out_of_range) = (0, 0, 0);
+    for (id, model, index, completion) in &responses {
+        for (slot, aspect) in ASPECTS.iter().enumerate() {
+            let (text, rationale, value, status) = match &completion.ratings[slot] {
+                None => {
+                    missing += 1;
+                    (None, None, None, "missing")
+                }
+                Some((text, rationale)) => match parse_rating(text) {
+                    Some(v) => {
+                        if !(1.0..=5.0).contains(&v) {
+                            out_of_range += 1;
+                        }
+                        (Some(text.clone()), Some(rationale.clone()), Some(v), "ok")
+                    }
+                    None => {
+                        unparseable += 1;
+                        (Some(text.clone()), Some(rationale.clone()), None, "unparseable")
+                    }
+                },
+            };
+            cols[0].push(Some(id.to_string()));
+            cols[1].push(Some(model.to_string()));
+            cols[2].push(Some(aspect.to_string()));
+            cols[3].push(text);
+            cols[4].push(rationale);
+            cols[5].push(Some(status.to_string()));
+            sample_index.push(Some(*index));
+            values.push(value);
+        }
+    }
+    report.note("unparseable_rating", unparseable);
+    report.note("missing_rating", missing);
+    report.note("out_of_range_rating", out_of_range);
+    let m = values.len();
+    let [ids, models, aspects, texts, rationales, statuses] = cols;
+    let ratings_df = frame(
+        m,
+        vec![
+            str_col("instruction_id", ids),
+            str_col("model", models),
+            i64_col("sample_index", sample_index),
+            str_col("aspect", aspects),
+            f64_col("rating", values),
+            str_col("rating_text", texts),
+            str_col("rationale", rationales),
+            str_col("status", statuses),
+            str_col("judge", vec![Some(judge.to_string()); m]),
+            str_col("call_key", vec![None; m]),
+        ],
+    )?;
+    Ok((responses_df, ratings_df))
+}
