@@ -65,6 +65,11 @@ pub fn aggregate(
     let rating_keys = ResponseKeys::read(ratings, "ratings")?;
     let aspect_col: Vec<Option<&str>> = strings(ratings, "ratings", "aspect")?.iter().collect();
     let values: Vec<Option<f64>> = floats(ratings, "ratings", "rating")?.iter().collect();
+    // A row whose status says the judge gave no rating for the aspect counts as missing.
+    let statuses: Vec<Option<&str>> = match ratings.column("status") {
+        Ok(_) => strings(ratings, "ratings", "status")?.iter().collect(),
+        Err(_) => vec![None; ratings.height()],
+    };
     let n_aspects = opts.aspects.len();
     // Per response and aspect: None = no rating row, Some(None) = a rating that is not a number.
     let mut cells: Vec<Option<Option<f64>>> = vec![None; keys.len() * n_aspects];
@@ -83,7 +88,9 @@ pub fn aggregate(
             duplicates += 1;
             continue;
         }
-        *cell = Some(values[row].filter(|v| v.is_finite()));
+        if statuses[row] != Some("missing") {
+            *cell = Some(values[row].filter(|v| v.is_finite()));
+        }
     }
     report.note("rating_without_response", orphans);
     report.note("duplicate_rating_ignored", duplicates);

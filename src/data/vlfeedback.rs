@@ -64,12 +64,7 @@ struct Row {
 
 /// Reads `path` (JSONL, or Parquet by extension). `store_image` puts one image file into the
 /// blob store and returns its digest and size.
-pub fn import(
-    path: &Path,
-    shown: &str,
-    opts: &Options,
-    store_image: &mut StoreImage,
-) -> Result<Imported, String> {
+pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreImage) -> Result<Imported, String> {
     let mut report = DataReport::default();
     let mut rows: Vec<Row> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();

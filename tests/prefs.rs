@@ -1,0 +1,351 @@
+//! Preference data on a VLFeedback-format fixture whose right answers are worked out by hand.
+
+mod common;
+
+use common::{Workspace, status_of};
+use serde_json::{Value, json};
+
+/// Ratings in the published layout: strings, with awkward ones among them.
+fn completion(model: &str, response: &str, h: &str, vf: &str, e: Option<&str>) -> Value {
+    let mut annotations = json!({
+        "Helpfulness": {"Rating": h, "Rationale": "h"},
+        "Visual Faithfulness": {"Rating": vf, "Rationale": "vf"},
+    });
+    if let Some(e) = e {
+        annotations["Ethical Considerations"] = json!({"Rating": e, "Rationale": "e"});
+    }
+    json!({"model": model, "response": response, "annotations": annotations})
+}
+
+/// Four instructions. Means (H, VF, E):
+/// - i1: a (4,4,5)=4.33, b (" 3 ",3,3)=3, c ("N/A",2,5)=unparseable, d ("4.0",4,5)=4.33
+/// - i2: a (5,5,5)=5, b ("",1,1)=unparseable, c (1,1,1)=1, d (2,"7",3)=4 (7 out of range, kept)
+/// - i3: a (3,3,3)=3, b (3,3,3)=3, c ("four",3,3)=unparseable, d (3,3,–)=missing ethics
+/// - i4: a "Same." (5,5,5)=5, b "Same." (1,1,1)=1
+fn fixture_rows() -> Vec<Value> {
+    let row = |id: &str, prompt: &str, completions: Vec<Value>| {
+        let models: Vec<Value> = completions.iter().map(|c| c["model"].clone()).collect();
+        json!({"id": id, "prompt": prompt, "models": models, "completions": completions})
+    };
+    vec![
+        row(
+            "i1",
+            "What is on the mat?",
+            vec![
+                completion("model-a", "The cat sits on a red mat.", "4", "4", Some("5")),
+                completion("model-b", "A cat.", " 3 ", "3", Some("3")),
+                completion("model-c", "A cat on a mat, maybe.", "N/A", "2", Some("5")),
+                completion(
+                    "model-d",
+                    "There is a small grey cat sitting on a red mat in the sun.",
+                    "4.0",
+                    "4",
+                    Some("5"),
+                ),
+            ],
+        ),
+        row(
+            "i2",
+            "How many dogs are there?",
+            vec![
+                completion("model-a", "Two dogs.", "5", "5", Some("5")),
+                completion("model-b", "Dogs: 2", "", "1", Some("1")),
+                completion("model-c", "Seven dogs are playing in the park today.", "1", "1", Some("1")),
+                completion("model-d", "I count two.", "2", "7", Some("3")),
+            ],
+        ),
+        row(
+            "i3",
+            "Is the sky visible?",
+            vec![
+                completion("model-a", "Yes.", "3", "3", Some("3")),
+                completion("model-b", "Yes, it is.", "3", "3", Some("3")),
+                completion("model-c", "The sky is visible at the top of the picture.", "four", "3", Some("3")),
+                completion("model-d", "No", "3", "3", None),
+            ],
+        ),
+        row(
+            "i4",
+            "Say something.",
+            vec![
+                completion("model-a", "Same.", "5", "5", Some("5")),
+                completion("model-b", "Same.", "1", "1", Some("1")),
+            ],
+        ),
+    ]
+}
+
+fn write_image(ws: &Workspace, id: &str, shade: u8) {
+    let path = ws.path().join(format!("data/images/{id}.jpg"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([shade, 80, 160])).save(&path).unwrap();
+}
+
+const PIPELINE: &str = r#"
+version: 1
+vars: { data: data/vlf.jsonl }
+stages:
+  vlf:
+    kind: load
+    params: { path: "${vars.data}", format: vlfeedback, images: data/images }
+  scores:
+    kind: aggregate
+    needs: [vlf]
+  pairs:
+    kind: pair
+    needs: [vlf, scores]
+"#;
+
+fn fixture() -> Workspace {
+    let ws = Workspace::new();
+    let lines: Vec<String> = fixture_rows().iter().map(Value::to_string).collect();
+    ws.write("data/vlf.jsonl", &(lines.join("\n") + "\n"));
+    for (i, id) in ["i1", "i2", "i3", "i4"].iter().enumerate() {
+        write_image(&ws, id, 40 * i as u8);
+    }
+    ws.write("pipeline.yaml", PIPELINE);
+    ws
+}
+
+fn rows(ws: &Workspace, target: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["show", target, "--rows", "1000", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = ws.silkie(&args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    out.json().as_array().unwrap().clone()
+}
+
+/// (instruction, chosen model, rejected model) of every pair.
+fn triples(pairs: &[Value]) -> Vec<(String, String, String)> {
+    pairs
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_string();
+            (s("instruction_id"), s("chosen_model"), s("rejected_model"))
+        })
+        .collect()
+}
+
+fn t(i: &str, c: &str, r: &str) -> (String, String, String) {
+    (i.to_string(), format!("model-{c}"), format!("model-{r}"))
+}
+
+fn report(ws: &Workspace, stage: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["show", stage, "--report", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = ws.silkie(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()
+}
+
+#[test]
+fn all_pairs_reproduces_the_released_recipe() {
+    let ws = fixture();
+    ws.run(&[]);
+    let pairs = rows(&ws, "pairs.pairs", &[]);
+    assert_eq!(
+        triples(&pairs),
+        [
+            t("i1", "a", "b"),
+            t("i1", "d", "b"),
+            t("i2", "a", "c"),
+            t("i2", "a", "d"),
+            t("i2", "d", "c"),
+            t("i4", "a", "b")
+        ]
+    );
+    let first = &pairs[0];
+    assert_eq!(first["prompt"], "What is on the mat?");
+    assert_eq!(first["chosen"], "The cat sits on a red mat.");
+    assert_eq!(first["rejected"], "A cat.");
+    assert!((first["margin"].as_f64().unwrap() - 4.0 / 3.0).abs() < 1e-12);
+    assert_eq!(first["image"].as_str().unwrap().len(), 64, "the image column holds a blob digest");
+
+    let pairs_report = report(&ws, "pairs", &[]);
+    assert_eq!(pairs_report["dropped"], json!({"tie": 2, "unparseable_rating": 9, "missing_rating": 2}));
+    assert_eq!(pairs_report["rows_out"], json!({"pairs": 6}));
+    let load_report = report(&ws, "vlf", &[]);
+    assert_eq!(load_report["notes"], json!({"unparseable_rating": 3, "missing_rating": 1, "out_of_range_rating": 1}));
+    assert_eq!(load_report["rows_out"], json!({"instructions": 4, "responses": 14, "ratings": 42}));
+    let text = ws.silkie(&["show", "pairs", "--report"]);
+    assert!(text.stdout.contains("unparseable_rating"), "{}", text.stdout);
+}
+
+#[test]
+fn ratings_parse_like_python_float_and_scores_are_plain_means() {
+    let ws = fixture();
+    ws.run(&[]);
+    let ratings = rows(&ws, "vlf.ratings", &[]);
+    let find = |i: &str, m: &str, a: &str| {
+        ratings.iter().find(|r| r["instruction_id"] == i && r["model"] == m && r["aspect"] == a).unwrap().clone()
+    };
+    assert_eq!(find("i1", "model-b", "helpfulness")["rating"], 3.0);
+    assert_eq!(find("i1", "model-d", "helpfulness")["rating"], 4.0);
+    assert_eq!(find("i1", "model-c", "helpfulness")["status"], "unparseable");
+    assert_eq!(find("i1", "model-c", "helpfulness")["rating_text"], "N/A");
+    assert_eq!(find("i2", "model-d", "visual_faithfulness")["rating"], 7.0);
+    assert_eq!(find("i3", "model-d", "ethical_considerations")["status"], "missing");
+    let scores = rows(&ws, "scores", &[]);
+    let score = |i: &str, m: &str| scores.iter().find(|r| r["instruction_id"] == i && r["model"] == m).unwrap().clone();
+    assert_eq!(score("i1", "model-a")["score"], 13.0 / 3.0);
+    assert_eq!(score("i1", "model-c")["score"], Value::Null);
+    assert_eq!(score("i1", "model-c")["score_status"], "unparseable_rating");
+    assert_eq!(score("i3", "model-d")["score_status"], "missing_rating");
+}
+
+#[test]
+fn aggregate_methods_aspects_and_missing_policies() {
+    let ws = fixture();
+    ws.run(&[]);
+    let score_of = |sets: &[&str], i: &str, m: &str| -> Value {
+        let mut args = vec![];
+        for s in sets {
+            args.extend_from_slice(&["--set", s]);
+        }
+        ws.run(&args);
+        let scores = rows(&ws, "scores", &args);
+        scores.iter().find(|r| r["instruction_id"] == i && r["model"] == m).unwrap()["score"].clone()
+    };
+    assert_eq!(score_of(&["scores.params.method=min"], "i1", "model-a"), 4.0);
+    assert_eq!(score_of(&["scores.params.missing=drop_aspect"], "i1", "model-c"), 3.5);
+    assert_eq!(score_of(&["scores.params.missing=drop_aspect"], "i3", "model-d"), 3.0);
+    assert_eq!(score_of(&["scores.params.aspects=[visual_faithfulness]"], "i2", "model-d"), 7.0);
+    let weighted = [
+        "scores.params.method=weighted",
+        "scores.params.weights={helpfulness: 2, visual_faithfulness: 1, ethical_considerations: 1}",
+    ];
+    assert_eq!(score_of(&weighted, "i1", "model-a"), 4.25);
+}
+
+#[test]
+fn score_strategies_give_the_hand_derived_pairs() {
+    let ws = fixture();
+    let pairs_with = |sets: &[&str]| {
+        let mut args = vec![];
+        for s in sets {
+            args.extend_from_slice(&["--set", s]);
+        }
+        ws.run(&args);
+        let pairs = rows(&ws, "pairs.pairs", &args);
+        let report = report(&ws, "pairs", &args);
+        (triples(&pairs), report["dropped"].clone())
+    };
+    let (pairs, dropped) = pairs_with(&["pairs.params.strategy=best_vs_worst"]);
+    assert_eq!(pairs, [t("i1", "a", "b"), t("i2", "a", "c"), t("i4", "a", "b")]);
+    assert_eq!(dropped, json!({"tie": 1, "unparseable_rating": 3, "missing_rating": 1}));
+
+    let (pairs, dropped) = pairs_with(&["pairs.params.strategy=best_vs_rest"]);
+    assert_eq!(pairs, [t("i1", "a", "b"), t("i2", "a", "c"), t("i2", "a", "d"), t("i4", "a", "b")]);
+    assert_eq!(dropped, json!({"tie": 2, "unparseable_rating": 3, "missing_rating": 1}));
+
+    let mut rejected_in_i2 = std::collections::BTreeSet::new();
+    for seed in 0..8 {
+        let (pairs, _) = pairs_with(&["pairs.params.strategy=best_vs_random", &format!("pairs.params.seed={seed}")]);
+        assert_eq!(pairs[0], t("i1", "a", "b"));
+        assert_eq!(pairs[1].1, "model-a");
+        rejected_in_i2.insert(pairs[1].2.clone());
+        let (again, _) = pairs_with(&["pairs.params.strategy=best_vs_random", &format!("pairs.params.seed={seed}")]);
+        assert_eq!(again, pairs, "the same seed draws the same pairs");
+    }
+    assert_eq!(rejected_in_i2.len(), 2, "seeds draw either lower response: {rejected_in_i2:?}");
+
+    let (pairs, dropped) = pairs_with(&["pairs.params.min_margin=1.5"]);
+    assert_eq!(pairs, [t("i2", "a", "c"), t("i2", "d", "c"), t("i4", "a", "b")]);
+    assert_eq!(dropped["below_margin"], 3);
+
+    let (pairs, dropped) = pairs_with(&["pairs.params.dedupe=true"]);
+    assert_eq!(pairs.len(), 5);
+    assert_eq!(dropped["duplicate"], 1);
+}
+
+#[test]
+fn heuristic_baselines_choose_the_longest_or_the_named_model() {
+    let ws = fixture();
+    let pairs_with = |sets: &[&str]| {
+        let mut args = vec![];
+        for s in sets {
+            args.extend_from_slice(&["--set", s]);
+        }
+        ws.run(&args);
+        triples(&rows(&ws, "pairs.pairs", &args))
+    };
+    // Longest: i1 d, i2 c, i3 c, i4 a (a tie in length goes to the first); rejected: the shortest other.
+    let longest = pairs_with(&["pairs.params.strategy=longest_as_best", "pairs.params.rejected=shortest"]);
+    assert_eq!(longest, [t("i1", "d", "b"), t("i2", "c", "b"), t("i3", "c", "d"), t("i4", "a", "b")]);
+    // The named model's response against every other, whatever the scores say.
+    let named =
+        pairs_with(&["pairs.params.strategy=model_as_best", "pairs.params.model=model-b", "pairs.params.rejected=all"]);
+    assert_eq!(named.len(), 3 + 3 + 3 + 1);
+    assert!(named.iter().all(|(_, c, _)| c == "model-b"));
+    let lowest = pairs_with(&[
+        "pairs.params.strategy=model_as_best",
+        "pairs.params.model=model-a",
+        "pairs.params.rejected=lowest_score",
+    ]);
+    assert_eq!(lowest, [t("i1", "a", "b"), t("i2", "a", "c"), t("i3", "a", "b"), t("i4", "a", "b")]);
+    let absent =
+        ws.silkie(&["run", "--set", "pairs.params.strategy=model_as_best", "--set", "pairs.params.model=gpt-4v"]);
+    assert_eq!(absent.code, 0);
+    let dropped =
+        report(&ws, "pairs", &["--set", "pairs.params.strategy=model_as_best", "--set", "pairs.params.model=gpt-4v"]);
+    assert_eq!(dropped["dropped"]["model_absent"], 4);
+}
+
+#[test]
+fn the_split_is_by_prompt_and_never_leaks() {
+    let ws = Workspace::new();
+    let mut lines = Vec::new();
+    for i in 0..300 {
+        // Every prompt appears under three ids: a per-pair split would leak it.
+        let prompt = format!("Question {}", i / 3);
+        let completions = vec![
+            completion("model-a", "long answer here", "5", "5", Some("5")),
+            completion("model-b", "short", "2", "2", Some("2")),
+            completion("model-c", "medium one", "3", "3", Some("3")),
+        ];
+        lines.push(json!({"id": format!("q{i:03}"), "prompt": prompt, "completions": completions}).to_string());
+    }
+    ws.write("data/vlf.jsonl", &lines.join("\n"));
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  vlf: { kind: load, params: { path: data/vlf.jsonl, format: vlfeedback } }\n  scores: { kind: aggregate, needs: [vlf] }\n  pairs: { kind: pair, needs: [vlf, scores], params: { split: { eval: 0.2, seed: 3 } } }\n",
+    );
+    ws.run(&[]);
+    let train = rows(&ws, "pairs.pairs", &[]);
+    let eval = rows(&ws, "pairs.eval_pairs", &[]);
+    assert_eq!(train.len() + eval.len(), 900);
+    let prompts = |rows: &[Value]| {
+        rows.iter().map(|r| r["prompt"].as_str().unwrap().to_string()).collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(prompts(&train).is_disjoint(&prompts(&eval)), "a prompt is in both train and eval");
+    let share = eval.len() as f64 / 900.0;
+    assert!((0.1..0.3).contains(&share), "eval share {share}");
+}
+
+#[test]
+fn per_model_statistics_show_means_and_win_rates() {
+    let ws = fixture();
+    ws.run(&[]);
+    let stats = rows(&ws, "scores", &["--by", "model"]);
+    let a = stats.iter().find(|r| r["model"] == "model-a").unwrap();
+    assert_eq!(a["responses"], 4);
+    assert_eq!(a["scored"], 4);
+    // model-a is in 5 of the 6 pairs and chosen in all of them.
+    assert_eq!(a["pairs"], 4);
+    assert_eq!(a["wins"], 4);
+    assert_eq!(a["win_rate"], 1.0);
+    let b = stats.iter().find(|r| r["model"] == "model-b").unwrap();
+    assert_eq!((b["pairs"].clone(), b["wins"].clone()), (json!(3), json!(0)));
+    assert_eq!(b["mean_helpfulness"], (3.0 + 3.0 + 1.0) / 3.0);
+}
+
+#[test]
+fn renaming_or_extending_reuses_the_cached_load() {
+    let ws = fixture();
+    ws.run(&[]);
+    ws.write("ablation.yaml", "extends: pipeline.yaml\nstages:\n  pairs:\n    params: { strategy: longest_as_best }\n");
+    let record = ws.run(&["ablation.yaml"]);
+    assert_eq!(status_of(&record, "vlf"), "hit");
+    assert_eq!(status_of(&record, "scores"), "hit");
+    assert_eq!(status_of(&record, "pairs"), "ran");
+}
