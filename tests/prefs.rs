@@ -349,3 +349,86 @@ fn renaming_or_extending_reuses_the_cached_load() {
     assert_eq!(status_of(&record, "scores"), "hit");
     assert_eq!(status_of(&record, "pairs"), "ran");
 }
+
+fn failing_load(ws: &Workspace, extra: &[&str]) -> String {
+    let mut args = vec!["run", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = ws.silkie(&args);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(!out.stderr.contains("panicked"));
+    let record = out.json();
+    assert_eq!(status_of(&record, "vlf"), "failed");
+    record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "vlf").unwrap()["error"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn malformed_vlfeedback_rows_are_named_or_counted() {
+    let ws = fixture();
+    let good: Vec<String> = fixture_rows().iter().map(Value::to_string).collect();
+    // A truncated last line.
+    let truncated = &good[3][..good[3].len() / 2];
+    ws.write("data/vlf.jsonl", &format!("{}\n{}\n{}\n{truncated}\n", good[0], good[1], good[2]));
+    assert!(failing_load(&ws, &[]).starts_with("data/vlf.jsonl:4: invalid JSON"));
+    ws.run(&["--set", "vlf.params.on_bad_row=skip"]);
+    let skipped = report(&ws, "vlf", &["--set", "vlf.params.on_bad_row=skip"]);
+    assert_eq!(skipped["dropped"], json!({"bad_row": 1}));
+    assert_eq!(skipped["rows_out"]["instructions"], 3);
+
+    // A completion without annotations.
+    let mut row = fixture_rows()[1].clone();
+    row["completions"][2].as_object_mut().unwrap().remove("annotations");
+    ws.write("data/vlf.jsonl", &format!("{}\n{row}\n", good[0]));
+    let error = failing_load(&ws, &[]);
+    assert!(error.contains("data/vlf.jsonl:2: `completions[2].annotations` is missing or not a map"), "{error}");
+
+    // Non-UTF-8 bytes.
+    let mut bytes = format!("{}\n", good[0]).into_bytes();
+    bytes.extend_from_slice(b"{\"id\": \"x\xff\"}\n");
+    std::fs::write(ws.path().join("data/vlf.jsonl"), bytes).unwrap();
+    assert!(failing_load(&ws, &[]).starts_with("data/vlf.jsonl:2: not UTF-8"));
+
+    // An empty file.
+    ws.write("data/vlf.jsonl", "");
+    assert_eq!(failing_load(&ws, &[]), "data/vlf.jsonl: the file holds no rows");
+
+    // Duplicate ids.
+    ws.write("data/vlf.jsonl", &format!("{}\n{}\n", good[0], good[0]));
+    assert!(failing_load(&ws, &[]).contains("duplicate id `i1` (first seen at data/vlf.jsonl:1)"));
+}
+
+#[test]
+fn missing_and_undecodable_images_fail_or_are_counted() {
+    let ws = fixture();
+    std::fs::remove_file(ws.path().join("data/images/i2.jpg")).unwrap();
+    std::fs::write(ws.path().join("data/images/i3.jpg"), b"this is not a jpeg").unwrap();
+    let error = failing_load(&ws, &[]);
+    assert!(error.starts_with("data/vlf.jsonl:2: image"), "{error}");
+    assert!(error.contains("i2.jpg does not exist"), "{error}");
+    let skip = ["--set", "vlf.params.on_missing_image=skip"];
+    ws.run(&skip);
+    let counted = report(&ws, "vlf", &skip);
+    assert_eq!(counted["dropped"], json!({"missing_image": 1, "undecodable_image": 1}));
+    let instructions = rows(&ws, "vlf.instructions", &skip);
+    let ids: Vec<&str> = instructions.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["i1", "i4"]);
+    // The images are in the store: every instruction's digest is a blob of the `images` output.
+    let digest = instructions[0]["image"].as_str().unwrap();
+    let blob = ws.path().join("cache/blobs").join(&digest[..2]).join(digest);
+    assert_eq!(std::fs::read(blob).unwrap(), std::fs::read(ws.path().join("data/images/i1.jpg")).unwrap());
+}
+
+#[test]
+fn vlfeedback_parquet_reads_like_jsonl() {
+    let ws = fixture();
+    // Write the fixture as Parquet through silkie itself (load JSONL as a plain table, export).
+    ws.write(
+        "convert.yaml",
+        "version: 1\nstages:\n  raw: { kind: load, params: { path: data/vlf.jsonl } }\n  out: { kind: export, needs: [raw], params: { path: data/vlf.parquet } }\n",
+    );
+    ws.run(&["convert.yaml"]);
+    ws.run(&["--set", "vars.data=data/vlf.parquet"]);
+    let pairs = rows(&ws, "pairs.pairs", &["--set", "vars.data=data/vlf.parquet"]);
+    assert_eq!(pairs.len(), 6);
+    let dropped = report(&ws, "pairs", &["--set", "vars.data=data/vlf.parquet"]);
+    assert_eq!(dropped["dropped"], json!({"tie": 2, "unparseable_rating": 9, "missing_rating": 2}));
+}

@@ -191,6 +191,10 @@ fn parse_row(value: &Value, unknown_aspects: &mut u64) -> Result<Row, String> {
             .ok_or_else(|| format!("`{}` is missing or not a map", at("annotations")))?;
         let mut ratings: [Option<(String, String)>; 3] = Default::default();
         for (name, annotation) in annotations {
+            // Parquet gives every row every aspect field; an absent one comes back as null.
+            if annotation.is_null() {
+                continue;
+            }
             let Some(aspect) = aspect_id(name) else {
                 *unknown_aspects += 1;
                 continue;
