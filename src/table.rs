@@ -133,9 +133,28 @@ pub fn write(df: &mut DataFrame, path: &Path, format: TableFormat) -> Result<(),
     }
 }
 
-/// Rows as JSON objects, for `show --format json`.
+/// Rows as JSON objects, for `show --format json`. Binary values (embedded images) have no
+/// JSON form: columns holding them are shown as text instead.
 pub fn to_json_rows(df: &mut DataFrame) -> Result<Vec<serde_json::Value>, PolarsError> {
+    for name in df.get_column_names_owned() {
+        let column = df.column(&name)?;
+        if holds_binary(column.dtype()) {
+            let text: Vec<Option<String>> = (0..column.len())
+                .map(|i| column.get(i).ok().map(|v| if v.is_null() { None } else { Some(v.to_string()) }).flatten())
+                .collect();
+            df.with_column(Column::new(name.clone(), text))?;
+        }
+    }
     let mut buf = Vec::new();
     JsonWriter::new(&mut buf).with_json_format(JsonFormat::Json).finish(df)?;
     serde_json::from_slice(&buf).map_err(|e| PolarsError::ComputeError(e.to_string().into()))
+}
+
+fn holds_binary(dtype: &DataType) -> bool {
+    match dtype {
+        DataType::Binary | DataType::BinaryOffset => true,
+        DataType::List(inner) => holds_binary(inner),
+        DataType::Struct(fields) => fields.iter().any(|f| holds_binary(f.dtype())),
+        _ => false,
+    }
 }

@@ -358,7 +358,10 @@ fn failing_load(ws: &Workspace, extra: &[&str]) -> String {
     assert!(!out.stderr.contains("panicked"));
     let record = out.json();
     assert_eq!(status_of(&record, "vlf"), "failed");
-    record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "vlf").unwrap()["error"].as_str().unwrap().to_string()
+    record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "vlf").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -431,4 +434,110 @@ fn vlfeedback_parquet_reads_like_jsonl() {
     assert_eq!(pairs.len(), 6);
     let dropped = report(&ws, "pairs", &["--set", "vars.data=data/vlf.parquet"]);
     assert_eq!(dropped["dropped"], json!({"tie": 2, "unparseable_rating": 9, "missing_rating": 2}));
+}
+
+/// The shipped VLFeedback pipelines, pointed at the fixture.
+fn with_shipped_pipelines(ws: &Workspace) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "pipelines/vlfeedback.yaml",
+        "pipelines/ablations/vlfeedback-longest-as-best.yaml",
+        "pipelines/ablations/vlfeedback-gpt4v-as-best.yaml",
+        "pipelines/ablations/vlfeedback-per-aspect.yaml",
+    ] {
+        ws.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
+    }
+}
+
+const FIXTURE_VARS: [&str; 4] = ["--set", "vars.data=data/vlf.jsonl", "--set", "vars.images=data/images"];
+
+#[test]
+fn the_shipped_pipeline_exports_trl_data_and_its_ablations_reuse_the_load() {
+    use polars::prelude::*;
+    let ws = fixture();
+    with_shipped_pipelines(&ws);
+    let mut args = vec!["pipelines/vlfeedback.yaml"];
+    args.extend_from_slice(&FIXTURE_VARS);
+    let base = ws.run(&args);
+    assert!(common::statuses(&base).iter().all(|(_, s)| s == "ran"));
+
+    let df = ParquetReader::new(std::fs::File::open(ws.path().join("out/vlfeedback/pairs.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    assert_eq!(df.height(), 6);
+    let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
+    assert_eq!(names, ["prompt", "chosen", "rejected", "images"]);
+    let rows = ws.silkie(&[
+        "show",
+        "export.file",
+        "-f",
+        "pipelines/vlfeedback.yaml",
+        "--format",
+        "json",
+        "--set",
+        "vars.data=data/vlf.jsonl",
+        "--set",
+        "vars.images=data/images",
+    ]);
+    assert_eq!(rows.code, 0, "{}", rows.stderr);
+    let rows = rows.json();
+    let first = &rows[0];
+    assert_eq!(first["prompt"][0]["role"], "user");
+    assert_eq!(first["prompt"][0]["content"][0]["type"], "image");
+    assert_eq!(first["prompt"][0]["content"][1]["text"], "What is on the mat?");
+    assert_eq!(first["chosen"][0]["content"][0]["text"], "The cat sits on a red mat.");
+    assert_eq!(first["rejected"][0]["role"], "assistant");
+    let images = df.column("images").unwrap().list().unwrap().get_as_series(0).unwrap();
+    let bytes = images.struct_().unwrap().field_by_name("bytes").unwrap();
+    let embedded = bytes.binary().unwrap().get(0).unwrap().to_vec();
+    assert_eq!(embedded, std::fs::read(ws.path().join("data/images/i1.jpg")).unwrap());
+
+    for ablation in ["longest-as-best", "gpt4v-as-best"] {
+        let file = format!("pipelines/ablations/vlfeedback-{ablation}.yaml");
+        let mut args = vec![file.as_str(), "--set", "vars.best_model=model-a"];
+        args.extend_from_slice(&FIXTURE_VARS);
+        let record = ws.run(&args);
+        assert_eq!(status_of(&record, "vlfeedback"), "hit", "{ablation}");
+        assert_eq!(status_of(&record, "scores"), "hit", "{ablation}");
+        assert_eq!(status_of(&record, "pairs"), "ran", "{ablation}");
+        assert!(ws.path().join(format!("out/vlfeedback-{ablation}/pairs.parquet")).is_file());
+    }
+    let mut args = vec!["pipelines/ablations/vlfeedback-per-aspect.yaml"];
+    args.extend_from_slice(&FIXTURE_VARS);
+    let per_aspect = ws.run(&args);
+    assert_eq!(status_of(&per_aspect, "vlfeedback"), "hit");
+    assert_eq!(common::ran(&per_aspect).len(), 9, "three scores, pairs and exports: {per_aspect}");
+    assert!(ws.path().join("out/vlfeedback-per-aspect/visual_faithfulness.parquet").is_file());
+}
+
+#[test]
+fn trl_jsonl_export_writes_image_files_beside_it() {
+    let ws = fixture();
+    with_shipped_pipelines(&ws);
+    let mut args = vec![
+        "pipelines/vlfeedback.yaml",
+        "--set",
+        "export.params.path=out/dpo/train.jsonl",
+        "--set",
+        "export.params.images=files",
+    ];
+    args.extend_from_slice(&FIXTURE_VARS);
+    ws.run(&args);
+    let first: Value = serde_json::from_str(ws.read("out/dpo/train.jsonl").lines().next().unwrap()).unwrap();
+    let image = first["images"][0].as_str().unwrap();
+    assert!(image.starts_with("train_images/") && image.ends_with(".jpg"), "{image}");
+    let on_disk = std::fs::read(ws.path().join("out/dpo").join(image)).unwrap();
+    assert_eq!(on_disk, std::fs::read(ws.path().join("data/images/i1.jpg")).unwrap());
+    // Removed image files come back from the cache on the next run.
+    std::fs::remove_dir_all(ws.path().join("out/dpo/train_images")).unwrap();
+    let again = ws.run(&args);
+    assert_eq!(status_of(&again, "export"), "hit");
+    assert!(ws.path().join("out/dpo").join(image).is_file());
+
+    let mut standard = args.clone();
+    standard.extend_from_slice(&["--set", "export.params.style=standard"]);
+    ws.run(&standard);
+    let first: Value = serde_json::from_str(ws.read("out/dpo/train.jsonl").lines().next().unwrap()).unwrap();
+    assert_eq!(first["prompt"], "What is on the mat?");
+    assert_eq!(first["chosen"], "The cat sits on a red mat.");
 }

@@ -7,4 +7,5 @@ pub mod pairs;
 pub mod rating;
 pub mod report;
 pub mod stats;
+pub mod trl;
 pub mod vlfeedback;

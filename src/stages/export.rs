@@ -1,7 +1,8 @@
-//! `export`: writes the table it needs to a workspace path as Parquet, JSONL or CSV.
+//! `export`: writes the table it needs to a workspace path as Parquet, JSONL or CSV — or,
+//! with `format: trl`, pairs as TRL's DPO trainer reads them (Parquet or JSONL by extension).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -9,33 +10,151 @@ use serde_json::Value;
 use super::{
     Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format, workspace_files,
 };
+use crate::data::trl::{self, Images, Style};
 use crate::dsl::Issue;
-use crate::store::{OutputKind, OutputRef};
+use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
 use crate::table::{self, TableFormat};
 
 pub const KIND: Kind = Kind { name: "export", version: 1, model_params: &[], configure };
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    Parquet,
+    Jsonl,
+    Csv,
+    Trl,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
     path: String,
     #[serde(default)]
-    format: Option<TableFormat>,
+    format: Option<Format>,
+    /// `trl`: conversational (TRL's vision format) or standard (plain strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    style: Option<Style>,
+    /// `trl`: embed (Parquet), files or none. Default: embed for Parquet, files for JSONL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    images: Option<Images>,
+    /// `trl` with `images: files`: where the image files go [default: `<file stem>_images`
+    /// beside the file].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    images_dir: Option<String>,
 }
 
 struct Export {
     params: Params,
-    format: TableFormat,
+    /// The file's own format (for `trl`, its container).
+    file_format: TableFormat,
 }
 
 fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
-    let format = table_format(&params.path, params.format)?;
     if params.path.split(['/', '\\']).any(|part| part == "..") {
         return Err(Issue::new("params.path", format!("`{}` leaves the workspace; export inside it", params.path)));
     }
-    params.format = Some(format);
-    Ok(Box::new(Export { params, format }))
+    let file_format = table_format(
+        &params.path,
+        match params.format {
+            Some(Format::Parquet) => Some(TableFormat::Parquet),
+            Some(Format::Jsonl) => Some(TableFormat::Jsonl),
+            Some(Format::Csv) => Some(TableFormat::Csv),
+            Some(Format::Trl) | None => None,
+        },
+    )?;
+    params.format.get_or_insert(match file_format {
+        TableFormat::Parquet => Format::Parquet,
+        TableFormat::Jsonl => Format::Jsonl,
+        TableFormat::Csv => Format::Csv,
+    });
+    if params.format == Some(Format::Trl) {
+        if file_format == TableFormat::Csv {
+            return Err(Issue::new("params.path", "TRL data is written as .parquet or .jsonl"));
+        }
+        params.style.get_or_insert_default();
+        let images = *params.images.get_or_insert(if file_format == TableFormat::Parquet {
+            Images::Embed
+        } else {
+            Images::Files
+        });
+        if images == Images::Embed && file_format != TableFormat::Parquet {
+            return Err(Issue::new(
+                "params.images",
+                "embedded image bytes need a .parquet file; use `images: files` with JSONL",
+            ));
+        }
+        if images == Images::Files {
+            let default_dir = default_images_dir(&params.path);
+            let dir = params.images_dir.get_or_insert(default_dir);
+            if dir.split(['/', '\\']).any(|part| part == "..") {
+                return Err(Issue::new("params.images_dir", format!("`{dir}` leaves the workspace")));
+            }
+        } else if params.images_dir.is_some() {
+            return Err(Issue::new("params.images_dir", "`images_dir` applies to `images: files` only"));
+        }
+    } else if let Some(key) = ["style", "images", "images_dir"].iter().find(|k| canonical(&params).get(**k).is_some()) {
+        return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies to `format: trl` only")));
+    }
+    Ok(Box::new(Export { params, file_format }))
+}
+
+fn default_images_dir(path: &str) -> String {
+    let path = Path::new(path);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{stem}_images")).to_string_lossy().into_owned()
+}
+
+impl Export {
+    fn images_dir(&self) -> Option<&str> {
+        (self.params.images == Some(Images::Files)).then_some(self.params.images_dir.as_deref()).flatten()
+    }
+
+    /// Writes the TRL table; returns the image manifest when images go to files.
+    fn write_trl(
+        &self,
+        ctx: &RunContext,
+        df: &polars::prelude::DataFrame,
+        tmp: &Path,
+    ) -> Result<Option<DirManifest>, StageError> {
+        let file_dir = Path::new(&self.params.path).parent().unwrap_or(Path::new(""));
+        let images_dir = self.images_dir().map(PathBuf::from);
+        // Paths in the table are relative to the table's own folder, so the two move together.
+        let relative_dir = images_dir.as_ref().map(|d| d.strip_prefix(file_dir).unwrap_or(d).to_path_buf());
+        let name_of = |digest: &str| image_file_name(ctx, digest);
+        let image_path = |digest: &str| match &relative_dir {
+            Some(dir) => dir.join(name_of(digest)).to_string_lossy().into_owned(),
+            None => name_of(digest),
+        };
+        let image_bytes =
+            |digest: &str| std::fs::read(ctx.store.blob_path(digest)).map_err(|e| format!("image {digest}: {e}"));
+        let style = self.params.style.unwrap_or_default();
+        let images = self.params.images.unwrap_or(Images::None);
+        let mut out = trl::trl_frame(df, style, images, &image_path, &image_bytes).map_err(StageError::Failed)?;
+        table::write(&mut out, tmp, self.file_format)?;
+        if images != Images::Files {
+            return Ok(None);
+        }
+        let digests = crate::data::frame::strings(df, "pairs", "image").map_err(StageError::Failed)?;
+        let mut manifest = DirManifest::default();
+        for digest in digests.iter().flatten() {
+            let bytes = std::fs::metadata(ctx.store.blob_path(digest)).map(|m| m.len()).unwrap_or(0);
+            manifest.files.insert(name_of(digest), DirEntry { digest: digest.to_string(), bytes, executable: false });
+        }
+        Ok(Some(manifest))
+    }
+}
+
+/// `<digest>.<ext>`, the extension from the image's own bytes.
+fn image_file_name(ctx: &RunContext, digest: &str) -> String {
+    let ext = image::ImageReader::open(ctx.store.blob_path(digest))
+        .ok()
+        .and_then(|r| r.with_guessed_format().ok())
+        .and_then(|r| r.format())
+        .and_then(|f| f.extensions_str().first().copied())
+        .unwrap_or("img");
+    format!("{digest}.{ext}")
 }
 
 impl Stage for Export {
@@ -44,7 +163,11 @@ impl Stage for Export {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl { name: "file".into(), table: true }]
+        let mut outs = vec![OutputDecl { name: "file".into(), table: true }];
+        if self.images_dir().is_some() {
+            outs.push(OutputDecl { name: "images".into(), table: false });
+        }
+        outs
     }
 
     fn roles(&self) -> Roles {
@@ -56,29 +179,51 @@ impl Stage for Export {
     }
 
     fn workspace_outputs(&self) -> Vec<String> {
-        vec![self.params.path.clone()]
+        let mut paths = vec![self.params.path.clone()];
+        paths.extend(self.images_dir().map(String::from));
+        paths
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
         let mut df = ctx.read_table("table")?;
-        let tmp = ctx.store.tmp_path(&format!("export.{}", self.format));
-        table::write(&mut df, &tmp, self.format)?;
+        let tmp = ctx.store.tmp_path(&format!("export.{}", self.file_format));
+        let manifest = match self.params.format {
+            Some(Format::Trl) => self.write_trl(ctx, &df, &tmp)?,
+            _ => {
+                table::write(&mut df, &tmp, self.file_format)?;
+                None
+            }
+        };
         let (digest, bytes) = ctx.store.adopt(&tmp)?;
-        let output = OutputRef {
+        let file = OutputRef {
             digest,
             kind: OutputKind::File,
             rows: Some(df.height() as u64),
             bytes,
-            format: Some(self.format.to_string()),
+            format: Some(self.file_format.to_string()),
         };
-        ctx.store.restore_file(&output.digest, &ctx.workspace_path(&self.params.path)?, false)?;
-        Ok(BTreeMap::from([("file".to_string(), output)]))
+        let mut outputs = BTreeMap::from([("file".to_string(), file)]);
+        if let Some(manifest) = manifest {
+            let (digest, bytes) = ctx.store.put_manifest(&manifest)?;
+            outputs.insert(
+                "images".to_string(),
+                OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None },
+            );
+        }
+        workspace_files::place(ctx, &self.params.path, &outputs["file"])?;
+        if let (Some(dir), Some(images)) = (self.images_dir(), outputs.get("images")) {
+            workspace_files::place(ctx, dir, images)?;
+        }
+        Ok(outputs)
     }
 
     fn restore(&self, ctx: &RunContext, outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
-        match outputs.get("file") {
-            Some(output) => workspace_files::restore(ctx, &self.params.path, output),
-            None => Ok(()),
+        if let Some(file) = outputs.get("file") {
+            workspace_files::restore(ctx, &self.params.path, file)?;
         }
+        if let (Some(dir), Some(images)) = (self.images_dir(), outputs.get("images")) {
+            workspace_files::restore(ctx, dir, images)?;
+        }
+        Ok(())
     }
 }

@@ -32,35 +32,42 @@ pub fn capture(ctx: &RunContext, relative: &str) -> Result<OutputRef, StageError
     Ok(OutputRef { digest, kind: OutputKind::File, rows, bytes, format: format.map(|f| f.to_string()) })
 }
 
-/// Puts a stored output back at its workspace path unless an identical copy is there.
+/// Puts a stored output back at its workspace path unless an identical copy is there
+/// (on a cache hit: says so when it does).
 pub fn restore(ctx: &RunContext, relative: &str, output: &OutputRef) -> Result<(), StageError> {
-    let path = ctx.workspace_path(relative)?;
-    match output.kind {
-        OutputKind::Dir => restore_dir(ctx, relative, &path, &output.digest),
-        _ => {
-            if !same_content(ctx, &path, &output.digest) {
-                tracing::info!("{}: restoring {relative} from the cache", ctx.instance);
-                ctx.store.restore_file(&output.digest, &path, false)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Brings a workspace directory in line with a stored one, touching only files that differ.
-fn restore_dir(ctx: &RunContext, relative: &str, path: &Path, digest: &str) -> Result<(), StageError> {
-    let manifest = ctx.store.read_dir_manifest(digest)?;
-    let stale = manifest.files.iter().any(|(rel, entry)| !same_content(ctx, &path.join(rel), &entry.digest));
-    let extra = path.is_dir()
-        && crate::store::walk_files(path)?.iter().any(|f| {
-            let rel = f.strip_prefix(path).unwrap_or(f).to_string_lossy().replace('\\', "/");
-            !manifest.files.contains_key(&rel)
-        });
-    if stale || extra || !path.is_dir() {
-        tracing::info!("{}: restoring {relative}/ from the cache", ctx.instance);
-        ctx.store.restore_dir(digest, path)?;
+    if sync(ctx, relative, output)? {
+        tracing::info!("{}: restored {relative} from the cache", ctx.instance);
     }
     Ok(())
+}
+
+/// Writes a freshly computed output to its workspace path.
+pub fn place(ctx: &RunContext, relative: &str, output: &OutputRef) -> Result<(), StageError> {
+    sync(ctx, relative, output).map(|_| ())
+}
+
+/// Makes the workspace copy match the stored output; says whether anything was written.
+fn sync(ctx: &RunContext, relative: &str, output: &OutputRef) -> Result<bool, StageError> {
+    let path = ctx.workspace_path(relative)?;
+    if output.kind == OutputKind::Dir {
+        let manifest = ctx.store.read_dir_manifest(&output.digest)?;
+        let stale = manifest.files.iter().any(|(rel, entry)| !same_content(ctx, &path.join(rel), &entry.digest));
+        let extra = path.is_dir()
+            && crate::store::walk_files(&path)?.iter().any(|f| {
+                let rel = f.strip_prefix(&path).unwrap_or(f).to_string_lossy().replace('\\', "/");
+                !manifest.files.contains_key(&rel)
+            });
+        let changed = stale || extra || !path.is_dir();
+        if changed {
+            ctx.store.restore_dir(&output.digest, &path)?;
+        }
+        return Ok(changed);
+    }
+    let changed = !same_content(ctx, &path, &output.digest);
+    if changed {
+        ctx.store.restore_file(&output.digest, &path, false)?;
+    }
+    Ok(changed)
 }
 
 fn same_content(ctx: &RunContext, path: &Path, digest: &str) -> bool {
