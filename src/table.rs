@@ -140,7 +140,7 @@ pub fn to_json_rows(df: &mut DataFrame) -> Result<Vec<serde_json::Value>, Polars
         let column = df.column(&name)?;
         if holds_binary(column.dtype()) {
             let text: Vec<Option<String>> = (0..column.len())
-                .map(|i| column.get(i).ok().map(|v| if v.is_null() { None } else { Some(v.to_string()) }).flatten())
+                .map(|i| column.get(i).ok().and_then(|v| (!v.is_null()).then(|| v.to_string())))
                 .collect();
             df.with_column(Column::new(name.clone(), text))?;
         }

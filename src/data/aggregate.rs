@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{ResponseKeys, f64_col, floats, frame, i64_col, str_col, strings};
+use super::frame::{ResponseKeys, f64_col, floats, frame, strings};
 use super::report::DataReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -53,14 +53,12 @@ pub fn aggregate(
     report.input("responses", responses.height() as u64);
     report.input("ratings", ratings.height() as u64);
     let keys = ResponseKeys::read(responses, "responses")?;
-    let texts: Vec<Option<&str>> = strings(responses, "responses", "response")?.iter().collect();
-    let mut row_of: PlHashMap<(&str, &str, i64), usize> = PlHashMap::with_capacity(keys.len());
-    for row in 0..keys.len() {
-        if row_of.insert(keys.key(row), row).is_some() {
-            let (i, m, s) = keys.key(row);
-            return Err(format!("table `responses`: two rows for instruction `{i}`, model `{m}`, sample {s}"));
-        }
+    strings(responses, "responses", "response")?;
+    if let Some((i, m, sample)) = keys.first_duplicate() {
+        return Err(format!("table `responses`: two rows for instruction `{i}`, model `{m}`, sample {sample}"));
     }
+    // Built only if a rating is not found next to the previous one (tables in another order).
+    let mut row_of: Option<PlHashMap<(&str, &str, i64), usize>> = None;
 
     let rating_keys = ResponseKeys::read(ratings, "ratings")?;
     let aspect_col: Vec<Option<&str>> = strings(ratings, "ratings", "aspect")?.iter().collect();
@@ -74,15 +72,30 @@ pub fn aggregate(
     // Per response and aspect: None = no rating row, Some(None) = a rating that is not a number.
     let mut cells: Vec<Option<Option<f64>>> = vec![None; keys.len() * n_aspects];
     let (mut orphans, mut duplicates, mut other_aspects) = (0, 0, 0);
+    // Silkie's tables come sorted alike, so the next rating's response is almost always the
+    // one just found or the one after it: try those before hashing.
+    let mut last = 0usize;
     for row in 0..rating_keys.len() {
         let Some(slot) = aspect_col[row].and_then(|a| opts.aspects.iter().position(|x| x == a)) else {
             other_aspects += 1;
             continue;
         };
-        let Some(&response) = row_of.get(&rating_keys.key(row)) else {
-            orphans += 1;
-            continue;
+        let key = rating_keys.key(row);
+        let response = if last < keys.len() && keys.key(last) == key {
+            last
+        } else if last + 1 < keys.len() && keys.key(last + 1) == key {
+            last + 1
+        } else {
+            let index = row_of.get_or_insert_with(|| (0..keys.len()).map(|r| (keys.key(r), r)).collect());
+            match index.get(&key) {
+                Some(&r) => r,
+                None => {
+                    orphans += 1;
+                    continue;
+                }
+            }
         };
+        last = response;
         let cell = &mut cells[response * n_aspects + slot];
         if cell.is_some() {
             duplicates += 1;
@@ -97,31 +110,35 @@ pub fn aggregate(
     report.note("rating_of_unselected_aspect", other_aspects);
 
     let mut scores = Vec::with_capacity(keys.len());
-    let mut statuses = Vec::with_capacity(keys.len());
+    let mut statuses: Vec<&str> = Vec::with_capacity(keys.len());
     for row in 0..keys.len() {
         let (score, status) = score(&cells[row * n_aspects..(row + 1) * n_aspects], opts);
         if status != "ok" {
             report.note(&format!("unscored_{status}"), 1);
         }
         scores.push(score);
-        statuses.push(Some(status.to_string()));
+        statuses.push(status);
     }
     let n = keys.len();
+    // The responses' own columns go through as they are; only the new ones are built.
+    let column = |name: &str| responses.column(name).cloned().map_err(|e| e.to_string());
     let mut columns = vec![
-        str_col("instruction_id", keys.instruction.iter().map(|s| Some(s.to_string())).collect()),
-        str_col("model", keys.model.iter().map(|s| Some(s.to_string())).collect()),
-        i64_col("sample_index", keys.sample.iter().map(|s| Some(*s)).collect()),
-        str_col("response", texts.iter().map(|t| t.map(String::from)).collect()),
+        column("instruction_id")?,
+        column("model")?,
+        Column::new("sample_index".into(), &keys.sample),
+        column("response")?,
         f64_col("score", scores),
-        str_col("score_status", statuses),
+        Column::new("score_status".into(), statuses),
     ];
     for (slot, aspect) in opts.aspects.iter().enumerate() {
         columns.push(f64_col(aspect, (0..n).map(|row| cells[row * n_aspects + slot].flatten()).collect()));
     }
-    let df = frame(n, columns).map_err(|e| e.to_string())?;
-    let df = df
-        .sort(["instruction_id", "model", "sample_index"], SortMultipleOptions::default().with_maintain_order(true))
-        .map_err(|e| e.to_string())?;
+    let mut df = frame(n, columns).map_err(|e| e.to_string())?;
+    if !keys.is_sorted() {
+        df = df
+            .sort(["instruction_id", "model", "sample_index"], SortMultipleOptions::default().with_maintain_order(true))
+            .map_err(|e| e.to_string())?;
+    }
     report.output("scores", df.height() as u64);
     Ok((df, report))
 }
@@ -135,20 +152,21 @@ fn score(cells: &[Option<Option<f64>>], opts: &Options) -> (Option<f64>, &'stati
     {
         return (None, reason(cell));
     }
-    let used: Vec<(usize, f64)> = cells.iter().enumerate().filter_map(|(i, c)| c.flatten().map(|v| (i, v))).collect();
-    if used.is_empty() {
+    let used = || cells.iter().enumerate().filter_map(|(i, c)| c.flatten().map(|v| (i, v)));
+    let count = used().count();
+    if count == 0 {
         return (None, cells.first().map_or(MISSING, reason));
     }
     let value = match opts.method {
-        Method::Mean => used.iter().map(|(_, v)| v).sum::<f64>() / used.len() as f64,
-        Method::Min => used.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min),
+        Method::Mean => used().map(|(_, v)| v).sum::<f64>() / count as f64,
+        Method::Min => used().map(|(_, v)| v).fold(f64::INFINITY, f64::min),
         Method::Weighted => {
             let weight = |i: usize| opts.weights.get(&opts.aspects[i]).copied().unwrap_or(0.0);
-            let total: f64 = used.iter().map(|(i, _)| weight(*i)).sum();
+            let total: f64 = used().map(|(i, _)| weight(i)).sum();
             if total == 0.0 {
                 return (None, MISSING);
             }
-            used.iter().map(|(i, v)| weight(*i) * v).sum::<f64>() / total
+            used().map(|(i, v)| weight(i) * v).sum::<f64>() / total
         }
     };
     (Some(value), "ok")

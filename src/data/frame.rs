@@ -59,23 +59,46 @@ pub struct ResponseKeys<'a> {
     pub instruction: Vec<&'a str>,
     pub model: Vec<&'a str>,
     pub sample: Vec<i64>,
+    sorted: bool,
 }
 
 impl<'a> ResponseKeys<'a> {
     /// Reads the key columns; a null anywhere is an error naming the row.
     pub fn read(df: &'a DataFrame, table: &str) -> Result<ResponseKeys<'a>, String> {
-        let instruction = non_null(strings(df, table, "instruction_id")?.iter().collect(), table, "instruction_id")?;
-        let model = non_null(strings(df, table, "model")?.iter().collect(), table, "model")?;
+        let instruction = text_values(strings(df, table, "instruction_id")?, table, "instruction_id")?;
+        let model = text_values(strings(df, table, "model")?, table, "model")?;
         let sample = match df.column("sample_index") {
             // Tables from outside silkie may have one sample per model and no index column.
             Err(_) => vec![0; df.height()],
-            Ok(_) => non_null(integers(df, table, "sample_index")?.iter().collect(), table, "sample_index")?,
+            Ok(_) => {
+                let ca = integers(df, table, "sample_index")?;
+                match ca.null_count() {
+                    0 => ca.into_no_null_iter().collect(),
+                    _ => non_null(ca.iter().collect(), table, "sample_index")?,
+                }
+            }
         };
-        Ok(ResponseKeys { instruction, model, sample })
+        let mut keys = ResponseKeys { instruction, model, sample, sorted: false };
+        keys.sorted = (1..keys.len()).all(|i| keys.key(i - 1) <= keys.key(i));
+        Ok(keys)
     }
 
     pub fn key(&self, row: usize) -> (&'a str, &'a str, i64) {
         (self.instruction[row], self.model[row], self.sample[row])
+    }
+
+    /// Whether the rows are in key order already (they are in tables silkie wrote).
+    pub fn is_sorted(&self) -> bool {
+        self.sorted
+    }
+
+    /// A key that two rows share, if any.
+    pub fn first_duplicate(&self) -> Option<(&'a str, &'a str, i64)> {
+        if self.is_sorted() {
+            return (1..self.len()).find(|&i| self.key(i - 1) == self.key(i)).map(|i| self.key(i));
+        }
+        let mut seen = PlHashSet::with_capacity(self.len());
+        (0..self.len()).map(|i| self.key(i)).find(|k| !seen.insert(*k))
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +107,14 @@ impl<'a> ResponseKeys<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.instruction.is_empty()
+    }
+}
+
+/// The values of a text column that must not hold nulls.
+fn text_values<'a>(ca: &'a StringChunked, table: &str, column: &str) -> Result<Vec<&'a str>, String> {
+    match ca.null_count() {
+        0 => Ok(ca.downcast_iter().flat_map(|arr| arr.values_iter()).collect()),
+        _ => non_null(ca.iter().collect(), table, column),
     }
 }
 

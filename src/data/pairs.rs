@@ -1,11 +1,9 @@
 //! Preference pairs from scores: the paper's `all_pairs` and the other strategies.
 
-use std::collections::HashMap;
-
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{ResponseKeys, f64_col, floats, frame, i64_col, str_col, strings};
+use super::frame::{ResponseKeys, f64_col, floats, frame, strings};
 use super::report::DataReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -61,6 +59,8 @@ pub struct Options {
 
 /// One response of an instruction, as the strategies see it.
 struct Candidate<'a> {
+    /// Row in the scores table.
+    row: usize,
     model: &'a str,
     sample: i64,
     text: &'a str,
@@ -69,8 +69,10 @@ struct Candidate<'a> {
     status: &'a str,
 }
 
-struct Pair<'a> {
-    instruction: &'a str,
+struct Pair {
+    /// Row in the instructions table.
+    instruction_row: usize,
+    /// Indices into the candidates.
     chosen: usize,
     rejected: usize,
 }
@@ -92,7 +94,7 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         Ok(_) => strings(instructions, "instructions", "image")?.iter().collect(),
         Err(_) => vec![None; instructions.height()],
     };
-    let instruction_row: HashMap<&str, usize> =
+    let instruction_row: PlHashMap<&str, usize> =
         ids.iter().enumerate().filter_map(|(i, id)| id.map(|id| (id, i))).collect();
 
     let keys = ResponseKeys::read(scores, "scores")?;
@@ -103,7 +105,9 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         Err(_) => vec![None; scores.height()],
     };
     let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_by(|&a, &b| keys.key(a).cmp(&keys.key(b)));
+    if !keys.is_sorted() {
+        order.sort_by(|&a, &b| keys.key(a).cmp(&keys.key(b)));
+    }
 
     let mut candidates: Vec<Candidate> = Vec::with_capacity(order.len());
     let mut pairs: Vec<Pair> = Vec::new();
@@ -117,6 +121,7 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         let base = candidates.len();
         for &row in &order[start..end] {
             candidates.push(Candidate {
+                row,
                 model: keys.model[row],
                 sample: keys.sample[row],
                 text: texts[row].unwrap_or_default(),
@@ -124,11 +129,15 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
                 status: statuses[row].unwrap_or("unscored"),
             });
         }
-        if !instruction_row.contains_key(instruction) {
-            report.drop("unknown_instruction", (end - start) as u64);
-        } else {
-            for (c, r) in choose(instruction, &candidates[base..], opts, &mut report) {
-                pairs.push(Pair { instruction, chosen: base + c, rejected: base + r });
+        match instruction_row.get(instruction) {
+            None => report.drop("unknown_instruction", (end - start) as u64),
+            Some(&row) => {
+                let mut chosen = choose(instruction, &candidates[base..], opts, &mut report);
+                // Candidates are in (model, sample) order, so this is the pairs' row-key order.
+                chosen.sort_unstable();
+                for (c, r) in chosen {
+                    pairs.push(Pair { instruction_row: row, chosen: base + c, rejected: base + r });
+                }
             }
         }
         start = end;
@@ -152,40 +161,52 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
 
     let in_eval = |pair: &Pair| {
         opts.split.is_some_and(|split| {
-            let row = instruction_row[pair.instruction];
+            let row = pair.instruction_row;
             held_out(split, prompts[row].unwrap_or_default(), images[row].unwrap_or_default())
         })
     };
     let (eval, train): (Vec<&Pair>, Vec<&Pair>) = kept.into_iter().partition(|p| in_eval(p));
     let build = |rows: &[&Pair]| -> Result<DataFrame, String> {
-        let row = |p: &Pair| instruction_row[p.instruction];
-        let candidates = &candidates;
-        let chosen: Vec<&Candidate> = rows.iter().map(|p| &candidates[p.chosen]).collect();
-        let rejected: Vec<&Candidate> = rows.iter().map(|p| &candidates[p.rejected]).collect();
-        let text = |v: &[&Candidate], f: fn(&Candidate) -> String| v.iter().map(|c| Some(f(c))).collect();
-        let margin = chosen.iter().zip(&rejected).map(|(c, r)| c.score.zip(r.score).map(|(a, b)| a - b)).collect();
+        // Gather whole columns by row index: no per-row copies of the texts.
+        let index =
+            |f: &dyn Fn(&Pair) -> usize| IdxCa::from_vec("".into(), rows.iter().map(|p| f(p) as IdxSize).collect());
+        let chosen = index(&|p| candidates[p.chosen].row);
+        let rejected = index(&|p| candidates[p.rejected].row);
+        let instruction = index(&|p| p.instruction_row);
+        let take = |df: &DataFrame, name: &str, idx: &IdxCa, rename: &str| -> Result<Column, String> {
+            let column = match df.column(name) {
+                Ok(c) => c.take(idx).map_err(|e| e.to_string())?,
+                Err(_) => Column::full_null(name.into(), idx.len(), &DataType::String),
+            };
+            Ok(column.with_name(rename.into()))
+        };
+        let margin: Vec<Option<f64>> = rows
+            .iter()
+            .map(|p| candidates[p.chosen].score.zip(candidates[p.rejected].score).map(|(a, b)| a - b))
+            .collect();
+        let score = |side: &dyn Fn(&Pair) -> usize, name: &str| {
+            f64_col(name, rows.iter().map(|p| candidates[side(p)].score).collect())
+        };
+        let sample = |side: &dyn Fn(&Pair) -> usize, name: &str| {
+            Column::new(name.into(), rows.iter().map(|p| candidates[side(p)].sample).collect::<Vec<i64>>())
+        };
         frame(
             rows.len(),
             vec![
-                str_col("instruction_id", rows.iter().map(|p| Some(p.instruction.to_string())).collect()),
-                str_col("prompt", rows.iter().map(|p| prompts[row(p)].map(String::from)).collect()),
-                str_col("image", rows.iter().map(|p| images[row(p)].map(String::from)).collect()),
-                str_col("chosen", text(&chosen, |c| c.text.to_string())),
-                str_col("rejected", text(&rejected, |c| c.text.to_string())),
-                str_col("chosen_model", text(&chosen, |c| c.model.to_string())),
-                str_col("rejected_model", text(&rejected, |c| c.model.to_string())),
-                i64_col("chosen_sample_index", chosen.iter().map(|c| Some(c.sample)).collect()),
-                i64_col("rejected_sample_index", rejected.iter().map(|c| Some(c.sample)).collect()),
-                f64_col("chosen_score", chosen.iter().map(|c| c.score).collect()),
-                f64_col("rejected_score", rejected.iter().map(|c| c.score).collect()),
+                take(scores, "instruction_id", &chosen, "instruction_id")?,
+                take(instructions, "prompt", &instruction, "prompt")?,
+                take(instructions, "image", &instruction, "image")?,
+                take(scores, "response", &chosen, "chosen")?,
+                take(scores, "response", &rejected, "rejected")?,
+                take(scores, "model", &chosen, "chosen_model")?,
+                take(scores, "model", &rejected, "rejected_model")?,
+                sample(&|p| p.chosen, "chosen_sample_index"),
+                sample(&|p| p.rejected, "rejected_sample_index"),
+                score(&|p| p.chosen, "chosen_score"),
+                score(&|p| p.rejected, "rejected_score"),
                 f64_col("margin", margin),
             ],
         )
-        .and_then(|df| {
-            let by =
-                ["instruction_id", "chosen_model", "chosen_sample_index", "rejected_model", "rejected_sample_index"];
-            df.sort(by, SortMultipleOptions::default().with_maintain_order(true))
-        })
         .map_err(|e| e.to_string())
     };
     let pairs_df = build(&train)?;
@@ -227,7 +248,6 @@ fn draw(seed: u64, instruction: &str, n: usize) -> usize {
 
 /// The (chosen, rejected) index pairs one instruction yields, counting what it drops.
 fn choose(instruction: &str, cands: &[Candidate], opts: &Options, report: &mut DataReport) -> Vec<(usize, usize)> {
-    let scored: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].score.is_some()).collect();
     let score = |i: usize| cands[i].score.unwrap_or(f64::NAN);
     let mut out = Vec::new();
     match opts.strategy {
@@ -245,6 +265,7 @@ fn choose(instruction: &str, cands: &[Candidate], opts: &Options, report: &mut D
             }
         }
         Strategy::BestVsWorst | Strategy::BestVsRest | Strategy::BestVsRandom => {
+            let scored: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].score.is_some()).collect();
             for &i in (0..cands.len()).filter(|i| cands[*i].score.is_none()).collect::<Vec<_>>().iter() {
                 report.drop(cands[i].status, 1);
             }

@@ -28,14 +28,23 @@ impl DataReport {
     }
 
     pub fn drop(&mut self, reason: &str, rows: u64) {
-        if rows > 0 {
-            *self.dropped.entry(reason.to_string()).or_default() += rows;
-        }
+        add(&mut self.dropped, reason, rows);
     }
 
     pub fn note(&mut self, what: &str, count: u64) {
-        if count > 0 {
-            *self.notes.entry(what.to_string()).or_default() += count;
+        add(&mut self.notes, what, count);
+    }
+}
+
+/// Adds to a counter; called once per dropped row, so it allocates only for a new reason.
+fn add(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match map.get_mut(key) {
+        Some(count) => *count += n,
+        None => {
+            map.insert(key.to_string(), n);
         }
     }
 }
