@@ -150,7 +150,8 @@ pub fn to_json_rows(df: &mut DataFrame) -> Result<Vec<serde_json::Value>, Polars
     serde_json::from_slice(&buf).map_err(|e| PolarsError::ComputeError(e.to_string().into()))
 }
 
-fn holds_binary(dtype: &DataType) -> bool {
+/// Whether values of this type include raw bytes (no JSON form).
+pub fn holds_binary(dtype: &DataType) -> bool {
     match dtype {
         DataType::Binary | DataType::BinaryOffset => true,
         DataType::List(inner) => holds_binary(inner),

@@ -489,6 +489,12 @@ fn the_shipped_pipeline_exports_trl_data_and_its_ablations_reuse_the_load() {
     assert_eq!(first["rejected"][0]["role"], "assistant");
     let images = df.column("images").unwrap().list().unwrap().get_as_series(0).unwrap();
     let bytes = images.struct_().unwrap().field_by_name("bytes").unwrap();
+    let export_report = report(
+        &ws,
+        "export",
+        &["-f", "pipelines/vlfeedback.yaml", "--set", "vars.data=data/vlf.jsonl", "--set", "vars.images=data/images"],
+    );
+    assert_eq!(export_report["notes"], json!({"images_embedded": 6}));
     let embedded = bytes.binary().unwrap().get(0).unwrap().to_vec();
     assert_eq!(embedded, std::fs::read(ws.path().join("data/images/i1.jpg")).unwrap());
 
@@ -540,4 +546,171 @@ fn trl_jsonl_export_writes_image_files_beside_it() {
     let first: Value = serde_json::from_str(ws.read("out/dpo/train.jsonl").lines().next().unwrap()).unwrap();
     assert_eq!(first["prompt"], "What is on the mat?");
     assert_eq!(first["chosen"], "The cat sits on a red mat.");
+}
+
+/// One completion for [`raw_line`]: its ratings in the order they are written.
+struct Answer {
+    model: &'static str,
+    response: &'static str,
+    ratings: Vec<(&'static str, String)>,
+}
+
+fn answer(model: &'static str, response: &'static str, ratings: &[(&'static str, &str)]) -> Answer {
+    Answer { model, response, ratings: ratings.iter().map(|(a, r)| (*a, r.to_string())).collect() }
+}
+
+/// One JSONL line with its annotation keys in the order given (json! would sort them).
+fn raw_line(id: &str, prompt: &str, answers: &[Answer]) -> String {
+    let completions: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            let annotations: Vec<String> = a
+                .ratings
+                .iter()
+                .map(|(aspect, r)| format!("{}: {{\"Rating\": {}, \"Rationale\": \"\"}}", json!(aspect), json!(r)))
+                .collect();
+            format!(
+                "{{\"model\": {}, \"response\": {}, \"annotations\": {{{}}}}}",
+                json!(a.model),
+                json!(a.response),
+                annotations.join(", ")
+            )
+        })
+        .collect();
+    format!("{{\"id\": {}, \"prompt\": {}, \"completions\": [{}]}}", json!(id), json!(prompt), completions.join(", "))
+}
+
+const H: &str = "Helpfulness";
+const EC: &str = "Ethical Considerations";
+const VF: &str = "Visual Faithfulness";
+
+fn run_lines(lines: &[String], sets: &[&str]) -> (Workspace, Vec<(String, String, String)>, Value) {
+    let ws = Workspace::new();
+    ws.write("data/vlf.jsonl", &(lines.join("\n") + "\n"));
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  vlf: { kind: load, params: { path: data/vlf.jsonl, format: vlfeedback } }\n  scores: { kind: aggregate, needs: [vlf] }\n  pairs: { kind: pair, needs: [vlf, scores] }\n",
+    );
+    let mut args = Vec::new();
+    for s in sets {
+        args.extend_from_slice(&["--set", *s]);
+    }
+    ws.run(&args);
+    let pairs = triples(&rows(&ws, "pairs.pairs", &args));
+    let report = report(&ws, "pairs", &args);
+    (ws, pairs, report["dropped"].clone())
+}
+
+#[test]
+fn means_add_the_ratings_in_file_order_as_the_release_does() {
+    // In file order 0.3 + 0.2 + 0.1 and 0.6 + 0 + 0 are both 0.6 exactly: a tie. Added in
+    // aspect-id order the first would be 0.6000000000000001 and win.
+    let line = raw_line(
+        "q",
+        "p",
+        &[
+            answer("model-a", "x", &[(H, "0.3"), (EC, "0.2"), (VF, "0.1")]),
+            answer("model-b", "y", &[(H, "0.6"), (EC, "0"), (VF, "0")]),
+        ],
+    );
+    let (_, pairs, dropped) = run_lines(&[line], &[]);
+    assert!(pairs.is_empty(), "{pairs:?}");
+    assert_eq!(dropped, json!({"tie": 1}));
+}
+
+#[test]
+fn huge_and_non_ascii_ratings_count_like_python() {
+    let all = |model: &'static str, r: &str| answer(model, model, &[(H, r), (EC, r), (VF, r)]);
+    let answers = [all("model-a", "1e308"), all("model-b", "4"), all("model-c", "1e308"), all("model-d", "\u{664}")];
+    let (_, pairs, dropped) = run_lines(&[raw_line("q", "p", &answers)], &[]);
+    // Means: a = c = inf (a tie), b = d = 4 (٤ is 4, a tie); inf beats 4.
+    assert_eq!(pairs, [t("q", "a", "b"), t("q", "a", "d"), t("q", "c", "b"), t("q", "c", "d")]);
+    assert_eq!(dropped, json!({"tie": 2}));
+}
+
+#[test]
+fn a_margin_equal_to_the_minimum_within_rounding_is_kept() {
+    // 13/3 − 10/3 is 0.9999999999999996 in floating point.
+    let line = raw_line(
+        "q",
+        "p",
+        &[
+            answer("model-a", "x", &[(H, "4"), (EC, "5"), (VF, "4")]),
+            answer("model-b", "y", &[(H, "3"), (EC, "3"), (VF, "4")]),
+        ],
+    );
+    let (_, pairs, _) = run_lines(&[line], &["pairs.params.min_margin=1"]);
+    assert_eq!(pairs, [t("q", "a", "b")]);
+}
+
+#[test]
+fn a_misspelt_aspect_fails_with_a_suggestion() {
+    let ws = fixture();
+    let out = ws.silkie(&["run", "--set", "scores.params.aspects=[helpfulnes]"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("no rating is for the aspect `helpfulnes`"), "{}", out.stdout);
+    assert!(out.stdout.contains("did you mean `helpfulness`?"), "{}", out.stdout);
+}
+
+#[test]
+fn ids_cannot_reach_outside_the_images_folder_and_truncated_jpegs_are_caught() {
+    let ws = fixture();
+    let mut rows = fixture_rows();
+    rows[0]["id"] = json!("../secret/x");
+    let lines: Vec<String> = rows.iter().map(Value::to_string).collect();
+    ws.write("data/vlf.jsonl", &(lines.join("\n") + "\n"));
+    let error = failing_load(&ws, &[]);
+    assert!(error.contains("id `../secret/x` cannot name an image inside the images folder"), "{error}");
+
+    let ws = fixture();
+    let jpeg = ws.path().join("data/images/i2.jpg");
+    // Big enough that the cut falls in the pixel data, past a header that still reads.
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x * y) % 256) as u8]))
+        .save(&jpeg)
+        .unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    std::fs::write(&jpeg, &bytes[..bytes.len() - 40]).unwrap();
+    let error = failing_load(&ws, &[]);
+    assert!(error.contains("i2.jpg cannot be decoded: the file is cut short"), "{error}");
+}
+
+#[test]
+fn the_split_by_prompt_keeps_a_prompt_text_on_one_side_across_images() {
+    let ws = Workspace::new();
+    let mut lines = Vec::new();
+    for i in 0..120 {
+        let completions = vec![
+            completion("model-a", "long answer", "5", "5", Some("5")),
+            completion("model-b", "short", "2", "2", Some("2")),
+        ];
+        // Four prompt texts, each over thirty different images.
+        lines.push(json!({"id": format!("q{i:03}"), "prompt": format!("Describe image kind {}.", i % 4), "completions": completions}).to_string());
+        write_image(&ws, &format!("q{i:03}"), i as u8);
+    }
+    ws.write("data/vlf.jsonl", &lines.join("\n"));
+    let pipeline = |by: &str| {
+        format!(
+            "version: 1\nstages:\n  vlf: {{ kind: load, params: {{ path: data/vlf.jsonl, format: vlfeedback, images: data/images }} }}\n  scores: {{ kind: aggregate, needs: [vlf] }}\n  pairs: {{ kind: pair, needs: [vlf, scores], params: {{ split: {{ eval: 0.5, seed: 1, by: {by} }} }} }}\n"
+        )
+    };
+    let prompts = |rows: &[Value]| {
+        rows.iter().map(|r| r["prompt"].as_str().unwrap().to_string()).collect::<std::collections::BTreeSet<_>>()
+    };
+    ws.write("pipeline.yaml", &pipeline("prompt"));
+    ws.run(&[]);
+    let (train, eval) = (rows(&ws, "pairs.pairs", &[]), rows(&ws, "pairs.eval_pairs", &[]));
+    assert!(prompts(&train).is_disjoint(&prompts(&eval)));
+    assert_eq!(train.len() + eval.len(), 120);
+    // By instruction (the default), the unit is prompt and image: the texts repeat across sides,
+    // the (prompt, image) pairs never do.
+    ws.write("pipeline.yaml", &pipeline("instruction"));
+    ws.run(&[]);
+    let (train, eval) = (rows(&ws, "pairs.pairs", &[]), rows(&ws, "pairs.eval_pairs", &[]));
+    let units = |rows: &[Value]| {
+        rows.iter()
+            .map(|r| (r["prompt"].to_string(), r["image"].to_string()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(units(&train).is_disjoint(&units(&eval)));
+    assert!(!prompts(&train).is_disjoint(&prompts(&eval)));
 }

@@ -32,6 +32,9 @@ pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
     let mut df = read_table(&store, &name, out_name, out)?;
     if args.by == Some(GroupBy::Model) {
         let pairs = shown.downstream_pairs(&name);
+        if pairs.is_none() {
+            eprintln!("note: no win rates: they need exactly one fresh `pair` stage built on `{name}`");
+        }
         df = stats::by_model(&df, pairs.as_ref()).map_err(Failure::Runtime)?;
     }
     let total = df.height();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{ResponseKeys, f64_col, floats, frame, strings};
+use super::frame::{ResponseKeys, f64_col, floats, frame, integers, strings};
 use super::report::DataReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -68,9 +68,14 @@ pub fn aggregate(
         Ok(_) => strings(ratings, "ratings", "status")?.iter().collect(),
         Err(_) => vec![None; ratings.height()],
     };
+    // Where each rating sat in its source (the release sums ratings in that order).
+    let positions: Option<Vec<Option<i64>>> = match ratings.column("position") {
+        Ok(_) => Some(integers(ratings, "ratings", "position")?.iter().collect()),
+        Err(_) => None,
+    };
     let n_aspects = opts.aspects.len();
-    // Per response and aspect: None = no rating row, Some(None) = a rating that is not a number.
-    let mut cells: Vec<Option<Option<f64>>> = vec![None; keys.len() * n_aspects];
+    let mut cells: Vec<Cell> = vec![Cell::Missing; keys.len() * n_aspects];
+    let mut seen = vec![false; n_aspects];
     let (mut orphans, mut duplicates, mut other_aspects) = (0, 0, 0);
     // Silkie's tables come sorted alike, so the next rating's response is almost always the
     // one just found or the one after it: try those before hashing.
@@ -96,14 +101,28 @@ pub fn aggregate(
             }
         };
         last = response;
+        seen[slot] = true;
         let cell = &mut cells[response * n_aspects + slot];
-        if cell.is_some() {
+        if *cell != Cell::Missing {
             duplicates += 1;
             continue;
         }
-        if statuses[row] != Some("missing") {
-            *cell = Some(values[row].filter(|v| v.is_finite()));
-        }
+        let position = positions.as_ref().and_then(|p| p[row]).unwrap_or(slot as i64);
+        *cell = match (statuses[row], values[row]) {
+            (Some("missing"), _) => Cell::Missing,
+            (_, Some(v)) if v.is_finite() => Cell::Rated(v, position),
+            _ => Cell::Unparseable,
+        };
+    }
+    if let Some(slot) = seen.iter().position(|s| !s) {
+        let aspect = &opts.aspects[slot];
+        let present: std::collections::BTreeSet<&str> = aspect_col.iter().flatten().copied().collect();
+        let help =
+            crate::dsl::did_you_mean(aspect, present.iter().copied()).map(|h| format!("; {h}")).unwrap_or_default();
+        return Err(format!(
+            "no rating is for the aspect `{aspect}`; the ratings hold: {}{help}",
+            present.into_iter().collect::<Vec<_>>().join(", ")
+        ));
     }
     report.note("rating_without_response", orphans);
     report.note("duplicate_rating_ignored", duplicates);
@@ -127,11 +146,14 @@ pub fn aggregate(
         column("model")?,
         Column::new("sample_index".into(), &keys.sample),
         column("response")?,
-        f64_col("score", scores),
-        Column::new("score_status".into(), statuses),
     ];
+    // Where each response sat in its source, when the responses say (VLFeedback does).
+    if responses.column("completion_index").is_ok() {
+        columns.push(Column::new("completion_index".into(), integers(responses, "responses", "completion_index")?));
+    }
+    columns.extend([f64_col("score", scores), Column::new("score_status".into(), statuses)]);
     for (slot, aspect) in opts.aspects.iter().enumerate() {
-        columns.push(f64_col(aspect, (0..n).map(|row| cells[row * n_aspects + slot].flatten()).collect()));
+        columns.push(f64_col(aspect, (0..n).map(|row| cells[row * n_aspects + slot].value()).collect()));
     }
     let mut df = frame(n, columns).map_err(|e| e.to_string())?;
     if !keys.is_sorted() {
@@ -143,31 +165,63 @@ pub fn aggregate(
     Ok((df, report))
 }
 
+/// One response's rating for one aspect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell {
+    /// No rating row, or the judge gave none.
+    Missing,
+    /// A rating that is not a finite number.
+    Unparseable,
+    /// The rating and its position in the source.
+    Rated(f64, i64),
+}
+
+impl Cell {
+    fn value(self) -> Option<f64> {
+        match self {
+            Cell::Rated(v, _) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Cell::Missing => MISSING,
+            _ => UNPARSEABLE,
+        }
+    }
+}
+
 /// The score of one response from its aspect cells, and "ok" or why there is none.
-fn score(cells: &[Option<Option<f64>>], opts: &Options) -> (Option<f64>, &'static str) {
-    let unusable = cells.iter().find(|c| !matches!(c, Some(Some(_))));
-    let reason = |c: &Option<Option<f64>>| if c.is_none() { MISSING } else { UNPARSEABLE };
+fn score(cells: &[Cell], opts: &Options) -> (Option<f64>, &'static str) {
     if opts.missing == Missing::DropResponse
-        && let Some(cell) = unusable
+        && let Some(cell) = cells.iter().find(|c| c.value().is_none())
     {
-        return (None, reason(cell));
+        return (None, cell.reason());
     }
-    let used = || cells.iter().enumerate().filter_map(|(i, c)| c.flatten().map(|v| (i, v)));
-    let count = used().count();
-    if count == 0 {
-        return (None, cells.first().map_or(MISSING, reason));
+    // Summed in source order, as the release's `sum(float(r) for r in annotations.values())`.
+    let mut used: smallvec::SmallVec<[(i64, usize, f64); 8]> = cells
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, c)| if let Cell::Rated(v, p) = c { Some((*p, slot, *v)) } else { None })
+        .collect();
+    if used.is_empty() {
+        return (None, cells.first().map_or(MISSING, |c| c.reason()));
     }
+    used.sort_by_key(|(position, slot, _)| (*position, *slot));
     let value = match opts.method {
-        Method::Mean => used().map(|(_, v)| v).sum::<f64>() / count as f64,
-        Method::Min => used().map(|(_, v)| v).fold(f64::INFINITY, f64::min),
+        Method::Mean => used.iter().fold(0.0, |sum, (_, _, v)| sum + v) / used.len() as f64,
+        Method::Min => used.iter().map(|(_, _, v)| *v).fold(f64::INFINITY, f64::min),
         Method::Weighted => {
-            let weight = |i: usize| opts.weights.get(&opts.aspects[i]).copied().unwrap_or(0.0);
-            let total: f64 = used().map(|(i, _)| weight(i)).sum();
+            let weight = |slot: usize| opts.weights.get(&opts.aspects[slot]).copied().unwrap_or(0.0);
+            let total: f64 = used.iter().map(|(_, slot, _)| weight(*slot)).sum();
             if total == 0.0 {
-                return (None, MISSING);
+                return (None, "zero_weight");
             }
-            used().map(|(i, v)| weight(i) * v).sum::<f64>() / total
+            used.iter().fold(0.0, |sum, (_, slot, v)| sum + weight(*slot) * v) / total
         }
     };
-    (Some(value), "ok")
+    // Finite ratings can still overflow to infinity, which compares as Python's does; only
+    // a NaN (inf − inf) has no order.
+    if value.is_nan() { (None, "not_a_number") } else { (Some(value), "ok") }
 }

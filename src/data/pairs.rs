@@ -3,7 +3,7 @@
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{ResponseKeys, f64_col, floats, frame, strings};
+use super::frame::{ResponseKeys, f64_col, floats, frame, integers, strings};
 use super::report::DataReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -44,6 +44,19 @@ pub struct Split {
     pub eval: f64,
     #[serde(default)]
     pub seed: u64,
+    /// What must never be on both sides.
+    #[serde(default)]
+    pub by: SplitBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitBy {
+    /// An instruction as the model sees it: prompt text and image together.
+    #[default]
+    Instruction,
+    /// The prompt text alone, whatever the image ("Describe the image." goes wholly to one side).
+    Prompt,
 }
 
 pub struct Options {
@@ -104,6 +117,10 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         Ok(_) => strings(scores, "scores", "score_status")?.iter().collect(),
         Err(_) => vec![None; scores.height()],
     };
+    let completion_index: Option<Vec<Option<i64>>> = match scores.column("completion_index") {
+        Ok(_) => Some(integers(scores, "scores", "completion_index")?.iter().collect()),
+        Err(_) => None,
+    };
     let mut order: Vec<usize> = (0..keys.len()).collect();
     if !keys.is_sorted() {
         order.sort_by(|&a, &b| keys.key(a).cmp(&keys.key(b)));
@@ -125,17 +142,20 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
                 model: keys.model[row],
                 sample: keys.sample[row],
                 text: texts[row].unwrap_or_default(),
-                score: values[row].filter(|v| v.is_finite()),
+                // Infinity orders like Python's; NaN has no order and counts as unscored.
+                score: values[row].filter(|v| !v.is_nan()),
                 status: statuses[row].unwrap_or("unscored"),
             });
+        }
+        // Responses in the order their source gave them, when it says (the release pairs in
+        // completion order: (0,1), (0,2), …); else by model and sample.
+        if let Some(index) = &completion_index {
+            candidates[base..].sort_by_key(|c| (index[c.row], c.model, c.sample));
         }
         match instruction_row.get(instruction) {
             None => report.drop("unknown_instruction", (end - start) as u64),
             Some(&row) => {
-                let mut chosen = choose(instruction, &candidates[base..], opts, &mut report);
-                // Candidates are in (model, sample) order, so this is the pairs' row-key order.
-                chosen.sort_unstable();
-                for (c, r) in chosen {
+                for (c, r) in choose(instruction, &candidates[base..], opts, &mut report) {
                     pairs.push(Pair { instruction_row: row, chosen: base + c, rejected: base + r });
                 }
             }
@@ -151,7 +171,7 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
             continue;
         }
         if let (Some(min), Some(cs), Some(rs)) = (opts.min_margin, c.score, r.score)
-            && cs - rs < min
+            && below(cs - rs, min)
         {
             report.drop("below_margin", 1);
             continue;
@@ -222,14 +242,22 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
     Ok(Paired { pairs: pairs_df, eval_pairs, report })
 }
 
-/// Prompt-level split: a prompt (with its image) goes wholly to train or to eval, so no
-/// prompt leaks between them, whatever ids it appears under.
+/// Whether a margin falls short of the minimum. Means of ratings are inexact (13/3 − 10/3 is
+/// 0.9999999999999996), so a margin within rounding of the minimum meets it.
+fn below(margin: f64, min: f64) -> bool {
+    margin < min - 1e-9 * min.abs().max(1.0)
+}
+
+/// Prompt-level split: a prompt goes wholly to train or to eval, so none leaks between them,
+/// whatever ids it appears under.
 fn held_out(split: Split, prompt: &str, image: &str) -> bool {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&split.seed.to_le_bytes());
     hasher.update(prompt.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(image.as_bytes());
+    if split.by == SplitBy::Instruction {
+        hasher.update(&[0]);
+        hasher.update(image.as_bytes());
+    }
     unit(hasher.finalize()) < split.eval
 }
 
@@ -287,10 +315,19 @@ fn choose(instruction: &str, cands: &[Candidate], opts: &Options, report: &mut D
                     report.drop("tie", (scored.len() - 1 - lower.len()) as u64);
                     out.extend(lower.iter().map(|&r| (best, r)));
                 }
-                _ => match lower.len() {
-                    0 => report.drop("tie", 1),
-                    n => out.push((best, lower[draw(opts.seed, instruction, n)])),
-                },
+                _ => {
+                    // Draw among those that meet the margin, so a close draw does not cost the pair.
+                    let eligible: Vec<usize> = lower
+                        .iter()
+                        .copied()
+                        .filter(|&r| opts.min_margin.is_none_or(|m| !below(score(best) - score(r), m)))
+                        .collect();
+                    match eligible.len() {
+                        0 if lower.is_empty() => report.drop("tie", 1),
+                        0 => report.drop("below_margin", 1),
+                        n => out.push((best, eligible[draw(opts.seed, instruction, n)])),
+                    }
+                }
             }
         }
         Strategy::LongestAsBest | Strategy::ModelAsBest => {

@@ -6,7 +6,8 @@ use polars::prelude::*;
 
 use super::frame::{f64_col, floats, frame, i64_col, str_col, strings};
 
-const NOT_ASPECTS: [&str; 6] = ["instruction_id", "model", "sample_index", "response", "score", "score_status"];
+const NOT_ASPECTS: [&str; 7] =
+    ["instruction_id", "model", "sample_index", "response", "completion_index", "score", "score_status"];
 
 #[derive(Default)]
 struct Tally {

@@ -49,11 +49,20 @@ pub struct Imported {
 /// Puts one image file into the blob store: (digest, bytes), or why it could not.
 pub type StoreImage<'s> = dyn FnMut(&Path) -> Result<(String, u64), String> + 's;
 
+struct Rating {
+    text: String,
+    rationale: String,
+    /// Where the annotation sits among the completion's annotations in the source.
+    position: i64,
+}
+
 struct Completion {
+    /// Where the completion sits in its row's `completions`.
+    index: i64,
     model: String,
     response: String,
-    /// Per aspect id: (raw rating text, rationale); `None` when the aspect is absent.
-    ratings: [Option<(String, String)>; 3],
+    /// Per aspect id; `None` when the aspect is absent.
+    ratings: [Option<Rating>; 3],
 }
 
 struct Row {
@@ -74,7 +83,7 @@ pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreI
     let mut lines = 0;
     for_each_record(path, shown, &mut |location, record| {
         lines += 1;
-        let parsed = record.and_then(|value| parse_row(&value, &mut unknown_aspects));
+        let parsed = record.and_then(|record| parse_row(&record, &mut unknown_aspects, opts.images.is_some()));
         let row = match parsed {
             Ok(row) => row,
             Err(reason) => return reject(opts.on_bad_row, &mut report, "bad_row", &location, &reason),
@@ -125,41 +134,97 @@ fn reject(policy: OnBad, report: &mut DataReport, reason: &str, location: &str, 
     }
 }
 
-/// Calls `f` with ("file:line", the parsed JSON object or why it is not one) for every record.
+/// One record: where it is ("file:line" or "file: row N"), its JSON, and the order of each
+/// completion's annotation keys as written (serde_json's maps are sorted; the release sums the
+/// ratings in file order, which can matter to the last bit).
+struct Record {
+    value: Value,
+    annotation_order: Vec<Vec<String>>,
+}
+
+/// Calls `f` with (location, the record or why it is not one) for every record.
 fn for_each_record(
     path: &Path,
     shown: &str,
-    f: &mut dyn FnMut(String, Result<Value, String>) -> Result<(), String>,
+    f: &mut dyn FnMut(String, Result<Record, String>) -> Result<(), String>,
 ) -> Result<(), String> {
     if table::TableFormat::from_path(path) == Some(table::TableFormat::Parquet) {
         let mut df = table::read(path, table::TableFormat::Parquet).map_err(|e| e.to_string())?;
-        let rows = table::to_json_rows(&mut df).map_err(|e| format!("{shown}: {e}"))?;
-        for (i, row) in rows.into_iter().enumerate() {
-            f(format!("{shown}: row {}", i + 1), Ok(row))?;
-        }
-        return Ok(());
+        // Image bytes have no JSON form, and the images come from the images folder anyway.
+        let keep: Vec<String> =
+            df.columns().iter().filter(|c| !table::holds_binary(c.dtype())).map(|c| c.name().to_string()).collect();
+        df = df.select(keep).map_err(|e| format!("{shown}: {e}"))?;
+        let mut lines = Vec::new();
+        JsonWriter::new(&mut lines)
+            .with_json_format(JsonFormat::JsonLines)
+            .finish(&mut df)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        return each_line(BufReader::new(lines.as_slice()), &|n| format!("{shown}: row {n}"), f);
     }
     let file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
-    let mut reader = BufReader::new(file);
+    each_line(BufReader::new(file), &|n| format!("{shown}:{n}"), f)
+}
+
+fn each_line(
+    mut reader: impl BufRead,
+    locate: &dyn Fn(usize) -> String,
+    f: &mut dyn FnMut(String, Result<Record, String>) -> Result<(), String>,
+) -> Result<(), String> {
     let mut buf = Vec::new();
     let mut line = 0;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("{shown}: {e}"))?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("{}: {e}", locate(line + 1)))?;
         if n == 0 {
             return Ok(());
         }
         line += 1;
-        let location = format!("{shown}:{line}");
         let record = match std::str::from_utf8(&buf) {
             Err(e) => Err(format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1)),
             Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => {
-                serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))
-            }
+            Ok(text) => serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))
+                .map(|value| Record { value, annotation_order: annotation_order(text) }),
         };
-        f(location, record)?;
+        f(locate(line), record)?;
     }
+}
+
+/// The annotation keys of each completion, in the order the text gives them.
+fn annotation_order(text: &str) -> Vec<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Row {
+        #[serde(default)]
+        completions: Vec<CompletionKeys>,
+    }
+    #[derive(Deserialize)]
+    struct CompletionKeys {
+        #[serde(default, deserialize_with = "keys_in_order")]
+        annotations: Vec<String>,
+    }
+    fn keys_in_order<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(key);
+                }
+                Ok(keys)
+            }
+            fn visit_unit<E>(self) -> Result<Vec<String>, E> {
+                Ok(Vec::new())
+            }
+        }
+        d.deserialize_any(Keys)
+    }
+    serde_json::from_str::<Row>(text)
+        .map(|r| r.completions.into_iter().map(|c| c.annotations).collect())
+        .unwrap_or_default()
 }
 
 fn text_of(value: &Value, what: &str) -> Result<String, String> {
@@ -171,9 +236,13 @@ fn text_of(value: &Value, what: &str) -> Result<String, String> {
     }
 }
 
-fn parse_row(value: &Value, unknown_aspects: &mut u64) -> Result<Row, String> {
-    let obj = value.as_object().ok_or("expected a JSON object")?;
+fn parse_row(record: &Record, unknown_aspects: &mut u64, names_images: bool) -> Result<Row, String> {
+    let obj = record.value.as_object().ok_or("expected a JSON object")?;
     let id = text_of(obj.get("id").unwrap_or(&Value::Null), "id")?;
+    // The id names the image file: it must stay inside the images folder.
+    if names_images && (id.is_empty() || id.starts_with(['/', '\\']) || id.split(['/', '\\']).any(|p| p == "..")) {
+        return Err(format!("id `{id}` cannot name an image inside the images folder"));
+    }
     let prompt = text_of(obj.get("prompt").unwrap_or(&Value::Null), "prompt")?;
     let completions =
         obj.get("completions").and_then(Value::as_array).ok_or("`completions` is missing or not a list")?;
@@ -189,7 +258,8 @@ fn parse_row(value: &Value, unknown_aspects: &mut u64) -> Result<Row, String> {
             .get("annotations")
             .and_then(Value::as_object)
             .ok_or_else(|| format!("`{}` is missing or not a map", at("annotations")))?;
-        let mut ratings: [Option<(String, String)>; 3] = Default::default();
+        let mut ratings: [Option<Rating>; 3] = Default::default();
+        let order = record.annotation_order.get(i);
         for (name, annotation) in annotations {
             // Parquet gives every row every aspect field; an absent one comes back as null.
             if annotation.is_null() {
@@ -206,24 +276,45 @@ fn parse_row(value: &Value, unknown_aspects: &mut u64) -> Result<Row, String> {
                 Some(other) => other.to_string(),
             };
             let rationale = annotation.get("Rationale").and_then(Value::as_str).unwrap_or_default().to_string();
-            ratings[slot] = Some((rating, rationale));
+            let position = order.and_then(|keys| keys.iter().position(|k| k == name)).unwrap_or(slot);
+            ratings[slot] = Some(Rating { text: rating, rationale, position: position as i64 });
         }
-        parsed.push(Completion { model, response, ratings });
+        parsed.push(Completion { index: i as i64, model, response, ratings });
     }
     Ok(Row { id, prompt, completions: parsed })
 }
 
-/// `Ok(file)` when the image is there and its header decodes; else (drop reason, message).
+/// `Ok(file)` when the image is there, its header decodes and (JPEG, PNG) it is not cut
+/// short; else (drop reason, message). Decoding every pixel of 80k images would cost minutes.
 fn check_image(file: &Path) -> Result<PathBuf, (&'static str, String)> {
     if !file.is_file() {
         return Err(("missing_image", format!("image {} does not exist", file.display())));
     }
-    image::ImageReader::open(file)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
-        .map(|_| file.to_path_buf())
-        .map_err(|e| ("undecodable_image", format!("image {} cannot be decoded: {e}", file.display())))
+    let undecodable = |why: String| ("undecodable_image", format!("image {} cannot be decoded: {why}", file.display()));
+    let reader =
+        image::ImageReader::open(file).and_then(|r| r.with_guessed_format()).map_err(|e| undecodable(e.to_string()))?;
+    let format = reader.format();
+    reader.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
+    if !ends_whole(file, format).map_err(|e| undecodable(e.to_string()))? {
+        return Err(undecodable("the file is cut short (no end marker)".into()));
+    }
+    Ok(file.to_path_buf())
+}
+
+/// Whether a JPEG ends with its end-of-image marker, or a PNG with its IEND chunk.
+fn ends_whole(file: &Path, format: Option<image::ImageFormat>) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (marker, window): (&[u8], u64) = match format {
+        Some(image::ImageFormat::Jpeg) => (&[0xFF, 0xD9], 64),
+        Some(image::ImageFormat::Png) => (b"IEND", 16),
+        _ => return Ok(true),
+    };
+    let mut f = std::fs::File::open(file)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(window)))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    Ok(tail.windows(marker.len()).any(|w| w == marker))
 }
 
 fn instructions_table(
@@ -270,6 +361,7 @@ fn response_tables(
             str_col("model", responses.iter().map(|r| Some(r.1.to_string())).collect()),
             i64_col("sample_index", responses.iter().map(|r| Some(r.2)).collect()),
             str_col("response", responses.iter().map(|r| Some(r.3.response.clone())).collect()),
+            i64_col("completion_index", responses.iter().map(|r| Some(r.3.index)).collect()),
             str_col("finish_reason", vec![None; n]),
             none_i64().with_name("tokens_in".into()),
             none_i64().with_name("tokens_out".into()),
@@ -280,6 +372,7 @@ fn response_tables(
 
     let mut cols: [Vec<Option<String>>; 6] = Default::default(); // instruction_id, model, aspect, rating_text, rationale, status
     let mut sample_index = Vec::with_capacity(n * 3);
+    let mut positions = Vec::with_capacity(n * 3);
     let mut values = Vec::with_capacity(n * 3);
     let (mut unparseable, mut missing, mut out_of_range) = (0, 0, 0);
     for (id, model, index, completion) in &responses {
@@ -289,19 +382,20 @@ fn response_tables(
                     missing += 1;
                     (None, None, None, "missing")
                 }
-                Some((text, rationale)) => match parse_rating(text) {
+                Some(rating) => match parse_rating(&rating.text) {
                     Some(v) => {
                         if !(1.0..=5.0).contains(&v) {
                             out_of_range += 1;
                         }
-                        (Some(text.clone()), Some(rationale.clone()), Some(v), "ok")
+                        (Some(rating.text.clone()), Some(rating.rationale.clone()), Some(v), "ok")
                     }
                     None => {
                         unparseable += 1;
-                        (Some(text.clone()), Some(rationale.clone()), None, "unparseable")
+                        (Some(rating.text.clone()), Some(rating.rationale.clone()), None, "unparseable")
                     }
                 },
             };
+            positions.push(completion.ratings[slot].as_ref().map(|r| r.position));
             cols[0].push(Some(id.to_string()));
             cols[1].push(Some(model.to_string()));
             cols[2].push(Some(aspect.to_string()));
@@ -325,6 +419,7 @@ fn response_tables(
             i64_col("sample_index", sample_index),
             str_col("aspect", aspects),
             f64_col("rating", values),
+            i64_col("position", positions),
             str_col("rating_text", texts),
             str_col("rationale", rationales),
             str_col("status", statuses),

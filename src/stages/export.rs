@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{
     Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format, workspace_files,
 };
+use crate::data::report::DataReport;
 use crate::data::trl::{self, Images, Style};
 use crate::dsl::Issue;
 use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
@@ -146,6 +147,22 @@ impl Export {
     }
 }
 
+impl Export {
+    fn trl_report(&self, pairs: &polars::prelude::DataFrame) -> DataReport {
+        let mut report = DataReport::default();
+        report.input("pairs", pairs.height() as u64);
+        report.output("rows", pairs.height() as u64);
+        let with_image = pairs.column("image").map_or(0, |c| c.len() - c.null_count()) as u64;
+        let images = self.params.images.unwrap_or(Images::None);
+        report.note(
+            if images == Images::Embed { "images_embedded" } else { "images_as_files" },
+            if images == Images::None { 0 } else { with_image },
+        );
+        report.note("rows_without_image", pairs.height() as u64 - with_image);
+        report
+    }
+}
+
 /// `<digest>.<ext>`, the extension from the image's own bytes.
 fn image_file_name(ctx: &RunContext, digest: &str) -> String {
     let ext = image::ImageReader::open(ctx.store.blob_path(digest))
@@ -166,6 +183,9 @@ impl Stage for Export {
         let mut outs = vec![OutputDecl { name: "file".into(), table: true }];
         if self.images_dir().is_some() {
             outs.push(OutputDecl { name: "images".into(), table: false });
+        }
+        if self.params.format == Some(Format::Trl) {
+            outs.push(OutputDecl { name: "report".into(), table: false });
         }
         outs
     }
@@ -209,6 +229,9 @@ impl Stage for Export {
                 "images".to_string(),
                 OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None },
             );
+        }
+        if self.params.format == Some(Format::Trl) {
+            outputs.insert("report".to_string(), ctx.put_report(&self.trl_report(&df))?);
         }
         workspace_files::place(ctx, &self.params.path, &outputs["file"])?;
         if let (Some(dir), Some(images)) = (self.images_dir(), outputs.get("images")) {
