@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{ResponseKeys, f64_col, floats, frame, integers, strings};
+use super::frame::{ResponseKeys, f64_col, floats, frame, integers, optional_integers, optional_strings, strings};
 use super::report::DataReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,15 +64,9 @@ pub fn aggregate(
     let aspect_col: Vec<Option<&str>> = strings(ratings, "ratings", "aspect")?.iter().collect();
     let values: Vec<Option<f64>> = floats(ratings, "ratings", "rating")?.iter().collect();
     // A row whose status says the judge gave no rating for the aspect counts as missing.
-    let statuses: Vec<Option<&str>> = match ratings.column("status") {
-        Ok(_) => strings(ratings, "ratings", "status")?.iter().collect(),
-        Err(_) => vec![None; ratings.height()],
-    };
+    let statuses = optional_strings(ratings, "ratings", "status")?.unwrap_or_else(|| vec![None; ratings.height()]);
     // Where each rating sat in its source (the release sums ratings in that order).
-    let positions: Option<Vec<Option<i64>>> = match ratings.column("position") {
-        Ok(_) => Some(integers(ratings, "ratings", "position")?.iter().collect()),
-        Err(_) => None,
-    };
+    let positions = optional_integers(ratings, "ratings", "position")?;
     let n_aspects = opts.aspects.len();
     let mut cells: Vec<Cell> = vec![Cell::Missing; keys.len() * n_aspects];
     let mut seen = vec![false; n_aspects];

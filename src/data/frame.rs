@@ -54,6 +54,26 @@ fn missing(df: &DataFrame, table: &str, name: &str) -> String {
     format!("table `{table}` has no column `{name}`; its columns: {}", have.join(", "))
 }
 
+/// An optional text column: `None` when the table does not have it.
+pub fn optional_strings<'a>(
+    df: &'a DataFrame,
+    table: &str,
+    name: &str,
+) -> Result<Option<Vec<Option<&'a str>>>, String> {
+    match df.column(name) {
+        Ok(_) => Ok(Some(strings(df, table, name)?.iter().collect())),
+        Err(_) => Ok(None),
+    }
+}
+
+/// An optional integer column: `None` when the table does not have it.
+pub fn optional_integers(df: &DataFrame, table: &str, name: &str) -> Result<Option<Vec<Option<i64>>>, String> {
+    match df.column(name) {
+        Ok(_) => Ok(Some(integers(df, table, name)?.iter().collect())),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The row key every response-level table shares: (instruction id, model, sample index).
 pub struct ResponseKeys<'a> {
     pub instruction: Vec<&'a str>,

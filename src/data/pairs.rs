@@ -3,7 +3,7 @@
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{ResponseKeys, f64_col, floats, frame, integers, strings};
+use super::frame::{ResponseKeys, f64_col, floats, frame, optional_integers, optional_strings, strings};
 use super::report::DataReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -103,24 +103,16 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
     report.input("scores", scores.height() as u64);
     let ids: Vec<Option<&str>> = strings(instructions, "instructions", "id")?.iter().collect();
     let prompts: Vec<Option<&str>> = strings(instructions, "instructions", "prompt")?.iter().collect();
-    let images: Vec<Option<&str>> = match instructions.column("image") {
-        Ok(_) => strings(instructions, "instructions", "image")?.iter().collect(),
-        Err(_) => vec![None; instructions.height()],
-    };
+    let images =
+        optional_strings(instructions, "instructions", "image")?.unwrap_or_else(|| vec![None; instructions.height()]);
     let instruction_row: PlHashMap<&str, usize> =
         ids.iter().enumerate().filter_map(|(i, id)| id.map(|id| (id, i))).collect();
 
     let keys = ResponseKeys::read(scores, "scores")?;
     let texts: Vec<Option<&str>> = strings(scores, "scores", "response")?.iter().collect();
     let values: Vec<Option<f64>> = floats(scores, "scores", "score")?.iter().collect();
-    let statuses: Vec<Option<&str>> = match scores.column("score_status") {
-        Ok(_) => strings(scores, "scores", "score_status")?.iter().collect(),
-        Err(_) => vec![None; scores.height()],
-    };
-    let completion_index: Option<Vec<Option<i64>>> = match scores.column("completion_index") {
-        Ok(_) => Some(integers(scores, "scores", "completion_index")?.iter().collect()),
-        Err(_) => None,
-    };
+    let statuses = optional_strings(scores, "scores", "score_status")?.unwrap_or_else(|| vec![None; scores.height()]);
+    let completion_index = optional_integers(scores, "scores", "completion_index")?;
     let mut order: Vec<usize> = (0..keys.len()).collect();
     if !keys.is_sorted() {
         order.sort_by(|&a, &b| keys.key(a).cmp(&keys.key(b)));

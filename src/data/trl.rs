@@ -11,7 +11,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::frame::strings;
+use super::frame::{optional_strings, strings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -44,10 +44,7 @@ pub fn trl_frame(
     let prompts: Vec<Option<&str>> = strings(pairs, "pairs", "prompt")?.iter().collect();
     let chosen: Vec<Option<&str>> = strings(pairs, "pairs", "chosen")?.iter().collect();
     let rejected: Vec<Option<&str>> = strings(pairs, "pairs", "rejected")?.iter().collect();
-    let digests: Vec<Option<&str>> = match pairs.column("image") {
-        Ok(_) => strings(pairs, "pairs", "image")?.iter().collect(),
-        Err(_) => vec![None; pairs.height()],
-    };
+    let digests = optional_strings(pairs, "pairs", "image")?.unwrap_or_else(|| vec![None; pairs.height()]);
     if pairs.height() == 0 {
         return Err("there are no pairs to export".into());
     }
