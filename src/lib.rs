@@ -1,10 +1,12 @@
 //! silkie: the Silkie recipe (preference distillation for vision-language models) as a
 //! declarative, incremental pipeline. See ARCHITECTURE.md for the map.
 
+pub mod calls;
 pub mod data;
 pub mod dsl;
 pub mod exec;
 pub mod plan;
+pub mod providers;
 pub mod stages;
 pub mod store;
 pub mod table;

@@ -86,6 +86,9 @@ struct RunArgs {
     /// Give up waiting for a lock another run holds after this many seconds
     #[arg(long, value_name = "SECONDS")]
     lock_timeout: Option<f64>,
+    /// Send no model call: stages that need calls not in the memo fail, counting them per model
+    #[arg(long)]
+    offline: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -309,6 +312,7 @@ fn cmd_run(ctx: &Context, args: RunArgs) -> Outcome {
         force: args.force,
         lock_timeout: seconds(args.lock_timeout)?,
         progress: args.format == Format::Text && std::io::stderr().is_terminal(),
+        offline: args.offline,
     };
     let record = exec::run(&plan, &store, &ctx.workspace, &pipeline, &opts).map_err(|e| match e {
         exec::ExecError::Usage(msg) => Failure::Invalid(msg),

@@ -48,6 +48,9 @@ pub struct ModelDef {
     pub api_key_env: Option<String>,
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// How hard this model may be called (concurrency, rate limits, retries). Never hashed.
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 /// Settings that change how a stage runs, never what it computes: never hashed.
@@ -63,6 +66,8 @@ pub struct Runtime {
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub threads: Option<usize>,
+    /// Seconds the first retry of a failed call waits (each next one twice as long).
+    pub retry_backoff: Option<f64>,
 }
 
 /// A stage as written (after merging), before matrix expansion.

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub force: Vec<String>,
     pub lock_timeout: Option<Duration>,
     pub progress: bool,
+    /// Send no model call; stages that would need one fail, saying how many.
+    pub offline: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,7 @@ struct RunEnv<'a> {
     workspace: &'a Path,
     pipeline: &'a str,
     lock_timeout: Option<Duration>,
+    offline: bool,
 }
 
 /// Runs the selected part of a plan and writes its run record.
@@ -80,6 +83,7 @@ pub fn run(
         workspace,
         pipeline: &pipeline.label,
         lock_timeout: opts.lock_timeout,
+        offline: opts.offline,
     };
     let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
 
@@ -286,6 +290,7 @@ fn compute(
         stat_cache: env.stat_cache,
         instance: &inst.name,
         inputs,
+        offline: env.offline,
     };
     let label = Label {
         pipeline: env.pipeline.to_string(),

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format, workspace_files,
+    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format,
+    workspace_files,
 };
 use crate::data::report::DataReport;
 use crate::data::trl::{self, Images, Style};
@@ -51,7 +52,7 @@ struct Export {
     file_format: TableFormat,
 }
 
-fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     if params.path.split(['/', '\\']).any(|part| part == "..") {
         return Err(Issue::new("params.path", format!("`{}` leaves the workspace; export inside it", params.path)));

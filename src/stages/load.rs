@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
 use crate::data::vlfeedback::{self, OnBad};
 use crate::dsl::Issue;
 use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
@@ -56,7 +56,7 @@ struct Load {
     params: Params,
 }
 
-fn configure(params: &Value) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     let format = match params.format {
         Some(f) => f,

@@ -7,6 +7,7 @@ mod command;
 mod export;
 mod load;
 mod pair;
+mod sample;
 mod workspace_files;
 
 use std::collections::BTreeMap;
@@ -28,10 +29,19 @@ pub struct Kind {
     pub version: u32,
     /// Params that may hold model references (`{ stage: NAME }`), which add DAG edges.
     pub model_params: &'static [&'static str],
-    pub configure: fn(&Value) -> Result<Box<dyn Stage>, Issue>,
+    pub configure: Configure,
 }
 
-pub static KINDS: &[Kind] = &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND];
+/// Turns params (and the pipeline's models) into a runnable stage, or says what is wrong.
+pub type Configure = fn(&Value, &Config) -> Result<Box<dyn Stage>, Issue>;
+
+/// What a kind may look at besides its params when it is configured.
+pub struct Config<'a> {
+    /// The pipeline's `models:` entries.
+    pub models: &'a BTreeMap<String, crate::dsl::ModelDef>,
+}
+
+pub static KINDS: &[Kind] = &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND, sample::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -97,6 +107,8 @@ pub struct RunContext<'a> {
     pub stat_cache: &'a StatCache,
     pub instance: &'a str,
     pub inputs: &'a BTreeMap<String, Input>,
+    /// `silkie run --offline`: no model call may be sent.
+    pub offline: bool,
 }
 
 impl RunContext<'_> {

@@ -1,0 +1,146 @@
+//! The call memo: one row per finished model call, in SQLite (WAL), committed as calls
+//! finish — a `kill -9` loses at most the calls in flight, and two runs can share it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::CallResult;
+
+#[derive(Debug, thiserror::Error)]
+#[error("call memo {path}: {source}")]
+pub struct MemoError {
+    pub path: PathBuf,
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+pub struct Memo {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Memo {
+    /// Opens (creating if needed) the memo at `path`.
+    pub fn open(path: &Path) -> Result<Memo, MemoError> {
+        let err = |source| MemoError { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(err)?;
+        // WAL: readers never block the writer; NORMAL: a commit survives a crash of the process.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS calls (
+                key TEXT PRIMARY KEY,
+                model TEXT NOT NULL,
+                status TEXT NOT NULL,
+                result TEXT NOT NULL,
+                created_unix_ms INTEGER NOT NULL
+            ) WITHOUT ROWID;",
+        )
+        .map_err(err)?;
+        Ok(Memo { path: path.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> MemoError {
+        MemoError { path: self.path.clone(), source }
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<CallResult>, MemoError> {
+        let conn = self.conn.lock().expect("memo lock");
+        let json: Option<String> = conn
+            .query_row("SELECT result FROM calls WHERE key = ?1", params![key], |row| row.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// The remembered results among `keys`.
+    pub fn get_many<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<HashMap<String, CallResult>, MemoError> {
+        let conn = self.conn.lock().expect("memo lock");
+        let mut stmt = conn.prepare_cached("SELECT result FROM calls WHERE key = ?1").map_err(|e| self.err(e))?;
+        let mut found = HashMap::new();
+        for key in keys {
+            let json: Option<String> =
+                stmt.query_row(params![key], |row| row.get(0)).optional().map_err(|e| self.err(e))?;
+            // A row that does not parse (written by another version) is simply not a hit.
+            if let Some(result) = json.and_then(|j| serde_json::from_str::<CallResult>(&j).ok()) {
+                found.insert(key.to_string(), result);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Remembers finished calls in one transaction; an existing row is kept (first wins).
+    pub fn put_many(&self, rows: &[(String, String, CallResult)]) -> Result<(), MemoError> {
+        let mut conn = self.conn.lock().expect("memo lock");
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO calls (key, model, status, result, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (key, model, result) in rows {
+                let json = serde_json::to_string(result).expect("call results always serialize");
+                let status = serde_json::to_value(result.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                stmt.execute(params![key, model, status, json, crate::store::now_ms() as i64])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// How many calls are remembered.
+    pub fn len(&self) -> Result<u64, MemoError> {
+        let conn = self.conn.lock().expect("memo lock");
+        conn.query_row("SELECT COUNT(*) FROM calls", [], |row| row.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, MemoError> {
+        self.len().map(|n| n == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::CallStatus;
+
+    fn result(text: &str) -> CallResult {
+        CallResult {
+            status: CallStatus::Ok,
+            text: Some(text.into()),
+            finish_reason: Some("stop".into()),
+            tokens_in: Some(3),
+            tokens_out: Some(2),
+            latency_ms: 5,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn remembers_across_opens_and_keeps_the_first_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calls.sqlite");
+        let memo = Memo::open(&path).unwrap();
+        memo.put_many(&[("k1".into(), "m".into(), result("one"))]).unwrap();
+        memo.put_many(&[("k1".into(), "m".into(), result("again")), ("k2".into(), "m".into(), result("two"))]).unwrap();
+        drop(memo);
+        let memo = Memo::open(&path).unwrap();
+        assert_eq!(memo.get("k1").unwrap().unwrap().text.as_deref(), Some("one"));
+        let found = memo.get_many(["k1", "k2", "k3"]).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(memo.len().unwrap(), 2);
+    }
+}

@@ -1,0 +1,318 @@
+//! `sample`: responses to every instruction from `per_instruction` models of a pool.
+//!
+//! The models for an instruction are the pool entries that rank first on a hash of (seed,
+//! instruction id, entry identity) — independent of pool order, so adding a model changes only
+//! the instructions where it ranks in, and every new call goes to the new model. Every call
+//! goes through the call memo: a rerun sends only what is missing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Memo, Message, ModelIdentity, Part};
+use crate::data::frame::{f64_col, frame, i64_col, optional_strings, str_col, strings};
+use crate::data::report::DataReport;
+use crate::dsl::{Issue, ModelDef, did_you_mean};
+use crate::providers::{self, ImageUrls};
+
+pub const KIND: Kind = Kind { name: "sample", version: 1, model_params: &["pool"], configure };
+
+/// A pool entry: a `models:` name, or one with its own decoding params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum PoolEntry {
+    Name(String),
+    Entry(EntryParams),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryParams {
+    model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+}
+
+fn default_temperature() -> f64 {
+    0.7
+}
+fn default_top_p() -> f64 {
+    1.0
+}
+fn default_max_tokens() -> u32 {
+    512
+}
+fn default_per_instruction() -> usize {
+    4
+}
+fn default_max_side() -> Option<u32> {
+    Some(768)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    pool: Vec<PoolEntry>,
+    #[serde(default = "default_per_instruction")]
+    per_instruction: usize,
+    #[serde(default = "default_temperature")]
+    temperature: f64,
+    #[serde(default = "default_top_p")]
+    top_p: f64,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: u32,
+    #[serde(default)]
+    seed: u64,
+    /// An optional system message before the instruction.
+    #[serde(default)]
+    system: Option<String>,
+    /// Images are scaled down to this many pixels on their longer side before sending.
+    #[serde(default = "default_max_side")]
+    max_image_side: Option<u32>,
+}
+
+/// A resolved pool entry: its label in the responses, model, identity and decoding params.
+#[derive(Debug, Clone)]
+struct Member {
+    label: String,
+    model: String,
+    def: ModelDef,
+    identity: ModelIdentity,
+    params: BTreeMap<String, Value>,
+}
+
+struct Sample {
+    params: Params,
+    pool: Vec<Member>,
+}
+
+fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
+    let params: Params = parse_params(params)?;
+    if params.pool.is_empty() {
+        return Err(Issue::new("params.pool", "the pool is empty; name at least one model"));
+    }
+    if params.per_instruction == 0 || params.per_instruction > params.pool.len() {
+        return Err(Issue::new(
+            "params.per_instruction",
+            format!("must lie between 1 and the pool size ({}), not {}", params.pool.len(), params.per_instruction),
+        ));
+    }
+    let mut pool = Vec::new();
+    for (i, entry) in params.pool.iter().enumerate() {
+        let (name, overrides) = match entry {
+            PoolEntry::Name(name) => (name.clone(), None),
+            PoolEntry::Entry(e) => (e.model.clone(), Some(e)),
+        };
+        let Some(def) = config.models.get(&name) else {
+            let names = config.models.keys().map(String::as_str);
+            return Err(Issue::new(format!("params.pool[{i}]"), format!("`{name}` is not in `models:`"))
+                .with_help(did_you_mean(&name, names)));
+        };
+        let mut decoding = BTreeMap::from([
+            ("temperature".to_string(), json!(overrides.and_then(|o| o.temperature).unwrap_or(params.temperature))),
+            ("top_p".to_string(), json!(overrides.and_then(|o| o.top_p).unwrap_or(params.top_p))),
+            ("max_tokens".to_string(), json!(overrides.and_then(|o| o.max_tokens).unwrap_or(params.max_tokens))),
+        ]);
+        decoding.retain(|_, v| !v.is_null());
+        let label = match overrides {
+            Some(o) if o.temperature.is_some() || o.top_p.is_some() || o.max_tokens.is_some() => {
+                let parts: Vec<String> = decoding.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{name}[{}]", parts.join(","))
+            }
+            _ => name.clone(),
+        };
+        if pool.iter().any(|m: &Member| m.label == label) {
+            return Err(Issue::new(format!("params.pool[{i}]"), format!("`{label}` is in the pool twice")));
+        }
+        let identity = ModelIdentity {
+            provider: def.provider.clone(),
+            model: def.model.clone().unwrap_or_else(|| name.clone()),
+            params: def.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        pool.push(Member { label, model: name, def: def.clone(), identity, params: decoding });
+    }
+    Ok(Box::new(Sample { params, pool }))
+}
+
+impl Sample {
+    /// The pool entries an instruction gets: the first `per_instruction` by a seeded hash.
+    fn draw(&self, instruction: &str) -> Vec<&Member> {
+        let mut ranked: Vec<(blake3::Hash, &Member)> = self
+            .pool
+            .iter()
+            .map(|m| {
+                let identity = json!({"identity": m.identity, "params": m.params});
+                let mut h = blake3::Hasher::new();
+                h.update(&self.params.seed.to_le_bytes());
+                h.update(instruction.as_bytes());
+                h.update(&[0]);
+                h.update(identity.to_string().as_bytes());
+                (h.finalize(), m)
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        ranked.into_iter().take(self.params.per_instruction).map(|(_, m)| m).collect()
+    }
+
+    fn request(&self, member: &Member, prompt: &str, image: Option<&str>) -> ChatRequest {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.params.system {
+            messages.push(Message { role: "system".into(), content: vec![Part::Text { text: system.clone() }] });
+        }
+        let mut content = Vec::new();
+        if let Some(digest) = image {
+            content.push(Part::Image { digest: digest.to_string() });
+        }
+        content.push(Part::Text { text: prompt.to_string() });
+        messages.push(Message { role: "user".into(), content });
+        ChatRequest { messages, params: member.params.clone(), image_max_side: self.params.max_image_side }
+    }
+}
+
+impl Stage for Sample {
+    fn canonical_params(&self) -> Value {
+        // Models enter the key by identity (provider, model, params), never by transport.
+        let mut value = canonical(&self.params);
+        let identities: Map<String, Value> = self.pool.iter().map(|m| (m.label.clone(), json!(m.identity))).collect();
+        value["models"] = Value::Object(identities);
+        value
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![OutputDecl { name: "responses".into(), table: true }, OutputDecl { name: "report".into(), table: false }]
+    }
+
+    fn roles(&self) -> Roles {
+        Roles::Named(&["instructions"])
+    }
+
+    fn key_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, crate::store::OutputRef>, StageError> {
+        let instructions = ctx.read_table("instructions")?;
+        let ids: Vec<Option<&str>> =
+            strings(&instructions, "instructions", "id").map_err(StageError::Failed)?.iter().collect();
+        let prompts: Vec<Option<&str>> =
+            strings(&instructions, "instructions", "prompt").map_err(StageError::Failed)?.iter().collect();
+        let images = optional_strings(&instructions, "instructions", "image")
+            .map_err(StageError::Failed)?
+            .unwrap_or_else(|| vec![None; ids.len()]);
+
+        // (instruction id, member, call key)
+        let mut planned: Vec<(&str, &Member, String)> = Vec::new();
+        let mut specs = Vec::new();
+        for row in 0..ids.len() {
+            let (Some(id), Some(prompt)) = (ids[row], prompts[row]) else {
+                return Err(StageError::Failed(format!(
+                    "table `instructions`, row {}: `id` and `prompt` must not be empty",
+                    row + 1
+                )));
+            };
+            for member in self.draw(id) {
+                let request = self.request(member, prompt, images[row]);
+                let key = calls::call_key(&member.identity, &request, 0);
+                specs.push(CallSpec { key: key.clone(), model: member.model.clone(), request });
+                planned.push((id, member, key));
+            }
+        }
+        let results = run_pool_calls(ctx, &self.pool, &specs)?;
+        let (mut responses, report) = responses_table(&planned, &results, ids.len()).map_err(StageError::Failed)?;
+        Ok(BTreeMap::from([
+            ("responses".to_string(), ctx.put_table(&mut responses)?),
+            ("report".to_string(), ctx.put_report(&report)?),
+        ]))
+    }
+}
+
+/// Sends (or finds in the memo) every call the pool members need.
+fn run_pool_calls(
+    ctx: &RunContext,
+    pool: &[Member],
+    specs: &[CallSpec],
+) -> Result<HashMap<String, CallResult>, StageError> {
+    let store = ctx.store.clone();
+    let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
+    let mut endpoints = calls::Endpoints::new();
+    for member in pool {
+        if !endpoints.contains_key(&member.model) && !ctx.offline {
+            let endpoint =
+                providers::endpoint(&member.model, &member.def, images.clone()).map_err(StageError::Failed)?;
+            endpoints.insert(member.model.clone(), endpoint);
+        }
+    }
+    let memo = Memo::open(&ctx.store.root().join("calls.sqlite")).map_err(|e| StageError::Failed(e.to_string()))?;
+    let progress = |done: u64, total: u64, hits: u64, failed: u64| {
+        if done == total || done.is_multiple_of(1000) {
+            tracing::info!("{}: {done}/{total} calls ({hits} from the memo, {failed} failed)", ctx.instance);
+        }
+    };
+    let (results, stats) = calls::run_calls(specs, &endpoints, &memo, ctx.offline, &progress)
+        .map_err(|e| StageError::Failed(e.to_string()))?;
+    tracing::info!(
+        "{}: {} calls: {} from the memo, {} sent, {} retries",
+        ctx.instance,
+        stats.needed,
+        stats.memo_hits,
+        stats.sent,
+        stats.retries
+    );
+    Ok(results)
+}
+
+fn responses_table(
+    planned: &[(&str, &Member, String)],
+    results: &HashMap<String, CallResult>,
+    instructions: usize,
+) -> Result<(polars::prelude::DataFrame, DataReport), String> {
+    let mut rows: Vec<(&str, &str, &String, &CallResult)> = planned
+        .iter()
+        .map(|(id, member, key)| {
+            results
+                .get(key)
+                .map(|r| (*id, member.label.as_str(), key, r))
+                .ok_or_else(|| format!("internal: no result for call {key}"))
+        })
+        .collect::<Result<_, _>>()?;
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut report = DataReport::default();
+    report.input("instructions", instructions as u64);
+    for (_, _, _, r) in &rows {
+        match r.status {
+            CallStatus::Ok => {}
+            CallStatus::Refused => report.note("refused", 1),
+            CallStatus::Rejected => report.note("rejected", 1),
+        }
+    }
+    report.note("tokens_in", rows.iter().filter_map(|r| r.3.tokens_in).sum());
+    report.note("tokens_out", rows.iter().filter_map(|r| r.3.tokens_out).sum());
+    let n = rows.len();
+    let status = |r: &CallResult| serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from));
+    let df = frame(
+        n,
+        vec![
+            str_col("instruction_id", rows.iter().map(|r| Some(r.0.to_string())).collect()),
+            str_col("model", rows.iter().map(|r| Some(r.1.to_string())).collect()),
+            i64_col("sample_index", vec![Some(0); n]),
+            str_col("response", rows.iter().map(|r| r.3.text.clone()).collect()),
+            str_col("finish_reason", rows.iter().map(|r| r.3.finish_reason.clone()).collect()),
+            i64_col("tokens_in", rows.iter().map(|r| r.3.tokens_in.map(|t| t as i64)).collect()),
+            i64_col("tokens_out", rows.iter().map(|r| r.3.tokens_out.map(|t| t as i64)).collect()),
+            f64_col("latency_ms", rows.iter().map(|r| Some(r.3.latency_ms as f64)).collect()),
+            str_col("call_key", rows.iter().map(|r| Some(r.2.clone())).collect()),
+            str_col("status", rows.iter().map(|r| status(r.3)).collect()),
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    report.output("responses", n as u64);
+    Ok((df, report))
+}

@@ -1,0 +1,191 @@
+//! Model calls against a local OpenAI-compatible server: faults, the memo, pools, secrets.
+
+mod common;
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Workspace, status_of};
+use serde_json::Value;
+use server::{Fault, Server};
+
+fn instructions(ws: &Workspace, n: usize) {
+    let mut csv = String::from("id,prompt\n");
+    for i in 0..n {
+        csv.push_str(&format!("q{i:03},What is shown in picture {i}?\n"));
+    }
+    ws.write("data/instructions.csv", &csv);
+}
+
+fn pipeline(url: &str, pool: &[&str], extra_models: &str) -> String {
+    let models: String = ["model-a", "model-b", "model-c", "model-d"]
+        .iter()
+        .map(|m| format!("  {m}: {{ provider: openai, model: {m}, base_url: \"{url}\", runtime: {{ max_in_flight: 8, retry_backoff: 0.01 }} }}\n"))
+        .collect();
+    format!(
+        "version: 1\nmodels:\n{models}{extra_models}stages:\n  instructions: {{ kind: load, params: {{ path: data/instructions.csv }} }}\n  responses:\n    kind: sample\n    needs: [instructions]\n    params: {{ pool: [{}], per_instruction: 2, max_tokens: 64 }}\n",
+        pool.join(", ")
+    )
+}
+
+fn responses(ws: &Workspace) -> Vec<Value> {
+    let out = ws.silkie(&["show", "responses.responses", "--rows", "100000", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json().as_array().unwrap().clone()
+}
+
+/// The (model, user text) of a request, for counting calls.
+fn call_of(body: &Value) -> String {
+    format!("{} {}", body["model"], server::answer(body))
+}
+
+#[test]
+fn faults_are_retried_and_every_call_completes_once() {
+    // Every fourth request fails in some way: 429 with Retry-After, 500, garbage, a dropped
+    // connection, a slow reply.
+    let server = Server::start(|n| match n % 12 {
+        1 => Fault::TooManyRequests,
+        4 => Fault::ServerError,
+        7 => Fault::MalformedJson,
+        10 => Fault::DropConnection,
+        11 => Fault::Slow(Duration::from_millis(30)),
+        _ => Fault::None,
+    });
+    let ws = Workspace::new();
+    instructions(&ws, 40);
+    ws.write("pipeline.yaml", &pipeline(&server.url, &["model-a", "model-b", "model-c"], ""));
+    let record = ws.run(&[]);
+    assert_eq!(status_of(&record, "responses"), "ran");
+    let rows = responses(&ws);
+    assert_eq!(rows.len(), 80);
+    for row in &rows {
+        assert_eq!(row["status"], "ok");
+        assert!(row["response"].as_str().unwrap().contains("says:"), "{row}");
+    }
+    let completed = server.completed.lock().unwrap().clone();
+    let mut seen = BTreeMap::new();
+    for body in &completed {
+        *seen.entry(call_of(body)).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 80);
+    assert!(seen.values().all(|n| *n == 1), "a call completed twice");
+    assert!(server.request_count() > 80, "faults were injected and retried");
+}
+
+#[test]
+fn a_rerun_sends_nothing_and_a_new_model_only_its_own_calls() {
+    let server = Server::start(|_| Fault::None);
+    let ws = Workspace::new();
+    instructions(&ws, 30);
+    ws.write("pipeline.yaml", &pipeline(&server.url, &["model-a", "model-b", "model-c"], ""));
+    ws.run(&[]);
+    let before = responses(&ws);
+    let sent = server.request_count();
+    assert_eq!(sent, 60);
+    // The stage itself reruns (forced), but every call comes from the memo.
+    ws.run(&["--force", "responses"]);
+    assert_eq!(server.request_count(), sent);
+    // A fourth model: only the instructions where it ranks in change, and only it is called.
+    ws.write("pipeline.yaml", &pipeline(&server.url, &["model-a", "model-b", "model-c", "model-d"], ""));
+    ws.run(&[]);
+    let new: Vec<Value> = server.requests.lock().unwrap()[sent..].to_vec();
+    assert!(!new.is_empty());
+    assert!(new.iter().all(|b| b["model"] == "model-d"), "only the new model is called");
+    let after = responses(&ws);
+    let kept = after.iter().filter(|r| r["model"] != "model-d").count();
+    assert_eq!(kept + new.len(), 60);
+    assert!(before.len() == after.len());
+}
+
+#[test]
+fn offline_runs_send_nothing_and_count_what_is_missing() {
+    let server = Server::start(|_| Fault::None);
+    let ws = Workspace::new();
+    instructions(&ws, 10);
+    ws.write("pipeline.yaml", &pipeline(&server.url, &["model-a", "model-b"], ""));
+    let out = ws.silkie(&["run", "--offline"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("--offline: 20 calls are not in the memo (model-a: 10, model-b: 10)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(server.request_count(), 0);
+    ws.run(&[]);
+    ws.run(&["--offline", "--force", "responses"]);
+    assert_eq!(server.request_count(), 20);
+}
+
+#[test]
+fn the_api_key_never_reaches_the_cache() {
+    let server = Server::start(|_| Fault::None);
+    let ws = Workspace::new();
+    instructions(&ws, 5);
+    let extra = format!(
+        "  keyed: {{ provider: openai, model: keyed, base_url: \"{}\", api_key_env: SILKIE_TEST_KEY }}\n",
+        server.url
+    );
+    ws.write("pipeline.yaml", &pipeline(&server.url, &["keyed", "model-a"], &extra));
+    let secret = "sk-test-4d1f1e5ecret-never-store-me";
+    let missing = ws.command(&["run"]).env_remove("SILKIE_TEST_KEY").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&missing.stdout)
+            .contains("model `keyed` reads its API key from $SILKIE_TEST_KEY, which is not set")
+    );
+    let out = ws.command(&["run", "--format", "json"]).env("SILKIE_TEST_KEY", secret).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    for file in silkie::store::walk_files(&ws.path().join("cache")).unwrap() {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the key", file.display());
+    }
+}
+
+#[test]
+fn killed_runs_resend_at_most_the_calls_in_flight() {
+    let server = Server::start(|_| Fault::Slow(Duration::from_millis(50)));
+    let ws = Workspace::new();
+    instructions(&ws, 60);
+    ws.write("pipeline.yaml", &pipeline(&server.url, &["model-a", "model-b", "model-c"], ""));
+    let kills = 5;
+    let mut progress = Vec::new();
+    for _ in 0..kills {
+        let before = server.completed.lock().unwrap().len();
+        let mut child = ws
+            .command(&["run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill once some calls of this run have completed, while others are in flight.
+        let start = std::time::Instant::now();
+        while server.completed.lock().unwrap().len() < before + 10 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        progress.push(server.completed.lock().unwrap().len());
+    }
+    let before_final = server.request_count();
+    ws.run(&[]);
+    assert!(server.request_count() > before_final, "the kills left calls for the last run: {progress:?}");
+    let interrupted = responses(&ws);
+    let sent = server.request_count();
+    // 120 calls; every kill may lose what was in flight (max_in_flight 8 per model, 3 models).
+    assert!(sent <= 120 + kills as usize * 24, "{sent} requests for 120 calls");
+    // The same table as an uninterrupted run.
+    let clean_server = Server::start(|_| Fault::None);
+    let clean = Workspace::new();
+    instructions(&clean, 60);
+    clean.write("pipeline.yaml", &pipeline(&clean_server.url, &["model-a", "model-b", "model-c"], ""));
+    clean.run(&[]);
+    let strip = |rows: &[Value]| {
+        rows.iter()
+            .map(|r| (r["instruction_id"].clone(), r["model"].clone(), r["response"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&interrupted), strip(&responses(&clean)));
+}

@@ -1,0 +1,131 @@
+//! A small OpenAI-compatible chat server for tests, on 127.0.0.1, with injectable faults and
+//! a log of every request it received and every reply it completed.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// What the server does with the n-th request (counting from 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    None,
+    TooManyRequests,
+    ServerError,
+    MalformedJson,
+    Slow(Duration),
+    DropConnection,
+}
+
+pub struct Server {
+    pub url: String,
+    /// Every request body, in arrival order.
+    pub requests: Arc<Mutex<Vec<Value>>>,
+    /// Request bodies the server answered with a complete, valid reply.
+    pub completed: Arc<Mutex<Vec<Value>>>,
+    counter: Arc<AtomicU64>,
+}
+
+/// The reply text for a request: a function of its model and user text, so runs compare.
+pub fn answer(body: &Value) -> String {
+    let model = body["model"].as_str().unwrap_or("");
+    let text: String = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["text"].as_str().map(String::from))
+        .collect();
+    format!("{model} says: {}", text.chars().rev().collect::<String>())
+}
+
+impl Server {
+    pub fn start(plan: impl Fn(u64) -> Fault + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let completed = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::new(AtomicU64::new(0));
+        let plan = Arc::new(plan);
+        let (r, c, n) = (requests.clone(), completed.clone(), counter.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (r, c, n, plan) = (r.clone(), c.clone(), n.clone(), plan.clone());
+                std::thread::spawn(move || serve(stream, &r, &c, &n, &*plan));
+            }
+        });
+        Server { url, requests, completed, counter }
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    requests: &Mutex<Vec<Value>>,
+    completed: &Mutex<Vec<Value>>,
+    counter: &AtomicU64,
+    plan: &(dyn Fn(u64) -> Fault + Send + Sync),
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        let mut saw_request_line = false;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" && saw_request_line {
+                break;
+            }
+            saw_request_line = true;
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        requests.lock().unwrap().push(body.clone());
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let ok_reply = || {
+            json!({
+                "choices": [{"message": {"role": "assistant", "content": answer(&body)}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7}
+            })
+            .to_string()
+        };
+        let (status, extra, reply) = match plan(n) {
+            Fault::DropConnection => return,
+            Fault::TooManyRequests => (429, "Retry-After: 0\r\n", "{\"error\": \"slow down\"}".to_string()),
+            Fault::ServerError => (500, "", "{\"error\": \"boom\"}".to_string()),
+            Fault::MalformedJson => (200, "", "{\"choices\": [".to_string()),
+            Fault::Slow(d) => {
+                std::thread::sleep(d);
+                (200, "", ok_reply())
+            }
+            Fault::None => (200, "", ok_reply()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
+            reply.len()
+        );
+        if writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(reply.as_bytes())).is_err() {
+            return;
+        }
+        if status == 200 && reply.ends_with('}') {
+            completed.lock().unwrap().push(body);
+        }
+    }
+}
