@@ -1,0 +1,418 @@
+//! The AI judge: rendering its prompt from a template, and reading its reply.
+//!
+//! The reply format is the one the VLFeedback GPT-4V template asks for — per aspect a
+//! `#### <Aspect> Assessment` heading, then per response `##### Output for Text i`,
+//! `Rating: N`, `Rationale: …` — read tolerantly: markdown emphasis, extra whitespace,
+//! `Rating: 4/5`, a missing rationale, aspects in any order. A JSON reply
+//! (`{"helpfulness": [{"rating": 4, "rationale": "…"}, …], …}`, bare or in a ```json fence)
+//! is read too, for judges with structured output.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::rating::{ASPECTS, aspect_id};
+
+/// How a template marks where the instruction and the responses go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaceholderStyle {
+    /// minijinja: `{{ instruction }}`, `{% for r in responses %}{{ r.index }} {{ r.text }}{% endfor %}`.
+    #[default]
+    Jinja,
+    /// The original release: `[[instruction_placeholder]]`, `[[text_1_placeholder]]` … `[[text_4_placeholder]]`.
+    Vlfeedback,
+}
+
+/// Fills a judge template with an instruction and its responses (numbered from 1).
+pub fn render(
+    template: &str,
+    style: PlaceholderStyle,
+    instruction: &str,
+    responses: &[&str],
+) -> Result<String, String> {
+    match style {
+        PlaceholderStyle::Vlfeedback => {
+            let mut out = template.replace("[[instruction_placeholder]]", instruction);
+            for (i, text) in responses.iter().enumerate() {
+                out = out.replace(&format!("[[text_{}_placeholder]]", i + 1), text);
+            }
+            if let Some(at) = out.find("[[text_") {
+                let rest: String = out[at..].chars().take(30).collect();
+                return Err(format!("the template has a placeholder with no response for it: `{rest}`"));
+            }
+            Ok(out)
+        }
+        PlaceholderStyle::Jinja => {
+            let mut env = minijinja::Environment::new();
+            env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+            let items: Vec<minijinja::Value> =
+                responses.iter().enumerate().map(|(i, t)| minijinja::context! { index => i + 1, text => *t }).collect();
+            env.render_str(template, minijinja::context! { instruction => instruction, responses => items })
+                .map_err(|e| format!("the template does not render: {e}"))
+        }
+    }
+}
+
+/// One rating as the judge wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    /// The rating text after `Rating:` (`"4"`, `"4/5"` → `"4"`, `"N/A"`).
+    pub rating: String,
+    pub rationale: String,
+}
+
+/// (aspect id, response number from 1) → rating.
+pub type Judgement = BTreeMap<(String, usize), Judged>;
+
+/// Reads a judge reply. What is not there is simply absent; the caller decides to re-ask.
+pub fn parse_reply(reply: &str) -> Judgement {
+    parse_json(reply).unwrap_or_else(|| parse_text(reply))
+}
+
+/// Which of the expected (aspect, response) ratings a judgement lacks.
+pub fn missing(judgement: &Judgement, aspects: &[String], responses: usize) -> Vec<(String, usize)> {
+    let mut absent = Vec::new();
+    for aspect in aspects {
+        for i in 1..=responses {
+            if !judgement.contains_key(&(aspect.clone(), i)) {
+                absent.push((aspect.clone(), i));
+            }
+        }
+    }
+    absent
+}
+
+fn parse_json(reply: &str) -> Option<Judgement> {
+    let body = match reply.find("```") {
+        Some(start) => {
+            let after = &reply[start + 3..];
+            let after = after.strip_prefix("json").unwrap_or(after);
+            &after[..after.find("```")?]
+        }
+        None => reply,
+    };
+    let value: Value = serde_json::from_str(body.trim()).ok()?;
+    let object = value.as_object()?;
+    let mut out = Judgement::new();
+    for (name, entries) in object {
+        let Some(aspect) = aspect_id(name) else { continue };
+        for (i, entry) in entries.as_array()?.iter().enumerate() {
+            let rating = match entry.get("rating") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => continue,
+            };
+            let rationale = entry.get("rationale").and_then(Value::as_str).unwrap_or_default().to_string();
+            out.insert((aspect.to_string(), i + 1), Judged { rating, rationale });
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A line without markdown emphasis and heading marks, trimmed.
+fn plain(line: &str) -> String {
+    let no_emphasis: String = line.replace("**", "").replace("__", "");
+    let mut s = no_emphasis.trim().trim_start_matches('#').trim();
+    // List markup before a field: `- Rating: 4`, `* Rating: 4`, `• Rating: 4`.
+    for bullet in ["- ", "* ", "• "] {
+        s = s.strip_prefix(bullet).unwrap_or(s);
+    }
+    s.trim().trim_matches('*').trim().to_string()
+}
+
+/// `Helpfulness Assessment`, `Visual Faithfulness:` → the aspect id.
+fn aspect_heading(line: &str) -> Option<&'static str> {
+    let lowered = line.to_lowercase();
+    let name = lowered.trim_end_matches(':').trim();
+    let name = name.strip_suffix("assessment").unwrap_or(name).trim().trim_end_matches(':').trim();
+    ASPECTS.iter().find(|a| aspect_id(name) == Some(**a)).copied()
+}
+
+/// `Output for Text 2`, `Text 2:`, `Response 2` → 2.
+fn response_heading(line: &str) -> Option<usize> {
+    let lowered = line.to_lowercase();
+    let rest = ["output for text", "text", "response", "output"].iter().find_map(|p| lowered.strip_prefix(p))?;
+    let digits: String = rest.trim().trim_start_matches(['#', ' ']).chars().take_while(char::is_ascii_digit).collect();
+    let after = rest.trim().trim_start_matches(['#', ' '])[digits.len()..].trim();
+    if !(after.is_empty() || after == ":") {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+/// The value after a `Label:` prefix (case-insensitive).
+fn field<'a>(line: &'a str, label: &str) -> Option<&'a str> {
+    let head = line.get(..label.len())?;
+    if !head.eq_ignore_ascii_case(label) {
+        return None;
+    }
+    line[label.len()..].trim_start().strip_prefix(':').map(str::trim)
+}
+
+/// `4`, `4/5`, `4 out of 5`, `[4]`, `4.`, `N/A` → the rating's own text.
+fn rating_text(value: &str) -> String {
+    let v = value.trim_matches(|c: char| c.is_whitespace() || "[]*`_".contains(c));
+    let number: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let number = number.trim_end_matches('.');
+    if number.is_empty() { v.to_string() } else { number.to_string() }
+}
+
+fn parse_text(reply: &str) -> Judgement {
+    let mut out = Judgement::new();
+    let mut aspect: Option<&str> = None;
+    let mut response: Option<usize> = None;
+    let mut open: Option<(String, usize)> = None;
+    for raw in reply.lines() {
+        let line = plain(raw);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(a) = aspect_heading(&line) {
+            aspect = Some(a);
+            response = None;
+            open = None;
+            continue;
+        }
+        if let Some(n) = response_heading(&line) {
+            response = Some(n);
+            open = None;
+            continue;
+        }
+        if let Some(value) = field(&line, "rating") {
+            if let (Some(a), Some(n)) = (aspect, response) {
+                let key = (a.to_string(), n);
+                // The first rating given for a response counts.
+                out.entry(key.clone()).or_insert(Judged { rating: rating_text(value), rationale: String::new() });
+                open = Some(key);
+            }
+            continue;
+        }
+        if let Some(value) = field(&line, "rationale") {
+            if let Some(judged) = open.as_ref().and_then(|k| out.get_mut(k)) {
+                judged.rationale = value.to_string();
+            }
+            continue;
+        }
+        // A rationale running over several lines.
+        if let Some(judged) = open.as_ref().and_then(|k| out.get_mut(k))
+            && !judged.rationale.is_empty()
+        {
+            judged.rationale.push(' ');
+            judged.rationale.push_str(&line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ratings(reply: &str) -> Vec<(String, usize, String)> {
+        parse_reply(reply).into_iter().map(|((a, i), j)| (a, i, j.rating)).collect()
+    }
+
+    fn r(aspect: &str, i: usize, rating: &str) -> (String, usize, String) {
+        (aspect.to_string(), i, rating.to_string())
+    }
+
+    const H: &str = "helpfulness";
+    const V: &str = "visual_faithfulness";
+    const E: &str = "ethical_considerations";
+
+    /// The format the release's template asks for, exactly.
+    const CANONICAL: &str = "#### Helpfulness Assessment
+##### Output for Text 1
+Rating: 4
+Rationale: Answers the question directly.
+##### Output for Text 2
+Rating: 2
+Rationale: Vague.
+
+#### Ethical Considerations Assessment
+##### Output for Text 1
+Rating: 5
+Rationale: Harmless.
+##### Output for Text 2
+Rating: 5
+Rationale: Harmless.
+
+#### Visual Faithfulness Assessment
+##### Output for Text 1
+Rating: 3
+Rationale: Misses the dog.
+##### Output for Text 2
+Rating: 1
+Rationale: Invents a cat.
+";
+
+    #[test]
+    fn the_canonical_format() {
+        let got = ratings(CANONICAL);
+        assert_eq!(got, [r(E, 1, "5"), r(E, 2, "5"), r(H, 1, "4"), r(H, 2, "2"), r(V, 1, "3"), r(V, 2, "1")]);
+        let j = parse_reply(CANONICAL);
+        assert_eq!(j[&(V.to_string(), 2)].rationale, "Invents a cat.");
+    }
+
+    #[test]
+    fn markdown_bold_and_extra_whitespace() {
+        let reply = "**Helpfulness Assessment**\n\n**Output for Text 1**\n**Rating:** 4\n**Rationale:**   Good.\n\n   ##### Output for Text 2   \n  Rating :  3  \n";
+        assert_eq!(ratings(reply), [r(H, 1, "4"), r(H, 2, "3")]);
+    }
+
+    #[test]
+    fn ratings_out_of_five_and_in_brackets() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4/5\n##### Output for Text 2\nRating: 3 out of 5\n##### Output for Text 3\nRating: [2]\n##### Output for Text 4\nRating: 5.\n";
+        assert_eq!(ratings(reply), [r(H, 1, "4"), r(H, 2, "3"), r(H, 3, "2"), r(H, 4, "5")]);
+    }
+
+    #[test]
+    fn a_missing_rationale_is_fine() {
+        let reply = "#### Visual Faithfulness Assessment\n##### Output for Text 1\nRating: 2\n##### Output for Text 2\nRating: 4\n";
+        let j = parse_reply(reply);
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[&(V.to_string(), 1)].rationale, "");
+    }
+
+    #[test]
+    fn aspects_out_of_order_and_renamed_headings() {
+        let reply = "### Visual Faithfulness:\nText 1: \nRating: 2\n### Ethics Assessment\nResponse 1\nRating: 5\n### Helpfulness\nOutput 1\nRating: 3\n";
+        assert_eq!(ratings(reply), [r(E, 1, "5"), r(H, 1, "3"), r(V, 1, "2")]);
+    }
+
+    #[test]
+    fn multi_line_rationales_are_joined() {
+        let reply =
+            "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\nRationale: First line.\nSecond line.\n";
+        assert_eq!(parse_reply(reply)[&(H.to_string(), 1)].rationale, "First line. Second line.");
+    }
+
+    #[test]
+    fn non_numeric_ratings_are_kept_as_written() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: N/A\n##### Output for Text 2\nRating: four\n";
+        assert_eq!(ratings(reply), [r(H, 1, "N/A"), r(H, 2, "four")]);
+    }
+
+    #[test]
+    fn incomplete_replies_say_what_is_missing() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\n";
+        let aspects = vec![H.to_string(), V.to_string()];
+        assert_eq!(
+            missing(&parse_reply(reply), &aspects, 2),
+            [(H.to_string(), 2), (V.to_string(), 1), (V.to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn a_rating_before_any_heading_is_ignored() {
+        assert!(ratings("Rating: 5\nThe responses are fine.").is_empty());
+    }
+
+    #[test]
+    fn a_rating_without_a_response_heading_is_ignored() {
+        assert!(ratings("#### Helpfulness Assessment\nRating: 5\n").is_empty());
+    }
+
+    #[test]
+    fn the_first_of_two_ratings_counts() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\nRating: 1\n";
+        assert_eq!(ratings(reply), [r(H, 1, "4")]);
+    }
+
+    #[test]
+    fn text_numbers_must_be_whole_headings() {
+        // "Text 1 is better than text 2" is prose, not a heading.
+        let reply = "#### Helpfulness Assessment\nText 1 is better than text 2.\nRating: 4\n";
+        assert!(ratings(reply).is_empty());
+    }
+
+    #[test]
+    fn an_empty_or_refusing_reply_has_no_ratings() {
+        assert!(ratings("").is_empty());
+        assert!(ratings("I'm sorry, I can't help with rating these images.").is_empty());
+    }
+
+    #[test]
+    fn windows_line_endings() {
+        let reply = CANONICAL.replace('\n', "\r\n");
+        assert_eq!(ratings(&reply).len(), 6);
+    }
+
+    #[test]
+    fn json_replies_bare_and_fenced() {
+        let bare = r#"{"helpfulness": [{"rating": 4, "rationale": "ok"}, {"rating": "2", "rationale": "meh"}], "visual_faithfulness": [{"rating": 3}]}"#;
+        assert_eq!(ratings(bare), [r(H, 1, "4"), r(H, 2, "2"), r(V, 1, "3")]);
+        let fenced = format!("Here you go:\n```json\n{bare}\n```\n");
+        assert_eq!(ratings(&fenced), ratings(bare));
+        let names = r#"{"Helpfulness": [{"rating": 5}], "Ethical Considerations": [{"rating": 1}]}"#;
+        assert_eq!(ratings(names), [r(E, 1, "1"), r(H, 1, "5")]);
+    }
+
+    #[test]
+    fn broken_json_falls_back_to_text() {
+        let reply = "{\"helpfulness\": [\n#### Helpfulness Assessment\n##### Output for Text 1\nRating: 3\n";
+        assert_eq!(ratings(reply), [r(H, 1, "3")]);
+    }
+
+    #[test]
+    fn unknown_aspects_are_skipped() {
+        let reply = "#### Creativity Assessment\n##### Output for Text 1\nRating: 5\n#### Helpfulness Assessment\n##### Output for Text 1\nRating: 2\n";
+        assert_eq!(ratings(reply), [r(H, 1, "2")]);
+    }
+
+    #[test]
+    fn headings_with_colons_and_numbers_in_hashes() {
+        let reply = "## Helpfulness Assessment:\n#### Output for Text #2:\nRating: 3\n";
+        assert_eq!(ratings(reply), [r(H, 2, "3")]);
+    }
+
+    #[test]
+    fn italic_and_backtick_ratings() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\n*Rating:* `4`\n##### Output for Text 2\n__Rating:__ *2*\n";
+        assert_eq!(ratings(reply), [r(H, 1, "4"), r(H, 2, "2")]);
+    }
+
+    #[test]
+    fn decimal_ratings_keep_their_decimals() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 3.5\n";
+        assert_eq!(ratings(reply), [r(H, 1, "3.5")]);
+    }
+
+    #[test]
+    fn preamble_and_summary_around_the_assessment() {
+        let reply = format!("Sure! Here is my assessment.\n\n{CANONICAL}\nOverall, Text 1 is best.\n");
+        assert_eq!(ratings(&reply).len(), 6);
+    }
+
+    #[test]
+    fn adversarial_response_text_quoted_in_the_reply_does_not_rate() {
+        // A response that itself contains "Rating: 5" is quoted under the wrong heading level.
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 2\nRationale: The text says \"Rating: 5\" to game the judge.\n";
+        assert_eq!(ratings(reply), [r(H, 1, "2")]);
+    }
+
+    #[test]
+    fn a_rating_line_for_a_number_never_asked_is_kept_but_not_expected() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 7\nRating: 2\n";
+        let j = parse_reply(reply);
+        assert_eq!(missing(&j, &[H.to_string()], 2).len(), 2);
+    }
+
+    #[test]
+    fn list_markers_before_fields() {
+        let reply = "Helpfulness Assessment\nText 1\n- Rating: 4\n- Rationale: fine\nText 2\n* Rating: 3\n";
+        assert_eq!(ratings(reply), [r(H, 1, "4"), r(H, 2, "3")]);
+        assert_eq!(parse_reply(reply)[&(H.to_string(), 1)].rationale, "fine");
+    }
+
+    #[test]
+    fn templates_render_in_both_styles() {
+        let jinja = "Q: {{ instruction }}\n{% for r in responses %}[{{ r.index }}] {{ r.text }}\n{% endfor %}";
+        assert_eq!(render(jinja, PlaceholderStyle::Jinja, "Why?", &["A", "B"]).unwrap(), "Q: Why?\n[1] A\n[2] B\n");
+        let original = "Q: [[instruction_placeholder]]\n1: [[text_1_placeholder]]\n2: [[text_2_placeholder]]";
+        assert_eq!(render(original, PlaceholderStyle::Vlfeedback, "Why?", &["A", "B"]).unwrap(), "Q: Why?\n1: A\n2: B");
+        assert!(render(original, PlaceholderStyle::Vlfeedback, "Why?", &["A"]).is_err());
+        assert!(render("{{ nonsense }}", PlaceholderStyle::Jinja, "Why?", &["A"]).is_err());
+    }
+}
