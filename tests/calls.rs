@@ -189,3 +189,155 @@ fn killed_runs_resend_at_most_the_calls_in_flight() {
     };
     assert_eq!(strip(&interrupted), strip(&responses(&clean)));
 }
+
+/// A judge that rates every answer in the template's format: helpfulness from the answer's
+/// length, faithfulness from its first letter, ethics 5. It leaves out the faithfulness
+/// section the first time it sees "picture 3?", so that reply is re-asked.
+fn judge_reply(body: &Value) -> String {
+    let messages = body["messages"].as_array().unwrap();
+    let prompt: String = messages[0]["content"].as_array().unwrap().iter().filter_map(|p| p["text"].as_str()).collect();
+    let mut answers = Vec::new();
+    for i in 1.. {
+        let open = format!("<answer {i}>\n");
+        let Some(start) = prompt.find(&open) else { break };
+        let rest = &prompt[start + open.len()..];
+        let end = rest.find(&format!("\n</answer {i}>")).unwrap();
+        answers.push(rest[..end].to_string());
+    }
+    let first_ask = messages.len() == 1;
+    let mut out = String::new();
+    for (aspect, rate) in [
+        ("Helpfulness", Box::new(|a: &str| a.len() % 5 + 1) as Box<dyn Fn(&str) -> usize>),
+        ("Visual Faithfulness", Box::new(|a: &str| (a.as_bytes()[0] as usize) % 5 + 1)),
+        ("Ethical Considerations", Box::new(|_: &str| 5)),
+    ] {
+        if aspect == "Visual Faithfulness" && first_ask && prompt.contains("picture 3?") {
+            continue;
+        }
+        out.push_str(&format!("#### {aspect} Assessment\n"));
+        for (i, a) in answers.iter().enumerate() {
+            out.push_str(&format!("##### Output for Text {}\nRating: {}\nRationale: because.\n", i + 1, rate(a)));
+        }
+    }
+    out
+}
+
+fn judged_pipeline(sampler: &str, judge: &str) -> String {
+    let base = pipeline(
+        sampler,
+        &["model-a", "model-b", "model-c"],
+        &format!(
+            "  judge: {{ provider: openai, model: judge, base_url: \"{judge}\", runtime: {{ max_in_flight: 4, retry_backoff: 0.01 }} }}\n"
+        ),
+    );
+    base + "  ratings:\n    use: stages/annotate-3aspect.yaml\n    needs: [instructions, responses]\n    inputs: { instructions: instructions.table }\n    params: { judge: judge }\n  scores: { kind: aggregate, needs: [responses, ratings] }\n  pairs: { kind: pair, needs: [instructions, scores], inputs: { instructions: instructions.table } }\n"
+}
+
+fn with_judge_files(ws: &Workspace) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["stages/annotate-3aspect.yaml", "stages/templates/annotate-3aspect.j2"] {
+        ws.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
+    }
+}
+
+#[test]
+fn the_judge_rates_every_response_and_incomplete_replies_are_reasked() {
+    let sampler = Server::start(|_| Fault::None);
+    let judge = Server::start_with(|n| if n % 5 == 2 { Fault::ServerError } else { Fault::None }, judge_reply);
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    instructions(&ws, 12);
+    ws.write("pipeline.yaml", &judged_pipeline(&sampler.url, &judge.url));
+    let record = ws.run(&[]);
+    assert_eq!(status_of(&record, "pairs"), "ran");
+    let out = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]);
+    let ratings = out.json().as_array().unwrap().clone();
+    assert_eq!(ratings.len(), 12 * 2 * 3);
+    assert!(ratings.iter().all(|r| r["status"] == "ok"), "{ratings:?}");
+    let report = ws.silkie(&["show", "ratings", "--report", "--format", "json"]).json();
+    assert_eq!(report["notes"]["reasks"], 1);
+    // One call per instruction, plus the re-ask: the judge completed 13 calls.
+    assert_eq!(judge.completed.lock().unwrap().len(), 13);
+    // Ratings map back to the right response: helpfulness is the response's length % 5 + 1.
+    let responses = responses(&ws);
+    for r in ratings.iter().filter(|r| r["aspect"] == "helpfulness") {
+        let text =
+            responses.iter().find(|x| x["instruction_id"] == r["instruction_id"] && x["model"] == r["model"]).unwrap()
+                ["response"]
+                .as_str()
+                .unwrap();
+        assert_eq!(r["rating"].as_f64().unwrap(), (text.len() % 5 + 1) as f64);
+    }
+}
+
+#[test]
+fn shuffled_presentation_maps_ratings_back() {
+    let sampler = Server::start(|_| Fault::None);
+    let judge = Server::start_with(|_| Fault::None, judge_reply);
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    instructions(&ws, 8);
+    ws.write(
+        "pipeline.yaml",
+        &judged_pipeline(&sampler.url, &judge.url)
+            .replace("params: { judge: judge }", "params: { judge: judge, shuffle_order: true, seed: 5 }"),
+    );
+    ws.run(&[]);
+    let ratings = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
+    let responses = responses(&ws);
+    for r in ratings.as_array().unwrap().iter().filter(|r| r["aspect"] == "helpfulness") {
+        let text =
+            responses.iter().find(|x| x["instruction_id"] == r["instruction_id"] && x["model"] == r["model"]).unwrap()
+                ["response"]
+                .as_str()
+                .unwrap();
+        assert_eq!(r["rating"].as_f64().unwrap(), (text.len() % 5 + 1) as f64);
+    }
+}
+
+#[test]
+fn killing_the_judge_stage_resends_at_most_the_calls_in_flight() {
+    let sampler = Server::start(|_| Fault::None);
+    let judge = Server::start_with(|_| Fault::Slow(Duration::from_millis(40)), judge_reply);
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    instructions(&ws, 40);
+    ws.write("pipeline.yaml", &judged_pipeline(&sampler.url, &judge.url));
+    ws.run(&["responses"]);
+    let kills = 4;
+    for _ in 0..kills {
+        let before = judge.completed.lock().unwrap().len();
+        let mut child = ws
+            .command(&["run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while judge.completed.lock().unwrap().len() < before + 5 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    ws.run(&[]);
+    // 40 judge calls and 1 re-ask; each kill may lose what was in flight (max_in_flight 4).
+    let sent = judge.request_count();
+    assert!(sent <= 41 + kills * 4, "{sent} judge requests");
+    let interrupted = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
+    let clean = Workspace::new();
+    with_judge_files(&clean);
+    instructions(&clean, 40);
+    let (s2, j2) = (Server::start(|_| Fault::None), Server::start_with(|_| Fault::None, judge_reply));
+    clean.write("pipeline.yaml", &judged_pipeline(&s2.url, &j2.url));
+    clean.run(&[]);
+    let uninterrupted = clean.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
+    let strip = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["instruction_id"].clone(), r["model"].clone(), r["aspect"].clone(), r["rating"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&interrupted), strip(&uninterrupted));
+}

@@ -16,6 +16,15 @@ pub use openai::OpenAi;
 /// The provider kinds `models:` entries may name.
 pub const PROVIDERS: &[&str] = &["openai"];
 
+/// What a `models:` entry is, for keys: provider kind, model name and its params.
+pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
+    crate::calls::ModelIdentity {
+        provider: def.provider.clone(),
+        model: def.model.clone().unwrap_or_else(|| name.to_string()),
+        params: def.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
 /// Builds the provider and limits for one `models:` entry. Fails (naming the model) when
 /// the entry cannot work: no base URL, or an API key variable that is not set.
 pub fn endpoint(name: &str, def: &ModelDef, images: Arc<ImageUrls>) -> Result<(Arc<dyn Provider>, Limits), String> {

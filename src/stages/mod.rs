@@ -3,6 +3,8 @@
 //! Adding a kind is adding a file and one line to [`KINDS`].
 
 mod aggregate;
+mod annotate;
+mod calling;
 mod command;
 mod export;
 mod load;
@@ -41,7 +43,8 @@ pub struct Config<'a> {
     pub models: &'a BTreeMap<String, crate::dsl::ModelDef>,
 }
 
-pub static KINDS: &[Kind] = &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND, sample::KIND];
+pub static KINDS: &[Kind] =
+    &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND, sample::KIND, annotate::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)

@@ -7,17 +7,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
-use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Memo, Message, ModelIdentity, Part};
+use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Message, ModelIdentity, Part};
 use crate::data::frame::{f64_col, frame, i64_col, optional_strings, str_col, strings};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
-use crate::providers::{self, ImageUrls};
+use crate::providers;
 
 pub const KIND: Kind = Kind { name: "sample", version: 1, model_params: &["pool"], configure };
 
@@ -132,11 +131,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         if pool.iter().any(|m: &Member| m.label == label) {
             return Err(Issue::new(format!("params.pool[{i}]"), format!("`{label}` is in the pool twice")));
         }
-        let identity = ModelIdentity {
-            provider: def.provider.clone(),
-            model: def.model.clone().unwrap_or_else(|| name.clone()),
-            params: def.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        };
+        let identity = providers::identity(&name, def);
         pool.push(Member { label, model: name, def: def.clone(), identity, params: decoding });
     }
     Ok(Box::new(Sample { params, pool }))
@@ -240,33 +235,7 @@ fn run_pool_calls(
     pool: &[Member],
     specs: &[CallSpec],
 ) -> Result<HashMap<String, CallResult>, StageError> {
-    let store = ctx.store.clone();
-    let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
-    let mut endpoints = calls::Endpoints::new();
-    for member in pool {
-        if !endpoints.contains_key(&member.model) && !ctx.offline {
-            let endpoint =
-                providers::endpoint(&member.model, &member.def, images.clone()).map_err(StageError::Failed)?;
-            endpoints.insert(member.model.clone(), endpoint);
-        }
-    }
-    let memo = Memo::open(&ctx.store.root().join("calls.sqlite")).map_err(|e| StageError::Failed(e.to_string()))?;
-    let progress = |done: u64, total: u64, hits: u64, failed: u64| {
-        if done == total || done.is_multiple_of(1000) {
-            tracing::info!("{}: {done}/{total} calls ({hits} from the memo, {failed} failed)", ctx.instance);
-        }
-    };
-    let (results, stats) = calls::run_calls(specs, &endpoints, &memo, ctx.offline, &progress)
-        .map_err(|e| StageError::Failed(e.to_string()))?;
-    tracing::info!(
-        "{}: {} calls: {} from the memo, {} sent, {} retries",
-        ctx.instance,
-        stats.needed,
-        stats.memo_hits,
-        stats.sent,
-        stats.retries
-    );
-    Ok(results)
+    super::calling::call_models(ctx, pool.iter().map(|m| (m.model.as_str(), &m.def)), specs)
 }
 
 fn responses_table(

@@ -43,19 +43,30 @@ pub fn answer(body: &Value) -> String {
     format!("{model} says: {}", text.chars().rev().collect::<String>())
 }
 
+/// Builds the reply text for a request body.
+pub type Reply = dyn Fn(&Value) -> String + Send + Sync;
+
 impl Server {
     pub fn start(plan: impl Fn(u64) -> Fault + Send + Sync + 'static) -> Server {
+        Server::start_with(plan, answer)
+    }
+
+    pub fn start_with(
+        plan: impl Fn(u64) -> Fault + Send + Sync + 'static,
+        reply: impl Fn(&Value) -> String + Send + Sync + 'static,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let completed = Arc::new(Mutex::new(Vec::new()));
         let counter = Arc::new(AtomicU64::new(0));
         let plan = Arc::new(plan);
+        let reply: Arc<Reply> = Arc::new(reply);
         let (r, c, n) = (requests.clone(), completed.clone(), counter.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (r, c, n, plan) = (r.clone(), c.clone(), n.clone(), plan.clone());
-                std::thread::spawn(move || serve(stream, &r, &c, &n, &*plan));
+                let (r, c, n, plan, reply) = (r.clone(), c.clone(), n.clone(), plan.clone(), reply.clone());
+                std::thread::spawn(move || serve(stream, &r, &c, &n, &*plan, &*reply));
             }
         });
         Server { url, requests, completed, counter }
@@ -72,6 +83,7 @@ fn serve(
     completed: &Mutex<Vec<Value>>,
     counter: &AtomicU64,
     plan: &(dyn Fn(u64) -> Fault + Send + Sync),
+    reply_text: &Reply,
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
@@ -101,7 +113,7 @@ fn serve(
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let ok_reply = || {
             json!({
-                "choices": [{"message": {"role": "assistant", "content": answer(&body)}, "finish_reason": "stop"}],
+                "choices": [{"message": {"role": "assistant", "content": reply_text(&body)}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 11, "completion_tokens": 7}
             })
             .to_string()
