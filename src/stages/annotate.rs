@@ -212,8 +212,8 @@ impl Stage for Annotate {
         report.input("instructions", ids.len() as u64);
         report.input("responses", keys.len() as u64);
         let mut by_instruction: HashMap<&str, Vec<usize>> = HashMap::new();
-        for row in 0..keys.len() {
-            if texts[row].is_none() {
+        for (row, text) in texts.iter().enumerate() {
+            if text.is_none() {
                 report.note("response_without_text", 1);
                 continue;
             }
@@ -247,6 +247,18 @@ impl Stage for Annotate {
             ("report".to_string(), ctx.put_report(&report)?),
         ]))
     }
+}
+
+/// One row of the ratings table, before it is a table.
+struct RatingRow<'a> {
+    /// Row of the responses table.
+    response: usize,
+    /// Index into the aspects.
+    slot: usize,
+    text: Option<String>,
+    rationale: Option<String>,
+    status: &'static str,
+    call_key: &'a str,
 }
 
 /// The judge's last word on a case: its parsed ratings, the call that gave them, and the
@@ -303,10 +315,9 @@ impl Annotate {
         keys: &ResponseKeys,
         report: &mut DataReport,
     ) -> Result<polars::prelude::DataFrame, String> {
-        // (response row, aspect slot, rating text, rationale, status, call key)
-        let mut rows: Vec<(usize, usize, Option<String>, Option<String>, &'static str, &str)> = Vec::new();
+        let mut rows: Vec<RatingRow> = Vec::new();
         for (case, verdict) in cases.iter().zip(verdicts) {
-            for (shown_at, &row) in case.shown.iter().enumerate() {
+            for (shown_at, &response) in case.shown.iter().enumerate() {
                 for (slot, aspect) in self.params.aspects.iter().enumerate() {
                     let judged = verdict.judgement.get(&(aspect.clone(), shown_at + 1));
                     let status = match (verdict.status, judged) {
@@ -319,33 +330,36 @@ impl Annotate {
                     if status != "ok" {
                         report.note(&format!("{status}_rating"), 1);
                     }
-                    rows.push((
-                        row,
+                    rows.push(RatingRow {
+                        response,
                         slot,
-                        judged.map(|j| j.rating.clone()),
-                        judged.map(|j| j.rationale.clone()),
+                        text: judged.map(|j| j.rating.clone()),
+                        rationale: judged.map(|j| j.rationale.clone()),
                         status,
-                        &verdict.call_key,
-                    ));
+                        call_key: &verdict.call_key,
+                    });
                 }
             }
         }
-        rows.sort_by(|a, b| (keys.key(a.0), a.1).cmp(&(keys.key(b.0), b.1)));
+        rows.sort_by(|a, b| (keys.key(a.response), a.slot).cmp(&(keys.key(b.response), b.slot)));
         let n = rows.len();
         frame(
             n,
             vec![
-                str_col("instruction_id", rows.iter().map(|r| Some(keys.instruction[r.0].to_string())).collect()),
-                str_col("model", rows.iter().map(|r| Some(keys.model[r.0].to_string())).collect()),
-                i64_col("sample_index", rows.iter().map(|r| Some(keys.sample[r.0])).collect()),
-                str_col("aspect", rows.iter().map(|r| Some(self.params.aspects[r.1].clone())).collect()),
-                f64_col("rating", rows.iter().map(|r| r.2.as_deref().and_then(parse_rating)).collect()),
-                i64_col("position", rows.iter().map(|r| Some(r.1 as i64)).collect()),
-                str_col("rating_text", rows.iter().map(|r| r.2.clone()).collect()),
-                str_col("rationale", rows.iter().map(|r| r.3.clone()).collect()),
-                str_col("status", rows.iter().map(|r| Some(r.4.to_string())).collect()),
+                str_col(
+                    "instruction_id",
+                    rows.iter().map(|r| Some(keys.instruction[r.response].to_string())).collect(),
+                ),
+                str_col("model", rows.iter().map(|r| Some(keys.model[r.response].to_string())).collect()),
+                i64_col("sample_index", rows.iter().map(|r| Some(keys.sample[r.response])).collect()),
+                str_col("aspect", rows.iter().map(|r| Some(self.params.aspects[r.slot].clone())).collect()),
+                f64_col("rating", rows.iter().map(|r| r.text.as_deref().and_then(parse_rating)).collect()),
+                i64_col("position", rows.iter().map(|r| Some(r.slot as i64)).collect()),
+                str_col("rating_text", rows.iter().map(|r| r.text.clone()).collect()),
+                str_col("rationale", rows.iter().map(|r| r.rationale.clone()).collect()),
+                str_col("status", rows.iter().map(|r| Some(r.status.to_string())).collect()),
                 str_col("judge", vec![Some(self.params.judge.clone()); n]),
-                str_col("call_key", rows.iter().map(|r| Some(r.5.to_string())).collect()),
+                str_col("call_key", rows.iter().map(|r| Some(r.call_key.to_string())).collect()),
             ],
         )
         .map_err(|e| e.to_string())
