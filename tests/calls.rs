@@ -341,3 +341,29 @@ fn killing_the_judge_stage_resends_at_most_the_calls_in_flight() {
     };
     assert_eq!(strip(&interrupted), strip(&uninterrupted));
 }
+
+#[test]
+fn image_paths_in_a_table_become_stored_images_sent_as_data_urls() {
+    let server = Server::start(|_| Fault::None);
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("data/img")).unwrap();
+    image::RgbImage::from_pixel(16, 16, image::Rgb([200, 30, 30])).save(ws.path().join("data/img/red.png")).unwrap();
+    ws.write("data/instructions.csv", "id,prompt,image\nq1,What colour is this?,red.png\nq2,And this?,missing.png\n");
+    let pipeline = pipeline(&server.url, &["model-a", "model-b"], "").replace(
+        "params: { path: data/instructions.csv }",
+        "params: { path: data/instructions.csv, images: data/img }",
+    );
+    ws.write("pipeline.yaml", &pipeline);
+    let out = ws.silkie(&["run"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("data/instructions.csv: row 2: image"), "{}", out.stdout);
+    assert!(out.stdout.contains("missing.png does not exist"), "{}", out.stdout);
+    ws.write("pipeline.yaml", &pipeline.replace("images: data/img }", "images: data/img, on_missing_image: skip }"));
+    ws.run(&[]);
+    let report = ws.silkie(&["show", "instructions", "--report", "--format", "json"]).json();
+    assert_eq!(report["dropped"]["missing_image"], 1);
+    let requests = server.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    let url = requests[0]["messages"][0]["content"][0]["image_url"]["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("data:image/png;base64,"), "{url}");
+}

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod frame;
+pub mod images;
 pub mod judge;
 pub mod pairs;
 pub mod rating;

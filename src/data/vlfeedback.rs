@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::frame::{f64_col, frame, i64_col, str_col};
+use super::images::check_image;
 use super::rating::{ASPECTS, aspect_id, parse_rating};
 use super::report::DataReport;
 use crate::table;
@@ -282,39 +283,6 @@ fn parse_row(record: &Record, unknown_aspects: &mut u64, names_images: bool) -> 
         parsed.push(Completion { index: i as i64, model, response, ratings });
     }
     Ok(Row { id, prompt, completions: parsed })
-}
-
-/// `Ok(file)` when the image is there, its header decodes and (JPEG, PNG) it is not cut
-/// short; else (drop reason, message). Decoding every pixel of 80k images would cost minutes.
-fn check_image(file: &Path) -> Result<PathBuf, (&'static str, String)> {
-    if !file.is_file() {
-        return Err(("missing_image", format!("image {} does not exist", file.display())));
-    }
-    let undecodable = |why: String| ("undecodable_image", format!("image {} cannot be decoded: {why}", file.display()));
-    let reader =
-        image::ImageReader::open(file).and_then(|r| r.with_guessed_format()).map_err(|e| undecodable(e.to_string()))?;
-    let format = reader.format();
-    reader.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
-    if !ends_whole(file, format).map_err(|e| undecodable(e.to_string()))? {
-        return Err(undecodable("the file is cut short (no end marker)".into()));
-    }
-    Ok(file.to_path_buf())
-}
-
-/// Whether a JPEG ends with its end-of-image marker, or a PNG with its IEND chunk.
-fn ends_whole(file: &Path, format: Option<image::ImageFormat>) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let (marker, window): (&[u8], u64) = match format {
-        Some(image::ImageFormat::Jpeg) => (&[0xFF, 0xD9], 64),
-        Some(image::ImageFormat::Png) => (b"IEND", 16),
-        _ => return Ok(true),
-    };
-    let mut f = std::fs::File::open(file)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(window)))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    Ok(tail.windows(marker.len()).any(|w| w == marker))
 }
 
 fn instructions_table(

@@ -6,12 +6,17 @@
 //! images into the store (the `images` output), and writes a data `report`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::{BooleanChunked, Column, DataFrame, NewChunkedArray};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
+use crate::data::frame::strings;
+use crate::data::images::check_image;
+use crate::data::report::DataReport;
 use crate::data::vlfeedback::{self, OnBad};
 use crate::dsl::Issue;
 use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
@@ -35,7 +40,8 @@ struct Params {
     /// Inferred from the file extension when absent.
     #[serde(default)]
     format: Option<Format>,
-    /// VLFeedback: the directory holding `{id}.jpg`.
+    /// Images: the folder the `image` column's paths are relative to (their bytes go into the
+    /// store and the column holds digests); for VLFeedback, the folder holding `{id}.jpg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     images: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +56,7 @@ struct Params {
     source: Option<String>,
 }
 
-const VLFEEDBACK_ONLY: [&str; 5] = ["images", "on_missing_image", "on_bad_row", "judge", "source"];
+const VLFEEDBACK_ONLY: [&str; 3] = ["on_bad_row", "judge", "source"];
 
 struct Load {
     params: Params,
@@ -83,6 +89,11 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
         if let Some(key) = VLFEEDBACK_ONLY.iter().find(|k| given.get(**k).is_some()) {
             return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies to `format: vlfeedback` only")));
         }
+        if params.images.is_some() {
+            params.on_missing_image.get_or_insert(OnBad::Error);
+        } else if params.on_missing_image.is_some() {
+            return Err(Issue::new("params.on_missing_image", "`on_missing_image` applies with `images:` only"));
+        }
     }
     Ok(Box::new(Load { params }))
 }
@@ -92,6 +103,59 @@ fn table(name: &str) -> OutputDecl {
 }
 
 impl Load {
+    /// Replaces the `image` column's paths (relative to `images`) by the stored images'
+    /// digests; a missing or unreadable image fails the stage naming its row, or with
+    /// `on_missing_image: skip` drops the row and counts it.
+    fn store_image_column(
+        &self,
+        ctx: &RunContext,
+        df: &mut DataFrame,
+        images: &str,
+    ) -> Result<(DirManifest, DataReport), StageError> {
+        let failed = StageError::Failed;
+        let shown = &self.params.path;
+        let paths: Vec<Option<String>> =
+            strings(df, shown, "image").map_err(failed)?.iter().map(|p| p.map(String::from)).collect();
+        let mut report = DataReport::default();
+        report.input("rows", df.height() as u64);
+        let mut manifest = DirManifest::default();
+        let mut digests = Vec::with_capacity(paths.len());
+        let mut keep = Vec::with_capacity(paths.len());
+        for (row, path) in paths.iter().enumerate() {
+            let Some(path) = path else {
+                digests.push(None);
+                keep.push(true);
+                continue;
+            };
+            let escapes = Path::new(path).is_absolute() || path.split(['/', '\\']).any(|p| p == "..");
+            let checked = if escapes {
+                Err(("missing_image", format!("image `{path}` is outside `{images}`")))
+            } else {
+                check_image(&ctx.workspace.join(images).join(path))
+            };
+            match checked {
+                Ok(file) => {
+                    let (digest, bytes) = ctx.store.put_file(&file)?;
+                    manifest.files.insert(path.clone(), DirEntry { digest: digest.clone(), bytes, executable: false });
+                    digests.push(Some(digest));
+                    keep.push(true);
+                }
+                Err((reason, why)) if self.params.on_missing_image == Some(OnBad::Skip) => {
+                    tracing::debug!("{shown}: row {}: {why}", row + 1);
+                    report.drop(reason, 1);
+                    digests.push(None);
+                    keep.push(false);
+                }
+                Err((_, why)) => return Err(failed(format!("{shown}: row {}: {why}", row + 1))),
+            }
+        }
+        df.with_column(Column::new("image".into(), digests)).map_err(|e| failed(e.to_string()))?;
+        let mask = BooleanChunked::from_slice("keep".into(), &keep);
+        *df = df.filter(&mask).map_err(|e| failed(e.to_string()))?;
+        report.output("table", df.height() as u64);
+        Ok((manifest, report))
+    }
+
     fn format(&self) -> Format {
         self.params.format.unwrap_or(Format::Parquet)
     }
@@ -145,6 +209,13 @@ impl Stage for Load {
                 outs.push(OutputDecl { name: "report".into(), table: false });
                 outs
             }
+            _ if self.params.images.is_some() => {
+                vec![
+                    table("table"),
+                    OutputDecl { name: "images".into(), table: false },
+                    OutputDecl { name: "report".into(), table: false },
+                ]
+            }
             _ => vec![table("table")],
         }
     }
@@ -171,6 +242,15 @@ impl Stage for Load {
         if df.height() == 0 {
             return Err(StageError::Failed(format!("{}: the table has no rows", self.params.path)));
         }
-        Ok(BTreeMap::from([("table".to_string(), ctx.put_table(&mut df)?)]))
+        let Some(images) = &self.params.images else {
+            return Ok(BTreeMap::from([("table".to_string(), ctx.put_table(&mut df)?)]));
+        };
+        let (manifest, report) = self.store_image_column(ctx, &mut df, images)?;
+        let (digest, bytes) = ctx.store.put_manifest(&manifest)?;
+        Ok(BTreeMap::from([
+            ("table".to_string(), ctx.put_table(&mut df)?),
+            ("images".to_string(), OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None }),
+            ("report".to_string(), ctx.put_report(&report)?),
+        ]))
     }
 }
