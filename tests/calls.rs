@@ -367,3 +367,61 @@ fn image_paths_in_a_table_become_stored_images_sent_as_data_urls() {
     let url = requests[0]["messages"][0]["content"][0]["image_url"]["url"].as_str().unwrap().to_string();
     assert!(url.starts_with("data:image/png;base64,"), "{url}");
 }
+
+#[test]
+fn the_shipped_silkie_pipeline_runs_end_to_end_against_local_servers() {
+    // One server plays OpenAI (GPT-4V answers and judges), another the open models.
+    let openai = Server::start_with(
+        |_| Fault::None,
+        |body| {
+            let text = body.to_string();
+            if text.contains("Reply in exactly this format") { judge_reply(body) } else { server::answer(body) }
+        },
+    );
+    let open_models = Server::start(|_| Fault::None);
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    ws.write("pipelines/silkie.yaml", &std::fs::read_to_string(root.join("pipelines/silkie.yaml")).unwrap());
+    std::fs::create_dir_all(ws.path().join("data/silkie/images")).unwrap();
+    let mut lines = Vec::new();
+    for i in 0..6 {
+        image::RgbImage::from_pixel(8, 8, image::Rgb([40 * i as u8, 90, 200]))
+            .save(ws.path().join(format!("data/silkie/images/{i}.png")))
+            .unwrap();
+        lines.push(serde_json::json!({"id": format!("s{i}"), "prompt": format!("What is in picture {i}?"), "image": format!("{i}.png")}).to_string());
+    }
+    ws.write("data/silkie/instructions.jsonl", &lines.join("\n"));
+    let vars = [format!("vars.openai_url={}", openai.url), format!("vars.open_models_url={}", open_models.url)];
+    let args = ["run", "pipelines/silkie.yaml", "--set", &vars[0], "--set", &vars[1], "--format", "json"];
+    let out = ws.command(&args).env("OPENAI_API_KEY", "sk-local-test").output().unwrap();
+    let record: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(record["ok"].as_bool().unwrap(), "{record}");
+    // 6 instructions × 4 responses, from the 12-model pool.
+    let responses = ws.silkie(&[
+        "show",
+        "responses.responses",
+        "-f",
+        "pipelines/silkie.yaml",
+        "--set",
+        &vars[0],
+        "--set",
+        &vars[1],
+        "--rows",
+        "100",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(responses.json().as_array().unwrap().len(), 24);
+    assert!(ws.path().join("out/silkie/pairs.parquet").is_file());
+    // The judge got one call per instruction, and one re-ask (for picture 3).
+    let judged = openai
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b.to_string().contains("Reply in exactly this format"))
+        .count();
+    assert_eq!(judged, 7);
+}
