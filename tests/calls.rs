@@ -22,7 +22,7 @@ fn instructions(ws: &Workspace, n: usize) {
 fn pipeline(url: &str, pool: &[&str], extra_models: &str) -> String {
     let models: String = ["model-a", "model-b", "model-c", "model-d"]
         .iter()
-        .map(|m| format!("  {m}: {{ provider: openai, model: {m}, base_url: \"{url}\", runtime: {{ max_in_flight: 8, retry_backoff: 0.01 }} }}\n"))
+        .map(|m| format!("  {m}: {{ provider: openai, model: {m}, base_url: \"{url}\", runtime: {{ max_in_flight: 8, retry_backoff: 0.01, price_input_per_million: 10, price_output_per_million: 30 }} }}\n"))
         .collect();
     format!(
         "version: 1\nmodels:\n{models}{extra_models}stages:\n  instructions: {{ kind: load, params: {{ path: data/instructions.csv }} }}\n  responses:\n    kind: sample\n    needs: [instructions]\n    params: {{ pool: [{}], per_instruction: 2, max_tokens: 64 }}\n",
@@ -84,9 +84,17 @@ fn a_rerun_sends_nothing_and_a_new_model_only_its_own_calls() {
     let before = responses(&ws);
     let sent = server.request_count();
     assert_eq!(sent, 60);
+    // The report counts each model's calls, tokens and cost (11 tokens in, 7 out per call).
+    let report = ws.silkie(&["show", "responses", "--report", "--format", "json"]).json();
+    let a = &report["calls"]["model-a"];
+    let n = a["calls"].as_u64().unwrap();
+    assert_eq!(a["tokens_in"].as_u64().unwrap(), 11 * n);
+    assert!((a["cost_usd"].as_f64().unwrap() - (11.0 * 10.0 + 7.0 * 30.0) * n as f64 / 1e6).abs() < 1e-12);
     // The stage itself reruns (forced), but every call comes from the memo.
     ws.run(&["--force", "responses"]);
     assert_eq!(server.request_count(), sent);
+    let again = ws.silkie(&["show", "responses", "--report", "--format", "json"]).json();
+    assert_eq!(again, report, "the report does not depend on what came from the memo");
     // A fourth model: only the instructions where it ranks in change, and only it is called.
     ws.write("pipeline.yaml", &pipeline(&server.url, &["model-a", "model-b", "model-c", "model-d"], ""));
     ws.run(&[]);

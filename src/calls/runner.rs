@@ -60,6 +60,8 @@ pub struct CallSpec {
 pub struct RunStats {
     pub needed: u64,
     pub memo_hits: u64,
+    /// Memo hits per model.
+    pub memo_hits_by_model: BTreeMap<String, u64>,
     pub sent: u64,
     pub retries: u64,
     /// Calls still failing after their retries, per model, with the last error.
@@ -107,6 +109,9 @@ pub fn run_calls(
     stats.needed = unique.len() as u64;
     let mut results = memo.get_many(unique.iter().map(|s| s.key.as_str()))?;
     stats.memo_hits = results.len() as u64;
+    for spec in unique.iter().filter(|s| results.contains_key(&s.key)) {
+        *stats.memo_hits_by_model.entry(spec.model.clone()).or_default() += 1;
+    }
     let missing: Vec<&CallSpec> = unique.into_iter().filter(|s| !results.contains_key(&s.key)).collect();
     if missing.is_empty() {
         progress(stats.needed, stats.needed, stats.memo_hits, 0);

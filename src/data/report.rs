@@ -16,6 +16,20 @@ pub struct DataReport {
     pub dropped: BTreeMap<String, u64>,
     /// Things kept but worth knowing (`out_of_range_rating`, …).
     pub notes: BTreeMap<String, u64>,
+    /// Model calls per model, for stages that make them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls: BTreeMap<String, CallUsage>,
+}
+
+/// What one model's calls took. A function of the calls' results (memo hits included), so
+/// the report stays the same however many calls a run had to send.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallUsage {
+    pub calls: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// From the model's `runtime` prices, for all these calls; `None` without prices.
+    pub cost_usd: Option<f64>,
 }
 
 impl DataReport {
@@ -65,6 +79,11 @@ impl fmt::Display for DataReport {
         section(f, "rows in", &self.rows_in)?;
         section(f, "rows out", &self.rows_out)?;
         section(f, "dropped", &self.dropped)?;
-        section(f, "notes", &self.notes)
+        section(f, "notes", &self.notes)?;
+        for (model, u) in &self.calls {
+            let cost = u.cost_usd.map(|c| format!(", about ${c:.2}")).unwrap_or_default();
+            writeln!(f, "calls to {model}: {}, {} tokens in, {} out{cost}", u.calls, u.tokens_in, u.tokens_out)?;
+        }
+        Ok(())
     }
 }

@@ -68,6 +68,10 @@ pub struct Runtime {
     pub threads: Option<usize>,
     /// Seconds the first retry of a failed call waits (each next one twice as long).
     pub retry_backoff: Option<f64>,
+    /// Dollars per million input tokens, for the cost estimate in reports.
+    pub price_input_per_million: Option<f64>,
+    /// Dollars per million output tokens.
+    pub price_output_per_million: Option<f64>,
 }
 
 /// A stage as written (after merging), before matrix expansion.

@@ -56,6 +56,7 @@ struct RunEnv<'a> {
     pipeline: &'a str,
     lock_timeout: Option<Duration>,
     offline: bool,
+    bars: Option<indicatif::MultiProgress>,
 }
 
 /// Runs the selected part of a plan and writes its run record.
@@ -84,11 +85,13 @@ pub fn run(
         pipeline: &pipeline.label,
         lock_timeout: opts.lock_timeout,
         offline: opts.offline,
+        bars: None,
     };
     let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
 
     let order: Vec<NodeIndex> = plan.order.iter().copied().filter(|n| selected.contains(n)).collect();
     let progress = Progress::new(order.len(), opts.progress);
+    let env = RunEnv { bars: progress.bars(), ..env };
     let mut scheduler = Scheduler::new(plan, &order);
     let mut outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = HashMap::new();
     let mut running = 0usize;
@@ -291,6 +294,7 @@ fn compute(
         instance: &inst.name,
         inputs,
         offline: env.offline,
+        bars: env.bars.clone(),
     };
     let label = Label {
         pipeline: env.pipeline.to_string(),

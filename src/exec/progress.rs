@@ -2,19 +2,22 @@
 
 use std::sync::Mutex;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::store::{InstanceReport, InstanceStatus};
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Holds the stage bar and the bars stages add (model calls), drawn together.
+    bars: Option<MultiProgress>,
     running: Mutex<Vec<String>>,
 }
 
 impl Progress {
     pub fn new(total: usize, on_terminal: bool) -> Progress {
-        let bar = on_terminal.then(|| {
-            let bar = ProgressBar::new(total as u64);
+        let bars = on_terminal.then(MultiProgress::new);
+        let bar = bars.as_ref().map(|bars| {
+            let bar = bars.add(ProgressBar::new(total as u64));
             bar.set_style(
                 ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} stages  {wide_msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -22,7 +25,12 @@ impl Progress {
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
         });
-        Progress { bar, running: Mutex::new(Vec::new()) }
+        Progress { bar, bars, running: Mutex::new(Vec::new()) }
+    }
+
+    /// Where stages add bars of their own; `None` off a terminal.
+    pub fn bars(&self) -> Option<MultiProgress> {
+        self.bars.clone()
     }
 
     pub fn started(&self, name: &str) {

@@ -238,7 +238,7 @@ impl Stage for Annotate {
         }
         report.drop("response_of_unknown_instruction", by_instruction.values().map(|v| v.len() as u64).sum());
 
-        let (verdicts, reasks) = self.judge_all(ctx, &cases)?;
+        let (verdicts, reasks) = self.judge_all(ctx, &cases, &mut report)?;
         report.note("reasks", reasks);
         let mut ratings = self.ratings_table(&cases, &verdicts, &keys, &mut report).map_err(failed)?;
         report.output("ratings", ratings.height() as u64);
@@ -271,7 +271,12 @@ struct Verdict {
 
 impl Annotate {
     /// Asks the judge about every case, re-asking incomplete replies up to `max_reasks` times.
-    fn judge_all(&self, ctx: &RunContext, cases: &[Case]) -> Result<(Vec<Verdict>, u64), StageError> {
+    fn judge_all(
+        &self,
+        ctx: &RunContext,
+        cases: &[Case],
+        report: &mut DataReport,
+    ) -> Result<(Vec<Verdict>, u64), StageError> {
         let mut requests: Vec<ChatRequest> = cases.iter().map(|c| c.request.clone()).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..cases.len()).map(|_| None).collect();
         let mut pending: Vec<usize> = (0..cases.len()).collect();
@@ -286,7 +291,7 @@ impl Annotate {
                 })
                 .collect();
             let results: HashMap<String, CallResult> =
-                super::calling::call_models(ctx, [(self.params.judge.as_str(), &self.def)], &specs)?;
+                super::calling::call_models(ctx, [(self.params.judge.as_str(), &self.def)], &specs, report)?;
             let mut next = Vec::new();
             for (spec, &i) in specs.iter().zip(&pending) {
                 let result = &results[&spec.key];

@@ -112,6 +112,8 @@ pub struct RunContext<'a> {
     pub inputs: &'a BTreeMap<String, Input>,
     /// `silkie run --offline`: no model call may be sent.
     pub offline: bool,
+    /// On a terminal: where a stage may add a progress bar of its own.
+    pub bars: Option<indicatif::MultiProgress>,
 }
 
 impl RunContext<'_> {

@@ -220,8 +220,9 @@ impl Stage for Sample {
                 planned.push((id, member, key));
             }
         }
-        let results = run_pool_calls(ctx, &self.pool, &specs)?;
-        let (mut responses, report) = responses_table(&planned, &results, ids.len()).map_err(StageError::Failed)?;
+        let mut report = DataReport::default();
+        let results = run_pool_calls(ctx, &self.pool, &specs, &mut report)?;
+        let mut responses = responses_table(&planned, &results, ids.len(), &mut report).map_err(StageError::Failed)?;
         Ok(BTreeMap::from([
             ("responses".to_string(), ctx.put_table(&mut responses)?),
             ("report".to_string(), ctx.put_report(&report)?),
@@ -234,15 +235,17 @@ fn run_pool_calls(
     ctx: &RunContext,
     pool: &[Member],
     specs: &[CallSpec],
+    report: &mut DataReport,
 ) -> Result<HashMap<String, CallResult>, StageError> {
-    super::calling::call_models(ctx, pool.iter().map(|m| (m.model.as_str(), &m.def)), specs)
+    super::calling::call_models(ctx, pool.iter().map(|m| (m.model.as_str(), &m.def)), specs, report)
 }
 
 fn responses_table(
     planned: &[(&str, &Member, String)],
     results: &HashMap<String, CallResult>,
     instructions: usize,
-) -> Result<(polars::prelude::DataFrame, DataReport), String> {
+    report: &mut DataReport,
+) -> Result<polars::prelude::DataFrame, String> {
     let mut rows: Vec<(&str, &str, &String, &CallResult)> = planned
         .iter()
         .map(|(id, member, key)| {
@@ -253,7 +256,6 @@ fn responses_table(
         })
         .collect::<Result<_, _>>()?;
     rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let mut report = DataReport::default();
     report.input("instructions", instructions as u64);
     for (_, _, _, r) in &rows {
         match r.status {
@@ -262,8 +264,6 @@ fn responses_table(
             CallStatus::Rejected => report.note("rejected", 1),
         }
     }
-    report.note("tokens_in", rows.iter().filter_map(|r| r.3.tokens_in).sum());
-    report.note("tokens_out", rows.iter().filter_map(|r| r.3.tokens_out).sum());
     let n = rows.len();
     let status = |r: &CallResult| serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from));
     let df = frame(
@@ -283,5 +283,5 @@ fn responses_table(
     )
     .map_err(|e| e.to_string())?;
     report.output("responses", n as u64);
-    Ok((df, report))
+    Ok(df)
 }
