@@ -433,3 +433,32 @@ fn the_shipped_silkie_pipeline_runs_end_to_end_against_local_servers() {
         .count();
     assert_eq!(judged, 7);
 }
+
+#[test]
+fn a_judge_with_structured_output_is_read_from_json() {
+    let sampler = Server::start(|_| Fault::None);
+    // Answers in JSON, as the schema in the request asks: helpfulness 4, the rest 3.
+    let judge = Server::start_with(
+        |_| Fault::None,
+        |body| {
+            let schema = &body["response_format"]["json_schema"]["schema"];
+            let n = schema["properties"]["helpfulness"]["minItems"].as_u64().unwrap() as usize;
+            let list = |r: u64| Value::Array(vec![serde_json::json!({"rating": r, "rationale": "json"}); n]);
+            serde_json::json!({"helpfulness": list(4), "visual_faithfulness": list(3), "ethical_considerations": list(3)}).to_string()
+        },
+    );
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    instructions(&ws, 5);
+    ws.write(
+        "pipeline.yaml",
+        &judged_pipeline(&sampler.url, &judge.url)
+            .replace("params: { judge: judge }", "params: { judge: judge, response_format: json }"),
+    );
+    ws.run(&[]);
+    let ratings = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
+    let ratings = ratings.as_array().unwrap();
+    assert_eq!(ratings.len(), 5 * 2 * 3);
+    assert!(ratings.iter().all(|r| r["status"] == "ok" && r["rationale"] == "json"));
+    assert!(ratings.iter().filter(|r| r["aspect"] == "helpfulness").all(|r| r["rating"] == 4.0));
+}

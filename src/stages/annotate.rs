@@ -116,7 +116,13 @@ impl Annotate {
         image: Option<&str>,
         texts: &[&str],
     ) -> Result<ChatRequest, String> {
-        let text = judge::render(template, self.params.placeholder_style, prompt, texts)?;
+        let mut text = judge::render(template, self.params.placeholder_style, prompt, texts)?;
+        if self.params.response_format == ResponseFormat::Json {
+            text.push_str(&format!(
+                "\n\nReply with a JSON object only: for each of {}, a list with one {{\"rating\": 1-5, \"rationale\": \"...\"}} per text, in the texts' order.",
+                self.params.aspects.join(", ")
+            ));
+        }
         let mut messages = Vec::new();
         if let Some(system) = &self.params.system {
             messages.push(Message { role: "system".into(), content: vec![Part::Text { text: system.clone() }] });
@@ -132,9 +138,30 @@ impl Annotate {
             ("max_tokens".to_string(), json!(self.params.max_tokens)),
         ]);
         if self.params.response_format == ResponseFormat::Json {
-            params.insert("response_format".into(), json!({"type": "json_object"}));
+            params.insert("response_format".into(), self.json_schema(texts.len()));
         }
         Ok(ChatRequest { messages, params, image_max_side: self.params.max_image_side })
+    }
+
+    /// Structured output: exactly one rating per text for every aspect.
+    fn json_schema(&self, texts: usize) -> Value {
+        let item = json!({
+            "type": "object",
+            "properties": {"rating": {"type": "integer", "minimum": 1, "maximum": 5}, "rationale": {"type": "string"}},
+            "required": ["rating", "rationale"],
+            "additionalProperties": false,
+        });
+        let list = json!({"type": "array", "items": item, "minItems": texts, "maxItems": texts});
+        let properties: serde_json::Map<String, Value> =
+            self.params.aspects.iter().map(|a| (a.clone(), list.clone())).collect();
+        json!({
+            "type": "json_schema",
+            "json_schema": {
+                "name": "assessment",
+                "strict": true,
+                "schema": {"type": "object", "properties": properties, "required": self.params.aspects, "additionalProperties": false},
+            },
+        })
     }
 
     /// The request that asks again, quoting the reply and saying what it lacked.
