@@ -7,6 +7,7 @@
 //! - `runs/<id>.json`: one record per `silkie run`;
 //! - `locks/`, `store.lock`: per-instance locks and the store lock `gc` takes;
 //! - `statcache.json`: (path, size, mtime, inode) → digest;
+//! - `calls.sqlite`: the call memo (see `crate::calls`);
 //! - `tmp/`: files being written; renamed into place only when complete.
 //!
 //! Every write is temp file → fsync → rename, values before the keys that point at them.
