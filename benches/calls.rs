@@ -61,7 +61,9 @@ fn main() {
     let images = Arc::new(ImageUrls::new(|_| std::path::PathBuf::new()));
     let (provider, _) = providers::endpoint("bench", &def, images).unwrap();
     let limits = Limits { max_in_flight: 256, ..Limits::default() };
-    let endpoints: calls::Endpoints = BTreeMap::from([("bench".to_string(), (provider, limits))]);
+    let endpoints = || -> Result<calls::Endpoints, String> {
+        Ok(BTreeMap::from([("bench".to_string(), (provider.clone(), limits.clone()))]))
+    };
     let identity = providers::identity("bench", &def);
     let specs: Vec<CallSpec> = (0..CALLS)
         .map(|i| {

@@ -462,3 +462,105 @@ fn a_judge_with_structured_output_is_read_from_json() {
     assert!(ratings.iter().all(|r| r["status"] == "ok" && r["rationale"] == "json"));
     assert!(ratings.iter().filter(|r| r["aspect"] == "helpfulness").all(|r| r["rating"] == 4.0));
 }
+
+#[test]
+fn a_reasked_judge_keeps_the_ratings_it_gave_before() {
+    let sampler = Server::start(|_| Fault::None);
+    // First reply: helpfulness only. The re-ask: the other two aspects only.
+    let judge = Server::start_with(
+        |_| Fault::None,
+        |body| {
+            let full = judge_reply(&serde_json::json!({"messages": [body["messages"][0].clone()]}));
+            let first_ask = body["messages"].as_array().unwrap().len() == 1;
+            // Sections start at "#### <Aspect> Assessment" lines.
+            let mut out = String::new();
+            let mut keep = false;
+            for line in full.lines() {
+                if line.starts_with("#### ") {
+                    keep = line.starts_with("#### Helpfulness") == first_ask;
+                }
+                if keep {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            out
+        },
+    );
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    // (Three instructions: the helper judge always leaves out faithfulness for picture 3.)
+    instructions(&ws, 3);
+    ws.write("pipeline.yaml", &judged_pipeline(&sampler.url, &judge.url));
+    ws.run(&[]);
+    let ratings = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
+    assert!(ratings.as_array().unwrap().iter().all(|r| r["status"] == "ok"), "{ratings}");
+}
+
+#[test]
+fn model_params_are_sent_and_setup_errors_are_not_remembered() {
+    let server =
+        Server::start(|n| if n == 0 { Fault::Status(402, "{\"error\": \"payment required\"}") } else { Fault::None });
+    let ws = Workspace::new();
+    instructions(&ws, 3);
+    let pipeline = pipeline(&server.url, &["model-a", "model-b"], "")
+        .replace("model: model-a,", "model: model-a, params: { top_k: 20 },");
+    ws.write("pipeline.yaml", &pipeline);
+    let out = ws.silkie(&["run"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("HTTP 402"), "{}", out.stdout);
+    // Fixed (the server now answers): nothing was remembered from the failure.
+    ws.run(&[]);
+    let requests = server.requests.lock().unwrap().clone();
+    assert!(requests.iter().filter(|b| b["model"] == "model-a").all(|b| b["top_k"] == 20));
+    // Everything is in the memo now: a forced rerun needs no endpoint, so no API key either.
+    let keyed = pipeline.replace("model: model-a,", "model: model-a, api_key_env: SILKIE_TEST_ABSENT_KEY,");
+    ws.write("pipeline.yaml", &keyed);
+    let identity_unchanged =
+        ws.command(&["run", "--force", "responses"]).env_remove("SILKIE_TEST_ABSENT_KEY").output().unwrap();
+    assert!(identity_unchanged.status.success(), "{}", String::from_utf8_lossy(&identity_unchanged.stdout));
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let server = Server::start(|n| if n == 0 { Fault::RetryAfter(1) } else { Fault::None });
+    let ws = Workspace::new();
+    instructions(&ws, 1);
+    ws.write(
+        "pipeline.yaml",
+        &pipeline(&server.url, &["model-a"], "").replace("per_instruction: 2", "per_instruction: 1"),
+    );
+    let start = std::time::Instant::now();
+    ws.run(&[]);
+    assert!(start.elapsed() >= Duration::from_secs(1), "the retry did not wait for Retry-After");
+    assert_eq!(server.request_count(), 2);
+}
+
+#[test]
+fn the_release_template_style_takes_fewer_responses_than_placeholders() {
+    let sampler = Server::start(|_| Fault::None);
+    let judge = Server::start_with(
+        |_| Fault::None,
+        |_| {
+            let block = |a: &str| {
+                format!("#### {a} Assessment\n##### Output for Text 1\nRating: 4\n##### Output for Text 2\nRating: 2\n")
+            };
+            [block("Helpfulness"), block("Visual Faithfulness"), block("Ethical Considerations")].concat()
+        },
+    );
+    let ws = Workspace::new();
+    with_judge_files(&ws);
+    ws.write("original.txt", "Instruction: [[instruction_placeholder]]\nText 1: [[text_1_placeholder]]\nText 2: [[text_2_placeholder]]\nText 3: [[text_3_placeholder]]\nText 4: [[text_4_placeholder]]\n");
+    instructions(&ws, 3);
+    ws.write(
+        "pipeline.yaml",
+        &judged_pipeline(&sampler.url, &judge.url).replace(
+            "params: { judge: judge }",
+            "params: { judge: judge, template: original.txt, placeholder_style: vlfeedback }",
+        ),
+    );
+    ws.run(&[]);
+    let ratings = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
+    assert_eq!(ratings.as_array().unwrap().len(), 3 * 2 * 3);
+    assert!(ratings.as_array().unwrap().iter().all(|r| r["status"] == "ok"));
+}

@@ -90,10 +90,14 @@ pub type Endpoints = BTreeMap<String, (Arc<dyn Provider>, Limits)>;
 /// Progress: called after every finished call with (done, total, memo hits, failed).
 pub type Progress<'a> = &'a (dyn Fn(u64, u64, u64, u64) + Sync);
 
+/// Builds the endpoints, only once some call has to be sent (a run answered wholly from the
+/// memo needs no API key).
+pub type MakeEndpoints<'a> = &'a dyn Fn() -> Result<Endpoints, String>;
+
 /// Returns the result of every spec, by key: from the memo, or sent now and remembered.
 pub fn run_calls(
     specs: &[CallSpec],
-    endpoints: &Endpoints,
+    endpoints: MakeEndpoints,
     memo: &Memo,
     offline: bool,
     progress: Progress,
@@ -124,6 +128,7 @@ pub fn run_calls(
         }
         return Err(CallsError::Offline { missing: per_model });
     }
+    let endpoints = endpoints().map_err(CallsError::Fatal)?;
     for spec in &missing {
         if !endpoints.contains_key(&spec.model) {
             return Err(CallsError::Fatal(format!("no endpoint for model `{}`", spec.model)));
@@ -138,7 +143,7 @@ pub fn run_calls(
     let (tx, rx) = std::sync::mpsc::channel::<(String, String, CallResult)>();
     let (sent, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_behind(memo, rx));
-        let sent = runtime.block_on(send_all(&missing, endpoints, tx, stats.needed, stats.memo_hits, progress));
+        let sent = runtime.block_on(send_all(&missing, &endpoints, tx, stats.needed, stats.memo_hits, progress));
         (sent, writer.join())
     });
     written.map_err(|_| CallsError::Fatal("the memo writer stopped unexpectedly".into()))??;
@@ -168,11 +173,27 @@ struct Lane {
     pacer: tokio::sync::Mutex<Pacer>,
 }
 
-/// Request and token budgets per minute.
+/// Request and token budgets per minute, and pauses a `Retry-After` asks for.
 struct Pacer {
     next_start: Instant,
     window_start: Instant,
     tokens_in_window: u64,
+}
+
+/// What the calls of one run share: the stop flag and the counters.
+struct Shared<'a> {
+    fatal: AtomicBool,
+    fatal_error: Mutex<Option<String>>,
+    retries: AtomicU64,
+    tx: Mutex<std::sync::mpsc::Sender<(String, String, CallResult)>>,
+    progress: Progress<'a>,
+}
+
+impl Shared<'_> {
+    fn stop(&self, why: String) {
+        self.fatal.store(true, Ordering::SeqCst);
+        self.fatal_error.lock().expect("fatal lock").get_or_insert(why);
+    }
 }
 
 async fn send_all(
@@ -199,63 +220,70 @@ async fn send_all(
             (name.as_str(), lane)
         })
         .collect();
-    let width: usize = missing
-        .iter()
-        .map(|s| s.model.as_str())
-        .collect::<HashSet<_>>()
-        .iter()
-        .map(|m| lanes[m].limits.max_in_flight.max(1))
-        .sum();
-    let fatal = AtomicBool::new(false);
-    let fatal_error = Mutex::new(None::<String>);
-    let retries = AtomicU64::new(0);
-    let done = AtomicU64::new(hits);
-    let failed_count = AtomicU64::new(0);
+    let shared = Shared {
+        fatal: AtomicBool::new(false),
+        fatal_error: Mutex::new(None),
+        retries: AtomicU64::new(0),
+        tx: Mutex::new(tx),
+        progress,
+    };
+    // One stream per model, each as wide as its own max_in_flight: a slow or rate-limited
+    // model never takes the slots of another.
+    let mut by_model: BTreeMap<&str, Vec<&CallSpec>> = BTreeMap::new();
+    for spec in missing {
+        by_model.entry(spec.model.as_str()).or_default().push(spec);
+    }
+    let streams = by_model.into_iter().map(|(model, specs)| {
+        let lane = &lanes[model];
+        let shared = &shared;
+        futures::stream::iter(specs)
+            .map(move |spec| async move { (spec, call_once_remembered(spec, lane, shared).await) })
+            .buffer_unordered(lane.limits.max_in_flight.max(1))
+            .boxed()
+    });
+    let mut merged = futures::stream::select_all(streams);
     let mut results = HashMap::new();
     let mut failed: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    let mut sent = 0;
-    {
-        let tx = &tx;
-        let mut stream = futures::stream::iter(missing.iter().copied())
-            .map(|spec| {
-                let lane = &lanes[spec.model.as_str()];
-                let (fatal, fatal_error, retries) = (&fatal, &fatal_error, &retries);
-                async move {
-                    let outcome = call_with_retries(spec, lane, fatal, retries).await;
-                    if let Err(CallError::Fatal(msg)) = &outcome {
-                        fatal.store(true, Ordering::SeqCst);
-                        fatal_error.lock().expect("fatal lock").get_or_insert_with(|| msg.clone());
-                    }
-                    if let Ok(result) = &outcome {
-                        let _ = tx.send((spec.key.clone(), spec.model.clone(), result.clone()));
-                    }
-                    (spec, outcome)
-                }
-            })
-            .buffer_unordered(width.max(1));
-        while let Some((spec, outcome)) = stream.next().await {
-            match outcome {
-                Ok(result) => {
-                    sent += 1;
-                    results.insert(spec.key.clone(), result);
-                }
-                Err(CallError::Transient { detail, .. }) => {
-                    failed_count.fetch_add(1, Ordering::Relaxed);
-                    let entry = failed.entry(spec.model.clone()).or_insert((0, String::new()));
-                    entry.0 += 1;
-                    entry.1 = detail;
-                }
-                Err(CallError::Fatal(_)) => {}
+    let (mut sent, mut done, mut failed_count) = (0, hits, 0);
+    while let Some((spec, outcome)) = merged.next().await {
+        match outcome {
+            Ok(result) => {
+                sent += 1;
+                results.insert(spec.key.clone(), result);
             }
-            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(n, total, hits, failed_count.load(Ordering::Relaxed));
+            Err(CallError::Transient { detail, .. }) => {
+                failed_count += 1;
+                let entry = failed.entry(spec.model.clone()).or_insert((0, String::new()));
+                entry.0 += 1;
+                entry.1 = detail;
+            }
+            Err(CallError::Fatal(_)) => {}
         }
+        done += 1;
+        (shared.progress)(done, total, hits, failed_count);
     }
-    drop(tx);
-    if let Some(msg) = fatal_error.lock().expect("fatal lock").take() {
+    if let Some(msg) = shared.fatal_error.lock().expect("fatal lock").take() {
         return Err(CallsError::Fatal(msg));
     }
-    Ok(Sent { results, sent, retries: retries.load(Ordering::Relaxed), failed })
+    Ok(Sent { results, sent, retries: shared.retries.load(Ordering::Relaxed), failed })
+}
+
+/// One call with its retries; a finished one goes to the memo writer at once.
+async fn call_once_remembered(spec: &CallSpec, lane: &Lane, shared: &Shared<'_>) -> Result<CallResult, CallError> {
+    let outcome = call_with_retries(spec, lane, shared).await;
+    match &outcome {
+        Err(CallError::Fatal(msg)) => shared.stop(msg.clone()),
+        Ok(result) => {
+            let queued =
+                shared.tx.lock().expect("memo queue lock").send((spec.key.clone(), spec.model.clone(), result.clone()));
+            if queued.is_err() {
+                // Nothing more may be sent and paid for without being remembered.
+                shared.stop("the call memo cannot be written any more; stopped sending".into());
+            }
+        }
+        Err(CallError::Transient { .. }) => {}
+    }
+    outcome
 }
 
 /// Commits finished calls in batches of whatever has arrived.
@@ -273,27 +301,36 @@ fn write_behind(
     Ok(())
 }
 
-async fn call_with_retries(
-    spec: &CallSpec,
-    lane: &Lane,
-    fatal: &AtomicBool,
-    retries: &AtomicU64,
-) -> Result<CallResult, CallError> {
+async fn call_with_retries(spec: &CallSpec, lane: &Lane, shared: &Shared<'_>) -> Result<CallResult, CallError> {
     let mut attempt = 0u32;
     loop {
-        if fatal.load(Ordering::SeqCst) {
+        if shared.fatal.load(Ordering::SeqCst) {
             return Err(CallError::Fatal("stopped: another call failed fatally".into()));
         }
         let outcome = {
             let _permit = lane.permits.acquire().await.map_err(|_| CallError::Fatal("the call lane closed".into()))?;
             pace(lane, &spec.request).await;
-            lane.provider.send(&spec.request, lane.limits.timeout).await
+            // The provider should honour the timeout; this guards against one that does not.
+            let limit = lane.limits.timeout + Duration::from_secs(5);
+            match tokio::time::timeout(limit, lane.provider.send(&spec.request, lane.limits.timeout)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(CallError::Transient {
+                    detail: format!("no answer within {:.0} s", limit.as_secs_f64()),
+                    retry_after: None,
+                }),
+            }
         };
         match outcome {
             Err(CallError::Transient { detail, retry_after }) if attempt < lane.limits.max_retries => {
                 attempt += 1;
-                retries.fetch_add(1, Ordering::Relaxed);
-                let wait = retry_after.unwrap_or_else(|| backoff(lane.limits.backoff, attempt, &spec.key));
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                let jittered = backoff(lane.limits.backoff, attempt, &spec.key);
+                let wait = retry_after.map_or(jittered, |r| r + jittered.min(r.max(Duration::from_millis(100))));
+                if let Some(pause) = retry_after {
+                    // The server asked the whole model to wait, not just this call.
+                    let mut pacer = lane.pacer.lock().await;
+                    pacer.next_start = pacer.next_start.max(Instant::now() + pause);
+                }
                 tracing::debug!("{}: retry {attempt} in {:.2} s after: {detail}", spec.model, wait.as_secs_f64());
                 tokio::time::sleep(wait).await;
             }
@@ -302,8 +339,8 @@ async fn call_with_retries(
     }
 }
 
-/// Full-jitter exponential backoff: uniform in [0, base·2^(attempt−1)], capped at 60 s.
-/// The jitter comes from the call key, so it is spread across calls but reproducible.
+/// Full-jitter exponential backoff: between half and all of base·2^(attempt−1), capped at
+/// 60 s. The jitter comes from the call key, so it is spread across calls but reproducible.
 fn backoff(base: Duration, attempt: u32, key: &str) -> Duration {
     let ceiling = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(Duration::from_secs(60));
     let hash = blake3::hash(format!("{key}:{attempt}").as_bytes());
@@ -311,22 +348,19 @@ fn backoff(base: Duration, attempt: u32, key: &str) -> Duration {
     ceiling.mul_f64(0.5 + fraction / 2.0)
 }
 
-/// Waits until the model's request and token budgets allow one more request.
+/// Waits until the model's request and token budgets, and any pause a server asked for,
+/// allow one more request.
 async fn pace(lane: &Lane, request: &ChatRequest) {
-    let rpm = lane.limits.requests_per_minute;
-    let tpm = lane.limits.tokens_per_minute;
-    if rpm.is_none() && tpm.is_none() {
-        return;
-    }
     let wait = {
         let mut pacer = lane.pacer.lock().await;
         let now = Instant::now();
         let mut start = pacer.next_start.max(now);
-        if let Some(rpm) = rpm.filter(|r| *r > 0) {
+        if let Some(rpm) = lane.limits.requests_per_minute.filter(|r| *r > 0) {
             pacer.next_start = start + Duration::from_secs_f64(60.0 / rpm as f64);
         }
-        if let Some(tpm) = tpm {
+        if let Some(tpm) = lane.limits.tokens_per_minute {
             let tokens = estimate_tokens(request);
+            start = start.max(pacer.window_start);
             if start.duration_since(pacer.window_start) >= Duration::from_secs(60) {
                 pacer.window_start = start;
                 pacer.tokens_in_window = 0;

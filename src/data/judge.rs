@@ -32,17 +32,7 @@ pub fn render(
     responses: &[&str],
 ) -> Result<String, String> {
     match style {
-        PlaceholderStyle::Vlfeedback => {
-            let mut out = template.replace("[[instruction_placeholder]]", instruction);
-            for (i, text) in responses.iter().enumerate() {
-                out = out.replace(&format!("[[text_{}_placeholder]]", i + 1), text);
-            }
-            if let Some(at) = out.find("[[text_") {
-                let rest: String = out[at..].chars().take(30).collect();
-                return Err(format!("the template has a placeholder with no response for it: `{rest}`"));
-            }
-            Ok(out)
-        }
+        PlaceholderStyle::Vlfeedback => fill_placeholders(template, instruction, responses),
         PlaceholderStyle::Jinja => {
             let mut env = minijinja::Environment::new();
             env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -52,6 +42,46 @@ pub fn render(
                 .map_err(|e| format!("the template does not render: {e}"))
         }
     }
+}
+
+/// The release's placeholders, filled in one pass (so a response that itself contains a
+/// placeholder is left as written). A text placeholder with no response becomes empty; a
+/// response with no placeholder is an error, since the judge would never see it.
+fn fill_placeholders(template: &str, instruction: &str, responses: &[&str]) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    let mut slots = 0;
+    while let Some(at) = rest.find("[[") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let Some(end) = tail.find("]]") else {
+            out.push_str(tail);
+            rest = "";
+            break;
+        };
+        let name = &tail[2..end];
+        let text_slot = name
+            .strip_prefix("text_")
+            .and_then(|n| n.strip_suffix("_placeholder"))
+            .and_then(|n| n.parse::<usize>().ok());
+        match (name, text_slot) {
+            ("instruction_placeholder", _) => out.push_str(instruction),
+            (_, Some(n)) if n >= 1 => {
+                slots = slots.max(n);
+                out.push_str(responses.get(n - 1).copied().unwrap_or_default());
+            }
+            _ => out.push_str(&tail[..end + 2]),
+        }
+        rest = &tail[end + 2..];
+    }
+    out.push_str(rest);
+    if responses.len() > slots {
+        return Err(format!(
+            "the template has placeholders for {slots} texts, but an instruction has {} responses; lower per_instruction or use a template with more",
+            responses.len()
+        ));
+    }
+    Ok(out)
 }
 
 /// One rating as the judge wrote it.
@@ -163,6 +193,7 @@ fn parse_text(reply: &str) -> Judgement {
     let mut aspect: Option<&str> = None;
     let mut response: Option<usize> = None;
     let mut open: Option<(String, usize)> = None;
+    let mut in_rationale = false;
     for raw in reply.lines() {
         let line = plain(raw);
         if line.is_empty() {
@@ -172,14 +203,17 @@ fn parse_text(reply: &str) -> Judgement {
             aspect = Some(a);
             response = None;
             open = None;
+            in_rationale = false;
             continue;
         }
         if let Some(n) = response_heading(&line) {
             response = Some(n);
             open = None;
+            in_rationale = false;
             continue;
         }
         if let Some(value) = field(&line, "rating") {
+            in_rationale = false;
             if let (Some(a), Some(n)) = (aspect, response) {
                 let key = (a.to_string(), n);
                 // The first rating given for a response counts.
@@ -191,14 +225,17 @@ fn parse_text(reply: &str) -> Judgement {
         if let Some(value) = field(&line, "rationale") {
             if let Some(judged) = open.as_ref().and_then(|k| out.get_mut(k)) {
                 judged.rationale = value.to_string();
+                in_rationale = true;
             }
             continue;
         }
-        // A rationale running over several lines.
+        // A rationale running over several lines, or starting on the line after its label.
         if let Some(judged) = open.as_ref().and_then(|k| out.get_mut(k))
-            && !judged.rationale.is_empty()
+            && in_rationale
         {
-            judged.rationale.push(' ');
+            if !judged.rationale.is_empty() {
+                judged.rationale.push(' ');
+            }
             judged.rationale.push_str(&line);
         }
     }
@@ -286,6 +323,12 @@ Rationale: Invents a cat.
         let reply =
             "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\nRationale: First line.\nSecond line.\n";
         assert_eq!(parse_reply(reply)[&(H.to_string(), 1)].rationale, "First line. Second line.");
+    }
+
+    #[test]
+    fn a_rationale_may_start_on_the_next_line() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\nRationale:\nIt answers.\n";
+        assert_eq!(parse_reply(reply)[&(H.to_string(), 1)].rationale, "It answers.");
     }
 
     #[test]
@@ -412,7 +455,14 @@ Rationale: Invents a cat.
         assert_eq!(render(jinja, PlaceholderStyle::Jinja, "Why?", &["A", "B"]).unwrap(), "Q: Why?\n[1] A\n[2] B\n");
         let original = "Q: [[instruction_placeholder]]\n1: [[text_1_placeholder]]\n2: [[text_2_placeholder]]";
         assert_eq!(render(original, PlaceholderStyle::Vlfeedback, "Why?", &["A", "B"]).unwrap(), "Q: Why?\n1: A\n2: B");
-        assert!(render(original, PlaceholderStyle::Vlfeedback, "Why?", &["A"]).is_err());
+        // Fewer responses than placeholders: the rest are empty. More: an error.
+        assert_eq!(render(original, PlaceholderStyle::Vlfeedback, "Why?", &["A"]).unwrap(), "Q: Why?\n1: A\n2: ");
+        assert!(render(original, PlaceholderStyle::Vlfeedback, "Why?", &["A", "B", "C"]).is_err());
+        // A response quoting a placeholder is not filled in again.
+        assert_eq!(
+            render(original, PlaceholderStyle::Vlfeedback, "Why?", &["see [[text_2_placeholder]]", "B"]).unwrap(),
+            "Q: Why?\n1: see [[text_2_placeholder]]\n2: B"
+        );
         assert!(render("{{ nonsense }}", PlaceholderStyle::Jinja, "Why?", &["A"]).is_err());
     }
 }

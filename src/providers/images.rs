@@ -1,14 +1,25 @@
 //! Images as OpenAI-style data URLs: read from the store, shrunk to `max_side`, encoded
 //! once per image however many calls send it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine;
 
-type Cache = HashMap<(String, Option<u32>), Arc<str>>;
+type Key = (String, Option<u32>);
+type Slot = Arc<OnceLock<Result<Arc<str>, String>>>;
+
+/// Encoded images kept at once: the calls for one instruction come together, so a few
+/// hundred cover them, and memory stays flat however many images a data set has.
+const KEEP: usize = 512;
+
+#[derive(Default)]
+struct Cache {
+    slots: HashMap<Key, Slot>,
+    order: VecDeque<Key>,
+}
 
 pub struct ImageUrls {
     blob_path: Box<dyn Fn(&str) -> PathBuf + Send + Sync>,
@@ -17,31 +28,52 @@ pub struct ImageUrls {
 
 impl ImageUrls {
     pub fn new(blob_path: impl Fn(&str) -> PathBuf + Send + Sync + 'static) -> ImageUrls {
-        ImageUrls { blob_path: Box::new(blob_path), cache: Mutex::new(HashMap::new()) }
+        ImageUrls { blob_path: Box::new(blob_path), cache: Mutex::new(Cache::default()) }
     }
 
     /// `data:image/…;base64,…` for a stored image, no larger than `max_side` pixels.
+    /// Concurrent callers for one image wait for a single encoding.
     pub fn data_url(&self, digest: &str, max_side: Option<u32>) -> Result<Arc<str>, String> {
-        let key = (digest.to_string(), max_side);
-        if let Some(url) = self.cache.lock().expect("image cache lock").get(&key) {
-            return Ok(url.clone());
-        }
+        let slot = {
+            let mut cache = self.cache.lock().expect("image cache lock");
+            let key = (digest.to_string(), max_side);
+            match cache.slots.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Slot::default();
+                    cache.slots.insert(key.clone(), slot.clone());
+                    cache.order.push_back(key);
+                    while cache.order.len() > KEEP {
+                        if let Some(old) = cache.order.pop_front() {
+                            cache.slots.remove(&old);
+                        }
+                    }
+                    slot
+                }
+            }
+        };
+        slot.get_or_init(|| self.encode(digest, max_side)).clone()
+    }
+
+    /// The same, off the async workers: decoding and resizing take a while.
+    pub async fn data_url_async(self: &Arc<Self>, digest: &str, max_side: Option<u32>) -> Result<Arc<str>, String> {
+        let (this, digest) = (self.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || this.data_url(&digest, max_side))
+            .await
+            .map_err(|e| format!("image encoding stopped: {e}"))?
+    }
+
+    fn encode(&self, digest: &str, max_side: Option<u32>) -> Result<Arc<str>, String> {
         let bytes = std::fs::read((self.blob_path)(digest)).map_err(|e| format!("image {digest}: {e}"))?;
         let (bytes, mime) = fit(bytes, max_side).map_err(|e| format!("image {digest}: {e}"))?;
-        let url: Arc<str> =
-            format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)).into();
-        self.cache.lock().expect("image cache lock").insert(key, url.clone());
-        Ok(url)
+        Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)).into())
     }
 }
 
 /// The bytes to send: as stored when small enough, else scaled down and re-encoded.
 fn fit(bytes: Vec<u8>, max_side: Option<u32>) -> Result<(Vec<u8>, &'static str), image::ImageError> {
     let format = image::guess_format(&bytes)?;
-    let mime = match format {
-        image::ImageFormat::Png => "image/png",
-        _ => "image/jpeg",
-    };
+    let mime = format.to_mime_type();
     let Some(max_side) = max_side else { return Ok((bytes, mime)) };
     let img = image::load_from_memory_with_format(&bytes, format)?;
     if img.width().max(img.height()) <= max_side {

@@ -14,6 +14,8 @@ pub struct OpenAi {
     client: reqwest::Client,
     url: String,
     model: String,
+    /// The model entry's own `params` (part of its identity): sent with every request.
+    params: serde_json::Map<String, Value>,
     api_key: Option<String>,
     images: Arc<ImageUrls>,
 }
@@ -36,10 +38,11 @@ impl OpenAi {
             .pool_max_idle_per_host(1024)
             .build()
             .map_err(|e| format!("model `{name}`: cannot build an HTTP client: {e}"))?;
-        Ok(OpenAi { client, url: format!("{}/chat/completions", base.trim_end_matches('/')), model, api_key, images })
+        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        Ok(OpenAi { client, url, model, params: def.params.clone(), api_key, images })
     }
 
-    fn body(&self, request: &ChatRequest) -> Result<Value, CallError> {
+    async fn body(&self, request: &ChatRequest) -> Result<Value, CallError> {
         let mut messages = Vec::with_capacity(request.messages.len());
         for message in &request.messages {
             let mut content = Vec::with_capacity(message.content.len());
@@ -47,7 +50,11 @@ impl OpenAi {
                 content.push(match part {
                     Part::Text { text } => json!({"type": "text", "text": text}),
                     Part::Image { digest } => {
-                        let url = self.images.data_url(digest, request.image_max_side).map_err(CallError::Fatal)?;
+                        let url = self
+                            .images
+                            .data_url_async(digest, request.image_max_side)
+                            .await
+                            .map_err(CallError::Fatal)?;
                         json!({"type": "image_url", "image_url": {"url": &*url}})
                     }
                 });
@@ -55,14 +62,24 @@ impl OpenAi {
             messages.push(json!({"role": message.role, "content": content}));
         }
         let mut body = json!({"model": self.model, "messages": messages, "n": 1});
-        for (k, v) in &request.params {
+        // The model's own params first; the request's (the stage's decoding params) win.
+        for (k, v) in self.params.iter().chain(&request.params) {
             body[k] = v.clone();
         }
         Ok(body)
     }
 
+    /// A server's words with the API key taken out, should it echo it.
+    fn redact(&self, text: &str) -> String {
+        let short: String = text.chars().take(300).collect();
+        match &self.api_key {
+            Some(key) if !key.is_empty() => short.replace(key.as_str(), "[api key]"),
+            _ => short,
+        }
+    }
+
     async fn call(&self, request: &ChatRequest, timeout: Duration) -> Result<CallResult, CallError> {
-        let body = self.body(request)?;
+        let body = self.body(request).await?;
         let start = Instant::now();
         let mut post = self.client.post(&self.url).json(&body).timeout(timeout);
         if let Some(key) = &self.api_key {
@@ -74,35 +91,33 @@ impl OpenAi {
         let retry_after = retry_after(response.headers());
         let text = response.text().await.map_err(|e| transient(format!("reading the reply: {}", describe(&e))))?;
         let latency_ms = start.elapsed().as_millis() as u64;
-        let short = |t: &str| t.chars().take(300).collect::<String>();
+        let detail = format!("HTTP {status}: {}", self.redact(&text));
         match status.as_u16() {
-            200..=299 => parse_reply(&text, latency_ms).map_err(transient),
-            408 | 409 | 429 | 500..=599 => {
-                Err(CallError::Transient { detail: format!("HTTP {status}: {}", short(&text)), retry_after })
-            }
-            401 | 403 => Err(CallError::Fatal(format!(
-                "{} refused the credentials (HTTP {status}); check the API key variable",
-                self.url
-            ))),
-            404 => Err(CallError::Fatal(format!(
-                "{} has no model `{}` or no such route (HTTP 404): {}",
-                self.url,
-                self.model,
-                short(&text)
-            ))),
-            _ => {
+            200..=299 => parse_reply(&text, latency_ms).map_err(|e| transient(self.redact(&e))),
+            408 | 409 | 429 | 500..=599 => Err(CallError::Transient { detail, retry_after }),
+            // The request itself is at fault: remembered, so it is not paid for again.
+            400 | 422 if !mentions_credentials(&text) => {
                 let refused = ["content_policy", "content_filter", "safety"].iter().any(|w| text.contains(w));
-                let status_kind = if refused { CallStatus::Refused } else { CallStatus::Rejected };
+                let kind = if refused { CallStatus::Refused } else { CallStatus::Rejected };
                 Ok(CallResult {
-                    status: status_kind,
+                    status: kind,
                     text: None,
                     finish_reason: None,
                     tokens_in: None,
                     tokens_out: None,
                     latency_ms,
-                    detail: Some(format!("HTTP {status}: {}", short(&text))),
+                    detail: Some(detail),
                 })
             }
+            404 => {
+                Err(CallError::Fatal(format!("{} has no model `{}` or no such route: {detail}", self.url, self.model)))
+            }
+            // Credentials, payment, proxies, redirects: the setup is wrong, and once it is fixed
+            // no remembered failure may stand in the way.
+            _ => Err(CallError::Fatal(format!(
+                "{} refused the request ({detail}); check the URL and the API key variable",
+                self.url
+            ))),
         }
     }
 }
@@ -111,6 +126,12 @@ impl Provider for OpenAi {
     fn send<'a>(&'a self, request: &'a ChatRequest, timeout: Duration) -> CallFuture<'a> {
         Box::pin(self.call(request, timeout))
     }
+}
+
+/// Whether an error body is about the API key (some servers say so with a 400).
+fn mentions_credentials(text: &str) -> bool {
+    let lowered = text.to_lowercase();
+    ["api key", "api_key", "apikey", "unauthorized", "authentication", "credential"].iter().any(|w| lowered.contains(w))
 }
 
 /// A reqwest error in words, without the URL's query (which can carry keys for some APIs).

@@ -140,7 +140,9 @@ impl Annotate {
         if self.params.response_format == ResponseFormat::Json {
             params.insert("response_format".into(), self.json_schema(texts.len()));
         }
-        Ok(ChatRequest { messages, params, image_max_side: self.params.max_image_side })
+        // Only a request with an image depends on how images are scaled.
+        let image_max_side = image.and(self.params.max_image_side);
+        Ok(ChatRequest { messages, params, image_max_side })
     }
 
     /// Structured output: exactly one rating per text for every aspect.
@@ -276,6 +278,26 @@ impl Stage for Annotate {
     }
 }
 
+/// Adds a re-ask's ratings to what earlier replies gave: a rating once found is kept (a
+/// re-ask that leaves it out, or is refused, does not lose it).
+fn merge(earlier: Option<Verdict>, judgement: Judgement, call_key: &str, status: CallStatus) -> Verdict {
+    match earlier {
+        None => Verdict { judgement, call_key: call_key.to_string(), status },
+        Some(mut verdict) => {
+            let found_before = !verdict.judgement.is_empty();
+            for (key, judged) in judgement {
+                verdict.judgement.entry(key).or_insert(judged);
+            }
+            verdict.call_key = call_key.to_string();
+            // What was rated stays rated; a refusal only counts when nothing was.
+            if !found_before {
+                verdict.status = status;
+            }
+            verdict
+        }
+    }
+}
+
 /// One row of the ratings table, before it is a table.
 struct RatingRow<'a> {
     /// Row of the responses table.
@@ -323,9 +345,9 @@ impl Annotate {
             for (spec, &i) in specs.iter().zip(&pending) {
                 let result = &results[&spec.key];
                 let reply = result.text.clone().unwrap_or_default();
-                let judgement = judge::parse_reply(&reply);
-                let missing = judge::missing(&judgement, &self.params.aspects, cases[i].shown.len());
-                verdicts[i] = Some(Verdict { judgement, call_key: spec.key.clone(), status: result.status });
+                let verdict = merge(verdicts[i].take(), judge::parse_reply(&reply), &spec.key, result.status);
+                let missing = judge::missing(&verdict.judgement, &self.params.aspects, cases[i].shown.len());
+                verdicts[i] = Some(verdict);
                 if result.status == CallStatus::Ok && !missing.is_empty() && round < self.params.max_reasks {
                     requests[i] = Self::reask(&requests[i], &reply, &missing);
                     next.push(i);
@@ -361,6 +383,9 @@ impl Annotate {
                     };
                     if status != "ok" {
                         report.note(&format!("{status}_rating"), 1);
+                    }
+                    if judged.and_then(|j| parse_rating(&j.rating)).is_some_and(|v| !(1.0..=5.0).contains(&v)) {
+                        report.note("out_of_range_rating", 1);
                     }
                     rows.push(RatingRow {
                         response,

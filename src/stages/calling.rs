@@ -23,15 +23,16 @@ pub fn call_models<'m>(
     let models: Vec<(&str, &ModelDef)> = models.into_iter().collect();
     let store = ctx.store.clone();
     let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
-    let mut endpoints = calls::Endpoints::new();
-    if !ctx.offline {
+    // Built only if some call must be sent: a run answered from the memo needs no API key.
+    let make_endpoints = || -> Result<calls::Endpoints, String> {
+        let mut endpoints = calls::Endpoints::new();
         for &(name, def) in &models {
             if !endpoints.contains_key(name) {
-                let endpoint = providers::endpoint(name, def, images.clone()).map_err(StageError::Failed)?;
-                endpoints.insert(name.to_string(), endpoint);
+                endpoints.insert(name.to_string(), providers::endpoint(name, def, images.clone())?);
             }
         }
-    }
+        Ok(endpoints)
+    };
     let memo = Memo::open(&ctx.store.root().join("calls.sqlite")).map_err(|e| StageError::Failed(e.to_string()))?;
     let bar = ctx.bars.as_ref().map(|bars| {
         let bar = bars.add(ProgressBar::new(specs.len() as u64));
@@ -53,7 +54,7 @@ pub fn call_models<'m>(
         }
         None => {}
     };
-    let outcome = calls::run_calls(specs, &endpoints, &memo, ctx.offline, &progress);
+    let outcome = calls::run_calls(specs, &make_endpoints, &memo, ctx.offline, &progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -85,7 +85,10 @@ struct Member {
     model: String,
     def: ModelDef,
     identity: ModelIdentity,
+    /// Decoding params sent with its calls (the stage's, overridden by the entry's).
     params: BTreeMap<String, Value>,
+    /// The entry's own overrides, which tell two entries of one model apart when drawing.
+    overrides: Value,
 }
 
 struct Sample {
@@ -132,7 +135,11 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
             return Err(Issue::new(format!("params.pool[{i}]"), format!("`{label}` is in the pool twice")));
         }
         let identity = providers::identity(&name, def);
-        pool.push(Member { label, model: name, def: def.clone(), identity, params: decoding });
+        let overrides = overrides.map_or(
+            Value::Null,
+            |o| json!({"temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens}),
+        );
+        pool.push(Member { label, model: name, def: def.clone(), identity, params: decoding, overrides });
     }
     Ok(Box::new(Sample { params, pool }))
 }
@@ -144,7 +151,9 @@ impl Sample {
             .pool
             .iter()
             .map(|m| {
-                let identity = json!({"identity": m.identity, "params": m.params});
+                // Identity and the entry's own overrides only: changing the stage's decoding
+                // params must not change which models answer an instruction.
+                let identity = json!({"identity": m.identity, "overrides": m.overrides});
                 let mut h = blake3::Hasher::new();
                 h.update(&self.params.seed.to_le_bytes());
                 h.update(instruction.as_bytes());
@@ -168,7 +177,8 @@ impl Sample {
         }
         content.push(Part::Text { text: prompt.to_string() });
         messages.push(Message { role: "user".into(), content });
-        ChatRequest { messages, params: member.params.clone(), image_max_side: self.params.max_image_side }
+        // Only a request with an image depends on how images are scaled.
+        ChatRequest { messages, params: member.params.clone(), image_max_side: image.and(self.params.max_image_side) }
     }
 }
 

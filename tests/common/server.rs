@@ -19,6 +19,10 @@ pub enum Fault {
     MalformedJson,
     Slow(Duration),
     DropConnection,
+    /// 429 with `Retry-After: N` seconds.
+    RetryAfter(u64),
+    /// Any status with this body.
+    Status(u16, &'static str),
 }
 
 pub struct Server {
@@ -120,14 +124,16 @@ fn serve(
         };
         let (status, extra, reply) = match plan(n) {
             Fault::DropConnection => return,
-            Fault::TooManyRequests => (429, "Retry-After: 0\r\n", "{\"error\": \"slow down\"}".to_string()),
-            Fault::ServerError => (500, "", "{\"error\": \"boom\"}".to_string()),
-            Fault::MalformedJson => (200, "", "{\"choices\": [".to_string()),
+            Fault::TooManyRequests => (429, "Retry-After: 0\r\n".to_string(), "{\"error\": \"slow down\"}".to_string()),
+            Fault::RetryAfter(secs) => (429, format!("Retry-After: {secs}\r\n"), "{\"error\": \"wait\"}".to_string()),
+            Fault::Status(code, body) => (code, String::new(), body.to_string()),
+            Fault::ServerError => (500, String::new(), "{\"error\": \"boom\"}".to_string()),
+            Fault::MalformedJson => (200, String::new(), "{\"choices\": [".to_string()),
             Fault::Slow(d) => {
                 std::thread::sleep(d);
-                (200, "", ok_reply())
+                (200, String::new(), ok_reply())
             }
-            Fault::None => (200, "", ok_reply()),
+            Fault::None => (200, String::new(), ok_reply()),
         };
         let head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
