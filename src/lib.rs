@@ -10,3 +10,4 @@ pub mod providers;
 pub mod stages;
 pub mod store;
 pub mod table;
+pub mod train;
