@@ -3,6 +3,7 @@
 
 pub mod logps;
 pub mod losses;
+pub mod schedule;
 
 #[cfg(test)]
 mod tests;

@@ -104,12 +104,8 @@ fn swapping_chosen_and_rejected_at_half_smoothing_changes_nothing() {
 fn completion_logps_match_trl() {
     let v = vectors();
     let l = &v["logps_from_logits"];
-    let logits: Vec<f64> = l["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|b| b.as_array().unwrap().iter().flat_map(floats))
-        .collect();
+    let logits: Vec<f64> =
+        l["logits"].as_array().unwrap().iter().flat_map(|b| b.as_array().unwrap().iter().flat_map(floats)).collect();
     let [b, s, vocab] = [2usize, 5, 7];
     let device = Device::flex();
     for case in ["case_a", "case_b_ragged_prompt"] {
