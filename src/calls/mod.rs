@@ -29,6 +29,22 @@ pub struct Message {
     pub content: Vec<Part>,
 }
 
+/// The opening of a conversation: an optional system message, then the user's turn with
+/// the image (if any) before the text.
+pub fn opening(system: Option<&str>, image: Option<&str>, text: String) -> Vec<Message> {
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(Message { role: "system".into(), content: vec![Part::Text { text: system.to_string() }] });
+    }
+    let mut content = Vec::new();
+    if let Some(digest) = image {
+        content.push(Part::Image { digest: digest.to_string() });
+    }
+    content.push(Part::Text { text });
+    messages.push(Message { role: "user".into(), content });
+    messages
+}
+
 /// A fully rendered chat request: messages byte-exact, every sampling parameter filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {

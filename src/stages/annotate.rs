@@ -123,16 +123,7 @@ impl Annotate {
                 self.params.aspects.join(", ")
             ));
         }
-        let mut messages = Vec::new();
-        if let Some(system) = &self.params.system {
-            messages.push(Message { role: "system".into(), content: vec![Part::Text { text: system.clone() }] });
-        }
-        let mut content = Vec::new();
-        if let Some(digest) = image {
-            content.push(Part::Image { digest: digest.to_string() });
-        }
-        content.push(Part::Text { text });
-        messages.push(Message { role: "user".into(), content });
+        let messages = calls::opening(self.params.system.as_deref(), image, text);
         let mut params = BTreeMap::from([
             ("temperature".to_string(), json!(self.params.temperature)),
             ("max_tokens".to_string(), json!(self.params.max_tokens)),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
-use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Message, ModelIdentity, Part};
+use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{f64_col, frame, i64_col, optional_strings, str_col, strings};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
@@ -167,16 +167,7 @@ impl Sample {
     }
 
     fn request(&self, member: &Member, prompt: &str, image: Option<&str>) -> ChatRequest {
-        let mut messages = Vec::new();
-        if let Some(system) = &self.params.system {
-            messages.push(Message { role: "system".into(), content: vec![Part::Text { text: system.clone() }] });
-        }
-        let mut content = Vec::new();
-        if let Some(digest) = image {
-            content.push(Part::Image { digest: digest.to_string() });
-        }
-        content.push(Part::Text { text: prompt.to_string() });
-        messages.push(Message { role: "user".into(), content });
+        let messages = calls::opening(self.params.system.as_deref(), image, prompt.to_string());
         // Only a request with an image depends on how images are scaled.
         ChatRequest { messages, params: member.params.clone(), image_max_side: image.and(self.params.max_image_side) }
     }
