@@ -108,19 +108,13 @@ fn generate() -> Data {
     Data { instructions, responses, ratings, jsonl }
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+mod support;
+use support::peak_rss_mb;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
