@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod logps;
 pub mod losses;
+pub mod optim;
 pub mod schedule;
 
 #[cfg(test)]
