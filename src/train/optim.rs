@@ -50,7 +50,7 @@ impl AdamW {
 mod tests {
     use super::*;
     use burn::nn::LinearConfig;
-    use burn::optim::{GradientsParams, Optimizer};
+    use burn::optim::GradientsParams;
     use burn::tensor::{Device, Tensor, TensorData};
 
     #[test]
