@@ -5,6 +5,7 @@ pub mod calls;
 pub mod data;
 pub mod dsl;
 pub mod exec;
+pub mod model;
 pub mod plan;
 pub mod providers;
 pub mod stages;

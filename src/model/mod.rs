@@ -1,0 +1,5 @@
+//! Models behind one policy interface (DESIGN §6): the built-in tiny VLM now, real
+//! architectures later.
+
+pub mod tiny;
+pub mod tokenizer;

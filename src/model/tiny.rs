@@ -1,0 +1,172 @@
+//! The built-in tiny vision-language model: image patches, linearly embedded, followed by
+//! the text tokens in one causal transformer. A few million parameters at most; sizes are
+//! config. What CPU tests and the embedded default train.
+
+use burn::module::Module;
+use burn::nn::attention::generate_autoregressive_mask;
+use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::tokenizer::VOCAB;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TinyConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub d_ff: usize,
+    /// Longest text (prompt + completion) in tokens.
+    pub max_tokens: usize,
+}
+
+impl Default for TinyConfig {
+    fn default() -> Self {
+        TinyConfig { image_size: 32, patch_size: 8, d_model: 64, layers: 2, heads: 4, d_ff: 128, max_tokens: 128 }
+    }
+}
+
+impl TinyConfig {
+    pub fn patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    pub fn init(&self, device: &Device) -> TinyVlm {
+        let patch_dim = 3 * self.patch_size * self.patch_size;
+        TinyVlm {
+            patch: LinearConfig::new(patch_dim, self.d_model).init(device),
+            tokens: EmbeddingConfig::new(VOCAB, self.d_model).init(device),
+            positions: EmbeddingConfig::new(self.patches() + self.max_tokens, self.d_model).init(device),
+            blocks: TransformerEncoderConfig::new(self.d_model, self.d_ff, self.heads, self.layers)
+                .with_dropout(0.0)
+                .with_norm_first(true)
+                .init(device),
+            norm: LayerNormConfig::new(self.d_model).init(device),
+            head: LinearConfig::new(self.d_model, VOCAB).init(device),
+            patch_size: self.patch_size,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct TinyVlm {
+    patch: Linear,
+    tokens: Embedding,
+    positions: Embedding,
+    blocks: TransformerEncoder,
+    norm: LayerNorm,
+    head: Linear,
+    patch_size: usize,
+}
+
+impl TinyVlm {
+    /// Logits over the vocabulary for every text position: `images` [batch, 3, H, W] in
+    /// [0, 1], `tokens` [batch, text]. The image patches come first in the sequence; the
+    /// returned logits cover the text positions only ([batch, text, vocab]).
+    pub fn forward(&self, images: Tensor<4>, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, channels, height, width] = images.dims();
+        let p = self.patch_size;
+        let (rows, cols) = (height / p, width / p);
+        let patches = images.reshape([batch, channels, rows, p, cols, p]).permute([0, 2, 4, 1, 3, 5]).reshape([
+            batch,
+            rows * cols,
+            channels * p * p,
+        ]);
+        let image = self.patch.forward(patches);
+        let text = self.tokens.forward(tokens);
+        let [_, n_text, _] = text.dims();
+        let n_image = rows * cols;
+        let sequence = Tensor::cat(vec![image, text], 1);
+        let device = sequence.device();
+        let positions = Tensor::<1, Int>::arange(0..(n_image + n_text) as i64, &device)
+            .reshape([1, n_image + n_text])
+            .repeat_dim(0, batch);
+        let hidden = sequence + self.positions.forward(positions);
+        let mask = generate_autoregressive_mask(batch, n_image + n_text, &device);
+        let hidden = self.blocks.forward(TransformerEncoderInput::new(hidden).mask_attn(mask));
+        let [_, _, d] = hidden.dims();
+        let text_hidden = hidden.slice([0..batch, n_image..n_image + n_text, 0..d]);
+        self.head.forward(self.norm.forward(text_hidden))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tokenizer::{BOS, ByteTokenizer, EOS};
+    use crate::train::logps::completion_logps;
+    use crate::train::losses::{LossConfig, LossType, dpo_loss};
+    use crate::train::optim::AdamW;
+    use burn::optim::{GradientsParams, Optimizer};
+    use burn::tensor::{Bool, TensorData};
+
+    /// Prompt + completion as one padded token row, with the completion mask.
+    fn row(prompt: &str, completion: &str, len: usize) -> (Vec<i64>, Vec<bool>) {
+        let t = ByteTokenizer;
+        let mut tokens: Vec<i64> = std::iter::once(BOS).chain(t.encode(prompt)).map(i64::from).collect();
+        let start = tokens.len();
+        tokens.extend(t.encode(completion).into_iter().chain([EOS]).map(i64::from));
+        let mut mask = vec![false; start];
+        mask.resize(tokens.len(), true);
+        tokens.resize(len, i64::from(crate::model::tokenizer::PAD));
+        mask.resize(len, false);
+        (tokens, mask)
+    }
+
+    fn batch(rows: &[(Vec<i64>, Vec<bool>)], device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+        let len = rows[0].0.len();
+        let tokens: Vec<i64> = rows.iter().flat_map(|r| r.0.clone()).collect();
+        let mask: Vec<bool> = rows.iter().flat_map(|r| r.1.clone()).collect();
+        (
+            Tensor::from_data(TensorData::new(tokens, [rows.len(), len]), device),
+            Tensor::from_data(TensorData::new(mask, [rows.len(), len]), device),
+        )
+    }
+
+    #[test]
+    fn logits_cover_the_text_positions() {
+        let device = Device::flex();
+        let config = TinyConfig::default();
+        let model = config.init(&device);
+        let images = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+        let (tokens, _) = batch(&[row("Is it red?", "Yes.", 24), row("How many?", "Two.", 24)], &device);
+        assert_eq!(model.forward(images, tokens).dims(), [2, 24, VOCAB]);
+    }
+
+    #[test]
+    fn dpo_through_the_model_starts_at_ln_2_and_learns_the_preference() {
+        let device = Device::flex().autodiff();
+        let model = TinyConfig::default().init(&device);
+        let images = Tensor::<4>::ones([2, 3, 32, 32], &device).mul_scalar(0.5);
+        let (chosen, chosen_mask) = batch(&[row("Colour?", "Red.", 20), row("Count?", "Two.", 20)], &device);
+        let (rejected, rejected_mask) = batch(&[row("Colour?", "Blue.", 20), row("Count?", "Nine.", 20)], &device);
+        let logps = |model: &TinyVlm, tokens: &Tensor<2, Int>, mask: &Tensor<2, Bool>| {
+            completion_logps(model.forward(images.clone(), tokens.clone()), tokens.clone(), mask.clone()).0
+        };
+        let ref_chosen = logps(&model, &chosen, &chosen_mask).detach();
+        let ref_rejected = logps(&model, &rejected, &rejected_mask).detach();
+        let cfg = LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 };
+        let mut optimizer = AdamW::default().config().init();
+        let mut model = model;
+        let mut losses = Vec::new();
+        for _ in 0..8 {
+            let out = dpo_loss(
+                logps(&model, &chosen, &chosen_mask),
+                logps(&model, &rejected, &rejected_mask),
+                ref_chosen.clone(),
+                ref_rejected.clone(),
+                &cfg,
+            );
+            let loss = out.losses.mean();
+            losses.push(loss.clone().into_scalar::<f32>() as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(1e-3, model, grads);
+        }
+        assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "step 0: {}", losses[0]);
+        assert!(losses[7] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
+    }
+}
