@@ -101,7 +101,7 @@ mod tests {
     use crate::train::logps::completion_logps;
     use crate::train::losses::{LossConfig, LossType, dpo_loss};
     use crate::train::optim::AdamW;
-    use burn::optim::{GradientsParams, Optimizer};
+    use burn::optim::GradientsParams;
     use burn::tensor::{Bool, TensorData};
 
     /// Prompt + completion as one padded token row, with the completion mask.
