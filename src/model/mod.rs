@@ -1,5 +1,6 @@
 //! Models behind one policy interface (DESIGN §6): the built-in tiny VLM now, real
 //! architectures later.
 
+pub mod checkpoint;
 pub mod tiny;
 pub mod tokenizer;

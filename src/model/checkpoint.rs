@@ -1,0 +1,65 @@
+//! Checkpoints of the tiny model: a directory with `config.json` (sizes and tokenizer) and
+//! `model.safetensors` (weights, through burn-store) — the `checkpoint` output of training
+//! stages, stored in the blob store like any directory.
+
+use std::path::Path;
+
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+
+use super::tiny::{TinyConfig, TinyVlm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{path}: not a checkpoint of the tiny model: {message}")]
+    Format { path: String, message: String },
+}
+
+/// Writes `model` and its config into `dir` (created if missing).
+pub fn save(model: &TinyVlm, config: &TinyConfig, dir: &Path) -> Result<(), CheckpointError> {
+    let io =
+        |e: &dyn std::fmt::Display| CheckpointError::Io { path: dir.display().to_string(), message: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+    let json = serde_json::to_vec_pretty(config).map_err(|e| io(&e))?;
+    std::fs::write(dir.join("config.json"), json).map_err(|e| io(&e))?;
+    let mut store = SafetensorsStore::from_file(dir.join("model.safetensors"));
+    model.save_into(&mut store).map_err(|e| io(&e))
+}
+
+/// Reads a checkpoint written by [`save`] onto `device`.
+pub fn load(dir: &Path, device: &Device) -> Result<(TinyVlm, TinyConfig), CheckpointError> {
+    let format =
+        |e: &dyn std::fmt::Display| CheckpointError::Format { path: dir.display().to_string(), message: e.to_string() };
+    let bytes = std::fs::read(dir.join("config.json")).map_err(|e| format(&e))?;
+    let config: TinyConfig = serde_json::from_slice(&bytes).map_err(|e| format(&e))?;
+    let mut model = config.init(device);
+    let mut store = SafetensorsStore::from_file(dir.join("model.safetensors"));
+    model.load_from(&mut store).map_err(|e| format(&e))?;
+    Ok((model, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Int, Tensor};
+
+    #[test]
+    fn a_saved_model_loads_with_identical_outputs() {
+        let device = Device::flex();
+        let config = TinyConfig::default();
+        let model = config.init(&device);
+        let dir = tempfile::tempdir().unwrap();
+        save(&model, &config, dir.path()).unwrap();
+        let (loaded, loaded_config) = load(dir.path(), &device).unwrap();
+        assert_eq!(loaded_config, config);
+        let images = Tensor::<4>::ones([1, 3, 32, 32], &device);
+        let tokens = Tensor::<2, Int>::from_data([[256i64, 72, 105]], &device);
+        let a: Vec<f32> = model.forward(images.clone(), tokens.clone()).into_data().try_to_vec().unwrap();
+        let b: Vec<f32> = loaded.forward(images, tokens).into_data().try_to_vec().unwrap();
+        assert_eq!(a, b);
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        assert!(matches!(load(dir.path(), &device), Err(CheckpointError::Format { .. })));
+    }
+}
