@@ -295,6 +295,7 @@ fn compute(
         inputs,
         offline: env.offline,
         bars: env.bars.clone(),
+        runtime: &inst.runtime,
     };
     let label = Label {
         pipeline: env.pipeline.to_string(),

@@ -24,8 +24,33 @@ pub fn save(model: &TinyVlm, config: &TinyConfig, dir: &Path) -> Result<(), Chec
     std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
     let json = serde_json::to_vec_pretty(config).map_err(|e| io(&e))?;
     std::fs::write(dir.join("config.json"), json).map_err(|e| io(&e))?;
-    let mut store = SafetensorsStore::from_file(dir.join("model.safetensors"));
-    model.save_into(&mut store).map_err(|e| io(&e))
+    let weights = dir.join("model.safetensors");
+    let mut store = SafetensorsStore::from_file(&weights);
+    model.save_into(&mut store).map_err(|e| io(&e))?;
+    canonical_header(&weights).map_err(|e| io(&e))
+}
+
+/// Rewrites a safetensors header with sorted keys. Burn writes its metadata from a hash map,
+/// so the same weights would otherwise give different bytes — and different digests — on
+/// every save, which would defeat the store's early cut-off.
+fn canonical_header(path: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let len =
+        u64::from_le_bytes(bytes.get(..8).ok_or_else(|| bad("no header"))?.try_into().map_err(|_| bad("no header"))?)
+            as usize;
+    let header = bytes.get(8..8 + len).ok_or_else(|| bad("header past the end"))?;
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    // serde_json maps are sorted; tensor offsets are relative to the data, so they stand.
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| bad(&e.to_string()))?;
+    while sorted.len() % 8 != 0 {
+        sorted.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + len..]);
+    std::fs::write(path, out)
 }
 
 /// Reads a checkpoint written by [`save`] onto `device`.

@@ -6,6 +6,7 @@ mod aggregate;
 mod annotate;
 mod calling;
 mod command;
+mod dpo;
 mod export;
 mod load;
 mod pair;
@@ -44,7 +45,7 @@ pub struct Config<'a> {
 }
 
 pub static KINDS: &[Kind] =
-    &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND, sample::KIND, annotate::KIND];
+    &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND, sample::KIND, annotate::KIND, dpo::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -114,6 +115,8 @@ pub struct RunContext<'a> {
     pub offline: bool,
     /// On a terminal: where a stage may add a progress bar of its own.
     pub bars: Option<indicatif::MultiProgress>,
+    /// The stage's `runtime:` settings (device, threads, …), never part of its key.
+    pub runtime: &'a crate::dsl::Runtime,
 }
 
 impl RunContext<'_> {

@@ -2,6 +2,7 @@
 //! Everything here is Burn tensor code, the same on flex (CPU) and LibTorch devices.
 
 pub mod clip;
+pub mod dpo;
 pub mod logps;
 pub mod losses;
 pub mod optim;
