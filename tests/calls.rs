@@ -36,6 +36,20 @@ fn responses(ws: &Workspace) -> Vec<Value> {
     out.json().as_array().unwrap().clone()
 }
 
+/// Starts `silkie run` and kills it (SIGKILL) once `n` more calls have completed at the
+/// server, while others are in flight.
+fn kill_after_completions(ws: &Workspace, server: &Server, n: usize) {
+    let before = server.completed.lock().unwrap().len();
+    let mut child =
+        ws.command(&["run"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while server.completed.lock().unwrap().len() < before + n && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// The (model, user text) of a request, for counting calls.
 fn call_of(body: &Value) -> String {
     format!("{} {}", body["model"], server::answer(body))
@@ -161,20 +175,7 @@ fn killed_runs_resend_at_most_the_calls_in_flight() {
     let kills = 5;
     let mut progress = Vec::new();
     for _ in 0..kills {
-        let before = server.completed.lock().unwrap().len();
-        let mut child = ws
-            .command(&["run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Kill once some calls of this run have completed, while others are in flight.
-        let start = std::time::Instant::now();
-        while server.completed.lock().unwrap().len() < before + 10 && start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_after_completions(&ws, &server, 10);
         progress.push(server.completed.lock().unwrap().len());
     }
     let before_final = server.request_count();
@@ -314,19 +315,7 @@ fn killing_the_judge_stage_resends_at_most_the_calls_in_flight() {
     ws.run(&["responses"]);
     let kills = 4;
     for _ in 0..kills {
-        let before = judge.completed.lock().unwrap().len();
-        let mut child = ws
-            .command(&["run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        while judge.completed.lock().unwrap().len() < before + 5 && start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_after_completions(&ws, &judge, 5);
     }
     ws.run(&[]);
     // 40 judge calls and 1 re-ask; each kill may lose what was in flight (max_in_flight 4).
