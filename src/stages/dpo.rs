@@ -113,8 +113,15 @@ struct Params {
     max_grad_norm: Option<f64>,
     #[serde(default)]
     adamw: AdamW,
+    /// Micro-batches of `batch_size` per optimiser step.
+    #[serde(default = "one")]
+    grad_accum: usize,
     #[serde(default)]
     seed: u64,
+}
+
+fn one() -> usize {
+    1
 }
 
 struct Dpo {
@@ -131,8 +138,8 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     if model.heads == 0 || !model.d_model.is_multiple_of(model.heads) {
         return Err(Issue::new("params.base.heads", "the number of heads must divide d_model"));
     }
-    if params.batch_size == 0 || params.epochs == 0 {
-        return Err(Issue::new("params", "`batch_size` and `epochs` must be at least 1"));
+    if params.batch_size == 0 || params.epochs == 0 || params.grad_accum == 0 {
+        return Err(Issue::new("params", "`batch_size`, `epochs` and `grad_accum` must be at least 1"));
     }
     if params.beta.is_nan() || params.beta <= 0.0 {
         return Err(Issue::new("params.beta", "beta must be positive"));
@@ -281,6 +288,7 @@ impl Stage for Dpo {
             warmup_ratio: self.params.warmup_ratio,
             max_grad_norm: self.params.max_grad_norm,
             optimizer: self.params.adamw,
+            grad_accum: self.params.grad_accum,
         };
         let seed = self.params.seed;
         let n = batches.len();

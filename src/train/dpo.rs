@@ -2,7 +2,7 @@
 //! policy, reference log-probs computed once up front, the loss as TRL computes it, global-norm
 //! clipping, HF's schedule, AdamW — and the metrics TRL logs, per step.
 
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Bool, Int, Tensor};
 use serde::Serialize;
 
@@ -35,6 +35,8 @@ pub struct Settings {
     pub warmup_ratio: f64,
     pub max_grad_norm: Option<f64>,
     pub optimizer: AdamW,
+    /// Micro-batches whose gradients are summed before one optimiser step.
+    pub grad_accum: usize,
 }
 
 /// What TRL logs at every step, under TRL's names.
@@ -64,6 +66,25 @@ fn side_logps(model: &TinyVlm, side: &Side) -> Tensor<1> {
     completion_logps(model.forward(side.images.clone(), side.tokens.clone()), side.tokens.clone(), side.mask.clone()).0
 }
 
+/// The metrics of one step from those of its micro-batches (equal-sized ones average exactly).
+fn average(parts: &[StepMetrics]) -> StepMetrics {
+    let n = parts.len().max(1) as f64;
+    let avg = |f: fn(&StepMetrics) -> f64| parts.iter().map(f).sum::<f64>() / n;
+    StepMetrics {
+        step: parts[0].step,
+        epoch: parts[0].epoch,
+        loss: avg(|m| m.loss),
+        rewards_chosen: avg(|m| m.rewards_chosen),
+        rewards_rejected: avg(|m| m.rewards_rejected),
+        rewards_margins: avg(|m| m.rewards_margins),
+        rewards_accuracies: avg(|m| m.rewards_accuracies),
+        logps_chosen: avg(|m| m.logps_chosen),
+        logps_rejected: avg(|m| m.logps_rejected),
+        lr: 0.0,
+        grad_norm: 0.0,
+    }
+}
+
 fn mean(t: Tensor<1>) -> f64 {
     t.mean().into_scalar::<f32>() as f64
 }
@@ -82,46 +103,123 @@ pub fn train(
         .iter()
         .map(|b| (side_logps(&model, &b.chosen).detach(), side_logps(&model, &b.rejected).detach()))
         .collect();
-    let total = (batches.len() * settings.epochs) as u64;
+    let k = settings.grad_accum.max(1);
+    let total = (batches.len().div_ceil(k) * settings.epochs) as u64;
     let warmup = warmup_steps(settings.warmup_ratio, total);
     let mut optimizer = settings.optimizer.config().init();
     let mut metrics = Vec::with_capacity(total as usize);
     let mut step = 0u64;
     for epoch in 0..settings.epochs {
-        for i in order(epoch) {
-            let batch = &batches[i];
-            let chosen = side_logps(&model, &batch.chosen);
-            let rejected = side_logps(&model, &batch.rejected);
-            let (ref_chosen, ref_rejected) = reference[i].clone();
-            let out = dpo_loss(chosen.clone(), rejected.clone(), ref_chosen, ref_rejected, &settings.loss);
-            let loss = out.losses.mean();
-            let margins = out.chosen_rewards.clone() - out.rejected_rewards.clone();
-            let accuracy = mean(margins.clone().greater_elem(0.0).float());
-            let record_loss = loss.clone().into_scalar::<f32>() as f64;
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            let grad_norm = match settings.max_grad_norm {
-                Some(max) => clip_global_norm(&model, &mut grads, max),
-                None => clip_global_norm(&model, &mut grads, f64::INFINITY),
-            };
+        for group in order(epoch).chunks(k) {
+            // Each micro-batch's mean loss is scaled by 1/k: the summed gradients then equal
+            // those of one batch k times as large.
+            let mut accumulator = GradientsAccumulator::new();
+            let mut parts = Vec::with_capacity(group.len());
+            for &i in group {
+                let batch = &batches[i];
+                let chosen = side_logps(&model, &batch.chosen);
+                let rejected = side_logps(&model, &batch.rejected);
+                let (ref_chosen, ref_rejected) = reference[i].clone();
+                let out = dpo_loss(chosen.clone(), rejected.clone(), ref_chosen, ref_rejected, &settings.loss);
+                let loss = out.losses.mean();
+                let margins = out.chosen_rewards.clone() - out.rejected_rewards.clone();
+                parts.push(StepMetrics {
+                    step,
+                    epoch: epoch as u64,
+                    loss: loss.clone().into_scalar::<f32>() as f64,
+                    rewards_chosen: mean(out.chosen_rewards.detach()),
+                    rewards_rejected: mean(out.rejected_rewards.detach()),
+                    rewards_margins: mean(margins.clone().detach()),
+                    rewards_accuracies: mean(margins.greater_elem(0.0).float()),
+                    logps_chosen: mean(chosen.detach()),
+                    logps_rejected: mean(rejected.detach()),
+                    lr: 0.0,
+                    grad_norm: 0.0,
+                });
+                let scaled = loss.div_scalar(group.len() as f64);
+                accumulator.accumulate(&model, GradientsParams::from_grads(scaled.backward(), &model));
+            }
+            let mut grads = accumulator.grads();
+            let grad_norm = clip_global_norm(&model, &mut grads, settings.max_grad_norm.unwrap_or(f64::INFINITY));
             let lr = cosine_with_warmup(settings.lr, step, warmup, total);
             model = optimizer.step(lr, model, grads);
-            let m = StepMetrics {
-                step,
-                epoch: epoch as u64,
-                loss: record_loss,
-                rewards_chosen: mean(out.chosen_rewards.detach()),
-                rewards_rejected: mean(out.rejected_rewards.detach()),
-                rewards_margins: mean(margins.detach()),
-                rewards_accuracies: accuracy,
-                logps_chosen: mean(chosen.detach()),
-                logps_rejected: mean(rejected.detach()),
-                lr,
-                grad_norm,
-            };
+            let m = StepMetrics { lr, grad_norm, ..average(&parts) };
             on_step(&m);
             metrics.push(m);
             step += 1;
         }
     }
     (model, metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tiny::TinyConfig;
+    use crate::model::tokenizer::{BOS, ByteTokenizer, EOS, PAD};
+    use crate::train::losses::LossType;
+    use burn::tensor::{Device, TensorData};
+
+    fn side(texts: &[(&str, &str)], device: &Device) -> Side {
+        let len = 24;
+        let t = ByteTokenizer;
+        let (mut tokens, mut mask) = (Vec::new(), Vec::new());
+        for (prompt, completion) in texts {
+            let p: Vec<i64> = std::iter::once(BOS).chain(t.encode(prompt)).map(i64::from).collect();
+            let c: Vec<i64> = t.encode(completion).into_iter().chain([EOS]).map(i64::from).collect();
+            let mut row: Vec<i64> = p.iter().chain(&c).copied().collect();
+            let mut m: Vec<bool> = p.iter().map(|_| false).chain(c.iter().map(|_| true)).collect();
+            row.resize(len, i64::from(PAD));
+            m.resize(len, false);
+            tokens.extend(row);
+            mask.extend(m);
+        }
+        let n = texts.len();
+        Side {
+            images: Tensor::<4>::ones([n, 3, 16, 16], device).mul_scalar(0.25),
+            tokens: Tensor::from_data(TensorData::new(tokens, [n, len]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [n, len]), device),
+        }
+    }
+
+    fn batch(rows: &[usize], device: &Device) -> Batch {
+        let data = [("Q0", "aa", "bbb"), ("Q1", "cc", "d"), ("Q2", "eee", "ff"), ("Q3", "g", "hh")];
+        let chosen: Vec<(&str, &str)> = rows.iter().map(|&i| (data[i].0, data[i].1)).collect();
+        let rejected: Vec<(&str, &str)> = rows.iter().map(|&i| (data[i].0, data[i].2)).collect();
+        Batch { chosen: side(&chosen, device), rejected: side(&rejected, device) }
+    }
+
+    #[test]
+    fn accumulating_k_micro_batches_equals_one_batch_k_times_larger() {
+        let device = Device::flex().autodiff();
+        let config =
+            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
+        let model = config.init(&device);
+        let settings = |grad_accum| Settings {
+            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
+            lr: 1e-3,
+            epochs: 1,
+            warmup_ratio: 0.0,
+            max_grad_norm: Some(1.0),
+            optimizer: AdamW::default(),
+            grad_accum,
+        };
+        let whole = [batch(&[0, 1, 2, 3], &device)];
+        let halves = [batch(&[0, 1], &device), batch(&[2, 3], &device)];
+        let (one, m1) = train(model.clone(), &whole, &settings(1), &|_| vec![0], &mut |_| {});
+        let (two, m2) = train(model, &halves, &settings(2), &|_| vec![0, 1], &mut |_| {});
+        assert_eq!((m1.len(), m2.len()), (1, 1));
+        assert!((m1[0].loss - m2[0].loss).abs() < 1e-6);
+        assert!(
+            (m1[0].grad_norm - m2[0].grad_norm).abs() < 1e-4 * m1[0].grad_norm.max(1.0),
+            "{} vs {}",
+            m1[0].grad_norm,
+            m2[0].grad_norm
+        );
+        let probe = batch(&[0, 1, 2, 3], &device).chosen;
+        let a: Vec<f32> = one.forward(probe.images.clone(), probe.tokens.clone()).into_data().try_to_vec().unwrap();
+        let b: Vec<f32> = two.forward(probe.images, probe.tokens).into_data().try_to_vec().unwrap();
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "the two updates differ by {worst}");
+    }
 }
