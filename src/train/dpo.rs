@@ -152,6 +152,20 @@ pub fn train(
     (model, metrics)
 }
 
+/// The share of pairs whose implicit reward (β·(policy − reference) log-ratio) favours the
+/// chosen response strictly — `rewards/accuracies` on data the policy did not train on.
+pub fn reward_accuracy(policy: &TinyVlm, reference: &TinyVlm, batches: &[Batch], beta: f64) -> f64 {
+    let (mut right, mut total) = (0.0, 0.0);
+    for batch in batches {
+        let chosen = (side_logps(policy, &batch.chosen) - side_logps(reference, &batch.chosen)).mul_scalar(beta);
+        let rejected = (side_logps(policy, &batch.rejected) - side_logps(reference, &batch.rejected)).mul_scalar(beta);
+        let [n] = chosen.dims();
+        right += mean((chosen - rejected).greater_elem(0.0).float()) * n as f64;
+        total += n as f64;
+    }
+    if total == 0.0 { 0.0 } else { right / total }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +201,48 @@ mod tests {
         let chosen: Vec<(&str, &str)> = rows.iter().map(|&i| (data[i].0, data[i].1)).collect();
         let rejected: Vec<(&str, &str)> = rows.iter().map(|&i| (data[i].0, data[i].2)).collect();
         Batch { chosen: side(&chosen, device), rejected: side(&rejected, device) }
+    }
+
+    /// Pairs whose chosen answer starts with "a" and rejected with "z", after varied prompts.
+    fn rule_batches(range: std::ops::Range<usize>, per_batch: usize, device: &Device) -> Vec<Batch> {
+        let word = |i: usize, salt: usize| -> String {
+            (0..3).map(|j| (b'b' + ((i * 7 + j * 5 + salt) % 20) as u8) as char).collect()
+        };
+        let rows: Vec<(String, String, String)> =
+            range.map(|i| (format!("Item {i}?"), format!("a{}", word(i, 1)), format!("z{}", word(i, 2)))).collect();
+        rows.chunks(per_batch)
+            .map(|chunk| {
+                let chosen: Vec<(&str, &str)> = chunk.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+                let rejected: Vec<(&str, &str)> = chunk.iter().map(|r| (r.0.as_str(), r.2.as_str())).collect();
+                Batch { chosen: side(&chosen, device), rejected: side(&rejected, device) }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn training_learns_a_rule_that_holds_on_held_out_pairs() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let config =
+            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
+        let reference = config.init(&device);
+        let train_set = rule_batches(0..32, 8, &device);
+        let held_out = rule_batches(100..132, 8, &device);
+        let settings = Settings {
+            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
+            lr: 2e-3,
+            epochs: 4,
+            warmup_ratio: 0.1,
+            max_grad_norm: Some(1.0),
+            optimizer: AdamW::default(),
+            grad_accum: 1,
+        };
+        let before = reward_accuracy(&reference, &reference, &held_out, 0.1);
+        let (policy, _) = train(reference.clone(), &train_set, &settings, &|_| (0..4).collect(), &mut |_| {});
+        let after = reward_accuracy(&policy, &reference, &held_out, 0.1);
+        assert_eq!(before, 0.0, "policy = reference gives no strict preference");
+        eprintln!("held-out reward accuracy: {before} before, {after} after training");
+        assert!(after >= 0.8, "held-out reward accuracy {after}");
     }
 
     #[test]
