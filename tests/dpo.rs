@@ -68,3 +68,28 @@ fn a_libtorch_device_without_the_feature_fails_clearly() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("needs silkie built with the `tch` feature"), "{}", out.stdout);
 }
+
+#[test]
+fn lora_training_writes_a_merged_checkpoint() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    ws.write(
+        "pipeline.yaml",
+        &PIPELINE.replace("seed: 7 }", "seed: 7, lora: { r: 4, alpha: 8, targets: [attention, mlp] } }"),
+    );
+    let record = ws.run(&[]);
+    assert_eq!(status_of(&record, "policy"), "ran");
+    let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
+    let rows = training.as_array().unwrap();
+    assert!((rows[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5);
+    let checkpoint = record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "policy").unwrap()["outputs"]
+        ["checkpoint"]
+        .clone();
+    assert_eq!(checkpoint["kind"], "dir");
+    // The merged checkpoint loads as a plain tiny model.
+    let store = silkie::store::Store::open(&ws.path().join("cache")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    store.restore_dir(checkpoint["digest"].as_str().unwrap(), dir.path()).unwrap();
+    let (_, config) = silkie::model::checkpoint::load(dir.path(), &burn::tensor::Device::flex()).unwrap();
+    assert_eq!(config.d_model, 32);
+}

@@ -63,7 +63,33 @@ pub struct TinyVlm {
     patch_size: usize,
 }
 
+/// Which layers LoRA adapts: the attention projections, the MLP, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraTarget {
+    Attention,
+    Mlp,
+}
+
+impl LoraTarget {
+    /// Parameter-path fragments of the layers it names.
+    fn paths(self) -> &'static [&'static str] {
+        match self {
+            LoraTarget::Attention => &["query", "key", "value", "output"],
+            LoraTarget::Mlp => &["linear_inner", "linear_outer"],
+        }
+    }
+}
+
 impl TinyVlm {
+    /// Adds LoRA adapters (rank `r`, scale `alpha / r`) to the targeted weights and freezes
+    /// every other parameter: only the adapters train. [`Module::materialize`] merges them.
+    pub fn with_lora(self, r: usize, alpha: f64, targets: &[LoraTarget]) -> Self {
+        let paths: Vec<&str> = targets.iter().flat_map(|t| t.paths().iter().copied()).collect();
+        let group = burn::module::ParamGroup::from_any_predicates(paths);
+        self.apply_lora(burn::module::Lora::new(r, alpha).set_param_group(group))
+    }
+
     /// Logits over the vocabulary for every text position: `images` [batch, 3, H, W] in
     /// [0, 1], `tokens` [batch, text]. The image patches come first in the sequence; the
     /// returned logits cover the text positions only ([batch, text, vocab]).
@@ -125,6 +151,48 @@ mod tests {
             Tensor::from_data(TensorData::new(tokens, [rows.len(), len]), device),
             Tensor::from_data(TensorData::new(mask, [rows.len(), len]), device),
         )
+    }
+
+    #[test]
+    fn lora_trains_only_adapters_and_merges_into_the_same_model() {
+        let device = Device::flex().autodiff();
+        let model = TinyConfig::default().init(&device).with_lora(4, 8.0, &[LoraTarget::Attention, LoraTarget::Mlp]);
+        let images = Tensor::<4>::ones([2, 3, 32, 32], &device).mul_scalar(0.5);
+        let (chosen, chosen_mask) = batch(&[row("Colour?", "Red.", 20), row("Count?", "Two.", 20)], &device);
+        let (rejected, rejected_mask) = batch(&[row("Colour?", "Blue.", 20), row("Count?", "Nine.", 20)], &device);
+        let logps = |model: &TinyVlm, tokens: &Tensor<2, Int>, mask: &Tensor<2, Bool>| {
+            completion_logps(model.forward(images.clone(), tokens.clone()), tokens.clone(), mask.clone()).0
+        };
+        let embeddings_before: Vec<f32> = model.tokens.weight.val().into_data().try_to_vec().unwrap();
+        let ref_chosen = logps(&model, &chosen, &chosen_mask).detach();
+        let ref_rejected = logps(&model, &rejected, &rejected_mask).detach();
+        let cfg = LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 };
+        let mut optimizer = AdamW::default().config().init();
+        let mut model = model;
+        let mut losses = Vec::new();
+        for _ in 0..8 {
+            let out = dpo_loss(
+                logps(&model, &chosen, &chosen_mask),
+                logps(&model, &rejected, &rejected_mask),
+                ref_chosen.clone(),
+                ref_rejected.clone(),
+                &cfg,
+            );
+            let loss = out.losses.mean();
+            losses.push(loss.clone().into_scalar::<f32>() as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(1e-2, model, grads);
+        }
+        assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "at step 0 the adapters change nothing");
+        assert!(losses[7] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
+        let embeddings_after: Vec<f32> = model.tokens.weight.val().into_data().try_to_vec().unwrap();
+        assert_eq!(embeddings_before, embeddings_after, "a frozen weight moved");
+        let adapted: Vec<f32> =
+            model.valid().forward(images.clone().inner(), chosen.clone().inner()).into_data().try_to_vec().unwrap();
+        let merged: Vec<f32> =
+            model.valid().materialize().forward(images.inner(), chosen.inner()).into_data().try_to_vec().unwrap();
+        let worst = adapted.iter().zip(&merged).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "merging changed the outputs by {worst}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, cano
 use crate::data::frame::{optional_strings, strings};
 use crate::dsl::Issue;
 use crate::model::checkpoint;
-use crate::model::tiny::TinyConfig;
+use crate::model::tiny::{LoraTarget, TinyConfig};
 use crate::model::tokenizer::{BOS, ByteTokenizer, EOS, PAD};
 use crate::store::{OutputKind, OutputRef};
 use crate::train::dpo::{self, Batch, Side};
@@ -116,12 +116,28 @@ struct Params {
     /// Micro-batches of `batch_size` per optimiser step.
     #[serde(default = "one")]
     grad_accum: usize,
+    /// Train LoRA adapters only (merged into the checkpoint); full fine-tuning without.
+    #[serde(default)]
+    lora: Option<LoraParams>,
     #[serde(default)]
     seed: u64,
 }
 
 fn one() -> usize {
     1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraParams {
+    r: usize,
+    alpha: f64,
+    #[serde(default = "all_targets")]
+    targets: Vec<LoraTarget>,
+}
+
+fn all_targets() -> Vec<LoraTarget> {
+    vec![LoraTarget::Attention, LoraTarget::Mlp]
 }
 
 struct Dpo {
@@ -137,6 +153,11 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     }
     if model.heads == 0 || !model.d_model.is_multiple_of(model.heads) {
         return Err(Issue::new("params.base.heads", "the number of heads must divide d_model"));
+    }
+    if let Some(lora) = &params.lora
+        && (lora.r == 0 || lora.targets.is_empty())
+    {
+        return Err(Issue::new("params.lora", "LoRA needs a rank of at least 1 and at least one target"));
     }
     if params.batch_size == 0 || params.epochs == 0 || params.grad_accum == 0 {
         return Err(Issue::new("params", "`batch_size`, `epochs` and `grad_accum` must be at least 1"));
@@ -275,7 +296,10 @@ impl Stage for Dpo {
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
         let device = device(ctx)?;
         device.seed(self.params.seed);
-        let model = self.model.init(&device);
+        let model = match &self.params.lora {
+            Some(lora) => self.model.init(&device).with_lora(lora.r, lora.alpha, &lora.targets),
+            None => self.model.init(&device),
+        };
         let batches = self.batches(ctx, &device)?;
         let settings = dpo::Settings {
             loss: LossConfig {
@@ -308,6 +332,12 @@ impl Stage for Dpo {
             );
         };
         let (model, metrics) = dpo::train(model, &batches, &settings, &order, &mut log);
+        // Adapters are merged: the checkpoint is a plain model whatever trained it.
+        let model = if self.params.lora.is_some() {
+            burn::module::Module::materialize(burn::module::Module::valid(&model))
+        } else {
+            model
+        };
         let dir = ctx.store.tmp_path("checkpoint");
         checkpoint::save(&model, &self.model, &dir).map_err(|e| StageError::Failed(e.to_string()))?;
         let (digest, bytes) = ctx.store.put_dir(&dir)?;
