@@ -119,6 +119,9 @@ struct Params {
     /// Train LoRA adapters only (merged into the checkpoint); full fine-tuning without.
     #[serde(default)]
     lora: Option<LoraParams>,
+    /// Weight of an NLL term on the chosen response (RPO); 0 is plain DPO.
+    #[serde(default)]
+    sft_weight: f64,
     #[serde(default)]
     seed: u64,
 }
@@ -313,6 +316,7 @@ impl Stage for Dpo {
             max_grad_norm: self.params.max_grad_norm,
             optimizer: self.params.adamw,
             grad_accum: self.params.grad_accum,
+            sft_weight: self.params.sft_weight,
         };
         let seed = self.params.seed;
         let n = batches.len();

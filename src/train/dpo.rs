@@ -37,6 +37,8 @@ pub struct Settings {
     pub optimizer: AdamW,
     /// Micro-batches whose gradients are summed before one optimiser step.
     pub grad_accum: usize,
+    /// Weight of an added NLL term on the chosen response (RPO); 0 for plain DPO.
+    pub sft_weight: f64,
 }
 
 /// What TRL logs at every step, under TRL's names.
@@ -63,7 +65,12 @@ pub struct StepMetrics {
 }
 
 fn side_logps(model: &TinyVlm, side: &Side) -> Tensor<1> {
-    completion_logps(model.forward(side.images.clone(), side.tokens.clone()), side.tokens.clone(), side.mask.clone()).0
+    side_logps_and_mean(model, side).0
+}
+
+/// Summed and per-token mean completion log-probs of one side.
+fn side_logps_and_mean(model: &TinyVlm, side: &Side) -> (Tensor<1>, Tensor<1>) {
+    completion_logps(model.forward(side.images.clone(), side.tokens.clone()), side.tokens.clone(), side.mask.clone())
 }
 
 /// The metrics of one step from those of its micro-batches (equal-sized ones average exactly).
@@ -117,11 +124,15 @@ pub fn train(
             let mut parts = Vec::with_capacity(group.len());
             for &i in group {
                 let batch = &batches[i];
-                let chosen = side_logps(&model, &batch.chosen);
+                let (chosen, chosen_token_mean) = side_logps_and_mean(&model, &batch.chosen);
                 let rejected = side_logps(&model, &batch.rejected);
                 let (ref_chosen, ref_rejected) = reference[i].clone();
                 let out = dpo_loss(chosen.clone(), rejected.clone(), ref_chosen, ref_rejected, &settings.loss);
-                let loss = out.losses.mean();
+                let mut loss = out.losses.mean();
+                if settings.sft_weight != 0.0 {
+                    // RPO-style: the chosen response's per-token negative log-likelihood.
+                    loss = loss + chosen_token_mean.mean().neg().mul_scalar(settings.sft_weight);
+                }
                 let margins = out.chosen_rewards.clone() - out.rejected_rewards.clone();
                 parts.push(StepMetrics {
                     step,
@@ -236,6 +247,7 @@ mod tests {
             max_grad_norm: Some(1.0),
             optimizer: AdamW::default(),
             grad_accum: 1,
+            sft_weight: 0.0,
         };
         let before = reward_accuracy(&reference, &reference, &held_out, 0.1);
         let (policy, _) = train(reference.clone(), &train_set, &settings, &|_| (0..4).collect(), &mut |_| {});
@@ -243,6 +255,29 @@ mod tests {
         assert_eq!(before, 0.0, "policy = reference gives no strict preference");
         eprintln!("held-out reward accuracy: {before} before, {after} after training");
         assert!(after >= 0.8, "held-out reward accuracy {after}");
+    }
+
+    #[test]
+    fn the_sft_term_adds_the_chosen_nll_to_the_loss() {
+        let device = Device::flex().autodiff();
+        let config =
+            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
+        let model = config.init(&device);
+        let data = [batch(&[0, 1], &device)];
+        let nll = -mean(side_logps_and_mean(&model, &data[0].chosen).1);
+        let settings = Settings {
+            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
+            lr: 1e-3,
+            epochs: 1,
+            warmup_ratio: 0.0,
+            max_grad_norm: None,
+            optimizer: AdamW::default(),
+            grad_accum: 1,
+            sft_weight: 0.5,
+        };
+        let (_, metrics) = train(model, &data, &settings, &|_| vec![0], &mut |_| {});
+        let want = std::f64::consts::LN_2 + 0.5 * nll;
+        assert!((metrics[0].loss - want).abs() < 1e-4, "{} vs {want}", metrics[0].loss);
     }
 
     #[test]
@@ -259,6 +294,7 @@ mod tests {
             max_grad_norm: Some(1.0),
             optimizer: AdamW::default(),
             grad_accum,
+            sft_weight: 0.0,
         };
         let whole = [batch(&[0, 1, 2, 3], &device)];
         let halves = [batch(&[0, 1], &device), batch(&[2, 3], &device)];
