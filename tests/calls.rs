@@ -231,6 +231,17 @@ fn judge_reply(body: &Value) -> String {
     out
 }
 
+/// The helper judge rates helpfulness as the answer's length % 5 + 1: each rating must sit on
+/// the response it was given for.
+fn assert_helpfulness_maps_back(ratings: &[Value], responses: &[Value]) {
+    for r in ratings.iter().filter(|r| r["aspect"] == "helpfulness") {
+        let response =
+            responses.iter().find(|x| x["instruction_id"] == r["instruction_id"] && x["model"] == r["model"]).unwrap();
+        let text = response["response"].as_str().unwrap();
+        assert_eq!(r["rating"].as_f64().unwrap(), (text.len() % 5 + 1) as f64);
+    }
+}
+
 fn judged_pipeline(sampler: &str, judge: &str) -> String {
     let base = pipeline(
         sampler,
@@ -269,14 +280,7 @@ fn the_judge_rates_every_response_and_incomplete_replies_are_reasked() {
     assert_eq!(judge.completed.lock().unwrap().len(), 13);
     // Ratings map back to the right response: helpfulness is the response's length % 5 + 1.
     let responses = responses(&ws);
-    for r in ratings.iter().filter(|r| r["aspect"] == "helpfulness") {
-        let text =
-            responses.iter().find(|x| x["instruction_id"] == r["instruction_id"] && x["model"] == r["model"]).unwrap()
-                ["response"]
-                .as_str()
-                .unwrap();
-        assert_eq!(r["rating"].as_f64().unwrap(), (text.len() % 5 + 1) as f64);
-    }
+    assert_helpfulness_maps_back(&ratings, &responses);
 }
 
 #[test]
@@ -294,14 +298,7 @@ fn shuffled_presentation_maps_ratings_back() {
     ws.run(&[]);
     let ratings = ws.silkie(&["show", "ratings.ratings", "--rows", "1000", "--format", "json"]).json();
     let responses = responses(&ws);
-    for r in ratings.as_array().unwrap().iter().filter(|r| r["aspect"] == "helpfulness") {
-        let text =
-            responses.iter().find(|x| x["instruction_id"] == r["instruction_id"] && x["model"] == r["model"]).unwrap()
-                ["response"]
-                .as_str()
-                .unwrap();
-        assert_eq!(r["rating"].as_f64().unwrap(), (text.len() % 5 + 1) as f64);
-    }
+    assert_helpfulness_maps_back(ratings.as_array().unwrap(), &responses);
 }
 
 #[test]

@@ -153,44 +153,60 @@ mod tests {
         )
     }
 
+    /// Two prompts, each with a chosen and a rejected answer, over a grey image.
+    struct Preference {
+        images: Tensor<4>,
+        chosen: (Tensor<2, Int>, Tensor<2, Bool>),
+        rejected: (Tensor<2, Int>, Tensor<2, Bool>),
+    }
+
+    impl Preference {
+        fn new(device: &Device) -> Preference {
+            Preference {
+                images: Tensor::<4>::ones([2, 3, 32, 32], device).mul_scalar(0.5),
+                chosen: batch(&[row("Colour?", "Red.", 20), row("Count?", "Two.", 20)], device),
+                rejected: batch(&[row("Colour?", "Blue.", 20), row("Count?", "Nine.", 20)], device),
+            }
+        }
+
+        fn logps(&self, model: &TinyVlm, (tokens, mask): &(Tensor<2, Int>, Tensor<2, Bool>)) -> Tensor<1> {
+            completion_logps(model.forward(self.images.clone(), tokens.clone()), tokens.clone(), mask.clone()).0
+        }
+
+        /// `steps` DPO steps at `lr` against the model as given; the loss at every step.
+        fn train(&self, model: TinyVlm, lr: f64, steps: usize) -> (TinyVlm, Vec<f64>) {
+            let ref_chosen = self.logps(&model, &self.chosen).detach();
+            let ref_rejected = self.logps(&model, &self.rejected).detach();
+            let cfg = LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 };
+            let mut optimizer = AdamW::default().config().init();
+            let mut model = model;
+            let mut losses = Vec::new();
+            for _ in 0..steps {
+                let policy = (self.logps(&model, &self.chosen), self.logps(&model, &self.rejected));
+                let out = dpo_loss(policy.0, policy.1, ref_chosen.clone(), ref_rejected.clone(), &cfg);
+                let loss = out.losses.mean();
+                losses.push(loss.clone().into_scalar::<f32>() as f64);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optimizer.step(lr, model, grads);
+            }
+            (model, losses)
+        }
+    }
+
     #[test]
     fn lora_trains_only_adapters_and_merges_into_the_same_model() {
         let device = Device::flex().autodiff();
         let model = TinyConfig::default().init(&device).with_lora(4, 8.0, &[LoraTarget::Attention, LoraTarget::Mlp]);
-        let images = Tensor::<4>::ones([2, 3, 32, 32], &device).mul_scalar(0.5);
-        let (chosen, chosen_mask) = batch(&[row("Colour?", "Red.", 20), row("Count?", "Two.", 20)], &device);
-        let (rejected, rejected_mask) = batch(&[row("Colour?", "Blue.", 20), row("Count?", "Nine.", 20)], &device);
-        let logps = |model: &TinyVlm, tokens: &Tensor<2, Int>, mask: &Tensor<2, Bool>| {
-            completion_logps(model.forward(images.clone(), tokens.clone()), tokens.clone(), mask.clone()).0
-        };
+        let data = Preference::new(&device);
         let embeddings_before: Vec<f32> = model.tokens.weight.val().into_data().try_to_vec().unwrap();
-        let ref_chosen = logps(&model, &chosen, &chosen_mask).detach();
-        let ref_rejected = logps(&model, &rejected, &rejected_mask).detach();
-        let cfg = LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 };
-        let mut optimizer = AdamW::default().config().init();
-        let mut model = model;
-        let mut losses = Vec::new();
-        for _ in 0..8 {
-            let out = dpo_loss(
-                logps(&model, &chosen, &chosen_mask),
-                logps(&model, &rejected, &rejected_mask),
-                ref_chosen.clone(),
-                ref_rejected.clone(),
-                &cfg,
-            );
-            let loss = out.losses.mean();
-            losses.push(loss.clone().into_scalar::<f32>() as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(1e-2, model, grads);
-        }
+        let (model, losses) = data.train(model, 1e-2, 8);
         assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "at step 0 the adapters change nothing");
         assert!(losses[7] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
         let embeddings_after: Vec<f32> = model.tokens.weight.val().into_data().try_to_vec().unwrap();
         assert_eq!(embeddings_before, embeddings_after, "a frozen weight moved");
-        let adapted: Vec<f32> =
-            model.valid().forward(images.clone().inner(), chosen.clone().inner()).into_data().try_to_vec().unwrap();
-        let merged: Vec<f32> =
-            model.valid().materialize().forward(images.inner(), chosen.inner()).into_data().try_to_vec().unwrap();
+        let (images, tokens) = (data.images.inner(), data.chosen.0.inner());
+        let adapted: Vec<f32> = model.valid().forward(images.clone(), tokens.clone()).into_data().try_to_vec().unwrap();
+        let merged: Vec<f32> = model.valid().materialize().forward(images, tokens).into_data().try_to_vec().unwrap();
         let worst = adapted.iter().zip(&merged).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "merging changed the outputs by {worst}");
     }
@@ -208,32 +224,7 @@ mod tests {
     #[test]
     fn dpo_through_the_model_starts_at_ln_2_and_learns_the_preference() {
         let device = Device::flex().autodiff();
-        let model = TinyConfig::default().init(&device);
-        let images = Tensor::<4>::ones([2, 3, 32, 32], &device).mul_scalar(0.5);
-        let (chosen, chosen_mask) = batch(&[row("Colour?", "Red.", 20), row("Count?", "Two.", 20)], &device);
-        let (rejected, rejected_mask) = batch(&[row("Colour?", "Blue.", 20), row("Count?", "Nine.", 20)], &device);
-        let logps = |model: &TinyVlm, tokens: &Tensor<2, Int>, mask: &Tensor<2, Bool>| {
-            completion_logps(model.forward(images.clone(), tokens.clone()), tokens.clone(), mask.clone()).0
-        };
-        let ref_chosen = logps(&model, &chosen, &chosen_mask).detach();
-        let ref_rejected = logps(&model, &rejected, &rejected_mask).detach();
-        let cfg = LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 };
-        let mut optimizer = AdamW::default().config().init();
-        let mut model = model;
-        let mut losses = Vec::new();
-        for _ in 0..8 {
-            let out = dpo_loss(
-                logps(&model, &chosen, &chosen_mask),
-                logps(&model, &rejected, &rejected_mask),
-                ref_chosen.clone(),
-                ref_rejected.clone(),
-                &cfg,
-            );
-            let loss = out.losses.mean();
-            losses.push(loss.clone().into_scalar::<f32>() as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(1e-3, model, grads);
-        }
+        let (_, losses) = Preference::new(&device).train(TinyConfig::default().init(&device), 1e-3, 8);
         assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "step 0: {}", losses[0]);
         assert!(losses[7] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
     }
