@@ -37,6 +37,16 @@ pub struct Instance {
     pub use_file: Option<PathBuf>,
 }
 
+impl Instance {
+    /// `{ stage: NAME, output: O }` model references: role name (see
+    /// [`stages::model_role`]), upstream instance and output.
+    pub fn model_inputs(&self) -> impl Iterator<Item = (String, NodeIndex, &str)> {
+        self.model_refs.iter().map(|(stage, output, node, resolved)| {
+            (stages::model_role(stage, output.as_deref()), *node, resolved.as_str())
+        })
+    }
+}
+
 pub struct Plan {
     pub graph: DiGraph<Instance, ()>,
     /// Instances in dependency order.

@@ -242,11 +242,12 @@ fn bound_inputs(
     outputs: &HashMap<NodeIndex, BTreeMap<String, OutputRef>>,
 ) -> BTreeMap<String, Input> {
     let inst = &plan.graph[node];
-    inst.inputs
-        .iter()
-        .filter_map(|(role, (dep, output))| {
-            let out = outputs.get(dep)?.get(output)?.clone();
-            Some((role.clone(), Input { from: format!("{}.{output}", plan.graph[*dep].name), output: out }))
+    let roles = inst.inputs.iter().map(|(role, (dep, output))| (role.clone(), *dep, output.as_str()));
+    roles
+        .chain(inst.model_inputs())
+        .filter_map(|(role, dep, output)| {
+            let out = outputs.get(&dep)?.get(output)?.clone();
+            Some((role, Input { from: format!("{}.{output}", plan.graph[dep].name), output: out }))
         })
         .collect()
 }
@@ -292,6 +293,7 @@ fn compute(
         store: env.store,
         stat_cache: env.stat_cache,
         instance: &inst.name,
+        key: &key,
         inputs,
         offline: env.offline,
         bars: env.bars.clone(),

@@ -2,5 +2,7 @@
 //! architectures later.
 
 pub mod checkpoint;
+pub mod device;
+pub mod policy;
 pub mod tiny;
 pub mod tokenizer;

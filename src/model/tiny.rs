@@ -4,12 +4,15 @@
 
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderAutoregressiveCache, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::tokenizer::VOCAB;
+use super::policy::{Policy, Sampling, TokenBatch, logps_from_logits, pick_token, sampler};
+use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD, VOCAB};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +51,8 @@ impl TinyConfig {
             norm: LayerNormConfig::new(self.d_model).init(device),
             head: LinearConfig::new(self.d_model, VOCAB).init(device),
             patch_size: self.patch_size,
+            image_size: self.image_size,
+            max_tokens: self.max_tokens,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct TinyVlm {
     norm: LayerNorm,
     head: Linear,
     patch_size: usize,
+    image_size: usize,
+    max_tokens: usize,
 }
 
 /// Which layers LoRA adapts: the attention projections, the MLP, or both.
@@ -94,6 +101,18 @@ impl TinyVlm {
     /// [0, 1], `tokens` [batch, text]. The image patches come first in the sequence; the
     /// returned logits cover the text positions only ([batch, text, vocab]).
     pub fn forward(&self, images: Tensor<4>, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let image = self.embed_image(images);
+        let [batch, n_image, _] = image.dims();
+        let sequence = self.sequence(image, tokens);
+        let [_, length, d] = sequence.dims();
+        let mask = generate_autoregressive_mask(batch, length, &sequence.device());
+        let hidden = self.blocks.forward(TransformerEncoderInput::new(sequence).mask_attn(mask));
+        let text_hidden = hidden.slice([0..batch, n_image..length, 0..d]);
+        self.head.forward(self.norm.forward(text_hidden))
+    }
+
+    /// Image patches, linearly embedded: [batch, patches, d_model].
+    fn embed_image(&self, images: Tensor<4>) -> Tensor<3> {
         let [batch, channels, height, width] = images.dims();
         let p = self.patch_size;
         let (rows, cols) = (height / p, width / p);
@@ -102,21 +121,81 @@ impl TinyVlm {
             rows * cols,
             channels * p * p,
         ]);
-        let image = self.patch.forward(patches);
+        self.patch.forward(patches)
+    }
+
+    /// The transformer's input: image embeddings, then token embeddings, plus positions.
+    fn sequence(&self, image: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, n_image, _] = image.dims();
         let text = self.tokens.forward(tokens);
         let [_, n_text, _] = text.dims();
-        let n_image = rows * cols;
         let sequence = Tensor::cat(vec![image, text], 1);
-        let device = sequence.device();
-        let positions = Tensor::<1, Int>::arange(0..(n_image + n_text) as i64, &device)
+        let positions = Tensor::<1, Int>::arange(0..(n_image + n_text) as i64, &sequence.device())
             .reshape([1, n_image + n_text])
             .repeat_dim(0, batch);
-        let hidden = sequence + self.positions.forward(positions);
-        let mask = generate_autoregressive_mask(batch, n_image + n_text, &device);
-        let hidden = self.blocks.forward(TransformerEncoderInput::new(hidden).mask_attn(mask));
-        let [_, _, d] = hidden.dims();
-        let text_hidden = hidden.slice([0..batch, n_image..n_image + n_text, 0..d]);
-        self.head.forward(self.norm.forward(text_hidden))
+        sequence + self.positions.forward(positions)
+    }
+
+    /// Logits for the token after `tokens`, through the layers' autoregressive cache: each call
+    /// extends the previous call's sequence by one token, so only that position's projections
+    /// are computed.
+    fn next_logits(
+        &self,
+        image: Tensor<3>,
+        tokens: &[u32],
+        cache: &mut TransformerEncoderAutoregressiveCache,
+    ) -> Vec<f32> {
+        let device = image.device();
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
+        let sequence = self.sequence(image, ids);
+        let [_, length, d] = sequence.dims();
+        let mask = generate_autoregressive_mask(1, length, &device);
+        let hidden =
+            self.blocks.forward_autoregressive_inference(TransformerEncoderInput::new(sequence).mask_attn(mask), cache);
+        let last = hidden.slice([0..1, length - 1..length, 0..d]);
+        self.head.forward(self.norm.forward(last)).into_data().convert::<f32>().try_to_vec().unwrap_or_default()
+    }
+}
+
+impl Policy for TinyVlm {
+    fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>) {
+        logps_from_logits(self.forward(batch.images.clone(), batch.tokens.clone()), batch)
+    }
+
+    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> String {
+        let mut tokens: Vec<u32> = std::iter::once(BOS).chain(ByteTokenizer.encode(prompt)).collect();
+        // Keep the prompt's end, and room for at least one new token.
+        let room = self.max_tokens.saturating_sub(1).max(1);
+        if tokens.len() > room {
+            tokens.drain(..tokens.len() - room);
+        }
+        let image = self.embed_image(image.unsqueeze_dim(0));
+        let mut cache = self.blocks.new_autoregressive_cache();
+        let mut rng = sampler(sampling);
+        let mut completion = Vec::new();
+        while completion.len() < sampling.max_new_tokens && tokens.len() < self.max_tokens {
+            let mut logits = self.next_logits(image.clone(), &tokens, &mut cache);
+            // Padding and a second BOS are never text.
+            for special in [BOS, PAD] {
+                logits[special as usize] = f32::NEG_INFINITY;
+            }
+            let next = pick_token(&logits, sampling, &mut rng);
+            if next == EOS {
+                break;
+            }
+            tokens.push(next);
+            completion.push(next);
+        }
+        ByteTokenizer.decode(&completion)
     }
 }
 
@@ -227,5 +306,42 @@ mod tests {
         let (_, losses) = Preference::new(&device).train(TinyConfig::default().init(&device), 1e-3, 8);
         assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "step 0: {}", losses[0]);
         assert!(losses[7] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
+    }
+
+    /// Greedy generation without the cache: the whole sequence through the model per token.
+    fn generate_uncached(model: &TinyVlm, image: Tensor<4>, prompt: &str, steps: usize) -> String {
+        let mut tokens: Vec<i64> = std::iter::once(BOS).chain(ByteTokenizer.encode(prompt)).map(i64::from).collect();
+        let mut out = Vec::new();
+        for _ in 0..steps {
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(tokens.clone(), [1, tokens.len()]), &image.device());
+            let logits = model.forward(image.clone(), ids);
+            let [_, n, v] = logits.dims();
+            let mut last: Vec<f32> = logits.slice([0..1, n - 1..n, 0..v]).into_data().try_to_vec().unwrap();
+            last[BOS as usize] = f32::NEG_INFINITY;
+            last[PAD as usize] = f32::NEG_INFINITY;
+            let next = pick_token(&last, &Sampling::default(), &mut sampler(&Sampling::default()));
+            if next == EOS {
+                break;
+            }
+            tokens.push(i64::from(next));
+            out.push(next);
+        }
+        ByteTokenizer.decode(&out)
+    }
+
+    #[test]
+    fn cached_generation_matches_the_full_forward_and_seeds_fix_samples() {
+        let device = Device::flex();
+        device.seed(11);
+        let model = TinyConfig { max_tokens: 40, ..TinyConfig::default() }.init(&device);
+        let image = Tensor::<4>::ones([1, 3, 32, 32], &device).mul_scalar(0.3);
+        let greedy = Sampling { max_new_tokens: 12, ..Sampling::default() };
+        let cached = model.generate(image.clone().squeeze_dim(0), "What is red?", &greedy);
+        assert_eq!(cached, generate_uncached(&model, image.clone(), "What is red?", 12));
+        let sampled = Sampling { temperature: 1.0, top_p: 0.9, max_new_tokens: 12, seed: 5 };
+        let a = model.generate(image.clone().squeeze_dim(0), "What is red?", &sampled);
+        assert_eq!(a, model.generate(image.clone().squeeze_dim(0), "What is red?", &sampled));
+        let other = Sampling { seed: 6, ..sampled };
+        assert_ne!(a, model.generate(image.squeeze_dim(0), "What is red?", &other), "seeds 5 and 6 drew the same");
     }
 }

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::{RunContext, StageError};
 use crate::calls::{self, CallResult, CallSpec, Memo};
 use crate::data::report::DataReport;
@@ -34,15 +32,7 @@ pub fn call_models<'m>(
         Ok(endpoints)
     };
     let memo = Memo::open(&ctx.store.root().join("calls.sqlite")).map_err(|e| StageError::Failed(e.to_string()))?;
-    let bar = ctx.bars.as_ref().map(|bars| {
-        let bar = bars.add(ProgressBar::new(specs.len() as u64));
-        bar.set_style(
-            ProgressStyle::with_template("  {prefix} {bar:30} {pos}/{len} calls  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(ctx.instance.to_string());
-        bar
-    });
+    let bar = ctx.progress_bar(specs.len() as u64, "calls");
     let progress = |done: u64, total: u64, hits: u64, failed: u64| match &bar {
         Some(bar) => {
             bar.set_length(total);

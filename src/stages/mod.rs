@@ -110,6 +110,8 @@ pub struct RunContext<'a> {
     pub store: &'a Store,
     pub stat_cache: &'a StatCache,
     pub instance: &'a str,
+    /// The instance's key: names its scratch space (state a crash should not lose).
+    pub key: &'a str,
     pub inputs: &'a BTreeMap<String, Input>,
     /// `silkie run --offline`: no model call may be sent.
     pub offline: bool,
@@ -119,7 +121,33 @@ pub struct RunContext<'a> {
     pub runtime: &'a crate::dsl::Runtime,
 }
 
+/// The input role under which a `{ stage: NAME, output: O }` model reference reaches a stage.
+pub fn model_role(stage: &str, output: Option<&str>) -> String {
+    match output {
+        Some(output) => format!("model:{stage}.{output}"),
+        None => format!("model:{stage}"),
+    }
+}
+
 impl RunContext<'_> {
+    /// A progress bar of `total` `unit`s under the run's bars — on a terminal only.
+    pub fn progress_bar(&self, total: u64, unit: &str) -> Option<indicatif::ProgressBar> {
+        let bar = self.bars.as_ref()?.add(indicatif::ProgressBar::new(total));
+        let template = format!("  {{prefix}} {{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  ETA {{eta}}");
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(self.instance.to_string());
+        Some(bar)
+    }
+
+    /// A folder that outlives a crash of this instance's run (for the same key), for state to
+    /// resume from; [`Store::clear_scratch`] removes it once the outputs are stored.
+    pub fn scratch_dir(&self) -> Result<PathBuf, StageError> {
+        Ok(self.store.scratch_dir(self.key)?)
+    }
+
     pub fn input(&self, role: &str) -> Result<&Input, StageError> {
         self.inputs.get(role).ok_or_else(|| StageError::Failed(format!("no input bound to role `{role}`")))
     }

@@ -92,6 +92,18 @@ impl Store {
         &self.root
     }
 
+    /// `scratch/KEY/`, created if missing: in-progress state of the instance with that key.
+    pub fn scratch_dir(&self, key: &str) -> Result<PathBuf> {
+        let path = self.root.join("scratch").join(key);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
+    /// Removes `scratch/KEY/` (nothing to do when there is none).
+    pub fn clear_scratch(&self, key: &str) {
+        let _ = std::fs::remove_dir_all(self.root.join("scratch").join(key));
+    }
+
     /// A fresh path under `tmp/` for a file that will be renamed into place.
     pub fn tmp_path(&self, hint: &str) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);

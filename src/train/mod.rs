@@ -6,6 +6,7 @@ pub mod dpo;
 pub mod logps;
 pub mod losses;
 pub mod optim;
+pub mod resume;
 pub mod schedule;
 
 #[cfg(test)]

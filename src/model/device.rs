@@ -1,0 +1,129 @@
+//! Where models run: `runtime.device` parsed and opened. `flex` (pure Rust, the default) is
+//! always there; `libtorch` and `libtorch-cuda:N` need the `tch` build.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Flex,
+    LibTorch,
+    LibTorchCuda(usize),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeviceError {
+    #[error("unknown device `{0}`; use flex, libtorch or libtorch-cuda:N")]
+    Unknown(String),
+    #[error("device `{0}` needs silkie built with the `tch` feature (LibTorch); this build has flex only")]
+    NotBuilt(DeviceSpec),
+    #[error("device `{spec}`: {found}")]
+    NoGpu { spec: DeviceSpec, found: String },
+    #[error("runtime.dtype `{0}`: the tiny model trains in f32 (bf16 is not supported yet)")]
+    DType(String),
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Flex => write!(f, "flex"),
+            DeviceSpec::LibTorch => write!(f, "libtorch"),
+            DeviceSpec::LibTorchCuda(i) => write!(f, "libtorch-cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "flex" | "cpu" => Ok(DeviceSpec::Flex),
+            "libtorch" | "libtorch-cpu" => Ok(DeviceSpec::LibTorch),
+            "libtorch-cuda" => Ok(DeviceSpec::LibTorchCuda(0)),
+            other => other
+                .strip_prefix("libtorch-cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceSpec::LibTorchCuda)
+                .ok_or_else(|| DeviceError::Unknown(other.to_string())),
+        }
+    }
+}
+
+/// The device `runtime.device` names (flex when unset), checked to exist, with gradients
+/// recorded when `autodiff`. `dtype` (from `runtime.dtype`) must be f32 for now.
+pub fn open(device: Option<&str>, dtype: Option<&str>, autodiff: bool) -> Result<Device, DeviceError> {
+    if let Some(dtype) = dtype.filter(|d| *d != "f32") {
+        return Err(DeviceError::DType(dtype.to_string()));
+    }
+    let spec: DeviceSpec = device.unwrap_or("flex").parse()?;
+    let device = backend(spec)?;
+    Ok(if autodiff { device.autodiff() } else { device })
+}
+
+#[cfg(not(feature = "tch"))]
+fn backend(spec: DeviceSpec) -> Result<Device, DeviceError> {
+    match spec {
+        DeviceSpec::Flex => Ok(Device::flex()),
+        other => Err(DeviceError::NotBuilt(other)),
+    }
+}
+
+#[cfg(feature = "tch")]
+fn backend(spec: DeviceSpec) -> Result<Device, DeviceError> {
+    match spec {
+        DeviceSpec::Flex => Ok(Device::flex()),
+        DeviceSpec::LibTorch => Ok(Device::libtorch()),
+        DeviceSpec::LibTorchCuda(index) => {
+            // Checked here: LibTorch itself aborts the process on a missing CUDA device.
+            // SAFETY: plain queries of LibTorch's CUDA state, no arguments or pointers.
+            let (available, count) =
+                unsafe { (torch_sys::cuda::atc_cuda_is_available() != 0, torch_sys::cuda::atc_cuda_device_count()) };
+            if !available {
+                return Err(DeviceError::NoGpu {
+                    spec,
+                    found: "no CUDA GPU is visible to LibTorch (check the driver, CUDA_VISIBLE_DEVICES, and that \
+                            LibTorch was built with CUDA)"
+                        .into(),
+                });
+            }
+            if index >= count.max(0) as usize {
+                return Err(DeviceError::NoGpu { spec, found: format!("LibTorch sees {count} CUDA device(s)") });
+            }
+            Ok(Device::libtorch_cuda(index))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_and_bad_ones_say_what_is_accepted() {
+        assert_eq!("flex".parse(), Ok(DeviceSpec::Flex));
+        assert_eq!("libtorch".parse(), Ok(DeviceSpec::LibTorch));
+        assert_eq!("libtorch-cuda:1".parse(), Ok(DeviceSpec::LibTorchCuda(1)));
+        let bad = "cuda:0".parse::<DeviceSpec>().unwrap_err();
+        assert!(bad.to_string().contains("libtorch-cuda:N"), "{bad}");
+        assert!(matches!(open(None, Some("bf16"), false), Err(DeviceError::DType(_))));
+    }
+
+    #[cfg(not(feature = "tch"))]
+    #[test]
+    fn libtorch_without_the_tch_build_is_a_clear_error() {
+        let err = open(Some("libtorch-cuda:0"), None, true).unwrap_err();
+        assert!(err.to_string().contains("`tch` feature"), "{err}");
+    }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn a_missing_gpu_is_an_error_not_a_crash() {
+        // On a machine without a GPU this must come back as an error; with one, index 99 is
+        // still past the end.
+        let err = open(Some("libtorch-cuda:99"), None, true).unwrap_err();
+        assert!(matches!(err, DeviceError::NoGpu { .. }), "{err}");
+    }
+}

@@ -1,0 +1,219 @@
+//! The policy interface (DESIGN §6): what training, sampling and evaluation ask of a model.
+//! For a batch of (image, prompt, completion) rows it gives the summed completion log-probs;
+//! for one image and prompt it generates. Nothing above this module knows which architecture
+//! answers, so real VLMs can join the built-in tiny one without touching the trainer.
+
+use std::io::Cursor;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD};
+use crate::train::logps::completion_logps;
+
+/// Rows of (image, prompt + completion): pixels, token ids and the completion mask.
+#[derive(Clone, Debug)]
+pub struct TokenBatch {
+    /// [rows, 3, size, size] in [0, 1].
+    pub images: Tensor<4>,
+    /// [rows, length]: BOS, prompt, completion, EOS, padding.
+    pub tokens: Tensor<2, Int>,
+    /// [rows, length]: true on completion tokens (EOS included).
+    pub mask: Tensor<2, Bool>,
+}
+
+/// How a policy draws a completion. `temperature: 0` is greedy decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: 64, seed: 0 }
+    }
+}
+
+/// What every model behind silkie provides.
+pub trait Policy {
+    /// Side of the square images the model reads.
+    fn image_size(&self) -> usize;
+    /// The longest token row (prompt and completion together) it takes.
+    fn max_tokens(&self) -> usize;
+    /// Summed and per-token mean log-probs of each row's completion (prompt and padding masked).
+    fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>);
+    /// A completion of `prompt` about `image` ([3, size, size]), as text.
+    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> String;
+}
+
+/// One row for [`TokenBatch`]: BOS, prompt, completion, EOS — cut from the front when longer
+/// than `max_len` (the end of a completion is what the preference is about), then padded.
+pub fn encode_row(prompt: &str, completion: &str, max_len: usize) -> (Vec<i64>, Vec<bool>) {
+    let t = ByteTokenizer;
+    let prompt: Vec<u32> = std::iter::once(BOS).chain(t.encode(prompt)).collect();
+    let completion: Vec<u32> = t.encode(completion).into_iter().chain([EOS]).collect();
+    let mut tokens: Vec<i64> = prompt.iter().chain(&completion).map(|x| i64::from(*x)).collect();
+    let mut mask: Vec<bool> = prompt.iter().map(|_| false).chain(completion.iter().map(|_| true)).collect();
+    if tokens.len() > max_len {
+        let cut = tokens.len() - max_len;
+        tokens.drain(..cut);
+        mask.drain(..cut);
+    }
+    tokens.resize(max_len, i64::from(PAD));
+    mask.resize(max_len, false);
+    (tokens, mask)
+}
+
+/// Encoded image bytes as [3, size, size] floats in [0, 1], channel-major.
+pub fn pixels(bytes: &[u8], size: usize) -> Result<Vec<f32>, image::ImageError> {
+    let s = size as u32;
+    let img = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()?
+        .decode()?
+        .resize_exact(s, s, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let plane = size * size;
+    let mut out = vec![0.0; 3 * plane];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            out[c * plane + y as usize * size + x as usize] = f32::from(p[c]) / 255.0;
+        }
+    }
+    Ok(out)
+}
+
+/// The image a row without one is shown: plain mid grey.
+pub fn blank_pixels(size: usize) -> Vec<f32> {
+    vec![0.5; 3 * size * size]
+}
+
+/// One encoded row: pixels and the prompt / completion texts.
+pub struct Example<'a> {
+    pub pixels: Vec<f32>,
+    pub prompt: &'a str,
+    pub completion: &'a str,
+}
+
+impl TokenBatch {
+    /// Encodes `rows` for a model reading `size`-pixel images, `max_len` tokens per row.
+    pub fn new(rows: Vec<Example<'_>>, size: usize, max_len: usize, device: &Device) -> TokenBatch {
+        let n = rows.len();
+        let (mut pixels, mut tokens, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            pixels.extend(row.pixels);
+            let (t, m) = encode_row(row.prompt, row.completion, max_len);
+            tokens.extend(t);
+            mask.extend(m);
+        }
+        TokenBatch {
+            images: Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device),
+            tokens: Tensor::from_data(TensorData::new(tokens, [n, max_len]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [n, max_len]), device),
+        }
+    }
+
+    /// The same images with other prompts and completions (the rows' pixels are ignored),
+    /// e.g. the rejected side of pairs.
+    pub fn with_completions(&self, rows: Vec<Example<'_>>, max_len: usize) -> TokenBatch {
+        let n = rows.len();
+        let device = self.images.device();
+        let (mut tokens, mut mask) = (Vec::new(), Vec::new());
+        for row in rows {
+            let (t, m) = encode_row(row.prompt, row.completion, max_len);
+            tokens.extend(t);
+            mask.extend(m);
+        }
+        TokenBatch {
+            images: self.images.clone(),
+            tokens: Tensor::from_data(TensorData::new(tokens, [n, max_len]), &device),
+            mask: Tensor::from_data(TensorData::new(mask, [n, max_len]), &device),
+        }
+    }
+}
+
+/// Summed and mean completion log-probs from a model's text logits; what [`Policy`]
+/// implementations that produce logits share.
+pub fn logps_from_logits(logits: Tensor<3>, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>) {
+    completion_logps(logits, batch.tokens.clone(), batch.mask.clone())
+}
+
+/// Picks the next token from last-position logits: argmax at temperature 0, otherwise a draw
+/// from the temperature-scaled distribution cut to its top-p nucleus (HF's order: temperature,
+/// then top-p, keeping at least one token).
+pub fn pick_token(logits: &[f32], sampling: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
+    let argmax = || {
+        let best =
+            logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b });
+        best.0 as u32
+    };
+    if sampling.temperature <= 0.0 {
+        return argmax();
+    }
+    let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / sampling.temperature).collect();
+    let top = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut probs: Vec<(usize, f64)> = scaled.iter().map(|l| (l - top).exp()).enumerate().collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= total);
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for p in &probs {
+        kept += 1;
+        mass += p.1;
+        if mass >= sampling.top_p {
+            break;
+        }
+    }
+    let nucleus = &probs[..kept];
+    let mut draw = rng.random::<f64>() * mass;
+    for &(token, p) in nucleus {
+        if draw < p {
+            return token as u32;
+        }
+        draw -= p;
+    }
+    nucleus[kept - 1].0 as u32
+}
+
+/// A seeded generator for one generation: the same seed draws the same completion.
+pub fn sampler(sampling: &Sampling) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(sampling.seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_rows_keep_their_end_and_short_ones_are_padded() {
+        let (tokens, mask) = encode_row("ab", "xyz", 4);
+        assert_eq!(tokens, vec![120, 121, 122, i64::from(EOS)]);
+        assert_eq!(mask, vec![true; 4]);
+        let (tokens, mask) = encode_row("a", "b", 6);
+        assert_eq!(tokens, vec![i64::from(BOS), 97, 98, i64::from(EOS), i64::from(PAD), i64::from(PAD)]);
+        assert_eq!(mask, vec![false, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_and_top_p_keeps_the_nucleus() {
+        let mut rng = sampler(&Sampling::default());
+        let logits = [0.0f32, 3.0, 1.0, 2.9];
+        assert_eq!(pick_token(&logits, &Sampling::default(), &mut rng), 1);
+        // With top_p tiny only the most likely token is left, whatever the temperature.
+        let narrow = Sampling { temperature: 5.0, top_p: 1e-6, ..Sampling::default() };
+        assert!((0..50).all(|_| pick_token(&logits, &narrow, &mut rng) == 1));
+        // Sampling reaches more than one token, and a seed fixes the draws.
+        let wide = Sampling { temperature: 1.0, top_p: 1.0, seed: 7, ..Sampling::default() };
+        let draws = |s: &Sampling| {
+            let mut rng = sampler(s);
+            (0..200).map(|_| pick_token(&logits, s, &mut rng)).collect::<Vec<_>>()
+        };
+        let first = draws(&wide);
+        assert!(first.contains(&1) && first.contains(&3));
+        assert_eq!(first, draws(&wide));
+    }
+}
