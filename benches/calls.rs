@@ -53,7 +53,9 @@ fn main() {
     let def: ModelDef =
         serde_json::from_value(json!({"provider": "openai", "model": "bench", "base_url": url})).unwrap();
     let images = Arc::new(ImageUrls::new(|_| std::path::PathBuf::new()));
-    let (provider, _) = providers::endpoint("bench", &def, images).unwrap();
+    let store_dir = tempfile::tempdir().expect("a temporary store");
+    let store = silkie::store::Store::open(store_dir.path()).expect("open the store");
+    let (provider, _) = providers::endpoint("bench", &def, images, &store).unwrap();
     let limits = Limits { max_in_flight: 256, ..Limits::default() };
     let endpoints = || -> Result<calls::Endpoints, String> {
         Ok(BTreeMap::from([("bench".to_string(), (provider.clone(), limits.clone()))]))

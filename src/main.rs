@@ -126,6 +126,9 @@ struct ShowArgs {
     /// Per-model statistics of a scores table: mean score per aspect, and win rate in the pairs
     #[arg(long, value_enum)]
     by: Option<GroupBy>,
+    /// Draw a `training` table's loss and reward-margin curves into this PNG file
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["report", "by"])]
+    plot: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -163,6 +166,7 @@ enum DagFormat {
 }
 
 mod cli {
+    pub mod plot;
     pub mod show;
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Workspace, status_of};
+use common::{Workspace, ran, status_of};
 
 fn pairs_csv(n: usize) -> String {
     let mut csv = String::from("prompt,chosen,rejected\n");
@@ -59,6 +59,7 @@ fn trains_and_writes_a_checkpoint_and_trl_metrics() {
     assert_eq!(first, second, "training is not reproducible");
 }
 
+#[cfg(not(feature = "tch"))]
 #[test]
 fn a_libtorch_device_without_the_feature_fails_clearly() {
     let ws = Workspace::new();
@@ -92,4 +93,144 @@ fn lora_training_writes_a_merged_checkpoint() {
     store.restore_dir(checkpoint["digest"].as_str().unwrap(), dir.path()).unwrap();
     let (_, config) = silkie::model::checkpoint::load(dir.path(), &burn::tensor::Device::flex()).unwrap();
     assert_eq!(config.d_model, 32);
+}
+
+fn output_digest(record: &serde_json::Value, instance: &str, output: &str) -> String {
+    let inst = record["instances"].as_array().unwrap().iter().find(|i| i["name"] == instance).unwrap();
+    inst["outputs"][output]["digest"].as_str().unwrap_or_else(|| panic!("no {instance}.{output} in {inst}")).to_string()
+}
+
+/// A run long enough to be killed part-way: 64 pairs in batches of 2, 3 epochs, a save every 4 steps.
+fn long_pipeline() -> String {
+    PIPELINE.replace("epochs: 3, batch_size: 8, seed: 7 }", "epochs: 3, batch_size: 2, seed: 7, checkpoint_every: 4 }")
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_save_and_ends_with_the_same_weights() {
+    let whole = Workspace::new();
+    whole.write("pairs.csv", &pairs_csv(64));
+    whole.write("pipeline.yaml", &long_pipeline());
+    let uninterrupted = whole.run(&[]);
+
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(64));
+    ws.write("pipeline.yaml", &long_pipeline());
+    let mut child = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let scratch = ws.path().join("cache/scratch");
+    let saved =
+        || std::fs::read_dir(&scratch).ok().into_iter().flatten().flatten().any(|d| d.path().join("latest").is_file());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !saved() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+    assert!(saved(), "no save appeared in {}", scratch.display());
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let mut resumed = ws.command(&["run", "--format", "json"]);
+    resumed.env("SILKIE_LOG", "silkie=info");
+    let resumed: common::Ran = resumed.output().unwrap().into();
+    assert_eq!(resumed.code, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    assert!(resumed.stderr.contains("resuming after step"), "it started over:\n{}", resumed.stderr);
+    let record = resumed.json();
+    assert_eq!(status_of(&record, "policy"), "ran");
+    assert_eq!(
+        output_digest(&record, "policy", "checkpoint"),
+        output_digest(&uninterrupted, "policy", "checkpoint"),
+        "the resumed run ended with other weights"
+    );
+    assert_eq!(
+        output_digest(&record, "policy", "training"),
+        output_digest(&uninterrupted, "policy", "training"),
+        "the resumed run logged other metrics"
+    );
+    assert!(std::fs::read_dir(&scratch).unwrap().next().is_none(), "the scratch space was not cleared");
+}
+
+#[test]
+fn a_stage_checkpoint_is_the_base_of_another_and_changing_it_reruns_that() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    let pipeline = format!(
+        "{PIPELINE}  again:\n    kind: dpo\n    needs: [pairs]\n    params: {{ base: {{ stage: policy }}, lr: 0.001, batch_size: 8 }}\n"
+    );
+    ws.write("pipeline.yaml", &pipeline);
+    let record = ws.run(&[]);
+    assert_eq!(status_of(&record, "again"), "ran");
+    let training = ws.silkie(&["show", "again.training", "--format", "json"]).json();
+    // The reference is the base: step 0 starts at ln 2 again, from the trained policy.
+    assert!((training[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5);
+    let reference = ws.silkie(&["show", "again.reference", "--rows", "100", "--format", "json"]).json();
+    assert_eq!(reference.as_array().unwrap().len(), 16, "one reference row per pair");
+    // Retraining the base differently makes the dependent stage stale.
+    ws.write("pipeline.yaml", &pipeline.replace("lr: 0.001, epochs: 3", "lr: 0.002, epochs: 3"));
+    let record = ws.run(&[]);
+    assert_eq!(ran(&record), vec!["again".to_string(), "policy".to_string()]);
+}
+
+#[test]
+fn training_curves_plot_to_a_png() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    ws.write("pipeline.yaml", PIPELINE);
+    ws.run(&[]);
+    let out = ws.silkie(&["show", "policy.training", "--plot", "curves.png"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let png = image::open(ws.path().join("curves.png")).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (960, 720));
+    let colours: std::collections::HashSet<[u8; 3]> = png.pixels().map(|p| p.0).collect();
+    assert!(colours.contains(&[31, 119, 180]) && colours.contains(&[214, 39, 40]), "a curve is missing");
+    // A table that is not training metrics says so.
+    let out = ws.silkie(&["show", "pairs", "--plot", "pairs.png"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("no `step` column"), "{}", out.stderr);
+}
+
+/// The policy answers instructions in-process through provider `local`.
+fn local_pipeline(lr: &str) -> String {
+    format!(
+        "{}  instructions: {{ kind: load, params: {{ path: instructions.csv }} }}
+  answers:
+    kind: sample
+    needs: [instructions]
+    params: {{ pool: [{{ stage: policy, temperature: 0 }}, {{ stage: policy, temperature: 1.0 }}], per_instruction: 2, max_tokens: 12 }}
+",
+        PIPELINE.replace("lr: 0.001", lr)
+    )
+}
+
+fn calls_line(stderr: &str) -> String {
+    stderr.lines().find(|l| l.contains("answers") && l.contains("calls:")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_trained_checkpoint_answers_through_the_local_provider_and_the_memo() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    ws.write("instructions.csv", "id,prompt\nq1,How many? 1\nq2,How many? 3\nq3,How many? 4\n");
+    ws.write("pipeline.yaml", &local_pipeline("lr: 0.001"));
+    let run = |args: &[&str]| {
+        let mut cmd = ws.command(&[&["run", "--format", "json"], args].concat());
+        cmd.env("SILKIE_LOG", "silkie=info");
+        let out: common::Ran = cmd.output().unwrap().into();
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        out
+    };
+    let first = run(&[]);
+    assert!(calls_line(&first.stderr).contains("6 sent"), "{}", first.stderr);
+    let responses = ws.silkie(&["show", "answers.responses", "--format", "json"]).json();
+    let rows = responses.as_array().unwrap();
+    assert_eq!(rows.len(), 6, "two answers per instruction");
+    assert!(rows.iter().all(|r| r["status"] == "ok" && r["response"].is_string()), "{responses}");
+    let labels: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    // Forced again: every answer comes from the memo, none is generated twice.
+    let again = run(&["--force", "answers"]);
+    assert!(calls_line(&again.stderr).contains("6 from the memo, 0 sent"), "{}", again.stderr);
+    assert_eq!(ws.silkie(&["show", "answers.responses", "--format", "json"]).json(), responses);
+    // A retrained policy is another model: its digest is in the call keys, so it answers anew.
+    ws.write("pipeline.yaml", &local_pipeline("lr: 0.002"));
+    let retrained = run(&[]);
+    assert!(calls_line(&retrained.stderr).contains("0 from the memo, 6 sent"), "{}", retrained.stderr);
 }

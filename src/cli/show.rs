@@ -1,4 +1,5 @@
-//! `silkie show`: a stage's table output, its data report, or per-model statistics.
+//! `silkie show`: a stage's table output, its data report, per-model statistics, or a plot
+//! of training curves.
 
 use std::path::Path;
 
@@ -30,6 +31,12 @@ pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
     }
     let (out_name, out) = pick_output(&name, &record, output.as_deref())?;
     let mut df = read_table(&store, &name, out_name, out)?;
+    if let Some(path) = &args.plot {
+        super::plot::training_curves(&df, &format!("{name}.{out_name}"), path)
+            .map_err(|e| Failure::Invalid(format!("{name}.{out_name}: {e}")))?;
+        eprintln!("wrote {}", path.display());
+        return Ok(true);
+    }
     if args.by == Some(GroupBy::Model) {
         let pairs = shown.downstream_pairs(&name);
         if pairs.is_none() {

@@ -71,7 +71,10 @@ fn backend(spec: DeviceSpec) -> Result<Device, DeviceError> {
     }
 }
 
+// Burn marks its LibTorch backend deprecated; our users train on LibTorch CUDA, so it stays
+// behind the `tch` feature until a CubeCL backend covers them.
 #[cfg(feature = "tch")]
+#[allow(deprecated)]
 fn backend(spec: DeviceSpec) -> Result<Device, DeviceError> {
     match spec {
         DeviceSpec::Flex => Ok(Device::flex()),

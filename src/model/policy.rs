@@ -46,8 +46,19 @@ pub trait Policy {
     fn max_tokens(&self) -> usize;
     /// Summed and per-token mean log-probs of each row's completion (prompt and padding masked).
     fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>);
-    /// A completion of `prompt` about `image` ([3, size, size]), as text.
-    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> String;
+    /// A completion of `prompt` about `image` ([3, size, size]).
+    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> Generation;
+}
+
+/// What [`Policy::generate`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    /// Prompt tokens the model read (after any cut to fit).
+    pub tokens_in: usize,
+    pub tokens_out: usize,
+    /// Ended by the model (end of sequence) rather than by a length limit.
+    pub stopped: bool,
 }
 
 /// One row for [`TokenBatch`]: BOS, prompt, completion, EOS — cut from the front when longer

@@ -11,7 +11,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::policy::{Policy, Sampling, TokenBatch, logps_from_logits, pick_token, sampler};
+use super::policy::{Generation, Policy, Sampling, TokenBatch, logps_from_logits, pick_token, sampler};
 use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD, VOCAB};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,14 +171,16 @@ impl Policy for TinyVlm {
         logps_from_logits(self.forward(batch.images.clone(), batch.tokens.clone()), batch)
     }
 
-    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> String {
+    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> Generation {
         let mut tokens: Vec<u32> = std::iter::once(BOS).chain(ByteTokenizer.encode(prompt)).collect();
         // Keep the prompt's end, and room for at least one new token.
         let room = self.max_tokens.saturating_sub(1).max(1);
         if tokens.len() > room {
             tokens.drain(..tokens.len() - room);
         }
+        let tokens_in = tokens.len();
         let image = self.embed_image(image.unsqueeze_dim(0));
+        let mut stopped = false;
         let mut cache = self.blocks.new_autoregressive_cache();
         let mut rng = sampler(sampling);
         let mut completion = Vec::new();
@@ -190,12 +192,13 @@ impl Policy for TinyVlm {
             }
             let next = pick_token(&logits, sampling, &mut rng);
             if next == EOS {
+                stopped = true;
                 break;
             }
             tokens.push(next);
             completion.push(next);
         }
-        ByteTokenizer.decode(&completion)
+        Generation { text: ByteTokenizer.decode(&completion), tokens_in, tokens_out: completion.len(), stopped }
     }
 }
 
@@ -336,12 +339,14 @@ mod tests {
         let model = TinyConfig { max_tokens: 40, ..TinyConfig::default() }.init(&device);
         let image = Tensor::<4>::ones([1, 3, 32, 32], &device).mul_scalar(0.3);
         let greedy = Sampling { max_new_tokens: 12, ..Sampling::default() };
-        let cached = model.generate(image.clone().squeeze_dim(0), "What is red?", &greedy);
+        let cached = model.generate(image.clone().squeeze_dim(0), "What is red?", &greedy).text;
         assert_eq!(cached, generate_uncached(&model, image.clone(), "What is red?", 12));
         let sampled = Sampling { temperature: 1.0, top_p: 0.9, max_new_tokens: 12, seed: 5 };
         let a = model.generate(image.clone().squeeze_dim(0), "What is red?", &sampled);
         assert_eq!(a, model.generate(image.clone().squeeze_dim(0), "What is red?", &sampled));
+        assert_eq!(a.tokens_in, "What is red?".len() + 1, "BOS and the prompt's bytes");
         let other = Sampling { seed: 6, ..sampled };
-        assert_ne!(a, model.generate(image.squeeze_dim(0), "What is red?", &other), "seeds 5 and 6 drew the same");
+        let b = model.generate(image.squeeze_dim(0), "What is red?", &other);
+        assert_ne!(a.text, b.text, "seeds 5 and 6 drew the same");
     }
 }

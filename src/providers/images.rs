@@ -31,6 +31,11 @@ impl ImageUrls {
         ImageUrls { blob_path: Box::new(blob_path), cache: Mutex::new(Cache::default()) }
     }
 
+    /// Where a stored image's bytes are.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        (self.blob_path)(digest)
+    }
+
     /// `data:image/…;base64,…` for a stored image, no larger than `max_side` pixels.
     /// Concurrent callers for one image wait for a single encoding.
     pub fn data_url(&self, digest: &str, max_side: Option<u32>) -> Result<Arc<str>, String> {

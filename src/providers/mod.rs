@@ -1,7 +1,9 @@
 //! Providers answer chat requests: OpenAI-compatible HTTP endpoints (what vLLM, SGLang,
-//! Ollama, LiteLLM and hosted APIs speak); in-process models and the oracle judge join later.
+//! Ollama, LiteLLM and hosted APIs speak) and `local` checkpoints generating in-process; the
+//! oracle judge joins later.
 
 mod images;
+mod local;
 mod openai;
 
 use std::sync::Arc;
@@ -11,10 +13,11 @@ use crate::calls::{Limits, Provider};
 use crate::dsl::ModelDef;
 
 pub use images::ImageUrls;
+pub use local::Local;
 pub use openai::OpenAi;
 
 /// The provider kinds `models:` entries may name.
-pub const PROVIDERS: &[&str] = &["openai"];
+pub const PROVIDERS: &[&str] = &["openai", "local"];
 
 /// What a `models:` entry is, for keys: provider kind, model name and its params.
 pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
@@ -27,9 +30,23 @@ pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
 
 /// Builds the provider and limits for one `models:` entry. Fails (naming the model) when
 /// the entry cannot work: no base URL, or an API key variable that is not set.
-pub fn endpoint(name: &str, def: &ModelDef, images: Arc<ImageUrls>) -> Result<(Arc<dyn Provider>, Limits), String> {
+/// A `local` entry's `model` is the digest of the checkpoint it loads from `store`.
+pub fn endpoint(
+    name: &str,
+    def: &ModelDef,
+    images: Arc<ImageUrls>,
+    store: &crate::store::Store,
+) -> Result<(Arc<dyn Provider>, Limits), String> {
     let provider: Arc<dyn Provider> = match def.provider.as_str() {
         "openai" => Arc::new(OpenAi::new(name, def, images)?),
+        "local" => {
+            let digest =
+                def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
+            Arc::new(
+                Local::open(digest, store, def.runtime.device.as_deref(), images)
+                    .map_err(|e| format!("model `{name}`: {e}"))?,
+            )
+        }
         other => {
             return Err(format!(
                 "model `{name}`: provider `{other}` cannot be called here (known: {})",

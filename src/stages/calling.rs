@@ -26,7 +26,7 @@ pub fn call_models<'m>(
         let mut endpoints = calls::Endpoints::new();
         for &(name, def) in &models {
             if !endpoints.contains_key(name) {
-                endpoints.insert(name.to_string(), providers::endpoint(name, def, images.clone())?);
+                endpoints.insert(name.to_string(), providers::endpoint(name, def, images.clone(), ctx.store)?);
             }
         }
         Ok(endpoints)

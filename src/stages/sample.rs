@@ -20,7 +20,8 @@ use crate::providers;
 
 pub const KIND: Kind = Kind { name: "sample", version: 1, model_params: &["pool"], configure };
 
-/// A pool entry: a `models:` name, or one with its own decoding params.
+/// A pool entry: a `models:` name, or a map naming a `models:` entry (`model`) or a stage's
+/// checkpoint (`stage`, optional `output`; provider `local`), with its own decoding params.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 enum PoolEntry {
@@ -31,7 +32,12 @@ enum PoolEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EntryParams {
-    model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +88,10 @@ struct Params {
 #[derive(Debug, Clone)]
 struct Member {
     label: String,
+    /// The `models:` name, or for a checkpoint the input role it arrives under.
     model: String,
+    /// A checkpoint's model (provider `local`) rather than a `models:` entry.
+    local: bool,
     def: ModelDef,
     identity: ModelIdentity,
     /// Decoding params sent with its calls (the stage's, overridden by the entry's).
@@ -94,6 +103,18 @@ struct Member {
 struct Sample {
     params: Params,
     pool: Vec<Member>,
+}
+
+/// The definition of a checkpoint's model; its `model` (the digest) is filled in at run time.
+fn local_def() -> ModelDef {
+    ModelDef {
+        provider: "local".into(),
+        model: None,
+        base_url: None,
+        api_key_env: None,
+        params: Map::new(),
+        runtime: crate::dsl::Runtime { max_in_flight: Some(1), ..Default::default() },
+    }
 }
 
 fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
@@ -111,12 +132,29 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     for (i, entry) in params.pool.iter().enumerate() {
         let (name, overrides) = match entry {
             PoolEntry::Name(name) => (name.clone(), None),
-            PoolEntry::Entry(e) => (e.model.clone(), Some(e)),
+            PoolEntry::Entry(e) => (e.model.clone().or_else(|| e.stage.clone()).unwrap_or_default(), Some(e)),
         };
-        let Some(def) = config.models.get(&name) else {
-            let names = config.models.keys().map(String::as_str);
-            return Err(Issue::new(format!("params.pool[{i}]"), format!("`{name}` is not in `models:`"))
-                .with_help(did_you_mean(&name, names)));
+        let local = overrides.and_then(|e| e.stage.as_deref());
+        let def = match (overrides.map(|e| (&e.model, &e.stage)), local) {
+            (Some((Some(_), Some(_))) | Some((None, None)), _) => {
+                return Err(Issue::new(
+                    format!("params.pool[{i}]"),
+                    "name either a `model` (from `models:`) or a `stage` (its checkpoint), not both or neither",
+                ));
+            }
+            (_, Some(_)) => local_def(),
+            _ => match config.models.get(&name) {
+                Some(def) => def.clone(),
+                None => {
+                    let names = config.models.keys().map(String::as_str);
+                    return Err(Issue::new(format!("params.pool[{i}]"), format!("`{name}` is not in `models:`"))
+                        .with_help(did_you_mean(&name, names)));
+                }
+            },
+        };
+        let model = match local {
+            Some(stage) => super::model_role(stage, overrides.and_then(|e| e.output.as_deref())),
+            None => name.clone(),
         };
         let mut decoding = BTreeMap::from([
             ("temperature".to_string(), json!(overrides.and_then(|o| o.temperature).unwrap_or(params.temperature))),
@@ -134,23 +172,25 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         if pool.iter().any(|m: &Member| m.label == label) {
             return Err(Issue::new(format!("params.pool[{i}]"), format!("`{label}` is in the pool twice")));
         }
-        let identity = providers::identity(&name, def);
+        let identity = providers::identity(&model, &def);
         let overrides = overrides.map_or(
             Value::Null,
             |o| json!({"temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens}),
         );
-        pool.push(Member { label, model: name, def: def.clone(), identity, params: decoding, overrides });
+        pool.push(Member { label, model, local: local.is_some(), def, identity, params: decoding, overrides });
     }
     Ok(Box::new(Sample { params, pool }))
 }
 
 impl Sample {
     /// The pool entries an instruction gets: the first `per_instruction` by a seeded hash.
-    fn draw(&self, instruction: &str) -> Vec<&Member> {
-        let mut ranked: Vec<(blake3::Hash, &Member)> = self
+    /// Indices into the pool.
+    fn draw(&self, instruction: &str) -> Vec<usize> {
+        let mut ranked: Vec<(blake3::Hash, usize)> = self
             .pool
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
                 // Identity and the entry's own overrides only: changing the stage's decoding
                 // params must not change which models answer an instruction.
                 let identity = json!({"identity": m.identity, "overrides": m.overrides});
@@ -159,7 +199,7 @@ impl Sample {
                 h.update(instruction.as_bytes());
                 h.update(&[0]);
                 h.update(identity.to_string().as_bytes());
-                (h.finalize(), m)
+                (h.finalize(), i)
             })
             .collect();
         ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -177,7 +217,9 @@ impl Stage for Sample {
     fn canonical_params(&self) -> Value {
         // Models enter the key by identity (provider, model, params), never by transport.
         let mut value = canonical(&self.params);
-        let identities: Map<String, Value> = self.pool.iter().map(|m| (m.label.clone(), json!(m.identity))).collect();
+        // A checkpoint enters by its digest, which the plan puts in place of `{ stage: … }`.
+        let identities: Map<String, Value> =
+            self.pool.iter().filter(|m| !m.local).map(|m| (m.label.clone(), json!(m.identity))).collect();
         value["models"] = Value::Object(identities);
         value
     }
@@ -204,6 +246,7 @@ impl Stage for Sample {
             .map_err(StageError::Failed)?
             .unwrap_or_else(|| vec![None; ids.len()]);
 
+        let pool: Vec<Member> = self.pool.iter().map(|m| resolve(ctx, m)).collect::<Result<_, _>>()?;
         // (instruction id, member, call key)
         let mut planned: Vec<(&str, &Member, String)> = Vec::new();
         let mut specs = Vec::new();
@@ -214,7 +257,7 @@ impl Stage for Sample {
                     row + 1
                 )));
             };
-            for member in self.draw(id) {
+            for member in self.draw(id).into_iter().map(|i| &pool[i]) {
                 let request = self.request(member, prompt, images[row]);
                 let key = calls::call_key(&member.identity, &request, 0);
                 specs.push(CallSpec { key: key.clone(), model: member.model.clone(), request });
@@ -222,13 +265,25 @@ impl Stage for Sample {
             }
         }
         let mut report = DataReport::default();
-        let results = run_pool_calls(ctx, &self.pool, &specs, &mut report)?;
+        let results = run_pool_calls(ctx, &pool, &specs, &mut report)?;
         let mut responses = responses_table(&planned, &results, ids.len(), &mut report).map_err(StageError::Failed)?;
         Ok(BTreeMap::from([
             ("responses".to_string(), ctx.put_table(&mut responses)?),
             ("report".to_string(), ctx.put_report(&report)?),
         ]))
     }
+}
+
+/// A checkpoint's member with its digest as the model: in its call keys and what it loads.
+fn resolve(ctx: &RunContext, member: &Member) -> Result<Member, StageError> {
+    if !member.local {
+        return Ok(member.clone());
+    }
+    let digest = ctx.input(&member.model)?.output.digest.clone();
+    let mut resolved = member.clone();
+    resolved.def.model = Some(digest.clone());
+    resolved.identity.model = digest;
+    Ok(resolved)
 }
 
 /// Sends (or finds in the memo) every call the pool members need.
