@@ -49,6 +49,8 @@ enum Command {
     Validate(PositionalPipeline),
     /// Remove what the last runs of every pipeline no longer reach
     Gc(GcArgs),
+    /// Measure DPO training throughput on a device (what scripts/gpu-check runs)
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -136,6 +138,27 @@ struct ShowArgs {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum GroupBy {
     Model,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum)]
+    what: BenchTarget,
+    /// flex, libtorch or libtorch-cuda:N
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Timed steps per model size (after one warm-up step)
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchTarget {
+    /// Full DPO steps of the tiny VLM at two sizes, batch 8 × 64 tokens
+    Dpo,
 }
 
 #[derive(Args)]
@@ -283,7 +306,37 @@ fn dispatch(cli: Cli) -> Outcome {
         Command::Show(args) => cli::show::run(&ctx, args),
         Command::Validate(args) => cmd_validate(&ctx, args),
         Command::Gc(args) => cmd_gc(&ctx, args),
+        Command::Bench(args) => cmd_bench(args),
     }
+}
+
+fn cmd_bench(args: BenchArgs) -> Outcome {
+    use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
+    let BenchTarget::Dpo = args.what;
+    let device = silkie::model::device::open(Some(&args.device), None, true)
+        .map_err(|e| Failure::Invalid(format!("--device: {e}")))?;
+    let mut rows = Vec::new();
+    for (size, (name, _, _)) in SIZES.iter().enumerate() {
+        let t = dpo_steps(&device, size, args.steps.max(1));
+        if args.format == Format::Text {
+            println!(
+                "{} tiny VLM {name} ({} patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s",
+                args.device,
+                t.config.patches(),
+                t.ms_per_step,
+                t.tokens_per_second
+            );
+        }
+        rows.push(serde_json::json!({
+            "device": args.device, "size": name, "batch": BATCH, "tokens": TOKENS,
+            "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second,
+        }));
+    }
+    match args.format {
+        Format::Json => print_json(&serde_json::json!({"runs": rows, "peak_rss_mb": peak_rss_mb()})),
+        Format::Text => println!("peak RSS {:.0} MB", peak_rss_mb()),
+    }
+    Ok(true)
 }
 
 fn print_json(value: &impl serde::Serialize) {

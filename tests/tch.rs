@@ -68,6 +68,8 @@ fn flex_and_libtorch_cpu_give_the_same_per_step_losses() {
     let a = losses(model, &flex);
     let b = losses(on_torch, &torch);
     assert_eq!(a.len(), 6);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x.loss - y.loss).abs() / x.loss.abs()).fold(0.0, f64::max);
+    eprintln!("largest relative loss difference, flex vs libtorch: {worst:e}");
     for (x, y) in a.iter().zip(&b) {
         let rel = (x.loss - y.loss).abs() / x.loss.abs().max(1e-12);
         assert!(rel < 1e-4, "step {}: flex {} vs libtorch {} (relative {rel:e})", x.step, x.loss, y.loss);

@@ -1,6 +1,7 @@
 //! Training: DPO losses and the log-probabilities they are computed from (DESIGN §6).
 //! Everything here is Burn tensor code, the same on flex (CPU) and LibTorch devices.
 
+pub mod bench;
 pub mod clip;
 pub mod dpo;
 pub mod logps;

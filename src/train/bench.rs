@@ -1,0 +1,83 @@
+//! The DPO step benchmark that `silkie bench dpo` and `cargo bench --bench dpo` share:
+//! tokens per second of a full training step (policy forward on chosen and rejected, loss,
+//! backward, global-norm clipping, AdamW) on the tiny VLM, batch 8 × 64 tokens.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::dpo::{Batch, Reference, Settings, TrainState, reference_logps, train};
+use super::losses::{LossConfig, LossType};
+use super::optim::AdamW;
+use crate::model::policy::TokenBatch;
+use crate::model::tiny::TinyConfig;
+
+pub const BATCH: usize = 8;
+pub const TOKENS: usize = 64;
+
+/// The two model sizes measured: (name, d_model, layers).
+pub const SIZES: [(&str, usize, usize); 2] = [("d64 × 2 layers", 64, 2), ("d128 × 4 layers", 128, 4)];
+
+pub struct Throughput {
+    pub config: TinyConfig,
+    pub ms_per_step: f64,
+    pub tokens_per_second: f64,
+}
+
+fn side(device: &Device, salt: i64) -> TokenBatch {
+    let tokens: Vec<i64> = (0..BATCH * TOKENS).map(|i| (i as i64 * 31 + salt) % 256).collect();
+    let mask: Vec<bool> = (0..BATCH * TOKENS).map(|i| i % TOKENS >= TOKENS / 2).collect();
+    TokenBatch {
+        images: Tensor::<4>::ones([BATCH, 3, 32, 32], device).mul_scalar(0.5),
+        tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [BATCH, TOKENS]), device),
+        mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [BATCH, TOKENS]), device),
+    }
+}
+
+/// `steps` timed steps (after one warm-up step) of size `SIZES[size]` on `device` (autodiff).
+pub fn dpo_steps(device: &Device, size: usize, steps: usize) -> Throughput {
+    let (_, d_model, layers) = SIZES[size.min(SIZES.len() - 1)];
+    let config =
+        TinyConfig { image_size: 32, patch_size: 8, d_model, layers, heads: 4, d_ff: d_model * 2, max_tokens: TOKENS };
+    let model = config.init(device);
+    let batches = vec![Batch { chosen: side(device, 1), rejected: side(device, 2) }];
+    let settings = Settings {
+        loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
+        lr: 1e-4,
+        epochs: steps.max(1) + 1,
+        warmup_ratio: 0.0,
+        max_grad_norm: Some(1.0),
+        optimizer: AdamW::default(),
+        grad_accum: 1,
+        sft_weight: 0.0,
+    };
+    let reference = Reference::Logps(reference_logps(&model, &batches));
+    let mut times = Vec::new();
+    let mut last = Instant::now();
+    let mut after_step = |state: &TrainState<_>| {
+        // Reading the loss back waits for the device, so the step is really over.
+        let _ = state.metrics.last();
+        times.push(last.elapsed());
+        last = Instant::now();
+        Ok::<(), Infallible>(())
+    };
+    let Ok(_) =
+        train(TrainState::start(model, &settings), &batches, &reference, &settings, &|_| vec![0], &mut after_step);
+    // The first step warms up (allocations, kernels): it is left out.
+    let steady = &times[1..];
+    let per_step = steady.iter().map(|t| t.as_secs_f64()).sum::<f64>() / steady.len().max(1) as f64;
+    // Chosen and rejected: 2 × batch × tokens per step.
+    let tokens = (2 * BATCH * TOKENS) as f64;
+    Throughput { config, ms_per_step: per_step * 1e3, tokens_per_second: tokens / per_step }
+}
+
+/// This process's peak resident memory so far, in MB (Linux; NaN elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
