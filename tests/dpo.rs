@@ -71,7 +71,7 @@ fn a_libtorch_device_without_the_feature_fails_clearly() {
 }
 
 #[test]
-fn lora_training_writes_a_merged_checkpoint() {
+fn lora_training_writes_a_merged_checkpoint_or_one_with_adapters_apart() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv(16));
     ws.write(
@@ -93,6 +93,19 @@ fn lora_training_writes_a_merged_checkpoint() {
     store.restore_dir(checkpoint["digest"].as_str().unwrap(), dir.path()).unwrap();
     let (_, config) = silkie::model::checkpoint::load(dir.path(), &burn::tensor::Device::flex()).unwrap();
     assert_eq!(config.d_model, 32);
+    assert!(!dir.path().join("adapter.json").exists());
+    // Kept apart, the adapters travel with the base weights and load merged.
+    ws.write(
+        "pipeline.yaml",
+        &PIPELINE
+            .replace("seed: 7 }", "seed: 7, lora: { r: 4, alpha: 8, targets: [attention, mlp] }, merge_lora: false }"),
+    );
+    let record = ws.run(&[]);
+    let digest = output_digest(&record, "policy", "checkpoint");
+    let dir = tempfile::tempdir().unwrap();
+    store.restore_dir(&digest, dir.path()).unwrap();
+    assert!(dir.path().join("adapter.json").exists());
+    silkie::model::checkpoint::load(dir.path(), &burn::tensor::Device::flex()).unwrap();
 }
 
 fn output_digest(record: &serde_json::Value, instance: &str, output: &str) -> String {

@@ -78,6 +78,20 @@ pub enum LoraTarget {
     Mlp,
 }
 
+/// LoRA adapters: rank, `alpha` (the scale is `alpha / r`) and the layers they adapt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default = "all_targets")]
+    pub targets: Vec<LoraTarget>,
+}
+
+fn all_targets() -> Vec<LoraTarget> {
+    vec![LoraTarget::Attention, LoraTarget::Mlp]
+}
+
 impl LoraTarget {
     /// Parameter-path fragments of the layers it names.
     fn paths(self) -> &'static [&'static str] {
@@ -91,10 +105,10 @@ impl LoraTarget {
 impl TinyVlm {
     /// Adds LoRA adapters (rank `r`, scale `alpha / r`) to the targeted weights and freezes
     /// every other parameter: only the adapters train. [`Module::materialize`] merges them.
-    pub fn with_lora(self, r: usize, alpha: f64, targets: &[LoraTarget]) -> Self {
-        let paths: Vec<&str> = targets.iter().flat_map(|t| t.paths().iter().copied()).collect();
+    pub fn with_lora(self, lora: &LoraSpec) -> Self {
+        let paths: Vec<&str> = lora.targets.iter().flat_map(|t| t.paths().iter().copied()).collect();
         let group = burn::module::ParamGroup::from_any_predicates(paths);
-        self.apply_lora(burn::module::Lora::new(r, alpha).set_param_group(group))
+        self.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group))
     }
 
     /// Logits over the vocabulary for every text position: `images` [batch, 3, H, W] in
@@ -278,7 +292,8 @@ mod tests {
     #[test]
     fn lora_trains_only_adapters_and_merges_into_the_same_model() {
         let device = Device::flex().autodiff();
-        let model = TinyConfig::default().init(&device).with_lora(4, 8.0, &[LoraTarget::Attention, LoraTarget::Mlp]);
+        let model =
+            TinyConfig::default().init(&device).with_lora(&LoraSpec { r: 4, alpha: 8.0, targets: all_targets() });
         let data = Preference::new(&device);
         let embeddings_before: Vec<f32> = model.tokens.weight.val().into_data().try_to_vec().unwrap();
         let (model, losses) = data.train(model, 1e-2, 8);

@@ -21,7 +21,7 @@ use crate::dsl::Issue;
 use crate::model::checkpoint;
 use crate::model::device;
 use crate::model::policy::{Example, TokenBatch, blank_pixels, pixels};
-use crate::model::tiny::{LoraTarget, TinyConfig, TinyVlm};
+use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
 use crate::store::{OutputKind, OutputRef};
 use crate::train::dpo::{self, Batch, Reference, TrainState};
 use crate::train::losses::{LossConfig, LossType};
@@ -157,9 +157,13 @@ struct Params {
     /// Micro-batches of `batch_size` per optimiser step.
     #[serde(default = "one")]
     grad_accum: usize,
-    /// Train LoRA adapters only (merged into the checkpoint); full fine-tuning without.
+    /// Train LoRA adapters only; full fine-tuning without.
     #[serde(default)]
-    lora: Option<LoraParams>,
+    lora: Option<LoraSpec>,
+    /// Merge trained adapters into the checkpoint's weights (a plain model), or keep them
+    /// apart (`adapter.json` beside the base weights; loading merges them).
+    #[serde(default = "yes")]
+    merge_lora: bool,
     /// Weight of an NLL term on the chosen response (RPO); 0 is plain DPO.
     #[serde(default)]
     sft_weight: f64,
@@ -177,19 +181,6 @@ struct Params {
     /// of the key: it changes no result.
     #[serde(default = "checkpoint_every")]
     checkpoint_every: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoraParams {
-    r: usize,
-    alpha: f64,
-    #[serde(default = "all_targets")]
-    targets: Vec<LoraTarget>,
-}
-
-fn all_targets() -> Vec<LoraTarget> {
-    vec![LoraTarget::Attention, LoraTarget::Mlp]
 }
 
 struct Dpo {
@@ -395,7 +386,7 @@ impl Stage for Dpo {
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
         let adapt = |model: TinyVlm| match &self.params.lora {
-            Some(lora) => model.with_lora(lora.r, lora.alpha, &lora.targets),
+            Some(lora) => model.with_lora(lora),
             None => model,
         };
         let reference = if self.params.precompute_ref {
@@ -444,10 +435,13 @@ impl Stage for Dpo {
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
-        // Adapters are merged: the checkpoint is a plain model whatever trained it.
-        let model = if self.params.lora.is_some() { state.model.valid().materialize() } else { state.model };
+        let (model, adapter) = match &self.params.lora {
+            Some(lora) if !self.params.merge_lora => (state.model.valid(), Some(lora)),
+            Some(_) => (state.model.valid().materialize(), None),
+            None => (state.model, None),
+        };
         let dir = ctx.store.tmp_path("checkpoint");
-        checkpoint::save(&model, &config, &dir).map_err(|e| failed(&e))?;
+        checkpoint::save(&model, &config, adapter, &dir).map_err(|e| failed(&e))?;
         let (digest, bytes) = ctx.store.put_dir(&dir)?;
         let _ = std::fs::remove_dir_all(&dir);
         let mut training = metrics_table(&state.metrics).map_err(StageError::Failed)?;

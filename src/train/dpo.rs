@@ -370,8 +370,14 @@ mod tests {
     /// returns the final model; `None` for `stop_after` runs it through in one go.
     fn stop_and_resume(model: TinyVlm, lora: bool, stop_after: Option<usize>) -> (TinyVlm, Vec<StepMetrics>) {
         let device = model.devices()[0].clone();
-        let adapt =
-            |m: TinyVlm| if lora { m.with_lora(2, 4.0, &[crate::model::tiny::LoraTarget::Attention]) } else { m };
+        let adapt = |m: TinyVlm| {
+            let spec = crate::model::tiny::LoraSpec {
+                r: 2,
+                alpha: 4.0,
+                targets: vec![crate::model::tiny::LoraTarget::Attention],
+            };
+            if lora { m.with_lora(&spec) } else { m }
+        };
         let data: Vec<Batch> = (0..4).map(|i| batch(&[i, (i + 1) % 4], &device)).collect();
         let settings = Settings {
             loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
