@@ -4,6 +4,7 @@
 pub mod calls;
 pub mod data;
 pub mod dsl;
+pub mod eval;
 pub mod exec;
 pub mod model;
 pub mod plan;

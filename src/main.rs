@@ -49,6 +49,10 @@ enum Command {
     Validate(PositionalPipeline),
     /// Remove what the last runs of every pipeline no longer reach
     Gc(GcArgs),
+    /// Score benchmark results that exist already: MME's results layout, or MMHal-Bench answers
+    Eval(EvalArgs),
+    /// Every evaluate result of one or several pipelines side by side, with relative changes
+    Metrics(MetricsArgs),
     /// Measure DPO training throughput on a device (what scripts/gpu-check runs)
     Bench(BenchArgs),
 }
@@ -141,6 +145,60 @@ enum GroupBy {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    /// Which benchmark's rules
+    #[arg(value_enum)]
+    benchmark: EvalBenchmark,
+    /// mme: a results directory (<subtask>.txt files); mmhal: the benchmark JSON with `model_answer`s
+    path: PathBuf,
+    /// mmhal: the judge, a `models:` entry of the pipeline (-f)
+    #[arg(long)]
+    judge: Option<String>,
+    /// mmhal: the judge's prompt template instead of silkie's
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    #[command(flatten)]
+    file: PipelineFile,
+    /// Send no judge call: answer from the memo only
+    #[arg(long)]
+    offline: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EvalBenchmark {
+    Mme,
+    Mmhal,
+}
+
+#[derive(Args)]
+struct MetricsArgs {
+    /// Pipelines whose evaluate stages to read [default: pipeline.yaml in the workspace]
+    pipelines: Vec<PathBuf>,
+    /// Compare every row with this evaluate instance (NAME or PIPELINE:NAME) instead of each
+    /// stage's own `baseline:`
+    #[arg(long, value_name = "INSTANCE")]
+    baseline: Option<String>,
+    /// Include per-subtask and per-type metrics
+    #[arg(long)]
+    all: bool,
+    /// Draw the metrics as bars into this PNG file
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = MetricsFormat::Text)]
+    format: MetricsFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MetricsFormat {
+    Text,
+    Json,
+    Csv,
+    Markdown,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// What to measure
     #[arg(value_enum)]
@@ -189,6 +247,8 @@ enum DagFormat {
 }
 
 mod cli {
+    pub mod eval;
+    pub mod metrics;
     pub mod plot;
     pub mod show;
 }
@@ -307,6 +367,8 @@ fn dispatch(cli: Cli) -> Outcome {
         Command::Validate(args) => cmd_validate(&ctx, args),
         Command::Gc(args) => cmd_gc(&ctx, args),
         Command::Bench(args) => cmd_bench(args),
+        Command::Eval(args) => cli::eval::run(&ctx, args),
+        Command::Metrics(args) => cli::metrics::run(&ctx, args),
     }
 }
 

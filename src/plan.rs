@@ -186,12 +186,21 @@ fn stage_dependencies(pipeline: &Pipeline) -> Result<BTreeMap<&str, Vec<String>>
         for (role, need) in &stage.inputs {
             add(&need.stage, format!("stages.{name}.inputs.{role}"), &mut issues);
         }
+        for (param, dep) in stage_input_params(&stage.kind, &stage.params) {
+            add(dep, format!("stages.{name}.params.{param}"), &mut issues);
+        }
         for (path, need) in declared_model_references(&stage.kind, &stage.params) {
             add(&need.stage, format!("stages.{name}.{path}"), &mut issues);
         }
         deps.insert(name.as_str(), mine);
     }
     if issues.is_empty() { Ok(deps) } else { Err(issues) }
+}
+
+/// Params a kind declares as naming a stage to read (`baseline: NAME`): (param, stage).
+fn stage_input_params<'p>(kind: &str, params: &'p Value) -> Vec<(&'static str, &'p str)> {
+    let declared = stages::kind(kind).map_or(&[][..], |k| k.stage_inputs);
+    declared.iter().filter_map(|(param, _)| params.get(*param).and_then(Value::as_str).map(|s| (*param, s))).collect()
 }
 
 /// Model references in the params a kind declares as model fields (`pool`, `judge`, …).
@@ -378,7 +387,17 @@ fn instantiate(
             (dep, node)
         })
         .collect();
-    let (inputs, positional_inputs) = bind_roles(stage, stage_impl.as_ref(), &deps, graph).map_err(|i| vec![i])?;
+    let (mut inputs, positional_inputs) = bind_roles(stage, stage_impl.as_ref(), &deps, graph).map_err(|i| vec![i])?;
+    for (param, dep) in stage_input_params(&stage.kind, &params) {
+        let Some(&node) = deps.get(dep) else {
+            let why = format!("`{dep}` must be written as a stage name, not computed by interpolation");
+            return Err(vec![Issue::new(format!("{base}.params.{param}"), why)]);
+        };
+        let output = kind.stage_inputs.iter().find(|(p, _)| *p == param).map_or("", |(_, o)| *o);
+        check_output(&format!("{base}.params.{param}"), dep, output, &graph[node].stage_impl.outputs())
+            .map_err(|i| vec![i])?;
+        inputs.insert(param.to_string(), (node, output.to_string()));
+    }
     let mut model_refs = Vec::new();
     for (path, need) in declared_model_references(&stage.kind, &params) {
         let node = deps[need.stage.as_str()];

@@ -80,3 +80,68 @@ fn draw(
     root.present()?;
     Ok(())
 }
+
+/// One panel per metric, a bar per evaluated instance: `panels` is (title, [(label, value)]).
+pub fn metric_bars(panels: &[(String, Vec<(String, f64)>)], path: &Path) -> Result<(), String> {
+    if panels.is_empty() {
+        return Err("nothing to plot".into());
+    }
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let (width, height) = (SIZE.0, (260 * panels.len() as u32).max(300));
+    let mut pixels = vec![0u8; (width * height * 3) as usize];
+    draw_bars(&mut pixels, (width, height), panels).map_err(|e| format!("drawing the plot: {e}"))?;
+    let image = image::RgbImage::from_raw(width, height, pixels).ok_or("the plot buffer has the wrong size")?;
+    image.save_with_format(path, image::ImageFormat::Png).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn draw_bars(
+    pixels: &mut [u8],
+    size: (u32, u32),
+    panels: &[(String, Vec<(String, f64)>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::with_buffer(pixels, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, (title, bars)) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
+        let top = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+        let bottom = bars.iter().map(|b| b.1).fold(0.0, f64::min);
+        let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .caption(title, ("sans-serif", 18))
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..bars.len() as f64, bottom..top)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(bars.len())
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 1e-6 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        chart.draw_series(bars.iter().enumerate().map(|(i, (_, value))| {
+            let colour = PALETTE[i % PALETTE.len()];
+            Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *value)], colour.filled())
+        }))?;
+        chart.draw_series(bars.iter().enumerate().map(|(i, (_, value))| {
+            Text::new(format!("{value:.3}"), (i as f64 + 0.3, *value), ("sans-serif", 14).into_font())
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}

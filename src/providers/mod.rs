@@ -6,11 +6,13 @@ mod images;
 mod local;
 mod openai;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::calls::{Limits, Provider};
+use crate::calls::{self, CallResult, CallSpec, Limits, Memo, Provider};
 use crate::dsl::ModelDef;
+use crate::store::Store;
 
 pub use images::ImageUrls;
 pub use local::Local;
@@ -65,4 +67,59 @@ pub fn endpoint(
         backoff: r.retry_backoff.map_or(defaults.backoff, Duration::from_secs_f64),
     };
     Ok((provider, limits))
+}
+
+/// Where a round of calls happens: the store (its memo, images and checkpoints), whether
+/// sending is allowed, a label for log lines and an optional progress bar.
+pub struct Round<'a> {
+    pub store: &'a Store,
+    pub offline: bool,
+    pub label: &'a str,
+    pub bar: Option<&'a indicatif::ProgressBar>,
+}
+
+/// Results of `specs` (by call key): remembered ones from the memo, the rest sent now to the
+/// providers of `models`, built only if some call must be sent (a run answered from the memo
+/// needs no API key and loads no checkpoint).
+pub fn call_through_memo(
+    round: &Round,
+    models: &[(&str, &ModelDef)],
+    specs: &[CallSpec],
+) -> Result<HashMap<String, CallResult>, String> {
+    let store = round.store.clone();
+    let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
+    let make_endpoints = || -> Result<calls::Endpoints, String> {
+        let mut endpoints = calls::Endpoints::new();
+        for &(name, def) in models {
+            if !endpoints.contains_key(name) {
+                endpoints.insert(name.to_string(), endpoint(name, def, images.clone(), round.store)?);
+            }
+        }
+        Ok(endpoints)
+    };
+    let memo = Memo::open(&round.store.root().join("calls.sqlite")).map_err(|e| e.to_string())?;
+    let progress = |done: u64, total: u64, hits: u64, failed: u64| match round.bar {
+        Some(bar) => {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(format!("{hits} from the memo, {failed} failed"));
+        }
+        None if done == total || done.is_multiple_of(1000) => {
+            tracing::info!("{}: {done}/{total} calls ({hits} from the memo, {failed} failed)", round.label);
+        }
+        None => {}
+    };
+    let (results, stats) =
+        calls::run_calls(specs, &make_endpoints, &memo, round.offline, &progress).map_err(|e| e.to_string())?;
+    if stats.needed > 0 {
+        tracing::info!(
+            "{}: {} calls: {} from the memo, {} sent, {} retries",
+            round.label,
+            stats.needed,
+            stats.memo_hits,
+            stats.sent,
+            stats.retries
+        );
+    }
+    Ok(results)
 }

@@ -13,7 +13,7 @@ use crate::data::rating::ASPECTS;
 use crate::dsl::Issue;
 use crate::store::OutputRef;
 
-pub const KIND: Kind = Kind { name: "aggregate", version: 1, model_params: &[], configure };
+pub const KIND: Kind = Kind { name: "aggregate", version: 1, model_params: &[], stage_inputs: &[], configure };
 
 /// `all`, or a list of aspect ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
 use crate::providers;
 
-pub const KIND: Kind = Kind { name: "annotate", version: 1, model_params: &["judge"], configure };
+pub const KIND: Kind = Kind { name: "annotate", version: 1, model_params: &["judge"], stage_inputs: &[], configure };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -1,14 +1,13 @@
-//! What stages that call models share: endpoints for `models:` entries and one round of
-//! calls through the memo.
+//! What stages that call models share: model references resolved at run time, and one round
+//! of calls through the memo with its accounting.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::{RunContext, StageError};
-use crate::calls::{self, CallResult, CallSpec, Memo};
+use crate::calls::{CallResult, CallSpec, ModelIdentity};
 use crate::data::report::DataReport;
 use crate::dsl::ModelDef;
-use crate::providers::{self, ImageUrls};
+use crate::providers;
 
 /// Results of `specs` (by call key): remembered ones from the memo, the rest sent now. Adds
 /// each model's calls, tokens and estimated cost to `report`.
@@ -19,47 +18,14 @@ pub fn call_models<'m>(
     report: &mut DataReport,
 ) -> Result<HashMap<String, CallResult>, StageError> {
     let models: Vec<(&str, &ModelDef)> = models.into_iter().collect();
-    let store = ctx.store.clone();
-    let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
-    // Built only if some call must be sent: a run answered from the memo needs no API key.
-    let make_endpoints = || -> Result<calls::Endpoints, String> {
-        let mut endpoints = calls::Endpoints::new();
-        for &(name, def) in &models {
-            if !endpoints.contains_key(name) {
-                endpoints.insert(name.to_string(), providers::endpoint(name, def, images.clone(), ctx.store)?);
-            }
-        }
-        Ok(endpoints)
-    };
-    let memo = Memo::open(&ctx.store.root().join("calls.sqlite")).map_err(|e| StageError::Failed(e.to_string()))?;
     let bar = ctx.progress_bar(specs.len() as u64, "calls");
-    let progress = |done: u64, total: u64, hits: u64, failed: u64| match &bar {
-        Some(bar) => {
-            bar.set_length(total);
-            bar.set_position(done);
-            bar.set_message(format!("{hits} from the memo, {failed} failed"));
-        }
-        None if done == total || done.is_multiple_of(1000) => {
-            tracing::info!("{}: {done}/{total} calls ({hits} from the memo, {failed} failed)", ctx.instance);
-        }
-        None => {}
-    };
-    let outcome = calls::run_calls(specs, &make_endpoints, &memo, ctx.offline, &progress);
+    let round = providers::Round { store: ctx.store, offline: ctx.offline, label: ctx.instance, bar: bar.as_ref() };
+    let outcome = providers::call_through_memo(&round, &models, specs);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let (results, stats) = outcome.map_err(|e| StageError::Failed(e.to_string()))?;
+    let results = outcome.map_err(StageError::Failed)?;
     account(&models, specs, &results, report);
-    if stats.needed > 0 {
-        tracing::info!(
-            "{}: {} calls: {} from the memo, {} sent, {} retries",
-            ctx.instance,
-            stats.needed,
-            stats.memo_hits,
-            stats.sent,
-            stats.retries
-        );
-    }
     Ok(results)
 }
 
@@ -85,4 +51,29 @@ fn account(
         usage.cost_usd =
             prices.map(|(pin, pout)| (usage.tokens_in as f64 * pin + usage.tokens_out as f64 * pout) / 1e6);
     }
+}
+
+/// The definition of a checkpoint's model (provider `local`); its `model` — the checkpoint's
+/// digest — is filled in at run time by [`checkpoint_model`].
+pub fn local_def() -> ModelDef {
+    ModelDef {
+        provider: "local".into(),
+        model: None,
+        base_url: None,
+        api_key_env: None,
+        params: serde_json::Map::new(),
+        runtime: crate::dsl::Runtime { max_in_flight: Some(1), ..Default::default() },
+    }
+}
+
+/// The `local` model behind a `{ stage: … }` reference arriving under input `role`: its
+/// definition and identity, both naming the checkpoint by digest (so it is in every call key).
+pub fn checkpoint_model(ctx: &RunContext, role: &str) -> Result<(ModelDef, ModelIdentity), StageError> {
+    let digest = ctx.input(role)?.output.digest.clone();
+    let mut def = local_def();
+    def.model = Some(digest.clone());
+    // `runtime.device` of the stage also places its local models.
+    def.runtime.device = ctx.runtime.device.clone();
+    let identity = ModelIdentity { provider: "local".into(), model: digest, params: Default::default() };
+    Ok((def, identity))
 }

@@ -17,7 +17,7 @@ use crate::dsl::Issue;
 use crate::store::{OutputKind, OutputRef};
 use crate::table::TableFormat;
 
-pub const KIND: Kind = Kind { name: "command", version: 1, model_params: &[], configure };
+pub const KIND: Kind = Kind { name: "command", version: 1, model_params: &[], stage_inputs: &[], configure };
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

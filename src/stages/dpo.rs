@@ -28,7 +28,7 @@ use crate::train::losses::{LossConfig, LossType};
 use crate::train::optim::AdamW;
 use crate::train::resume;
 
-pub const KIND: Kind = Kind { name: "dpo", version: 2, model_params: &["base"], configure };
+pub const KIND: Kind = Kind { name: "dpo", version: 2, model_params: &["base"], stage_inputs: &[], configure };
 
 /// What training starts from (and compares against).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::dsl::Issue;
 use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
 use crate::table::{self, TableFormat};
 
-pub const KIND: Kind = Kind { name: "load", version: 1, model_params: &[], configure };
+pub const KIND: Kind = Kind { name: "load", version: 1, model_params: &[], stage_inputs: &[], configure };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,6 +7,7 @@ mod annotate;
 mod calling;
 mod command;
 mod dpo;
+mod evaluate;
 mod export;
 mod load;
 mod pair;
@@ -32,6 +33,9 @@ pub struct Kind {
     pub version: u32,
     /// Params that may hold model references (`{ stage: NAME }`), which add DAG edges.
     pub model_params: &'static [&'static str],
+    /// `(param, output)`: a param whose value names a stage; that stage's `output` feeds the
+    /// input role of the param's name (`baseline: mme-base` → role `baseline`).
+    pub stage_inputs: &'static [(&'static str, &'static str)],
     pub configure: Configure,
 }
 
@@ -44,8 +48,17 @@ pub struct Config<'a> {
     pub models: &'a BTreeMap<String, crate::dsl::ModelDef>,
 }
 
-pub static KINDS: &[Kind] =
-    &[load::KIND, command::KIND, export::KIND, aggregate::KIND, pair::KIND, sample::KIND, annotate::KIND, dpo::KIND];
+pub static KINDS: &[Kind] = &[
+    load::KIND,
+    command::KIND,
+    export::KIND,
+    aggregate::KIND,
+    pair::KIND,
+    sample::KIND,
+    annotate::KIND,
+    dpo::KIND,
+    evaluate::KIND,
+];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)

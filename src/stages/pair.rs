@@ -12,7 +12,7 @@ use crate::data::pairs::{self, Rejected, Split, Strategy};
 use crate::dsl::Issue;
 use crate::store::OutputRef;
 
-pub const KIND: Kind = Kind { name: "pair", version: 1, model_params: &[], configure };
+pub const KIND: Kind = Kind { name: "pair", version: 1, model_params: &[], stage_inputs: &[], configure };
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,7 +18,7 @@ use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
 use crate::providers;
 
-pub const KIND: Kind = Kind { name: "sample", version: 1, model_params: &["pool"], configure };
+pub const KIND: Kind = Kind { name: "sample", version: 1, model_params: &["pool"], stage_inputs: &[], configure };
 
 /// A pool entry: a `models:` name, or a map naming a `models:` entry (`model`) or a stage's
 /// checkpoint (`stage`, optional `output`; provider `local`), with its own decoding params.
@@ -105,18 +105,6 @@ struct Sample {
     pool: Vec<Member>,
 }
 
-/// The definition of a checkpoint's model; its `model` (the digest) is filled in at run time.
-fn local_def() -> ModelDef {
-    ModelDef {
-        provider: "local".into(),
-        model: None,
-        base_url: None,
-        api_key_env: None,
-        params: Map::new(),
-        runtime: crate::dsl::Runtime { max_in_flight: Some(1), ..Default::default() },
-    }
-}
-
 fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     if params.pool.is_empty() {
@@ -142,7 +130,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
                     "name either a `model` (from `models:`) or a `stage` (its checkpoint), not both or neither",
                 ));
             }
-            (_, Some(_)) => local_def(),
+            (_, Some(_)) => super::calling::local_def(),
             _ => match config.models.get(&name) {
                 Some(def) => def.clone(),
                 None => {
@@ -279,11 +267,8 @@ fn resolve(ctx: &RunContext, member: &Member) -> Result<Member, StageError> {
     if !member.local {
         return Ok(member.clone());
     }
-    let digest = ctx.input(&member.model)?.output.digest.clone();
-    let mut resolved = member.clone();
-    resolved.def.model = Some(digest.clone());
-    resolved.identity.model = digest;
-    Ok(resolved)
+    let (def, identity) = super::calling::checkpoint_model(ctx, &member.model)?;
+    Ok(Member { def, identity, ..member.clone() })
 }
 
 /// Sends (or finds in the memo) every call the pool members need.
