@@ -49,8 +49,9 @@ fn only_the_lowercased_first_four_characters_count() {
     for p in predictions(5000) {
         let lower = p.to_lowercase();
         let window: String = lower.chars().take(4).collect();
-        // Whatever follows the window changes nothing.
-        for tail in ["", " yes", " no", "xx"] {
+        // Whatever follows a full window changes nothing.
+        let tails: &[&str] = if window.chars().count() == 4 { &["", " yes", " no", "xx"] } else { &[""] };
+        for tail in tails {
             assert_eq!(parse_answer(&format!("{window}{tail}")), parse_answer(&p), "{p:?} + {tail:?}");
         }
         // The rule itself: yes wins over no inside the window.
