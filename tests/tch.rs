@@ -52,7 +52,7 @@ fn losses(model: TinyVlm, device: &Device) -> Vec<StepMetrics> {
         sft_weight: 0.1,
     };
     let reference = Reference::Logps(reference_logps(&model, &data));
-    let start = TrainState::start(model, &settings);
+    let start = TrainState::start(model, &settings.optimizer);
     let Ok(state) = train(start, &data, &reference, &settings, &|_| vec![2, 0, 1], &mut |_| Ok::<(), Infallible>(()));
     state.metrics
 }

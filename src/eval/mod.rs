@@ -5,3 +5,4 @@
 pub mod mme;
 pub mod mmhal;
 pub mod results;
+pub mod synth;

@@ -394,21 +394,15 @@ impl Stage for Dpo {
         } else {
             Reference::Model(base.valid())
         };
-        let state = match resume::load(&scratch, adapt(base.clone()), &settings).map_err(|e| failed(&e))? {
+        let state = match resume::load(&scratch, adapt(base.clone()), &settings.optimizer).map_err(|e| failed(&e))? {
             Some(state) => {
                 tracing::info!("{}: resuming after step {}", ctx.instance, state.metrics.len());
                 state
             }
-            None => TrainState::start(adapt(base), &settings),
+            None => TrainState::start(adapt(base), &settings.optimizer),
         };
-        let seed = self.params.seed;
         let n = batches.len();
-        // A seeded order per epoch, the same whatever the machine.
-        let order = |epoch: usize| {
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.sort_by_key(|i| blake3::hash(format!("{seed}:{epoch}:{i}").as_bytes()).to_hex().to_string());
-            idx
-        };
+        let order = crate::train::fit::seeded_order(self.params.seed, n);
         let total = settings.total_steps(n);
         let bar = ctx.progress_bar(total, "steps");
         let every = self.params.checkpoint_every;

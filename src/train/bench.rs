@@ -62,8 +62,14 @@ pub fn dpo_steps(device: &Device, size: usize, steps: usize) -> Throughput {
         last = Instant::now();
         Ok::<(), Infallible>(())
     };
-    let Ok(_) =
-        train(TrainState::start(model, &settings), &batches, &reference, &settings, &|_| vec![0], &mut after_step);
+    let Ok(_) = train(
+        TrainState::start(model, &settings.optimizer),
+        &batches,
+        &reference,
+        &settings,
+        &|_| vec![0],
+        &mut after_step,
+    );
     // The first step warms up (allocations, kernels): it is left out.
     let steady = &times[1..];
     let per_step = steady.iter().map(|t| t.as_secs_f64()).sum::<f64>() / steady.len().max(1) as f64;

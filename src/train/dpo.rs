@@ -4,14 +4,12 @@
 //! any step and go on from its [`TrainState`] to the same end.
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::clip::clip_global_norm;
+use super::fit::{self, Schedule, StepRecord};
 use super::losses::{LossConfig, dpo_loss};
 use super::optim::AdamW;
-use super::schedule::{cosine_with_warmup, warmup_steps};
 use crate::model::policy::{Policy, TokenBatch};
 
 /// A batch of pairs: the chosen and the rejected completions of the same rows.
@@ -36,9 +34,21 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The optimisation part of the settings.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            lr: self.lr,
+            epochs: self.epochs,
+            warmup_ratio: self.warmup_ratio,
+            max_grad_norm: self.max_grad_norm,
+            optimizer: self.optimizer,
+            grad_accum: self.grad_accum,
+        }
+    }
+
     /// Optimiser steps in the whole run.
     pub fn total_steps(&self, batches: usize) -> u64 {
-        (batches.div_ceil(self.grad_accum.max(1)) * self.epochs) as u64
+        self.schedule().total_steps(batches)
     }
 }
 
@@ -94,37 +104,26 @@ pub fn reference_logps<P: Policy>(reference: &P, batches: &[Batch]) -> Reference
         .collect()
 }
 
-/// A run after some steps: enough to go on exactly as if it had never stopped.
-pub struct TrainState<M> {
-    pub model: M,
-    pub optimizer: ModuleOptimizer,
-    /// Metrics of the steps done so far; their count is the next step's number.
-    pub metrics: Vec<StepMetrics>,
-}
+/// A DPO run after some steps.
+pub type TrainState<M> = fit::TrainState<M, StepMetrics>;
 
-impl<M> TrainState<M> {
-    /// A run that has not taken a step.
-    pub fn start(model: M, settings: &Settings) -> TrainState<M> {
-        TrainState { model, optimizer: settings.optimizer.config().init(), metrics: Vec::new() }
-    }
-}
-
-/// The metrics of one step from those of its micro-batches (equal-sized ones average exactly).
-fn average(parts: &[StepMetrics]) -> StepMetrics {
-    let n = parts.len().max(1) as f64;
-    let avg = |f: fn(&StepMetrics) -> f64| parts.iter().map(f).sum::<f64>() / n;
-    StepMetrics {
-        step: parts[0].step,
-        epoch: parts[0].epoch,
-        loss: avg(|m| m.loss),
-        rewards_chosen: avg(|m| m.rewards_chosen),
-        rewards_rejected: avg(|m| m.rewards_rejected),
-        rewards_margins: avg(|m| m.rewards_margins),
-        rewards_accuracies: avg(|m| m.rewards_accuracies),
-        logps_chosen: avg(|m| m.logps_chosen),
-        logps_rejected: avg(|m| m.logps_rejected),
-        lr: 0.0,
-        grad_norm: 0.0,
+impl StepRecord for StepMetrics {
+    fn combine(parts: &[Self], step: u64, epoch: u64, lr: f64, grad_norm: f64) -> Self {
+        let n = parts.len().max(1) as f64;
+        let avg = |f: fn(&StepMetrics) -> f64| parts.iter().map(f).sum::<f64>() / n;
+        StepMetrics {
+            step,
+            epoch,
+            loss: avg(|m| m.loss),
+            rewards_chosen: avg(|m| m.rewards_chosen),
+            rewards_rejected: avg(|m| m.rewards_rejected),
+            rewards_margins: avg(|m| m.rewards_margins),
+            rewards_accuracies: avg(|m| m.rewards_accuracies),
+            logps_chosen: avg(|m| m.logps_chosen),
+            logps_rejected: avg(|m| m.logps_rejected),
+            lr,
+            grad_norm,
+        }
     }
 }
 
@@ -169,43 +168,15 @@ fn micro_batch<P: Policy>(
 /// the caller, so a resumed run sees the same order). After every step `after_step` sees the
 /// state — to log, or to save it — and may stop the run with an error.
 pub fn train<M: Policy + Module, E>(
-    mut state: TrainState<M>,
+    state: TrainState<M>,
     batches: &[Batch],
     reference: &Reference<M>,
     settings: &Settings,
     order: &dyn Fn(usize) -> Vec<usize>,
     after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
 ) -> Result<TrainState<M>, E> {
-    let k = settings.grad_accum.max(1);
-    let total = settings.total_steps(batches.len());
-    let warmup = warmup_steps(settings.warmup_ratio, total);
-    let mut step = 0u64;
-    for epoch in 0..settings.epochs {
-        for group in order(epoch).chunks(k) {
-            if step < state.metrics.len() as u64 {
-                step += 1;
-                continue;
-            }
-            // Each micro-batch's mean loss is scaled by 1/k: the summed gradients then equal
-            // those of one batch k times as large.
-            let mut accumulator = GradientsAccumulator::new();
-            let mut parts = Vec::with_capacity(group.len());
-            for &i in group {
-                let (loss, metrics) = micro_batch(&state.model, &batches[i], reference.logps(i, &batches[i]), settings);
-                parts.push(StepMetrics { step, epoch: epoch as u64, ..metrics });
-                let scaled = loss.div_scalar(group.len() as f64);
-                accumulator.accumulate(&state.model, GradientsParams::from_grads(scaled.backward(), &state.model));
-            }
-            let mut grads = accumulator.grads();
-            let grad_norm = clip_global_norm(&state.model, &mut grads, settings.max_grad_norm.unwrap_or(f64::INFINITY));
-            let lr = cosine_with_warmup(settings.lr, step, warmup, total);
-            state.model = state.optimizer.step(lr, state.model, grads);
-            state.metrics.push(StepMetrics { lr, grad_norm, ..average(&parts) });
-            after_step(&state)?;
-            step += 1;
-        }
-    }
-    Ok(state)
+    let loss = |model: &M, i: usize| micro_batch(model, &batches[i], reference.logps(i, &batches[i]), settings);
+    fit::fit(state, batches.len(), &settings.schedule(), order, &loss, after_step)
 }
 
 /// The share of pairs whose implicit reward (β·(policy − reference) log-ratio) favours the
@@ -248,7 +219,7 @@ mod tests {
         order: &dyn Fn(usize) -> Vec<usize>,
     ) -> (TinyVlm, Vec<StepMetrics>) {
         let reference = Reference::Logps(reference_logps(&model, batches));
-        let start = TrainState::start(model, settings);
+        let start = TrainState::start(model, &settings.optimizer);
         let Ok(state) = train(start, batches, &reference, settings, order, &mut |_| Ok::<(), Infallible>(()));
         (state.model, state.metrics)
     }
@@ -394,7 +365,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // LoRA's down-projections start random: the same seed gives both runs the same ones.
         device.seed(7);
-        let start = TrainState::start(adapt(model.clone()), &settings);
+        let start = TrainState::start(adapt(model.clone()), &settings.optimizer);
         let mut stop = |state: &TrainState<TinyVlm>| {
             if Some(state.metrics.len()) == stop_after {
                 super::super::resume::save(state, dir.path()).unwrap();
@@ -405,7 +376,8 @@ mod tests {
         let state = match train(start, &data, &reference, &settings, &order, &mut stop) {
             Ok(state) => state,
             Err(_) => {
-                let resumed = super::super::resume::load(dir.path(), adapt(model), &settings).unwrap().unwrap();
+                let resumed =
+                    super::super::resume::load(dir.path(), adapt(model), &settings.optimizer).unwrap().unwrap();
                 assert_eq!(resumed.metrics.len(), stop_after.unwrap());
                 let Ok(state) = train(resumed, &data, &reference, &settings, &order, &mut |_| Ok::<(), Infallible>(()));
                 state

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::ModuleRecord;
 
-use super::dpo::{Settings, StepMetrics, TrainState};
+use super::fit::{StepRecord, TrainState};
+use super::optim::AdamW;
 
 #[derive(Debug, thiserror::Error)]
 #[error("training state in {}: {message}", path.display())]
@@ -26,7 +27,7 @@ fn error(path: &Path, e: impl std::fmt::Display) -> ResumeError {
 }
 
 /// Writes `state` under `dir` and makes it the one [`load`] returns.
-pub fn save<M: Module>(state: &TrainState<M>, dir: &Path) -> Result<(), ResumeError> {
+pub fn save<M: Module, R: StepRecord>(state: &TrainState<M, R>, dir: &Path) -> Result<(), ResumeError> {
     let step = state.metrics.len();
     let name = format!("step-{step}");
     let partial = dir.join(format!("{name}.partial"));
@@ -63,14 +64,17 @@ fn sync(path: &Path) -> std::io::Result<()> {
 
 /// The newest complete save under `dir`, loaded into `fresh` (a model of the same shape,
 /// adapters included); `None` when there is none.
-pub fn load<M: Module>(dir: &Path, fresh: M, settings: &Settings) -> Result<Option<TrainState<M>>, ResumeError> {
+pub fn load<M: Module, R: StepRecord>(
+    dir: &Path,
+    fresh: M,
+    optimizer: &AdamW,
+) -> Result<Option<TrainState<M, R>>, ResumeError> {
     let Ok(name) = std::fs::read_to_string(dir.join("latest")) else { return Ok(None) };
     let folder = dir.join(name.trim());
     let record = ModuleRecord::load(folder.join("model.bpk")).map_err(|e| error(&folder, e))?;
     let model = fresh.try_load_record(record).map_err(|e| error(&folder, e))?;
-    let optimizer =
-        settings.optimizer.config().init().load(folder.join("optimizer.bpk")).map_err(|e| error(&folder, e))?;
+    let optimizer = optimizer.config().init().load(folder.join("optimizer.bpk")).map_err(|e| error(&folder, e))?;
     let metrics = std::fs::read(folder.join("metrics.json")).map_err(|e| error(&folder, e))?;
-    let metrics: Vec<StepMetrics> = serde_json::from_slice(&metrics).map_err(|e| error(&folder, e))?;
+    let metrics: Vec<R> = serde_json::from_slice(&metrics).map_err(|e| error(&folder, e))?;
     Ok(Some(TrainState { model, optimizer, metrics }))
 }
