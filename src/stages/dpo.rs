@@ -6,7 +6,6 @@
 //! steps the run's state is saved in the instance's scratch space; a killed run resumes there.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -15,100 +14,20 @@ use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, model_role, parse_params};
+use super::training::{Base, StepHook, check_loop, image_pixels, metrics_table, put_checkpoint, resume_or_start};
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::data::frame::{optional_strings, strings};
 use crate::dsl::Issue;
-use crate::model::checkpoint;
 use crate::model::device;
-use crate::model::policy::{Example, TokenBatch, blank_pixels, pixels};
+use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
-use crate::store::{OutputKind, OutputRef};
-use crate::train::dpo::{self, Batch, Reference, TrainState};
+use crate::store::OutputRef;
+use crate::train::dpo::{self, Batch, Reference};
+use crate::train::fit::seeded_order;
 use crate::train::losses::{LossConfig, LossType};
 use crate::train::optim::AdamW;
-use crate::train::resume;
 
 pub const KIND: Kind = Kind { name: "dpo", version: 2, model_params: &["base"], stage_inputs: &[], configure };
-
-/// What training starts from (and compares against).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Base {
-    /// `{ init: tiny, …sizes }`: a freshly initialised tiny model.
-    Fresh(Fresh),
-    /// `{ stage: NAME, output?: O }`: the checkpoint another stage produced.
-    Stage(StageRef),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Fresh {
-    init: InitKind,
-    #[serde(flatten)]
-    config: TinyConfigParams,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StageRef {
-    stage: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum InitKind {
-    Tiny,
-}
-
-/// The tiny model's sizes, each with the default of [`TinyConfig`].
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-struct TinyConfigParams {
-    #[serde(default)]
-    image_size: Option<usize>,
-    #[serde(default)]
-    patch_size: Option<usize>,
-    #[serde(default)]
-    d_model: Option<usize>,
-    #[serde(default)]
-    layers: Option<usize>,
-    #[serde(default)]
-    heads: Option<usize>,
-    #[serde(default)]
-    d_ff: Option<usize>,
-    #[serde(default)]
-    max_tokens: Option<usize>,
-}
-
-impl From<&TinyConfig> for TinyConfigParams {
-    fn from(c: &TinyConfig) -> Self {
-        TinyConfigParams {
-            image_size: Some(c.image_size),
-            patch_size: Some(c.patch_size),
-            d_model: Some(c.d_model),
-            layers: Some(c.layers),
-            heads: Some(c.heads),
-            d_ff: Some(c.d_ff),
-            max_tokens: Some(c.max_tokens),
-        }
-    }
-}
-
-impl TinyConfigParams {
-    fn resolve(&self) -> TinyConfig {
-        let d = TinyConfig::default();
-        TinyConfig {
-            image_size: self.image_size.unwrap_or(d.image_size),
-            patch_size: self.patch_size.unwrap_or(d.patch_size),
-            d_model: self.d_model.unwrap_or(d.d_model),
-            layers: self.layers.unwrap_or(d.layers),
-            heads: self.heads.unwrap_or(d.heads),
-            d_ff: self.d_ff.unwrap_or(d.d_ff),
-            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
-        }
-    }
-}
 
 fn beta() -> f64 {
     0.1
@@ -189,28 +108,13 @@ struct Dpo {
 
 fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
-    if let Base::Fresh(fresh) = &mut params.base {
-        let model = fresh.config.resolve();
-        if model.patch_size == 0 || !model.image_size.is_multiple_of(model.patch_size) {
-            return Err(Issue::new("params.base.patch_size", "the patch size must divide the image size"));
-        }
-        if model.heads == 0 || !model.d_model.is_multiple_of(model.heads) {
-            return Err(Issue::new("params.base.heads", "the number of heads must divide d_model"));
-        }
-        // Defaults filled in, so the key names every size.
-        fresh.config = TinyConfigParams::from(&model);
-    }
+    params.base.settle()?;
     if let Some(lora) = &params.lora
         && (lora.r == 0 || lora.targets.is_empty())
     {
         return Err(Issue::new("params.lora", "LoRA needs a rank of at least 1 and at least one target"));
     }
-    if params.batch_size == 0 || params.epochs == 0 || params.grad_accum == 0 || params.checkpoint_every == 0 {
-        return Err(Issue::new(
-            "params",
-            "`batch_size`, `epochs`, `grad_accum` and `checkpoint_every` must be at least 1",
-        ));
-    }
+    check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;
     if params.max_length.is_some_and(|n| n < 2) {
         return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
     }
@@ -220,33 +124,7 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     Ok(Box::new(Dpo { params }))
 }
 
-/// The base model: freshly initialised (seeded) or loaded from the referenced checkpoint.
-fn base_model(base: &Base, ctx: &RunContext, device: &Device) -> Result<(TinyVlm, TinyConfig), StageError> {
-    match base {
-        Base::Fresh(fresh) => {
-            let config = fresh.config.resolve();
-            Ok((config.init(device), config))
-        }
-        Base::Stage(r) => {
-            let input = ctx.input(&model_role(&r.stage, r.output.as_deref()))?;
-            let dir = ctx.store.tmp_path("base");
-            ctx.store.restore_dir(&input.output.digest, &dir)?;
-            let loaded = checkpoint::load(&dir, device).map_err(|e| StageError::Failed(format!("{}: {e}", input.from)));
-            let _ = std::fs::remove_dir_all(&dir);
-            loaded
-        }
-    }
-}
-
 impl Dpo {
-    /// An image blob as model input; a grey image when there is none.
-    fn image(&self, ctx: &RunContext, digest: Option<&str>, size: usize) -> Result<Vec<f32>, StageError> {
-        let Some(digest) = digest else { return Ok(blank_pixels(size)) };
-        let bytes = std::fs::read(ctx.store.blob_path(digest))
-            .map_err(|e| StageError::Failed(format!("image {digest}: {e}")))?;
-        pixels(&bytes, size).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))
-    }
-
     /// The pairs table in batches of `batch_size` rows, in table order.
     fn batches(&self, ctx: &RunContext, model: &TinyConfig, device: &Device) -> Result<Vec<Batch>, StageError> {
         let pairs = ctx.read_table("pairs")?;
@@ -266,7 +144,7 @@ impl Dpo {
             let rows = start..(start + self.params.batch_size).min(pairs.height());
             let mut chosen_rows = Vec::with_capacity(rows.len());
             for r in rows.clone() {
-                let pixels = self.image(ctx, images[r], size)?;
+                let pixels = image_pixels(ctx, images[r], size)?;
                 let prompt = prompts[r].unwrap_or_default();
                 chosen_rows.push(Example { pixels, prompt, completion: chosen[r].unwrap_or_default() });
             }
@@ -377,11 +255,10 @@ impl Stage for Dpo {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let failed = |e: &dyn std::fmt::Display| StageError::Failed(e.to_string());
         let device = device::open(ctx.runtime.device.as_deref(), ctx.runtime.dtype.as_deref(), true)
-            .map_err(|e| failed(&format!("runtime.device: {e}")))?;
+            .map_err(|e| StageError::Failed(format!("runtime.device: {e}")))?;
         device.seed(self.params.seed);
-        let (base, config) = base_model(&self.params.base, ctx, &device)?;
+        let (base, config) = self.params.base.model(ctx, &device)?;
         let batches = self.batches(ctx, &config, &device)?;
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
@@ -394,54 +271,19 @@ impl Stage for Dpo {
         } else {
             Reference::Model(base.valid())
         };
-        let state = match resume::load(&scratch, adapt(base.clone()), &settings.optimizer).map_err(|e| failed(&e))? {
-            Some(state) => {
-                tracing::info!("{}: resuming after step {}", ctx.instance, state.metrics.len());
-                state
-            }
-            None => TrainState::start(adapt(base), &settings.optimizer),
-        };
-        let n = batches.len();
-        let order = crate::train::fit::seeded_order(self.params.seed, n);
-        let total = settings.total_steps(n);
-        let bar = ctx.progress_bar(total, "steps");
-        let every = self.params.checkpoint_every;
-        let mut after_step = |state: &TrainState<TinyVlm>| -> Result<(), StageError> {
-            let Some(m) = state.metrics.last() else { return Ok(()) };
-            tracing::debug!(
-                "{}: step {} loss {:.4} accuracy {:.2}",
-                ctx.instance,
-                m.step,
-                m.loss,
-                m.rewards_accuracies
-            );
-            if let Some(bar) = &bar {
-                bar.set_position(m.step + 1);
-                bar.set_message(format!("loss {:.4} margin {:.3}", m.loss, m.rewards_margins));
-            }
-            let done = m.step + 1;
-            if done.is_multiple_of(every) && done < total {
-                resume::save(state, &scratch).map_err(|e| failed(&e))?;
-            }
-            Ok(())
-        };
-        let state = dpo::train(state, &batches, &reference, &settings, &order, &mut after_step)?;
-        if let Some(bar) = &bar {
-            bar.finish_and_clear();
-        }
+        let state = resume_or_start(ctx, &scratch, adapt(base), &settings.optimizer)?;
+        let order = seeded_order(self.params.seed, batches.len());
+        let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, settings.total_steps(batches.len()));
+        let state = dpo::train(state, &batches, &reference, &settings, &order, &mut |s| hook.after(s))?;
+        hook.finish();
         let (model, adapter) = match &self.params.lora {
             Some(lora) if !self.params.merge_lora => (state.model.valid(), Some(lora)),
             Some(_) => (state.model.valid().materialize(), None),
             None => (state.model, None),
         };
-        let dir = ctx.store.tmp_path("checkpoint");
-        checkpoint::save(&model, &config, adapter, &dir).map_err(|e| failed(&e))?;
-        let (digest, bytes) = ctx.store.put_dir(&dir)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut training = metrics_table(&state.metrics).map_err(StageError::Failed)?;
         let mut outputs = BTreeMap::from([
-            ("checkpoint".to_string(), OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None }),
-            ("training".to_string(), ctx.put_table(&mut training)?),
+            ("checkpoint".to_string(), put_checkpoint(ctx, &model, &config, adapter)?),
+            ("training".to_string(), ctx.put_table(&mut metrics_table(&state.metrics)?)?),
         ]);
         if let Reference::Logps(logps) = &reference {
             outputs.insert("reference".to_string(), ctx.put_table(&mut reference_table(logps)?)?);
@@ -449,14 +291,4 @@ impl Stage for Dpo {
         ctx.store.clear_scratch(ctx.key);
         Ok(outputs)
     }
-}
-
-/// The metrics as a table, one row per step, columns under TRL's names.
-fn metrics_table(metrics: &[dpo::StepMetrics]) -> Result<DataFrame, String> {
-    use polars::prelude::{JsonFormat, JsonReader, SerReader};
-    let rows: Vec<String> = metrics.iter().map(|m| serde_json::to_string(m).unwrap_or_default()).collect();
-    JsonReader::new(Cursor::new(rows.join("\n").into_bytes()))
-        .with_json_format(JsonFormat::JsonLines)
-        .finish()
-        .map_err(|e| e.to_string())
 }

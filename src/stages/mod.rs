@@ -12,6 +12,7 @@ mod export;
 mod load;
 mod pair;
 mod sample;
+mod training;
 mod workspace_files;
 
 use std::collections::BTreeMap;

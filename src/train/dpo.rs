@@ -125,6 +125,10 @@ impl StepRecord for StepMetrics {
             grad_norm,
         }
     }
+
+    fn summary(&self) -> String {
+        format!("loss {:.4} margin {:.3} accuracy {:.2}", self.loss, self.rewards_margins, self.rewards_accuracies)
+    }
 }
 
 fn mean(t: Tensor<1>) -> f64 {

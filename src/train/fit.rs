@@ -35,6 +35,8 @@ impl Schedule {
 pub trait StepRecord: Clone + Serialize + DeserializeOwned {
     /// One step's record from its micro-batches' (equal-sized ones average exactly).
     fn combine(parts: &[Self], step: u64, epoch: u64, lr: f64, grad_norm: f64) -> Self;
+    /// A few words for a progress bar: "loss 0.4121 margin 0.310".
+    fn summary(&self) -> String;
 }
 
 /// A run after some steps: enough to go on exactly as if it had never stopped.

@@ -1,0 +1,233 @@
+//! What the training stage kinds (`sft`, `dpo`) share: the base model (`{ init: tiny, … }` or
+//! another stage's checkpoint), images as model input, resuming from the instance's scratch
+//! space, the per-step hook (progress bar, periodic saves), and writing checkpoints and
+//! metrics tables.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use burn::tensor::Device;
+use polars::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
+
+use super::{RunContext, StageError, model_role};
+use crate::dsl::Issue;
+use crate::model::checkpoint;
+use crate::model::policy::{blank_pixels, pixels};
+use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
+use crate::store::{OutputKind, OutputRef};
+use crate::train::fit::{StepRecord, TrainState};
+use crate::train::optim::AdamW;
+use crate::train::resume;
+
+/// What training starts from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Base {
+    /// `{ init: tiny, …sizes }`: a freshly initialised tiny model.
+    Fresh(Fresh),
+    /// `{ stage: NAME, output?: O }`: the checkpoint another stage produced.
+    Stage(StageRef),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fresh {
+    init: InitKind,
+    #[serde(flatten)]
+    config: TinyConfigParams,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRef {
+    stage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum InitKind {
+    Tiny,
+}
+
+/// The tiny model's sizes, each with the default of [`TinyConfig`].
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct TinyConfigParams {
+    #[serde(default)]
+    image_size: Option<usize>,
+    #[serde(default)]
+    patch_size: Option<usize>,
+    #[serde(default)]
+    d_model: Option<usize>,
+    #[serde(default)]
+    layers: Option<usize>,
+    #[serde(default)]
+    heads: Option<usize>,
+    #[serde(default)]
+    d_ff: Option<usize>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+}
+
+impl TinyConfigParams {
+    fn resolve(&self) -> TinyConfig {
+        let d = TinyConfig::default();
+        TinyConfig {
+            image_size: self.image_size.unwrap_or(d.image_size),
+            patch_size: self.patch_size.unwrap_or(d.patch_size),
+            d_model: self.d_model.unwrap_or(d.d_model),
+            layers: self.layers.unwrap_or(d.layers),
+            heads: self.heads.unwrap_or(d.heads),
+            d_ff: self.d_ff.unwrap_or(d.d_ff),
+            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+        }
+    }
+}
+
+impl From<&TinyConfig> for TinyConfigParams {
+    fn from(c: &TinyConfig) -> Self {
+        TinyConfigParams {
+            image_size: Some(c.image_size),
+            patch_size: Some(c.patch_size),
+            d_model: Some(c.d_model),
+            layers: Some(c.layers),
+            heads: Some(c.heads),
+            d_ff: Some(c.d_ff),
+            max_tokens: Some(c.max_tokens),
+        }
+    }
+}
+
+impl Base {
+    /// Checks a fresh model's sizes and fills in every default, so the key names them all.
+    pub fn settle(&mut self) -> Result<(), Issue> {
+        if let Base::Fresh(fresh) = self {
+            let model = fresh.config.resolve();
+            if model.patch_size == 0 || !model.image_size.is_multiple_of(model.patch_size) {
+                return Err(Issue::new("params.base.patch_size", "the patch size must divide the image size"));
+            }
+            if model.heads == 0 || !model.d_model.is_multiple_of(model.heads) {
+                return Err(Issue::new("params.base.heads", "the number of heads must divide d_model"));
+            }
+            fresh.config = TinyConfigParams::from(&model);
+        }
+        Ok(())
+    }
+
+    /// The base model: freshly initialised (from the device's seed) or the referenced checkpoint.
+    pub fn model(&self, ctx: &RunContext, device: &Device) -> Result<(TinyVlm, TinyConfig), StageError> {
+        match self {
+            Base::Fresh(fresh) => {
+                let config = fresh.config.resolve();
+                Ok((config.init(device), config))
+            }
+            Base::Stage(r) => {
+                let input = ctx.input(&model_role(&r.stage, r.output.as_deref()))?;
+                let dir = ctx.store.tmp_path("base");
+                ctx.store.restore_dir(&input.output.digest, &dir)?;
+                let loaded = checkpoint::load(&dir, device).map_err(|e| StageError::Failed(format!("{}: {e}", input.from)));
+                let _ = std::fs::remove_dir_all(&dir);
+                loaded
+            }
+        }
+    }
+}
+
+/// Checks the settings every trainer has.
+pub fn check_loop(batch_size: usize, epochs: usize, grad_accum: usize, checkpoint_every: u64) -> Result<(), Issue> {
+    if batch_size == 0 || epochs == 0 || grad_accum == 0 || checkpoint_every == 0 {
+        return Err(Issue::new("params", "`batch_size`, `epochs`, `grad_accum` and `checkpoint_every` must be at least 1"));
+    }
+    Ok(())
+}
+
+/// A stored image as model input; mid grey when there is none.
+pub fn image_pixels(ctx: &RunContext, digest: Option<&str>, size: usize) -> Result<Vec<f32>, StageError> {
+    let Some(digest) = digest else { return Ok(blank_pixels(size)) };
+    let bytes =
+        std::fs::read(ctx.store.blob_path(digest)).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))?;
+    pixels(&bytes, size).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))
+}
+
+/// The run's state from an interrupted run's last save in `scratch`, or a fresh start.
+pub fn resume_or_start<R: StepRecord>(
+    ctx: &RunContext,
+    scratch: &Path,
+    fresh: TinyVlm,
+    optimizer: &AdamW,
+) -> Result<TrainState<TinyVlm, R>, StageError> {
+    let resumed = resume::load(scratch, fresh.clone(), optimizer).map_err(|e| StageError::Failed(e.to_string()))?;
+    Ok(match resumed {
+        Some(state) => {
+            tracing::info!("{}: resuming after step {}", ctx.instance, state.metrics.len());
+            state
+        }
+        None => TrainState::start(fresh, optimizer),
+    })
+}
+
+/// After each step: the progress bar (or a debug line), and a save every `every` steps.
+pub struct StepHook<'a> {
+    ctx: &'a RunContext<'a>,
+    bar: Option<indicatif::ProgressBar>,
+    scratch: &'a Path,
+    every: u64,
+    total: u64,
+}
+
+impl<'a> StepHook<'a> {
+    pub fn new(ctx: &'a RunContext<'a>, scratch: &'a Path, every: u64, total: u64) -> StepHook<'a> {
+        StepHook { ctx, bar: ctx.progress_bar(total, "steps"), scratch, every, total }
+    }
+
+    pub fn after<R: StepRecord>(&self, state: &TrainState<TinyVlm, R>) -> Result<(), StageError> {
+        let done = state.metrics.len() as u64;
+        let Some(last) = state.metrics.last() else { return Ok(()) };
+        let summary = last.summary();
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done);
+                bar.set_message(summary);
+            }
+            None => tracing::debug!("{}: step {done}: {summary}", self.ctx.instance),
+        }
+        if done.is_multiple_of(self.every) && done < self.total {
+            resume::save(state, self.scratch).map_err(|e| StageError::Failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Stores `model` as a checkpoint directory output.
+pub fn put_checkpoint(
+    ctx: &RunContext,
+    model: &TinyVlm,
+    config: &TinyConfig,
+    adapter: Option<&LoraSpec>,
+) -> Result<OutputRef, StageError> {
+    let dir = ctx.store.tmp_path("checkpoint");
+    checkpoint::save(model, config, adapter, &dir).map_err(|e| StageError::Failed(e.to_string()))?;
+    let stored = ctx.store.put_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (digest, bytes) = stored?;
+    Ok(OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None })
+}
+
+/// Per-step records as a table, one row per step, a column per field.
+pub fn metrics_table<R: Serialize>(metrics: &[R]) -> Result<DataFrame, StageError> {
+    use polars::prelude::{JsonFormat, JsonReader, SerReader};
+    let rows: Vec<String> = metrics.iter().map(|m| serde_json::to_string(m).unwrap_or_default()).collect();
+    JsonReader::new(Cursor::new(rows.join("\n").into_bytes()))
+        .with_json_format(JsonFormat::JsonLines)
+        .finish()
+        .map_err(|e| StageError::Failed(e.to_string()))
+}
+
