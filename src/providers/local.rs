@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::ImageUrls;
-use crate::calls::{CallError, CallFuture, CallResult, CallStatus, ChatRequest, Part, Provider};
+use crate::calls::{CallError, CallFuture, CallResult, CallStatus, ChatRequest, Provider};
 use crate::model::checkpoint;
 use crate::model::device;
 use crate::model::policy::{Policy, Sampling, blank_pixels, pixels};
@@ -43,7 +43,7 @@ impl Local {
 
     fn answer(&self, request: &ChatRequest) -> Result<CallResult, CallError> {
         let start = Instant::now();
-        let (prompt, image) = prompt_and_image(request);
+        let (prompt, image) = super::prompt_and_image(request);
         let sampling = sampling(request);
         let model = self.model.lock().map_err(|_| CallError::Fatal("the local model panicked earlier".into()))?;
         let size = model.image_size();
@@ -75,19 +75,6 @@ impl Provider for Local {
 fn read_pixels(path: &Path, size: usize) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     pixels(&bytes, size).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The conversation's text (system and user turns, one per line) and its last image.
-fn prompt_and_image(request: &ChatRequest) -> (String, Option<String>) {
-    let mut texts = Vec::new();
-    let mut image = None;
-    for part in request.messages.iter().flat_map(|m| &m.content) {
-        match part {
-            Part::Text { text } => texts.push(text.as_str()),
-            Part::Image { digest } => image = Some(digest.clone()),
-        }
-    }
-    (texts.join("\n"), image)
 }
 
 /// Decoding settings from the request's params (OpenAI's names and defaults). Without a

@@ -5,6 +5,7 @@
 mod images;
 mod local;
 mod openai;
+mod oracle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +18,10 @@ use crate::store::Store;
 pub use images::ImageUrls;
 pub use local::Local;
 pub use openai::OpenAi;
+pub use oracle::Oracle;
 
 /// The provider kinds `models:` entries may name.
-pub const PROVIDERS: &[&str] = &["openai", "local"];
+pub const PROVIDERS: &[&str] = &["openai", "local", "oracle"];
 
 /// What a `models:` entry is, for keys: provider kind, model name and its params.
 pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
@@ -41,6 +43,7 @@ pub fn endpoint(
 ) -> Result<(Arc<dyn Provider>, Limits), String> {
     let provider: Arc<dyn Provider> = match def.provider.as_str() {
         "openai" => Arc::new(OpenAi::new(name, def, images)?),
+        "oracle" => Arc::new(Oracle::new(images)),
         "local" => {
             let digest =
                 def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
@@ -67,6 +70,20 @@ pub fn endpoint(
         backoff: r.retry_backoff.map_or(defaults.backoff, Duration::from_secs_f64),
     };
     Ok((provider, limits))
+}
+
+/// A request's text (every text part, one per line) and its last image — what in-process
+/// providers read.
+fn prompt_and_image(request: &crate::calls::ChatRequest) -> (String, Option<String>) {
+    let mut texts = Vec::new();
+    let mut image = None;
+    for part in request.messages.iter().flat_map(|m| &m.content) {
+        match part {
+            crate::calls::Part::Text { text } => texts.push(text.as_str()),
+            crate::calls::Part::Image { digest } => image = Some(digest.clone()),
+        }
+    }
+    (texts.join("\n"), image)
 }
 
 /// Where a round of calls happens: the store (its memo, images and checkpoints), whether

@@ -10,13 +10,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::calling::{call_models, checkpoint_model};
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, model_role, parse_params};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
-use crate::data::frame::{frame, str_col};
+use crate::data::frame::{frame, optional_strings, str_col, strings};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
 use crate::eval::mme::{self, Categories, Line};
@@ -49,10 +50,35 @@ struct CheckpointRef {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Benchmark {
+    /// MME's layout, read from `data`.
     Mme,
+    /// MMHal-Bench's JSON, read from `data`.
     Mmhal,
+    /// The synthetic world's MME-style table (`synth` output `mme`), as input `benchmark`.
+    SynthMme,
+    /// The synthetic world's descriptions (`synth` output `hal`), as input `benchmark`.
+    SynthHal,
+}
+
+impl Benchmark {
+    fn is_mme(self) -> bool {
+        matches!(self, Benchmark::Mme | Benchmark::SynthMme)
+    }
+
+    fn from_table(self) -> bool {
+        matches!(self, Benchmark::SynthMme | Benchmark::SynthHal)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Benchmark::Mme => "mme",
+            Benchmark::Mmhal => "mmhal",
+            Benchmark::SynthMme => "synth-mme",
+            Benchmark::SynthHal => "synth-hal",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +94,9 @@ struct Params {
     policy: ModelRef,
     benchmark: Benchmark,
     /// mme: a directory of `<subtask>.txt` question files; mmhal: the benchmark's JSON file.
-    data: String,
+    /// (The synthetic benchmarks read input `benchmark` instead.)
+    #[serde(default)]
+    data: Option<String>,
     /// Where the images are (default: beside `data`).
     #[serde(default)]
     images: Option<String>,
@@ -128,19 +156,40 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         ModelRef::Named(name) => Some(model_entry(config, name, "params.policy")?),
         ModelRef::Checkpoint(_) => None,
     };
-    let judge = match (&params.judge, params.benchmark) {
-        (Some(name), Benchmark::Mmhal) => {
+    let judge = match (&params.judge, params.benchmark.is_mme()) {
+        (Some(name), false) => {
             let (def, identity) = model_entry(config, name, "params.judge")?;
             Some(Judge { name: name.clone(), def, identity })
         }
-        (None, Benchmark::Mmhal) => {
-            return Err(Issue::new("params.judge", "mmhal needs a judge: the `models:` entry that rates answers"));
+        (None, false) => {
+            return Err(Issue::new(
+                "params.judge",
+                format!("{} needs a judge: the `models:` entry that rates answers", params.benchmark.name()),
+            ));
         }
-        (Some(_), Benchmark::Mme) => {
-            return Err(Issue::new("params.judge", "mme is scored by its rules, not by a judge"));
+        (Some(_), true) => {
+            return Err(Issue::new("params.judge", "an MME-style benchmark is scored by its rules, not by a judge"));
         }
-        (None, Benchmark::Mme) => None,
+        (None, true) => None,
     };
+    match (&params.data, params.benchmark.from_table()) {
+        (None, false) => {
+            return Err(Issue::new(
+                "params.data",
+                format!("{} reads its questions from `data`: name the file or folder", params.benchmark.name()),
+            ));
+        }
+        (Some(_), true) => {
+            return Err(Issue::new(
+                "params.data",
+                format!(
+                    "{} reads its questions from input `benchmark` (`inputs: {{ benchmark: STAGE.OUTPUT }}`), not from `data`",
+                    params.benchmark.name()
+                ),
+            ));
+        }
+        _ => {}
+    }
     let categories = match &params.categories {
         Some(list) => {
             if list.is_empty() || list.iter().any(|c| c.subtasks.is_empty()) {
@@ -148,12 +197,22 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
             }
             Categories(list.iter().map(|c| (c.name.clone(), c.subtasks.clone())).collect())
         }
+        None if params.benchmark == Benchmark::SynthMme => synthetic_categories(),
         None => Categories::official(),
     };
-    if params.categories.is_some() && params.benchmark != Benchmark::Mme {
-        return Err(Issue::new("params.categories", "only mme-layout benchmarks have subtask categories"));
+    if params.categories.is_some() && !params.benchmark.is_mme() {
+        return Err(Issue::new("params.categories", "only MME-style benchmarks have subtask categories"));
     }
     Ok(Box::new(Evaluate { params, named_policy, judge, categories }))
+}
+
+/// The synthetic benchmark's map: the four perception subtasks and the comparison one.
+fn synthetic_categories() -> Categories {
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    Categories(vec![
+        ("perception".into(), names(&crate::eval::synth::PERCEPTION)),
+        ("cognition".into(), names(&crate::eval::synth::COGNITION)),
+    ])
 }
 
 /// One question put to the policy.
@@ -163,20 +222,20 @@ struct Item {
 }
 
 impl Evaluate {
+    fn data(&self) -> PathBuf {
+        PathBuf::from(self.params.data.as_deref().unwrap_or_default())
+    }
+
     fn images_dir(&self) -> PathBuf {
-        let data = PathBuf::from(&self.params.data);
         match (&self.params.images, self.params.benchmark) {
             (Some(dir), _) => PathBuf::from(dir),
-            (None, Benchmark::Mme) => data,
-            (None, Benchmark::Mmhal) => data.parent().map(Path::to_path_buf).unwrap_or_default(),
+            (None, Benchmark::Mmhal) => self.data().parent().map(Path::to_path_buf).unwrap_or_default(),
+            (None, _) => self.data(),
         }
     }
 
     fn max_tokens(&self) -> u32 {
-        self.params.max_tokens.unwrap_or(match self.params.benchmark {
-            Benchmark::Mme => 16,
-            Benchmark::Mmhal => 256,
-        })
+        self.params.max_tokens.unwrap_or(if self.params.benchmark.is_mme() { 16 } else { 256 })
     }
 
     /// The policy's definition and identity: a `models:` entry, or the referenced checkpoint.
@@ -231,32 +290,39 @@ impl Evaluate {
         keyed(&specs, &results)
     }
 
-    fn run_mme(
-        &self,
-        ctx: &RunContext,
-        report: &mut DataReport,
-    ) -> Result<(polars::prelude::DataFrame, Vec<Metric>), StageError> {
-        let data = ctx.workspace.join(&self.params.data);
+    /// MME-style questions (subtask, line) with their stored images, in file / table order.
+    fn mme_questions(&self, ctx: &RunContext) -> Result<Vec<(String, Line, String)>, StageError> {
+        if self.params.benchmark.from_table() {
+            return table_mme_questions(&ctx.read_table("benchmark")?);
+        }
+        let data = ctx.workspace.join(self.data());
         let images = self.images_dir();
-        let mut questions: Vec<(String, Line)> = Vec::new();
+        let mut out = Vec::new();
         for subtask in self.categories.subtasks() {
             let path = data.join(format!("{subtask}.txt"));
-            let lines = mme::read_subtask(&path, false).map_err(|e| StageError::Failed(e.to_string()))?;
-            questions.extend(lines.into_iter().map(|l| (subtask.to_string(), l)));
+            for line in mme::read_subtask(&path, false).map_err(|e| StageError::Failed(e.to_string()))? {
+                let candidates = [
+                    images.join(subtask).join("images").join(&line.image),
+                    images.join(subtask).join(&line.image),
+                    images.join(&line.image),
+                ];
+                let image = self.store_image(ctx, &candidates).map_err(|e| {
+                    StageError::Failed(format!("{}/{subtask}.txt, image `{}`: {e}", self.data().display(), line.image))
+                })?;
+                out.push((subtask.to_string(), line, image));
+            }
         }
-        report.input("questions", questions.len() as u64);
-        let mut items = Vec::with_capacity(questions.len());
-        for (subtask, line) in &questions {
-            let candidates = [
-                images.join(subtask).join("images").join(&line.image),
-                images.join(subtask).join(&line.image),
-                images.join(&line.image),
-            ];
-            let image = self.store_image(ctx, &candidates).map_err(|e| {
-                StageError::Failed(format!("{}/{subtask}.txt, image `{}`: {e}", self.params.data, line.image))
-            })?;
-            items.push(Item { prompt: line.question.clone(), image: Some(image) });
-        }
+        Ok(out)
+    }
+
+    fn run_mme(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
+        let listed = self.mme_questions(ctx)?;
+        report.input("questions", listed.len() as u64);
+        let items: Vec<Item> = listed
+            .iter()
+            .map(|(_, line, image)| Item { prompt: line.question.clone(), image: Some(image.clone()) })
+            .collect();
+        let questions: Vec<(String, Line)> = listed.into_iter().map(|(s, l, _)| (s, l)).collect();
         let answers = self.answer(ctx, &items, report)?;
         let mut by_subtask: BTreeMap<String, Vec<Line>> = BTreeMap::new();
         for ((subtask, line), (_, result)) in questions.iter().zip(&answers) {
@@ -287,19 +353,18 @@ impl Evaluate {
             ],
         )
         .map_err(|e| StageError::Failed(e.to_string()))?;
-        Ok((df, results::mme_metrics("mme", &scores)))
+        Ok((df, results::mme_metrics(self.params.benchmark.name(), &scores)))
     }
 
-    fn run_mmhal(
-        &self,
-        ctx: &RunContext,
-        report: &mut DataReport,
-    ) -> Result<(polars::prelude::DataFrame, Vec<Metric>), StageError> {
-        let questions = mmhal::read_questions(&ctx.workspace.join(&self.params.data)).map_err(StageError::Failed)?;
-        report.input("questions", questions.len() as u64);
+    /// MMHal-style questions with their stored images.
+    fn hal_questions(&self, ctx: &RunContext) -> Result<Vec<(Question, String)>, StageError> {
+        if self.params.benchmark.from_table() {
+            return table_hal_questions(&ctx.read_table("benchmark")?);
+        }
+        let questions = mmhal::read_questions(&ctx.workspace.join(self.data())).map_err(StageError::Failed)?;
         let images = self.images_dir();
-        let mut items = Vec::with_capacity(questions.len());
-        for (i, q) in questions.iter().enumerate() {
+        let mut out = Vec::with_capacity(questions.len());
+        for (i, q) in questions.into_iter().enumerate() {
             let mut candidates = Vec::new();
             if let Some(src) = &q.image_src {
                 candidates.extend(src.rsplit('/').next().map(|name| images.join(name)));
@@ -313,11 +378,21 @@ impl Evaluate {
             }
             let image = self
                 .store_image(ctx, &candidates)
-                .map_err(|e| StageError::Failed(format!("{}, question {}: {e}", self.params.data, i + 1)))?;
-            items.push(Item { prompt: q.question.clone(), image: Some(image) });
+                .map_err(|e| StageError::Failed(format!("{}, question {}: {e}", self.data().display(), i + 1)))?;
+            out.push((q, image));
         }
+        Ok(out)
+    }
+
+    fn run_mmhal(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
+        let listed = self.hal_questions(ctx)?;
+        report.input("questions", listed.len() as u64);
+        let items: Vec<Item> =
+            listed.iter().map(|(q, image)| Item { prompt: q.question.clone(), image: Some(image.clone()) }).collect();
+        let images: Vec<String> = listed.iter().map(|(_, image)| image.clone()).collect();
+        let questions: Vec<Question> = listed.into_iter().map(|(q, _)| q).collect();
         let answers = self.answer(ctx, &items, report)?;
-        let ratings = self.judge(ctx, &questions, &answers, report)?;
+        let ratings = self.judge(ctx, &questions, &images, &answers, report)?;
         let scored: Vec<(String, mmhal::Rating)> =
             questions.iter().zip(&ratings).map(|(q, (_, r))| (q.question_type.clone(), r.clone())).collect();
         for (q, (_, r)) in questions.iter().zip(&ratings) {
@@ -342,7 +417,7 @@ impl Evaluate {
             ],
         )
         .map_err(|e| StageError::Failed(e.to_string()))?;
-        Ok((df, results::mmhal_metrics("mmhal", &summary)))
+        Ok((df, results::mmhal_metrics(self.params.benchmark.name(), &summary)))
     }
 
     /// The judge's reply and rating for every answer (through the memo).
@@ -350,9 +425,12 @@ impl Evaluate {
         &self,
         ctx: &RunContext,
         questions: &[Question],
+        images: &[String],
         answers: &[(String, CallResult)],
         report: &mut DataReport,
     ) -> Result<Vec<(Option<String>, mmhal::Rating)>, StageError> {
+        // The synthetic world's judge reads the scene from the image; MMHal's judge is text-only.
+        let show_image = self.params.benchmark == Benchmark::SynthHal;
         let judge = self.judge.as_ref().ok_or_else(|| StageError::Failed("internal: no judge".into()))?;
         let template = match &self.params.judge_template {
             Some(path) => std::fs::read_to_string(ctx.workspace.join(path))
@@ -362,10 +440,12 @@ impl Evaluate {
         let specs: Vec<CallSpec> = questions
             .iter()
             .zip(answers)
-            .map(|(q, (_, answer))| {
+            .zip(images)
+            .map(|((q, (_, answer)), image)| {
                 let prompt = mmhal::judge_prompt(&template, q, answer.text.as_deref().unwrap_or(""));
+                let image = show_image.then_some(image.as_str());
                 let request = ChatRequest {
-                    messages: calls::opening(None, None, prompt),
+                    messages: calls::opening(None, image, prompt),
                     params: BTreeMap::from([
                         ("temperature".to_string(), json!(0.0)),
                         ("max_tokens".to_string(), json!(512)),
@@ -434,14 +514,17 @@ impl Stage for Evaluate {
     }
 
     fn roles(&self) -> Roles {
-        Roles::Named(&[])
+        if self.params.benchmark.from_table() { Roles::Named(&["benchmark"]) } else { Roles::Named(&[]) }
     }
 
     fn key_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![PathBuf::from(&self.params.data)];
-        let images = self.images_dir();
-        if !files.contains(&images) && !images.as_os_str().is_empty() {
-            files.push(images);
+        let mut files = Vec::new();
+        if !self.params.benchmark.from_table() {
+            files.push(self.data());
+            let images = self.images_dir();
+            if !files.contains(&images) && !images.as_os_str().is_empty() {
+                files.push(images);
+            }
         }
         files.extend(self.params.judge_template.as_ref().map(PathBuf::from));
         files
@@ -449,9 +532,10 @@ impl Stage for Evaluate {
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, crate::store::OutputRef>, StageError> {
         let mut report = DataReport::default();
-        let (mut predictions, metrics) = match self.params.benchmark {
-            Benchmark::Mme => self.run_mme(ctx, &mut report)?,
-            Benchmark::Mmhal => self.run_mmhal(ctx, &mut report)?,
+        let (mut predictions, metrics) = if self.params.benchmark.is_mme() {
+            self.run_mme(ctx, &mut report)?
+        } else {
+            self.run_mmhal(ctx, &mut report)?
         };
         let baseline = match ctx.inputs.get("baseline") {
             Some(_) => Some(results::read_results(&ctx.read_table("baseline")?).map_err(StageError::Failed)?),
@@ -465,4 +549,73 @@ impl Stage for Evaluate {
             ("report".to_string(), ctx.put_report(&report)?),
         ]))
     }
+}
+
+/// A column of a `benchmark` input table with no empty cell.
+fn required(table: &DataFrame, name: &str) -> Result<Vec<String>, StageError> {
+    let values = strings(table, "benchmark", name).map_err(StageError::Failed)?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.map(String::from)
+                .ok_or_else(|| StageError::Failed(format!("table `benchmark`, row {}: `{name}` is empty", i + 1)))
+        })
+        .collect()
+}
+
+/// The synthetic MME-style table (`subtask`, `image`, `question`, `ground_truth`, optional
+/// `image_name`) as questions with their images.
+fn table_mme_questions(table: &DataFrame) -> Result<Vec<(String, Line, String)>, StageError> {
+    let (subtasks, images, questions, truths) = (
+        required(table, "subtask")?,
+        required(table, "image")?,
+        required(table, "question")?,
+        required(table, "ground_truth")?,
+    );
+    let names = optional_strings(table, "benchmark", "image_name").map_err(StageError::Failed)?;
+    let mut out = Vec::with_capacity(table.height());
+    for i in 0..table.height() {
+        let truth = match truths[i].to_lowercase().as_str() {
+            "yes" => mme::Answer::Yes,
+            "no" => mme::Answer::No,
+            other => {
+                return Err(StageError::Failed(format!(
+                    "table `benchmark`, row {}: ground truth `{other}` is not yes or no",
+                    i + 1
+                )));
+            }
+        };
+        let name = names.as_ref().and_then(|n| n[i]).unwrap_or(&images[i]).to_string();
+        let line = Line { image: name, question: questions[i].clone(), truth, prediction: String::new() };
+        out.push((subtasks[i].clone(), line, images[i].clone()));
+    }
+    Ok(out)
+}
+
+/// The synthetic description table (`question_type`, `question`, `image`, `gt_answer`,
+/// `image_content` as a JSON list) as questions with their images.
+fn table_hal_questions(table: &DataFrame) -> Result<Vec<(Question, String)>, StageError> {
+    let (types, questions, images) =
+        (required(table, "question_type")?, required(table, "question")?, required(table, "image")?);
+    let truths = optional_strings(table, "benchmark", "gt_answer").map_err(StageError::Failed)?;
+    let contents = optional_strings(table, "benchmark", "image_content").map_err(StageError::Failed)?;
+    let mut out = Vec::with_capacity(table.height());
+    for i in 0..table.height() {
+        let content = contents.as_ref().and_then(|c| c[i]);
+        let labels =
+            content.map(|c| serde_json::from_str(c).unwrap_or_else(|_| vec![c.to_string()])).unwrap_or_default();
+        let question = Question {
+            question_type: types[i].clone(),
+            question_topic: None,
+            image_id: None,
+            image_src: None,
+            image_content: labels,
+            question: questions[i].clone(),
+            gt_answer: truths.as_ref().and_then(|t| t[i]).unwrap_or_default().to_string(),
+            model_answer: None,
+        };
+        out.push((question, images[i].clone()));
+    }
+    Ok(out)
 }

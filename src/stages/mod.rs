@@ -12,6 +12,8 @@ mod export;
 mod load;
 mod pair;
 mod sample;
+mod sft;
+mod synth;
 mod training;
 mod workspace_files;
 
@@ -51,12 +53,14 @@ pub struct Config<'a> {
 
 pub static KINDS: &[Kind] = &[
     load::KIND,
+    synth::KIND,
     command::KIND,
     export::KIND,
     aggregate::KIND,
     pair::KIND,
     sample::KIND,
     annotate::KIND,
+    sft::KIND,
     dpo::KIND,
     evaluate::KIND,
 ];

@@ -120,7 +120,14 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     for (i, entry) in params.pool.iter().enumerate() {
         let (name, overrides) = match entry {
             PoolEntry::Name(name) => (name.clone(), None),
-            PoolEntry::Entry(e) => (e.model.clone().or_else(|| e.stage.clone()).unwrap_or_default(), Some(e)),
+            PoolEntry::Entry(e) => {
+                // A checkpoint is named by its stage, and its output when not the final one.
+                let checkpoint = e.stage.as_ref().map(|s| match &e.output {
+                    Some(o) => format!("{s}.{o}"),
+                    None => s.clone(),
+                });
+                (e.model.clone().or(checkpoint).unwrap_or_default(), Some(e))
+            }
         };
         let local = overrides.and_then(|e| e.stage.as_deref());
         let def = match (overrides.map(|e| (&e.model, &e.stage)), local) {

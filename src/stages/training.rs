@@ -127,7 +127,8 @@ impl Base {
                 let input = ctx.input(&model_role(&r.stage, r.output.as_deref()))?;
                 let dir = ctx.store.tmp_path("base");
                 ctx.store.restore_dir(&input.output.digest, &dir)?;
-                let loaded = checkpoint::load(&dir, device).map_err(|e| StageError::Failed(format!("{}: {e}", input.from)));
+                let loaded =
+                    checkpoint::load(&dir, device).map_err(|e| StageError::Failed(format!("{}: {e}", input.from)));
                 let _ = std::fs::remove_dir_all(&dir);
                 loaded
             }
@@ -138,7 +139,10 @@ impl Base {
 /// Checks the settings every trainer has.
 pub fn check_loop(batch_size: usize, epochs: usize, grad_accum: usize, checkpoint_every: u64) -> Result<(), Issue> {
     if batch_size == 0 || epochs == 0 || grad_accum == 0 || checkpoint_every == 0 {
-        return Err(Issue::new("params", "`batch_size`, `epochs`, `grad_accum` and `checkpoint_every` must be at least 1"));
+        return Err(Issue::new(
+            "params",
+            "`batch_size`, `epochs`, `grad_accum` and `checkpoint_every` must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -230,4 +234,3 @@ pub fn metrics_table<R: Serialize>(metrics: &[R]) -> Result<DataFrame, StageErro
         .finish()
         .map_err(|e| StageError::Failed(e.to_string()))
 }
-

@@ -10,6 +10,7 @@ pub mod losses;
 pub mod optim;
 pub mod resume;
 pub mod schedule;
+pub mod sft;
 
 #[cfg(test)]
 mod tests;

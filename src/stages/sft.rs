@@ -1,0 +1,284 @@
+//! `sft`: supervised fine-tuning of the tiny VLM on (image, prompt) → target rows — in the
+//! synthetic world, instructions → their true answers. It can be made deliberately imperfect:
+//! `label_noise` swaps a share of targets for another row's (within the same `noise_by` group,
+//! so a wrong count stays a count), and few `epochs` undertrain; a policy that sometimes
+//! hallucinates is what preference tuning is for. `snapshots: [N, …]` adds the checkpoint after
+//! step N as output `stepN`: one run yields policies of several training lengths.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::training::{Base, StepHook, check_loop, image_pixels, metrics_table, put_checkpoint, resume_or_start};
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use crate::data::frame::{optional_strings, strings};
+use crate::data::report::DataReport;
+use crate::dsl::Issue;
+use crate::model::device;
+use crate::model::policy::{Example, TokenBatch};
+use crate::model::tiny::{TinyConfig, TinyVlm};
+use crate::store::OutputRef;
+use crate::train::fit::{Schedule, seeded_order};
+use crate::train::optim::AdamW;
+use crate::train::sft::{self, SftMetrics};
+
+pub const KIND: Kind = Kind { name: "sft", version: 1, model_params: &["base"], stage_inputs: &[], configure };
+
+fn lr() -> f64 {
+    1e-3
+}
+fn one() -> usize {
+    1
+}
+fn batch_size() -> usize {
+    16
+}
+fn warmup_ratio() -> f64 {
+    0.05
+}
+fn max_grad_norm() -> Option<f64> {
+    Some(1.0)
+}
+fn prompt() -> String {
+    "prompt".into()
+}
+fn target() -> String {
+    "response".into()
+}
+fn checkpoint_every() -> u64 {
+    50
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    base: Base,
+    #[serde(default = "lr")]
+    lr: f64,
+    #[serde(default = "one")]
+    epochs: usize,
+    #[serde(default = "batch_size")]
+    batch_size: usize,
+    #[serde(default = "warmup_ratio")]
+    warmup_ratio: f64,
+    #[serde(default = "max_grad_norm")]
+    max_grad_norm: Option<f64>,
+    #[serde(default)]
+    adamw: AdamW,
+    #[serde(default = "one")]
+    grad_accum: usize,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    max_length: Option<usize>,
+    /// Column of the prompt.
+    #[serde(default = "prompt")]
+    prompt: String,
+    /// Column of the text to learn.
+    #[serde(default = "target")]
+    target: String,
+    /// Share of rows whose target is replaced by another row's.
+    #[serde(default)]
+    label_noise: f64,
+    /// Column whose value a replacement must share (e.g. the question kind).
+    #[serde(default)]
+    noise_by: Option<String>,
+    /// Steps after which the checkpoint is also an output (`stepN`).
+    #[serde(default)]
+    snapshots: Vec<u64>,
+    /// Save the run's state every this many steps (not part of the key).
+    #[serde(default = "checkpoint_every")]
+    checkpoint_every: u64,
+}
+
+struct Sft {
+    params: Params,
+}
+
+fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+    let mut params: Params = parse_params(params)?;
+    params.base.settle()?;
+    check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;
+    if !(0.0..=1.0).contains(&params.label_noise) {
+        return Err(Issue::new("params.label_noise", "a share between 0 and 1"));
+    }
+    if params.snapshots.contains(&0) {
+        return Err(Issue::new("params.snapshots", "steps count from 1"));
+    }
+    params.snapshots.sort_unstable();
+    params.snapshots.dedup();
+    Ok(Box::new(Sft { params }))
+}
+
+/// One training row.
+struct Row<'a> {
+    image: Option<&'a str>,
+    prompt: &'a str,
+    target: String,
+}
+
+impl Sft {
+    /// The rows, with `label_noise` applied (seeded per row); counts the noised rows.
+    fn rows<'a>(
+        &self,
+        table: &'a polars::prelude::DataFrame,
+        report: &mut DataReport,
+    ) -> Result<Vec<Row<'a>>, StageError> {
+        let failed = StageError::Failed;
+        let prompts = strings(table, "examples", &self.params.prompt).map_err(failed)?;
+        let targets = strings(table, "examples", &self.params.target).map_err(failed)?;
+        let images =
+            optional_strings(table, "examples", "image").map_err(failed)?.unwrap_or_else(|| vec![None; table.height()]);
+        let groups: Vec<Option<String>> = match &self.params.noise_by {
+            Some(column) => {
+                strings(table, "examples", column).map_err(failed)?.iter().map(|v| v.map(String::from)).collect()
+            }
+            None => vec![None; table.height()],
+        };
+        let mut rows = Vec::with_capacity(table.height());
+        let mut noised = 0;
+        for (i, ((prompt, target), image)) in prompts.iter().zip(targets.iter()).zip(images).enumerate() {
+            let (Some(prompt), Some(target)) = (prompt, target) else {
+                let column = if prompt.is_none() { &self.params.prompt } else { &self.params.target };
+                return Err(failed(format!("table `examples`, row {}: `{column}` is empty", i + 1)));
+            };
+            let mut rng = crate::eval::synth::rng_for(self.params.seed, "label-noise", i as u64);
+            let mut target = target.to_string();
+            if rng.random::<f64>() < self.params.label_noise {
+                let same: Vec<usize> = (0..table.height()).filter(|j| *j != i && groups[*j] == groups[i]).collect();
+                if !same.is_empty() {
+                    let j = same[rng.random_range(0..same.len())];
+                    if let Some(other) = targets.get(j) {
+                        noised += usize::from(other != target);
+                        target = other.to_string();
+                    }
+                }
+            }
+            rows.push(Row { image, prompt, target });
+        }
+        report.input("examples", table.height() as u64);
+        report.note("label_noise", noised as u64);
+        report.output("examples", rows.len() as u64);
+        Ok(rows)
+    }
+
+    fn batches(
+        &self,
+        ctx: &RunContext,
+        rows: &[Row],
+        model: &TinyConfig,
+        device: &Device,
+    ) -> Result<Vec<TokenBatch>, StageError> {
+        if rows.is_empty() {
+            return Err(StageError::Failed("there are no examples to train on".into()));
+        }
+        let len = self.params.max_length.map_or(model.max_tokens, |n| n.min(model.max_tokens));
+        rows.chunks(self.params.batch_size)
+            .map(|chunk| {
+                let examples = chunk
+                    .iter()
+                    .map(|r| {
+                        Ok(Example {
+                            pixels: image_pixels(ctx, r.image, model.image_size)?,
+                            prompt: r.prompt,
+                            completion: &r.target,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StageError>>()?;
+                Ok(TokenBatch::new(examples, model.image_size, len, device))
+            })
+            .collect()
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            lr: self.params.lr,
+            epochs: self.params.epochs,
+            warmup_ratio: self.params.warmup_ratio,
+            max_grad_norm: self.params.max_grad_norm,
+            optimizer: self.params.adamw,
+            grad_accum: self.params.grad_accum,
+        }
+    }
+}
+
+fn snapshot_name(step: u64) -> String {
+    format!("step{step}")
+}
+
+impl Stage for Sft {
+    fn canonical_params(&self) -> Value {
+        let mut params = canonical(&self.params);
+        if let Value::Object(map) = &mut params {
+            map.remove("checkpoint_every");
+        }
+        params
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        let mut outputs = vec![
+            OutputDecl { name: "checkpoint".into(), table: false },
+            OutputDecl { name: "training".into(), table: true },
+            OutputDecl { name: "report".into(), table: false },
+        ];
+        outputs.extend(self.params.snapshots.iter().map(|s| OutputDecl { name: snapshot_name(*s), table: false }));
+        outputs
+    }
+
+    fn roles(&self) -> Roles {
+        Roles::Named(&["examples"])
+    }
+
+    fn key_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
+        let device = device::open(ctx.runtime.device.as_deref(), ctx.runtime.dtype.as_deref(), true)
+            .map_err(|e| StageError::Failed(format!("runtime.device: {e}")))?;
+        device.seed(self.params.seed);
+        let (base, config) = self.params.base.model(ctx, &device)?;
+        let table = ctx.read_table("examples")?;
+        let mut report = DataReport::default();
+        let rows = self.rows(&table, &mut report)?;
+        let batches = self.batches(ctx, &rows, &config, &device)?;
+        let schedule = self.schedule();
+        let total = schedule.total_steps(batches.len());
+        if let Some(past) = self.params.snapshots.iter().find(|s| **s > total) {
+            return Err(StageError::Failed(format!("snapshot at step {past}, but the run has only {total} steps")));
+        }
+        let scratch = ctx.scratch_dir()?;
+        let state = resume_or_start::<SftMetrics>(ctx, &scratch, base, &schedule.optimizer)?;
+        // Snapshots taken so far (kept across a resume).
+        let saved = scratch.join("snapshots.json");
+        let mut snapshots: BTreeMap<String, OutputRef> =
+            std::fs::read(&saved).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let order = seeded_order(self.params.seed, batches.len());
+        let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, total);
+        let mut after_step = |state: &crate::train::fit::TrainState<TinyVlm, SftMetrics>| -> Result<(), StageError> {
+            let done = state.metrics.len() as u64;
+            if self.params.snapshots.contains(&done) {
+                let out = put_checkpoint(ctx, &state.model.valid(), &config, None)?;
+                snapshots.insert(snapshot_name(done), out);
+                let json = serde_json::to_vec(&snapshots).map_err(|e| StageError::Failed(e.to_string()))?;
+                std::fs::write(&saved, json).map_err(|e| StageError::Failed(format!("{}: {e}", saved.display())))?;
+            }
+            hook.after(state)
+        };
+        let state = sft::train(state, &batches, &schedule, &order, &mut after_step)?;
+        hook.finish();
+        let mut outputs = BTreeMap::from([
+            ("checkpoint".to_string(), put_checkpoint(ctx, &state.model.valid(), &config, None)?),
+            ("training".to_string(), ctx.put_table(&mut metrics_table(&state.metrics)?)?),
+            ("report".to_string(), ctx.put_report(&report)?),
+        ]);
+        outputs.extend(snapshots);
+        ctx.store.clear_scratch(ctx.key);
+        Ok(outputs)
+    }
+}

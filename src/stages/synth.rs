@@ -1,0 +1,201 @@
+//! `synth`: the synthetic world's data (DESIGN §8). Draws `train_scenes` and held-out
+//! `eval_scenes` (their own seeded streams) as PNGs carrying their truth, and writes
+//! `instructions` about the training scenes (prompt, image, true answer, question kind), the
+//! MME-style benchmark `mme` (a true and a false yes/no question per subtask per held-out
+//! scene) and the MMHal-style benchmark `hal` (a description per held-out scene, with its
+//! truth and contents), plus the `images` they use.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use crate::data::frame::{frame, i64_col, str_col};
+use crate::dsl::Issue;
+use crate::eval::synth::{self, WorldConfig};
+use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
+
+pub const KIND: Kind = Kind { name: "synth", version: 1, model_params: &[], stage_inputs: &[], configure };
+
+fn train_scenes() -> u64 {
+    400
+}
+fn eval_scenes() -> u64 {
+    100
+}
+fn questions() -> usize {
+    4
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    world: WorldConfig,
+    #[serde(default = "train_scenes")]
+    train_scenes: u64,
+    #[serde(default = "eval_scenes")]
+    eval_scenes: u64,
+    /// Instructions per training scene.
+    #[serde(default = "questions")]
+    questions_per_scene: usize,
+    #[serde(default)]
+    seed: u64,
+    /// The held-out scenes' seed (default: `seed`; their stream is separate either way).
+    #[serde(default)]
+    eval_seed: Option<u64>,
+}
+
+struct Synth {
+    params: Params,
+}
+
+fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+    let params: Params = parse_params(params)?;
+    params.world.check().map_err(|e| Issue::new("params.world", e))?;
+    if params.train_scenes == 0 || params.questions_per_scene == 0 {
+        return Err(Issue::new("params", "`train_scenes` and `questions_per_scene` must be at least 1"));
+    }
+    Ok(Box::new(Synth { params }))
+}
+
+/// Images drawn so far: file name → stored blob.
+struct Drawn<'a> {
+    ctx: &'a RunContext<'a>,
+    files: BTreeMap<String, DirEntry>,
+}
+
+impl Drawn<'_> {
+    fn draw(&mut self, name: String, scene: &synth::Scene, world: &WorldConfig) -> Result<String, StageError> {
+        let png = synth::render_png(scene, world);
+        if png.is_empty() {
+            return Err(StageError::Failed(format!("could not draw {name}")));
+        }
+        let (digest, bytes) = self.ctx.store.put_bytes(&png)?;
+        self.files.insert(name, DirEntry { digest: digest.clone(), bytes, executable: false });
+        Ok(digest)
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> StageError {
+    StageError::Failed(e.to_string())
+}
+
+impl Stage for Synth {
+    fn canonical_params(&self) -> Value {
+        canonical(&self.params)
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![
+            OutputDecl { name: "instructions".into(), table: true },
+            OutputDecl { name: "mme".into(), table: true },
+            OutputDecl { name: "hal".into(), table: true },
+            OutputDecl { name: "images".into(), table: false },
+        ]
+    }
+
+    fn roles(&self) -> Roles {
+        Roles::Named(&[])
+    }
+
+    fn key_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
+        let world = &self.params.world;
+        let seed = self.params.seed;
+        let eval_seed = self.params.eval_seed.unwrap_or(seed);
+        let mut drawn = Drawn { ctx, files: BTreeMap::new() };
+
+        let mut instructions: Vec<[String; 5]> = Vec::new();
+        let mut scene_of = Vec::new();
+        for i in 0..self.params.train_scenes {
+            let scene = world.scene(seed, "train", i);
+            let name = format!("train-{i:05}.png");
+            let image = drawn.draw(name, &scene, world)?;
+            let mut rng = synth::rng_for(seed, "train-questions", i);
+            for (q, item) in
+                synth::instructions(&scene, world, self.params.questions_per_scene, &mut rng).into_iter().enumerate()
+            {
+                instructions.push([
+                    format!("train-{i:05}-{q}"),
+                    item.prompt,
+                    image.clone(),
+                    item.answer,
+                    item.kind.into(),
+                ]);
+                scene_of.push(i as i64);
+            }
+        }
+        let column = |k: usize| instructions.iter().map(|r| Some(r[k].clone())).collect::<Vec<_>>();
+        let mut instructions_table = frame(
+            instructions.len(),
+            vec![
+                str_col("id", column(0)),
+                str_col("prompt", column(1)),
+                str_col("image", column(2)),
+                str_col("truth", column(3)),
+                str_col("kind", column(4)),
+                i64_col("scene", scene_of.into_iter().map(Some).collect()),
+            ],
+        )
+        .map_err(failed)?;
+
+        // (subtask, image digest, image name, question, Yes/No)
+        let mut mme: Vec<[String; 5]> = Vec::new();
+        // (image digest, image name, description, contents)
+        let mut hal: Vec<[String; 4]> = Vec::new();
+        for i in 0..self.params.eval_scenes {
+            let scene = world.scene(eval_seed, "eval", i);
+            let name = format!("eval-{i:05}.png");
+            let image = drawn.draw(name.clone(), &scene, world)?;
+            let mut rng = synth::rng_for(eval_seed, "eval-pairs", i);
+            for pair in synth::yes_no_pairs(&scene, world, &mut rng) {
+                for (question, truth) in [(pair.yes, "Yes"), (pair.no, "No")] {
+                    mme.push([pair.subtask.into(), image.clone(), name.clone(), question, truth.into()]);
+                }
+            }
+            let contents = serde_json::to_string(&scene.labels()).map_err(failed)?;
+            hal.push([image, name, scene.description(), contents]);
+        }
+        // Grouped by subtask (each image's two questions stay together), as MME's files are.
+        mme.sort_by_key(|r| synth::PERCEPTION.iter().chain(synth::COGNITION.iter()).position(|s| *s == r[0]));
+        let column = |k: usize| mme.iter().map(|r| Some(r[k].clone())).collect::<Vec<_>>();
+        let mut mme_table = frame(
+            mme.len(),
+            vec![
+                str_col("subtask", column(0)),
+                str_col("image", column(1)),
+                str_col("image_name", column(2)),
+                str_col("question", column(3)),
+                str_col("ground_truth", column(4)),
+            ],
+        )
+        .map_err(failed)?;
+        let column = |k: usize| hal.iter().map(|r| Some(r[k].clone())).collect::<Vec<_>>();
+        let n = hal.len();
+        let mut hal_table = frame(
+            n,
+            vec![
+                str_col("question_type", vec![Some("description".into()); n]),
+                str_col("question", vec![Some("Describe the image.".into()); n]),
+                str_col("image", column(0)),
+                str_col("image_name", column(1)),
+                str_col("gt_answer", column(2)),
+                str_col("image_content", column(3)),
+            ],
+        )
+        .map_err(failed)?;
+        let (digest, bytes) = ctx.store.put_manifest(&DirManifest { files: drawn.files })?;
+        Ok(BTreeMap::from([
+            ("instructions".to_string(), ctx.put_table(&mut instructions_table)?),
+            ("mme".to_string(), ctx.put_table(&mut mme_table)?),
+            ("hal".to_string(), ctx.put_table(&mut hal_table)?),
+            ("images".to_string(), OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None }),
+        ]))
+    }
+}
