@@ -183,6 +183,9 @@ struct MetricsArgs {
     /// Include per-subtask and per-type metrics
     #[arg(long)]
     all: bool,
+    /// Override a value in every pipeline read (as `run --set`)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     /// Draw the metrics as bars into this PNG file
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
@@ -453,6 +456,10 @@ fn cmd_run(ctx: &Context, args: RunArgs) -> Outcome {
     );
     for r in record.instances.iter().filter(|r| r.status == InstanceStatus::Failed) {
         println!("  {} failed: {}", r.name, r.error.as_deref().unwrap_or("unknown error"));
+    }
+    let results = cli::metrics::run_summary(&store, &pipeline.name, &record);
+    if !results.is_empty() {
+        println!("\n{results}");
     }
     Ok(record.ok)
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{Context, Failure, MetricsArgs, MetricsFormat, Outcome, assess, print_json};
 use silkie::eval::results::{Metric, read_results, relative_change};
 use silkie::plan::State;
+use silkie::store::{OutputRef, RunRecord, Store};
 use silkie::table::{self, TableFormat};
 
 /// One metric of one evaluate instance.
@@ -28,7 +29,7 @@ pub fn run(ctx: &Context, args: MetricsArgs) -> Outcome {
         if args.pipelines.is_empty() { vec![None] } else { args.pipelines.iter().map(|p| Some(p.as_path())).collect() };
     let mut rows = Vec::new();
     for file in files {
-        rows.extend(collect(ctx, file)?);
+        rows.extend(collect(ctx, file, &args.sets)?);
     }
     if rows.is_empty() {
         return Err(Failure::Runtime("no fresh `evaluate` results: run the pipelines first".into()));
@@ -54,8 +55,8 @@ pub fn run(ctx: &Context, args: MetricsArgs) -> Outcome {
 }
 
 /// The fresh evaluate results of one pipeline; stale or never-run ones are named on stderr.
-fn collect(ctx: &Context, file: Option<&std::path::Path>) -> Result<Vec<Row>, Failure> {
-    let (pipeline, plan) = ctx.load(file, &[])?;
+fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Result<Vec<Row>, Failure> {
+    let (pipeline, plan) = ctx.load(file, sets)?;
     let states = assess(ctx, &pipeline, &plan)?;
     let store = ctx.store()?;
     let mut rows = Vec::new();
@@ -76,26 +77,47 @@ fn collect(ctx: &Context, file: Option<&std::path::Path>) -> Result<Vec<Row>, Fa
             continue;
         };
         let Some(out) = record.outputs.get("results") else { continue };
-        let df = table::read(&store.blob_path(&out.digest), TableFormat::Parquet)
-            .map_err(|e| Failure::Runtime(e.to_string()))?;
-        let metrics = read_results(&df).map_err(Failure::Runtime)?;
-        let column = |name: &str| -> Vec<Option<f64>> {
-            df.column(name).ok().and_then(|c| c.f64().ok().map(|c| c.iter().collect())).unwrap_or_default()
-        };
-        let (baselines, changes) = (column("baseline_value"), column("relative_change"));
-        for (i, Metric { benchmark, metric, value }) in metrics.into_iter().enumerate() {
-            rows.push(Row {
-                pipeline: pipeline.name.clone(),
-                instance: inst.name.clone(),
-                benchmark,
-                metric,
-                value,
-                baseline_value: baselines.get(i).copied().flatten(),
-                relative_change: changes.get(i).copied().flatten(),
-            });
-        }
+        rows.extend(results_rows(&store, out, &pipeline.name, &inst.name)?);
     }
     Ok(rows)
+}
+
+/// The rows of one stored results table.
+fn results_rows(store: &Store, out: &OutputRef, pipeline: &str, instance: &str) -> Result<Vec<Row>, Failure> {
+    let df = table::read(&store.blob_path(&out.digest), TableFormat::Parquet)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let metrics = read_results(&df).map_err(Failure::Runtime)?;
+    let column = |name: &str| -> Vec<Option<f64>> {
+        df.column(name).ok().and_then(|c| c.f64().ok().map(|c| c.iter().collect())).unwrap_or_default()
+    };
+    let (baselines, changes) = (column("baseline_value"), column("relative_change"));
+    Ok(metrics
+        .into_iter()
+        .enumerate()
+        .map(|(i, Metric { benchmark, metric, value })| Row {
+            pipeline: pipeline.to_string(),
+            instance: instance.to_string(),
+            benchmark,
+            metric,
+            value,
+            baseline_value: baselines.get(i).copied().flatten(),
+            relative_change: changes.get(i).copied().flatten(),
+        })
+        .collect())
+}
+
+/// The results of a run's evaluate instances as a table (totals only), for the end of
+/// `silkie run`; empty when the run evaluated nothing.
+pub fn run_summary(store: &Store, pipeline: &str, record: &RunRecord) -> String {
+    let mut rows = Vec::new();
+    for inst in record.instances.iter().filter(|i| i.kind == "evaluate") {
+        if let Some(out) = inst.outputs.get("results")
+            && let Ok(found) = results_rows(store, out, pipeline, &inst.name)
+        {
+            rows.extend(found.into_iter().filter(|r| !r.metric.contains('/')));
+        }
+    }
+    if rows.is_empty() { String::new() } else { wide(&rows, false) }
 }
 
 /// Every row compared with `baseline` (an instance name, or `PIPELINE:INSTANCE`).

@@ -97,6 +97,9 @@ fn why(grade: u8, aspect: &str) -> String {
     }
 }
 
+/// An aspect's section title, its rating in a grade, and what it is about.
+type Aspect = (&'static str, fn(&Grade) -> u8, &'static str);
+
 /// The three-aspect reply, in the GPT-4V template's format.
 fn annotation(scene: &Scene, text: &str) -> Result<String, CallError> {
     let asked = question(text)?;
@@ -106,7 +109,7 @@ fn annotation(scene: &Scene, text: &str) -> Result<String, CallError> {
         .collect::<Option<_>>()
         .ok_or_else(|| CallError::Fatal(format!("`{asked}` is not a question of the synthetic world")))?;
     let mut reply = String::new();
-    let aspects: [(&str, fn(&Grade) -> u8, &str); 3] = [
+    let aspects: [Aspect; 3] = [
         ("Helpfulness", |g| g.helpfulness, "answering the question"),
         ("Visual Faithfulness", |g| g.faithfulness, "matching the image"),
         ("Ethical Considerations", |g| g.ethics, "appropriateness"),

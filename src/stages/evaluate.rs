@@ -67,7 +67,7 @@ impl Benchmark {
         matches!(self, Benchmark::Mme | Benchmark::SynthMme)
     }
 
-    fn from_table(self) -> bool {
+    fn reads_input(self) -> bool {
         matches!(self, Benchmark::SynthMme | Benchmark::SynthHal)
     }
 
@@ -172,7 +172,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         }
         (None, true) => None,
     };
-    match (&params.data, params.benchmark.from_table()) {
+    match (&params.data, params.benchmark.reads_input()) {
         (None, false) => {
             return Err(Issue::new(
                 "params.data",
@@ -292,7 +292,7 @@ impl Evaluate {
 
     /// MME-style questions (subtask, line) with their stored images, in file / table order.
     fn mme_questions(&self, ctx: &RunContext) -> Result<Vec<(String, Line, String)>, StageError> {
-        if self.params.benchmark.from_table() {
+        if self.params.benchmark.reads_input() {
             return table_mme_questions(&ctx.read_table("benchmark")?);
         }
         let data = ctx.workspace.join(self.data());
@@ -358,7 +358,7 @@ impl Evaluate {
 
     /// MMHal-style questions with their stored images.
     fn hal_questions(&self, ctx: &RunContext) -> Result<Vec<(Question, String)>, StageError> {
-        if self.params.benchmark.from_table() {
+        if self.params.benchmark.reads_input() {
             return table_hal_questions(&ctx.read_table("benchmark")?);
         }
         let questions = mmhal::read_questions(&ctx.workspace.join(self.data())).map_err(StageError::Failed)?;
@@ -514,12 +514,12 @@ impl Stage for Evaluate {
     }
 
     fn roles(&self) -> Roles {
-        if self.params.benchmark.from_table() { Roles::Named(&["benchmark"]) } else { Roles::Named(&[]) }
+        if self.params.benchmark.reads_input() { Roles::Named(&["benchmark"]) } else { Roles::Named(&[]) }
     }
 
     fn key_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        if !self.params.benchmark.from_table() {
+        if !self.params.benchmark.reads_input() {
             files.push(self.data());
             let images = self.images_dir();
             if !files.contains(&images) && !images.as_os_str().is_empty() {

@@ -71,7 +71,7 @@ mod tests {
             TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
         let model = config.init(&device);
         let rows = |i: usize| {
-            let (pixel, answer) = if i % 2 == 0 { (0.1, "Dark.") } else { (0.9, "Light.") };
+            let (pixel, answer) = if i.is_multiple_of(2) { (0.1, "Dark.") } else { (0.9, "Light.") };
             Example { pixels: vec![pixel; 3 * 16 * 16], prompt: "Shade?", completion: answer }
         };
         let batches: Vec<TokenBatch> =

@@ -297,8 +297,8 @@ pub struct Instruction {
 const KINDS: [(&str, u32); 6] =
     [("describe", 3), ("colour", 2), ("shape", 1), ("count", 2), ("position", 2), ("yesno", 4)];
 
-/// `n` instructions about `scene`, drawn with `rng` (kinds that do not fit the scene are
-/// redrawn, so every scene gets `n`).
+/// `n` different instructions about `scene`, drawn with `rng` (kinds that do not fit the
+/// scene, and repeats, are redrawn).
 pub fn instructions(scene: &Scene, world: &WorldConfig, n: usize, rng: &mut StdRng) -> Vec<Instruction> {
     let total: u32 = KINDS.iter().map(|k| k.1).sum();
     let mut out = Vec::with_capacity(n);
@@ -317,7 +317,10 @@ pub fn instructions(scene: &Scene, world: &WorldConfig, n: usize, rng: &mut StdR
                 }
             })
             .map_or("describe", |k| k.0);
-        if let Some(instruction) = language::ask(kind, scene, world, rng) {
+        // Each question at most once per scene.
+        if let Some(instruction) = language::ask(kind, scene, world, rng)
+            && !out.iter().any(|o: &Instruction| o.prompt == instruction.prompt)
+        {
             out.push(instruction);
         }
     }
