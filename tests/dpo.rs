@@ -5,12 +5,7 @@ mod common;
 use common::{Workspace, ran, status_of};
 
 fn pairs_csv(n: usize) -> String {
-    let mut csv = String::from("prompt,chosen,rejected\n");
-    for i in 0..n {
-        // A learnable rule: the chosen answer repeats the question's number.
-        csv.push_str(&format!("How many? {},{} items.,{} items.\n", i % 5, i % 5, (i + 2) % 5));
-    }
-    csv
+    common::counting_pairs_csv(n)
 }
 
 const PIPELINE: &str = "version: 1

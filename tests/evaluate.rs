@@ -10,27 +10,15 @@ use common::{Workspace, ran, status_of};
 use serde_json::{Value, json};
 use server::{Fault, Server};
 
-const SUBTASKS: [&str; 14] = [
-    "existence",
-    "count",
-    "position",
-    "color",
-    "posters",
-    "celebrity",
-    "scene",
-    "landmark",
-    "artwork",
-    "OCR",
-    "commonsense_reasoning",
-    "numerical_calculation",
-    "text_translation",
-    "code_reasoning",
-];
+/// MME's own subtasks (names only: the questions here are made up).
+fn subtasks() -> Vec<String> {
+    silkie::eval::mme::Categories::official().subtasks().map(String::from).collect()
+}
 
 /// A made-up benchmark in MME's layout: per subtask two images (plain colours), each with a
 /// yes question and a no question; images under `bench/<subtask>/`.
 fn write_mme_benchmark(ws: &Workspace) {
-    for (s, subtask) in SUBTASKS.iter().enumerate() {
+    for (s, subtask) in subtasks().iter().enumerate() {
         let mut lines = String::new();
         for i in 0..2 {
             let name = format!("{i}.png");
@@ -95,10 +83,10 @@ fn a_checkpoint_is_evaluated_on_an_mme_layout_benchmark_and_scores_as_silkie_eva
     // The same predictions in MME's results layout, scored by `silkie eval mme`.
     let dir = ws.path().join("results");
     std::fs::create_dir_all(&dir).unwrap();
-    for subtask in SUBTASKS {
+    for subtask in subtasks() {
         let lines: String = predictions
             .iter()
-            .filter(|p| p["subtask"] == subtask)
+            .filter(|p| p["subtask"] == subtask.as_str())
             .map(|p| {
                 let truth = if p["ground_truth"] == "yes" { "Yes" } else { "No" };
                 let prediction = p["prediction"].as_str().unwrap_or("").replace(['\t', '\n', '\r'], " ");

@@ -89,11 +89,7 @@ stages:
 ";
 
 fn pairs_csv() -> String {
-    let mut csv = String::from("prompt,chosen,rejected\n");
-    for i in 0..8 {
-        csv.push_str(&format!("How many? {},{} items.,{} items.\n", i % 5, i % 5, (i + 2) % 5));
-    }
-    csv
+    common::counting_pairs_csv(8)
 }
 
 #[test]

@@ -14,12 +14,14 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::training::{Base, StepHook, check_loop, image_pixels, metrics_table, put_checkpoint, resume_or_start};
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::training::{
+    Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
+    training_device,
+};
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params};
 use crate::data::frame::{optional_strings, strings};
 use crate::data::report::DataReport;
 use crate::dsl::Issue;
-use crate::model::device;
 use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{TinyConfig, TinyVlm};
 use crate::store::OutputRef;
@@ -213,11 +215,7 @@ fn snapshot_name(step: u64) -> String {
 
 impl Stage for Sft {
     fn canonical_params(&self) -> Value {
-        let mut params = canonical(&self.params);
-        if let Value::Object(map) = &mut params {
-            map.remove("checkpoint_every");
-        }
-        params
+        key_params(&self.params)
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
@@ -239,9 +237,7 @@ impl Stage for Sft {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let device = device::open(ctx.runtime.device.as_deref(), ctx.runtime.dtype.as_deref(), true)
-            .map_err(|e| StageError::Failed(format!("runtime.device: {e}")))?;
-        device.seed(self.params.seed);
+        let device = training_device(ctx, self.params.seed)?;
         let (base, config) = self.params.base.model(ctx, &device)?;
         let table = ctx.read_table("examples")?;
         let mut report = DataReport::default();

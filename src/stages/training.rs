@@ -136,6 +136,23 @@ impl Base {
     }
 }
 
+/// The device `runtime.device` names (with `runtime.dtype`), recording gradients, seeded.
+pub fn training_device(ctx: &RunContext, seed: u64) -> Result<Device, StageError> {
+    let device = crate::model::device::open(ctx.runtime.device.as_deref(), ctx.runtime.dtype.as_deref(), true)
+        .map_err(|e| StageError::Failed(format!("runtime.device: {e}")))?;
+    device.seed(seed);
+    Ok(device)
+}
+
+/// A trainer's params as they enter its key: all but `checkpoint_every`, which changes no result.
+pub fn key_params(params: &impl Serialize) -> serde_json::Value {
+    let mut value = super::canonical(params);
+    if let serde_json::Value::Object(map) = &mut value {
+        map.remove("checkpoint_every");
+    }
+    value
+}
+
 /// Checks the settings every trainer has.
 pub fn check_loop(batch_size: usize, epochs: usize, grad_accum: usize, checkpoint_every: u64) -> Result<(), Issue> {
     if batch_size == 0 || epochs == 0 || grad_accum == 0 || checkpoint_every == 0 {

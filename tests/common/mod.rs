@@ -97,3 +97,12 @@ pub fn ran(record: &Value) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A pairs table (CSV) with a learnable rule: the chosen answer repeats the question's number.
+pub fn counting_pairs_csv(n: usize) -> String {
+    let mut csv = String::from("prompt,chosen,rejected\n");
+    for i in 0..n {
+        csv.push_str(&format!("How many? {},{} items.,{} items.\n", i % 5, i % 5, (i + 2) % 5));
+    }
+    csv
+}
