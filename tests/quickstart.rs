@@ -67,16 +67,17 @@ fn quickstart_runs_the_whole_loop_and_its_tables_agree() {
     let record = q.run("pipelines/quickstart.yaml");
     let statuses: HashMap<String, String> =
         record["instances"].as_array().unwrap().iter().map(|i| (text(i, "name"), text(i, "status"))).collect();
-    assert_eq!(statuses.len(), 11, "{statuses:?}");
+    assert_eq!(statuses.len(), 12, "{statuses:?}");
     assert!(statuses.values().all(|s| s == "ran"), "{statuses:?}");
     let p = "pipelines/quickstart.yaml";
 
-    let instructions = q.table(p, "world.instructions");
-    assert_eq!(instructions.len(), 120);
-    let instruction_ids: BTreeSet<String> = instructions.iter().map(|r| text(r, "id")).collect();
+    assert_eq!(q.table(p, "world.instructions").len(), 120, "one question per training scene");
+    let prompts = q.table(p, "prompts.instructions");
+    assert_eq!(prompts.len(), 60);
+    let instruction_ids: BTreeSet<String> = prompts.iter().map(|r| text(r, "id")).collect();
 
     let responses = q.table(p, "responses.responses");
-    assert_eq!(responses.len(), 120 * 3, "three answers per instruction");
+    assert_eq!(responses.len(), 60 * 3, "three answers per prompt");
     assert!(responses.iter().all(|r| instruction_ids.contains(&text(r, "instruction_id"))));
     let response_keys: BTreeSet<(String, String)> =
         responses.iter().map(|r| (text(r, "instruction_id"), text(r, "model"))).collect();

@@ -110,40 +110,54 @@ pub struct Example<'a> {
 }
 
 impl TokenBatch {
-    /// Encodes `rows` for a model reading `size`-pixel images, `max_len` tokens per row.
+    /// Encodes `rows` for a model reading `size`-pixel images: each row cut to at most
+    /// `max_len` tokens, all padded to the longest (padding costs compute and changes nothing).
     pub fn new(rows: Vec<Example<'_>>, size: usize, max_len: usize, device: &Device) -> TokenBatch {
         let n = rows.len();
-        let (mut pixels, mut tokens, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pixels = Vec::with_capacity(n * 3 * size * size);
+        let texts: Vec<(&str, &str)> = rows.iter().map(|r| (r.prompt, r.completion)).collect();
         for row in rows {
             pixels.extend(row.pixels);
-            let (t, m) = encode_row(row.prompt, row.completion, max_len);
-            tokens.extend(t);
-            mask.extend(m);
         }
+        let images = Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
+        let (tokens, mask) = token_rows(&texts, max_len, device);
+        TokenBatch { images, tokens, mask }
+    }
+
+    /// The same rows off the autodiff graph: for models that only evaluate (a frozen
+    /// reference), so no gradient bookkeeping builds up.
+    pub fn without_autodiff(&self) -> TokenBatch {
         TokenBatch {
-            images: Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device),
-            tokens: Tensor::from_data(TensorData::new(tokens, [n, max_len]), device),
-            mask: Tensor::from_data(TensorData::new(mask, [n, max_len]), device),
+            images: self.images.clone().without_autodiff(),
+            tokens: self.tokens.clone().without_autodiff(),
+            mask: self.mask.clone().without_autodiff(),
         }
     }
 
-    /// The same images with other prompts and completions (the rows' pixels are ignored),
-    /// e.g. the rejected side of pairs.
-    pub fn with_completions(&self, rows: Vec<Example<'_>>, max_len: usize) -> TokenBatch {
-        let n = rows.len();
-        let device = self.images.device();
-        let (mut tokens, mut mask) = (Vec::new(), Vec::new());
-        for row in rows {
-            let (t, m) = encode_row(row.prompt, row.completion, max_len);
-            tokens.extend(t);
-            mask.extend(m);
-        }
-        TokenBatch {
-            images: self.images.clone(),
-            tokens: Tensor::from_data(TensorData::new(tokens, [n, max_len]), &device),
-            mask: Tensor::from_data(TensorData::new(mask, [n, max_len]), &device),
-        }
+    /// The same images with other prompts and completions, e.g. the rejected side of pairs.
+    pub fn with_completions(&self, texts: &[(&str, &str)], max_len: usize) -> TokenBatch {
+        let (tokens, mask) = token_rows(texts, max_len, &self.images.device());
+        TokenBatch { images: self.images.clone(), tokens, mask }
     }
+}
+
+/// Token rows and completion masks for (prompt, completion) pairs, padded to the longest row.
+fn token_rows(texts: &[(&str, &str)], max_len: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+    let encoded: Vec<(Vec<i64>, Vec<bool>)> = texts.iter().map(|(p, c)| encode_row(p, c, max_len)).collect();
+    let unpadded =
+        |(tokens, _): &(Vec<i64>, Vec<bool>)| tokens.iter().rposition(|t| *t != i64::from(PAD)).map_or(0, |i| i + 1);
+    let len = encoded.iter().map(unpadded).max().unwrap_or(1).max(2);
+    let n = texts.len();
+    let mut tokens = Vec::with_capacity(n * len);
+    let mut mask = Vec::with_capacity(n * len);
+    for (t, m) in encoded {
+        tokens.extend_from_slice(&t[..len]);
+        mask.extend_from_slice(&m[..len]);
+    }
+    (
+        Tensor::from_data(TensorData::new(tokens, [n, len]), device),
+        Tensor::from_data(TensorData::new(mask, [n, len]), device),
+    )
 }
 
 /// Summed and mean completion log-probs from a model's text logits; what [`Policy`]

@@ -42,6 +42,7 @@ impl TinyConfig {
         let patch_dim = 3 * self.patch_size * self.patch_size;
         TinyVlm {
             patch: LinearConfig::new(patch_dim, self.d_model).init(device),
+            patch_norm: LayerNormConfig::new(self.d_model).init(device),
             tokens: EmbeddingConfig::new(VOCAB, self.d_model).init(device),
             positions: EmbeddingConfig::new(self.patches() + self.max_tokens, self.d_model).init(device),
             blocks: TransformerEncoderConfig::new(self.d_model, self.d_ff, self.heads, self.layers)
@@ -60,6 +61,8 @@ impl TinyConfig {
 #[derive(Module, Debug)]
 pub struct TinyVlm {
     patch: Linear,
+    /// Brings patch embeddings to the scale of token embeddings, so the image is heard.
+    patch_norm: LayerNorm,
     tokens: Embedding,
     positions: Embedding,
     blocks: TransformerEncoder,
@@ -135,7 +138,8 @@ impl TinyVlm {
             rows * cols,
             channels * p * p,
         ]);
-        self.patch.forward(patches)
+        // Pixels centred on zero: a plain background then embeds near the bias, not far off it.
+        self.patch_norm.forward(self.patch.forward(patches.mul_scalar(2.0).sub_scalar(1.0)))
     }
 
     /// The transformer's input: image embeddings, then token embeddings, plus positions.

@@ -29,7 +29,7 @@ use crate::train::fit::seeded_order;
 use crate::train::losses::{LossConfig, LossType};
 use crate::train::optim::AdamW;
 
-pub const KIND: Kind = Kind { name: "dpo", version: 2, model_params: &["base"], stage_inputs: &[], configure };
+pub const KIND: Kind = Kind { name: "dpo", version: 3, model_params: &["base"], stage_inputs: &[], configure };
 
 fn beta() -> f64 {
     0.1
@@ -151,14 +151,9 @@ impl Dpo {
                 chosen_rows.push(Example { pixels, prompt, completion: chosen[r].unwrap_or_default() });
             }
             let chosen_side = TokenBatch::new(chosen_rows, size, len, device);
-            let rejected_rows: Vec<Example> = rows
-                .map(|r| Example {
-                    pixels: Vec::new(),
-                    prompt: prompts[r].unwrap_or_default(),
-                    completion: rejected[r].unwrap_or_default(),
-                })
-                .collect();
-            let rejected_side = chosen_side.with_completions(rejected_rows, len);
+            let rejected_texts: Vec<(&str, &str)> =
+                rows.map(|r| (prompts[r].unwrap_or_default(), rejected[r].unwrap_or_default())).collect();
+            let rejected_side = chosen_side.with_completions(&rejected_texts, len);
             batches.push(Batch { chosen: chosen_side, rejected: rejected_side });
         }
         Ok(batches)
@@ -263,7 +258,7 @@ impl Stage for Dpo {
             None => model,
         };
         let reference = if self.params.precompute_ref {
-            Reference::Logps(precomputed_reference(&base, &batches, &scratch, &device)?)
+            Reference::Logps(precomputed_reference(&base.valid(), &batches, &scratch, &device)?)
         } else {
             Reference::Model(base.valid())
         };

@@ -28,6 +28,9 @@ fn eval_scenes() -> u64 {
 fn questions() -> usize {
     4
 }
+fn half() -> f64 {
+    0.5
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +44,14 @@ struct Params {
     /// Instructions per training scene.
     #[serde(default = "questions")]
     questions_per_scene: usize,
+    /// Index of the first training scene: two stages with the same seed and disjoint ranges
+    /// draw different scenes of one world (e.g. SFT data and preference prompts).
+    #[serde(default)]
+    first_scene: u64,
+    /// Share of the training yes/no questions whose answer is yes (0.5: balanced). Above
+    /// 0.5, the data teaches the yes-bias real VLMs show.
+    #[serde(default = "half")]
+    yes_share: f64,
     #[serde(default)]
     seed: u64,
     /// The held-out scenes' seed (default: `seed`; their stream is separate either way).
@@ -55,6 +66,9 @@ struct Synth {
 fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     params.world.check().map_err(|e| Issue::new("params.world", e))?;
+    if !(0.0..=1.0).contains(&params.yes_share) {
+        return Err(Issue::new("params.yes_share", "a share between 0 and 1"));
+    }
     if params.train_scenes == 0 || params.questions_per_scene == 0 {
         return Err(Issue::new("params", "`train_scenes` and `questions_per_scene` must be at least 1"));
     }
@@ -113,13 +127,16 @@ impl Stage for Synth {
 
         let mut instructions: Vec<[String; 5]> = Vec::new();
         let mut scene_of = Vec::new();
-        for i in 0..self.params.train_scenes {
+        let first = self.params.first_scene;
+        for i in first..first + self.params.train_scenes {
             let scene = world.scene(seed, "train", i);
             let name = format!("train-{i:05}.png");
             let image = drawn.draw(name, &scene, world)?;
             let mut rng = synth::rng_for(seed, "train-questions", i);
             for (q, item) in
-                synth::instructions(&scene, world, self.params.questions_per_scene, &mut rng).into_iter().enumerate()
+                synth::instructions(&scene, world, self.params.questions_per_scene, self.params.yes_share, &mut rng)
+                    .into_iter()
+                    .enumerate()
             {
                 instructions.push([
                     format!("train-{i:05}-{q}"),

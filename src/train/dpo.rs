@@ -89,19 +89,21 @@ impl<M: Policy + Module> Reference<M> {
     fn logps(&self, i: usize, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
         match self {
             Reference::Logps(logps) => logps[i].clone(),
-            Reference::Model(model) => {
-                (model.completion_logps(&batch.chosen).0.detach(), model.completion_logps(&batch.rejected).0.detach())
-            }
+            Reference::Model(model) => reference_pair(model, batch),
         }
     }
 }
 
-/// The reference model's log-probs of every batch, computed once.
+/// A frozen model's log-probs of a batch's chosen and rejected sides, off the autodiff graph.
+fn reference_pair<P: Policy>(reference: &P, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
+    let logps = |side: &TokenBatch| reference.completion_logps(&side.without_autodiff()).0.detach();
+    (logps(&batch.chosen), logps(&batch.rejected))
+}
+
+/// The reference model's log-probs of every batch, computed once. Give it the model's
+/// `valid()` form: an autodiff model would keep every forward's graph alive.
 pub fn reference_logps<P: Policy>(reference: &P, batches: &[Batch]) -> ReferenceLogps {
-    batches
-        .iter()
-        .map(|b| (reference.completion_logps(&b.chosen).0.detach(), reference.completion_logps(&b.rejected).0.detach()))
-        .collect()
+    batches.iter().map(|b| reference_pair(reference, b)).collect()
 }
 
 /// A DPO run after some steps.

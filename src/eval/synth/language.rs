@@ -91,7 +91,14 @@ impl Asked {
 }
 
 /// A question of family `kind` that fits `scene`, with its answer; none if it cannot fit.
-pub(super) fn ask(kind: &str, scene: &Scene, world: &WorldConfig, rng: &mut StdRng) -> Option<Instruction> {
+/// `yes_share` is the chance that a yes/no question is one whose answer is yes.
+pub(super) fn ask(
+    kind: &str,
+    scene: &Scene,
+    world: &WorldConfig,
+    yes_share: f64,
+    rng: &mut StdRng,
+) -> Option<Instruction> {
     let asked = match kind {
         "describe" => Asked::Describe,
         "colour" => Asked::Colour { shape: pick(&scene.objects, rng).shape },
@@ -104,7 +111,8 @@ pub(super) fn ask(kind: &str, scene: &Scene, world: &WorldConfig, rng: &mut StdR
         "yesno" => {
             let subtasks = ["existence", "count", "position", "color", "comparison"];
             let pair = yes_no_pair(pick(&subtasks, rng), scene, world, rng)?;
-            let (prompt, answer) = if rng.random_bool(0.5) { (pair.yes, "Yes.") } else { (pair.no, "No.") };
+            let (prompt, answer) =
+                if rng.random_bool(yes_share.clamp(0.0, 1.0)) { (pair.yes, "Yes.") } else { (pair.no, "No.") };
             return Some(Instruction { kind: "yesno", prompt, answer: answer.into() });
         }
         _ => return None,

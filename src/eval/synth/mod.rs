@@ -298,8 +298,14 @@ const KINDS: [(&str, u32); 6] =
     [("describe", 3), ("colour", 2), ("shape", 1), ("count", 2), ("position", 2), ("yesno", 4)];
 
 /// `n` different instructions about `scene`, drawn with `rng` (kinds that do not fit the
-/// scene, and repeats, are redrawn).
-pub fn instructions(scene: &Scene, world: &WorldConfig, n: usize, rng: &mut StdRng) -> Vec<Instruction> {
+/// scene, and repeats, are redrawn); `yes_share` of the yes/no questions are true.
+pub fn instructions(
+    scene: &Scene,
+    world: &WorldConfig,
+    n: usize,
+    yes_share: f64,
+    rng: &mut StdRng,
+) -> Vec<Instruction> {
     let total: u32 = KINDS.iter().map(|k| k.1).sum();
     let mut out = Vec::with_capacity(n);
     let mut tries = 0;
@@ -318,7 +324,7 @@ pub fn instructions(scene: &Scene, world: &WorldConfig, n: usize, rng: &mut StdR
             })
             .map_or("describe", |k| k.0);
         // Each question at most once per scene.
-        if let Some(instruction) = language::ask(kind, scene, world, rng)
+        if let Some(instruction) = language::ask(kind, scene, world, yes_share, rng)
             && !out.iter().any(|o: &Instruction| o.prompt == instruction.prompt)
         {
             out.push(instruction);

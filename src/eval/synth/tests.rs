@@ -20,7 +20,7 @@ fn every_instruction_reads_back_and_its_answer_is_the_truth() {
             let scene = world.scene(1, "train", i);
             assert!((world.min_objects..=world.max_objects).contains(&scene.objects.len()));
             let mut rng = rng_for(1, "questions", i);
-            for q in instructions(&scene, &world, 6, &mut rng) {
+            for q in instructions(&scene, &world, 6, 0.5, &mut rng) {
                 let asked = parse_question(&q.prompt).unwrap_or_else(|| panic!("cannot read back {:?}", q.prompt));
                 assert_eq!(asked.text(), q.prompt);
                 assert_eq!(asked.truth(&scene).as_deref(), Some(q.answer.as_str()), "{q:?} about {scene:?}");
