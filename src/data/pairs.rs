@@ -109,6 +109,18 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         ids.iter().enumerate().filter_map(|(i, id)| id.map(|id| (id, i))).collect();
 
     let keys = ResponseKeys::read(scores, "scores")?;
+    if let (Strategy::ModelAsBest, Some(model)) = (opts.strategy, opts.model.as_deref())
+        && !keys.model.contains(&model)
+    {
+        // A name that answered nothing is a typo, not a reason to drop every instruction.
+        let mut models: Vec<&str> = keys.model.clone();
+        models.sort_unstable();
+        models.dedup();
+        return Err(format!(
+            "`model`: `{model}` answered no instruction; the responses' models: {}",
+            models.join(", ")
+        ));
+    }
     let texts: Vec<Option<&str>> = strings(scores, "scores", "response")?.iter().collect();
     let values: Vec<Option<f64>> = floats(scores, "scores", "score")?.iter().collect();
     let statuses = optional_strings(scores, "scores", "score_status")?.unwrap_or_else(|| vec![None; scores.height()]);

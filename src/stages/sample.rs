@@ -18,7 +18,7 @@ use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
 use crate::providers;
 
-pub const KIND: Kind = Kind { name: "sample", version: 1, model_params: &["pool"], stage_inputs: &[], configure };
+pub const KIND: Kind = Kind { name: "sample", version: 2, model_params: &["pool"], stage_inputs: &[], configure };
 
 /// A pool entry: a `models:` name, or a map naming a `models:` entry (`model`) or a stage's
 /// checkpoint (`stage`, optional `output`; provider `local`), with its own decoding params.
@@ -159,7 +159,14 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         decoding.retain(|_, v| !v.is_null());
         let label = match overrides {
             Some(o) if o.temperature.is_some() || o.top_p.is_some() || o.max_tokens.is_some() => {
-                let parts: Vec<String> = decoding.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                // Only what the entry itself sets: `sft[temperature=0.3]`.
+                let own = [
+                    ("max_tokens", o.max_tokens.map(|v| json!(v))),
+                    ("temperature", o.temperature.map(|v| json!(v))),
+                    ("top_p", o.top_p.map(|v| json!(v))),
+                ];
+                let parts: Vec<String> =
+                    own.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
                 format!("{name}[{}]", parts.join(","))
             }
             _ => name.clone(),
