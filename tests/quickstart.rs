@@ -12,7 +12,11 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Small enough for a debug build in CI: the same pipeline, fewer scenes and steps.
-const SMALL: [&str; 14] = [
+const SMALL: [&str; 18] = [
+    "--set",
+    "stages.prompts.params.train_scenes=60",
+    "--set",
+    "stages.prompts.params.questions_per_scene=1",
     "--set",
     "stages.world.params.train_scenes=120",
     "--set",
@@ -103,7 +107,7 @@ fn quickstart_runs_the_whole_loop_and_its_tables_agree() {
     }
 
     let training = q.table(p, "policy.training");
-    assert_eq!(training.len(), pairs.len().div_ceil(16));
+    assert_eq!(training.len(), 2 * pairs.len().div_ceil(16), "two epochs of batches of 16");
     for name in ["tuned-mme", "base-mme", "tuned-hal", "base-hal"] {
         let results = q.table(p, &format!("{name}.results"));
         assert!(!results.is_empty(), "{name}");
