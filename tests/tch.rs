@@ -15,6 +15,7 @@ use common::{Workspace, status_of};
 use silkie::model::policy::{Example, TokenBatch};
 use silkie::model::tiny::{TinyConfig, TinyVlm};
 use silkie::train::dpo::{Batch, Reference, Settings, StepMetrics, TrainState, reference_logps, train};
+use silkie::train::fit::Schedule;
 use silkie::train::losses::{LossConfig, LossType};
 use silkie::train::optim::AdamW;
 
@@ -43,16 +44,18 @@ fn losses(model: TinyVlm, device: &Device) -> Vec<StepMetrics> {
     let data = batches(device);
     let settings = Settings {
         loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-        lr: 5e-3,
-        epochs: 2,
-        warmup_ratio: 0.2,
-        max_grad_norm: Some(1.0),
-        optimizer: AdamW { weight_decay: 0.01, ..AdamW::default() },
-        grad_accum: 1,
         sft_weight: 0.1,
+        schedule: Schedule {
+            lr: 5e-3,
+            epochs: 2,
+            warmup_ratio: 0.2,
+            max_grad_norm: Some(1.0),
+            optimizer: AdamW { weight_decay: 0.01, ..AdamW::default() },
+            grad_accum: 1,
+        },
     };
     let reference = Reference::Logps(reference_logps(&model, &data));
-    let start = TrainState::start(model, &settings.optimizer);
+    let start = TrainState::start(model, &settings.schedule.optimizer);
     let Ok(state) = train(start, &data, &reference, &settings, &|_| vec![2, 0, 1], &mut |_| Ok::<(), Infallible>(()));
     state.metrics
 }

@@ -25,7 +25,7 @@ use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
 use crate::store::OutputRef;
 use crate::train::dpo::{self, Batch, Reference};
-use crate::train::fit::seeded_order;
+use crate::train::fit::{Schedule, seeded_order};
 use crate::train::losses::{LossConfig, LossType};
 use crate::train::optim::AdamW;
 
@@ -166,13 +166,15 @@ impl Dpo {
                 beta: self.params.beta,
                 label_smoothing: self.params.label_smoothing,
             },
-            lr: self.params.lr,
-            epochs: self.params.epochs,
-            warmup_ratio: self.params.warmup_ratio,
-            max_grad_norm: self.params.max_grad_norm,
-            optimizer: self.params.adamw,
-            grad_accum: self.params.grad_accum,
             sft_weight: self.params.sft_weight,
+            schedule: Schedule {
+                lr: self.params.lr,
+                epochs: self.params.epochs,
+                warmup_ratio: self.params.warmup_ratio,
+                max_grad_norm: self.params.max_grad_norm,
+                optimizer: self.params.adamw,
+                grad_accum: self.params.grad_accum,
+            },
         }
     }
 }
@@ -262,7 +264,7 @@ impl Stage for Dpo {
         } else {
             Reference::Model(base.valid())
         };
-        let state = resume_or_start(ctx, &scratch, adapt(base), &settings.optimizer)?;
+        let state = resume_or_start(ctx, &scratch, adapt(base), &settings.schedule.optimizer)?;
         let order = seeded_order(self.params.seed, batches.len());
         let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, settings.total_steps(batches.len()));
         let state = dpo::train(state, &batches, &reference, &settings, &order, &mut |s| hook.after(s))?;

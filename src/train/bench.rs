@@ -8,6 +8,7 @@ use std::time::Instant;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::dpo::{Batch, Reference, Settings, TrainState, reference_logps, train};
+use super::fit::Schedule;
 use super::losses::{LossConfig, LossType};
 use super::optim::AdamW;
 use crate::model::policy::TokenBatch;
@@ -44,13 +45,15 @@ pub fn dpo_steps(device: &Device, size: usize, steps: usize) -> Throughput {
     let batches = vec![Batch { chosen: side(device, 1), rejected: side(device, 2) }];
     let settings = Settings {
         loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-        lr: 1e-4,
-        epochs: steps.max(1) + 1,
-        warmup_ratio: 0.0,
-        max_grad_norm: Some(1.0),
-        optimizer: AdamW::default(),
-        grad_accum: 1,
         sft_weight: 0.0,
+        schedule: Schedule {
+            lr: 1e-4,
+            epochs: steps.max(1) + 1,
+            warmup_ratio: 0.0,
+            max_grad_norm: Some(1.0),
+            optimizer: AdamW::default(),
+            grad_accum: 1,
+        },
     };
     let reference = Reference::Logps(reference_logps(&model, &batches));
     let mut times = Vec::new();
@@ -63,7 +66,7 @@ pub fn dpo_steps(device: &Device, size: usize, steps: usize) -> Throughput {
         Ok::<(), Infallible>(())
     };
     let Ok(_) = train(
-        TrainState::start(model, &settings.optimizer),
+        TrainState::start(model, &settings.schedule.optimizer),
         &batches,
         &reference,
         &settings,

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::fit::{self, Schedule, StepRecord};
 use super::losses::{LossConfig, dpo_loss};
-use super::optim::AdamW;
 use crate::model::policy::{Policy, TokenBatch};
 
 /// A batch of pairs: the chosen and the rejected completions of the same rows.
@@ -22,33 +21,16 @@ pub struct Batch {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub loss: LossConfig,
-    pub lr: f64,
-    pub epochs: usize,
-    pub warmup_ratio: f64,
-    pub max_grad_norm: Option<f64>,
-    pub optimizer: AdamW,
-    /// Micro-batches whose gradients are summed before one optimiser step.
-    pub grad_accum: usize,
     /// Weight of an added NLL term on the chosen response (RPO); 0 for plain DPO.
     pub sft_weight: f64,
+    /// How to optimise.
+    pub schedule: Schedule,
 }
 
 impl Settings {
-    /// The optimisation part of the settings.
-    pub fn schedule(&self) -> Schedule {
-        Schedule {
-            lr: self.lr,
-            epochs: self.epochs,
-            warmup_ratio: self.warmup_ratio,
-            max_grad_norm: self.max_grad_norm,
-            optimizer: self.optimizer,
-            grad_accum: self.grad_accum,
-        }
-    }
-
     /// Optimiser steps in the whole run.
     pub fn total_steps(&self, batches: usize) -> u64 {
-        self.schedule().total_steps(batches)
+        self.schedule.total_steps(batches)
     }
 }
 
@@ -182,7 +164,7 @@ pub fn train<M: Policy + Module, E>(
     after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
 ) -> Result<TrainState<M>, E> {
     let loss = |model: &M, i: usize| micro_batch(model, &batches[i], reference.logps(i, &batches[i]), settings);
-    fit::fit(state, batches.len(), &settings.schedule(), order, &loss, after_step)
+    fit::fit(state, batches.len(), &settings.schedule, order, &loss, after_step)
 }
 
 /// The share of pairs whose implicit reward (β·(policy − reference) log-ratio) favours the
@@ -203,6 +185,7 @@ pub fn reward_accuracy<P: Policy>(policy: &P, reference: &P, batches: &[Batch], 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::optim::AdamW;
     use crate::model::policy::Example;
     use crate::model::tiny::{TinyConfig, TinyVlm};
     use crate::train::losses::LossType;
@@ -225,7 +208,7 @@ mod tests {
         order: &dyn Fn(usize) -> Vec<usize>,
     ) -> (TinyVlm, Vec<StepMetrics>) {
         let reference = Reference::Logps(reference_logps(&model, batches));
-        let start = TrainState::start(model, &settings.optimizer);
+        let start = TrainState::start(model, &settings.schedule.optimizer);
         let Ok(state) = train(start, batches, &reference, settings, order, &mut |_| Ok::<(), Infallible>(()));
         (state.model, state.metrics)
     }
@@ -264,13 +247,15 @@ mod tests {
         let held_out = rule_batches(100..132, 8, &device);
         let settings = Settings {
             loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            lr: 2e-3,
-            epochs: 4,
-            warmup_ratio: 0.1,
-            max_grad_norm: Some(1.0),
-            optimizer: AdamW::default(),
-            grad_accum: 1,
             sft_weight: 0.0,
+            schedule: Schedule {
+                lr: 2e-3,
+                epochs: 4,
+                warmup_ratio: 0.1,
+                max_grad_norm: Some(1.0),
+                optimizer: AdamW::default(),
+                grad_accum: 1,
+            },
         };
         let before = reward_accuracy(&reference, &reference, &held_out, 0.1);
         let (policy, _) = run(reference.clone(), &train_set, &settings, &|_| (0..4).collect());
@@ -290,13 +275,15 @@ mod tests {
         let nll = -mean(model.completion_logps(&data[0].chosen).1);
         let settings = Settings {
             loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            lr: 1e-3,
-            epochs: 1,
-            warmup_ratio: 0.0,
-            max_grad_norm: None,
-            optimizer: AdamW::default(),
-            grad_accum: 1,
             sft_weight: 0.5,
+            schedule: Schedule {
+                lr: 1e-3,
+                epochs: 1,
+                warmup_ratio: 0.0,
+                max_grad_norm: None,
+                optimizer: AdamW::default(),
+                grad_accum: 1,
+            },
         };
         let (_, metrics) = run(model, &data, &settings, &|_| vec![0]);
         let want = std::f64::consts::LN_2 + 0.5 * nll;
@@ -311,13 +298,15 @@ mod tests {
         let model = config.init(&device);
         let settings = |grad_accum| Settings {
             loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            lr: 1e-3,
-            epochs: 1,
-            warmup_ratio: 0.0,
-            max_grad_norm: Some(1.0),
-            optimizer: AdamW::default(),
-            grad_accum,
             sft_weight: 0.0,
+            schedule: Schedule {
+                lr: 1e-3,
+                epochs: 1,
+                warmup_ratio: 0.0,
+                max_grad_norm: Some(1.0),
+                optimizer: AdamW::default(),
+                grad_accum,
+            },
         };
         let whole = [batch(&[0, 1, 2, 3], &device)];
         let halves = [batch(&[0, 1], &device), batch(&[2, 3], &device)];
@@ -358,20 +347,22 @@ mod tests {
         let data: Vec<Batch> = (0..4).map(|i| batch(&[i, (i + 1) % 4], &device)).collect();
         let settings = Settings {
             loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            lr: 1e-2,
-            epochs: 2,
-            warmup_ratio: 0.25,
-            max_grad_norm: Some(1.0),
-            optimizer: AdamW { weight_decay: 0.01, ..AdamW::default() },
-            grad_accum: 1,
             sft_weight: 0.0,
+            schedule: Schedule {
+                lr: 1e-2,
+                epochs: 2,
+                warmup_ratio: 0.25,
+                max_grad_norm: Some(1.0),
+                optimizer: AdamW { weight_decay: 0.01, ..AdamW::default() },
+                grad_accum: 1,
+            },
         };
         let reference = Reference::Logps(reference_logps(&model, &data));
         let order = |epoch: usize| if epoch == 0 { vec![2, 0, 3, 1] } else { vec![1, 3, 0, 2] };
         let dir = tempfile::tempdir().unwrap();
         // LoRA's down-projections start random: the same seed gives both runs the same ones.
         device.seed(7);
-        let start = TrainState::start(adapt(model.clone()), &settings.optimizer);
+        let start = TrainState::start(adapt(model.clone()), &settings.schedule.optimizer);
         let mut stop = |state: &TrainState<TinyVlm>| {
             if Some(state.metrics.len()) == stop_after {
                 super::super::resume::save(state, dir.path()).unwrap();
@@ -382,8 +373,9 @@ mod tests {
         let state = match train(start, &data, &reference, &settings, &order, &mut stop) {
             Ok(state) => state,
             Err(_) => {
-                let resumed =
-                    super::super::resume::load(dir.path(), adapt(model), &settings.optimizer).unwrap().unwrap();
+                let resumed = super::super::resume::load(dir.path(), adapt(model), &settings.schedule.optimizer)
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(resumed.metrics.len(), stop_after.unwrap());
                 let Ok(state) = train(resumed, &data, &reference, &settings, &order, &mut |_| Ok::<(), Infallible>(()));
                 state
