@@ -311,3 +311,35 @@ stages:
     let row = eager.iter().find(|r| r["metric"] == "perception").unwrap();
     assert_eq!(row["relative_change"].as_f64(), Some(-0.75));
 }
+
+#[test]
+fn a_synthetic_benchmark_missing_a_subtask_says_which_and_how_to_fix_it() {
+    let yes = Server::start_with(|_| Fault::None, |_| "Yes.".into());
+    let ws = Workspace::new();
+    let pipeline = |world: &str| {
+        format!(
+            "version: 1
+models:
+  eager: {{ provider: openai, model: always-yes, base_url: \"{}\" }}
+stages:
+  world: {{ kind: synth, params: {{ train_scenes: 2, eval_scenes: 12, world: {world} }} }}
+  bench: {{ kind: evaluate, inputs: {{ benchmark: world.mme }}, params: {{ policy: eager, benchmark: synth-mme }} }}
+",
+            yes.url
+        )
+    };
+    // One colour: no colour questions and no comparisons can be asked.
+    ws.write("pipeline.yaml", &pipeline("{ colours: [red] }"));
+    let out = ws.silkie(&["run"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("no questions of subtask `color`") && out.stdout.contains("params.categories"),
+        "{}",
+        out.stdout
+    );
+    // The full world: always-yes scores 50 per subtask, by the real MME scorer.
+    ws.write("pipeline.yaml", &pipeline("{}"));
+    ws.run(&[]);
+    let rows = results(&ws, "bench");
+    assert_eq!((metric(&rows, "perception"), metric(&rows, "cognition")), (200.0, 50.0));
+}

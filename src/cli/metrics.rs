@@ -122,9 +122,11 @@ pub fn run_summary(store: &Store, pipeline: &str, record: &RunRecord) -> String 
 
 /// Every row compared with `baseline` (an instance name, or `PIPELINE:INSTANCE`).
 fn rebase(rows: &mut [Row], baseline: &str) -> Result<(), Failure> {
-    let matches = |r: &Row| match baseline.split_once(':') {
-        Some((pipeline, instance)) => r.pipeline == pipeline && r.instance == instance,
-        None => r.instance == baseline,
+    // An instance name as it is first (sweep values may hold a colon), then PIPELINE:INSTANCE.
+    let exact = rows.iter().any(|r| r.instance == baseline);
+    let matches = |r: &Row| match (exact, baseline.split_once(':')) {
+        (false, Some((pipeline, instance))) => r.pipeline == pipeline && r.instance == instance,
+        _ => r.instance == baseline,
     };
     let Some(first) = rows.iter().find(|r| matches(r)).map(|r| r.pipeline.clone()) else {
         let names: BTreeSet<&str> = rows.iter().map(|r| r.instance.as_str()).collect();

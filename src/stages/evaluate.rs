@@ -256,6 +256,9 @@ impl Evaluate {
         let found = candidates.iter().map(|c| ctx.workspace.join(c)).find(|p| p.is_file());
         let Some(path) = found else {
             let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+            if tried.is_empty() {
+                return Err(StageError::Failed("the question names no image (no `image_src` or `image_id`)".into()));
+            }
             return Err(StageError::Failed(format!("image not found (looked at {})", tried.join(", "))));
         };
         Ok(ctx.store.put_file(&path)?.0)
@@ -317,6 +320,9 @@ impl Evaluate {
 
     fn run_mme(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
         let listed = self.mme_questions(ctx)?;
+        if self.params.benchmark.reads_input() {
+            check_pairs(&listed, &self.categories)?;
+        }
         report.input("questions", listed.len() as u64);
         let items: Vec<Item> = listed
             .iter()
@@ -459,7 +465,14 @@ impl Evaluate {
         Ok(keyed(&specs, &results)?
             .into_iter()
             .map(|(_, r)| {
-                let rating = mmhal::parse_rating(r.text.as_deref().unwrap_or(""));
+                let rating = match (&r.status, r.text.as_deref()) {
+                    (CallStatus::Ok, text) => mmhal::parse_rating(text.unwrap_or("")),
+                    // No reply to read: scored 0 like an unreadable one, but said as what it is.
+                    (status, _) => mmhal::Rating {
+                        score: 0,
+                        warning: Some(format!("the judge call was {}: scored 0", status_word(status))),
+                    },
+                };
                 (r.text, rating)
             })
             .collect())
@@ -480,12 +493,42 @@ fn keyed(specs: &[CallSpec], results: &HashMap<String, CallResult>) -> Result<Ve
 }
 
 fn status(r: &CallResult) -> String {
-    match r.status {
+    status_word(&r.status).to_string()
+}
+
+fn status_word(status: &CallStatus) -> &'static str {
+    match status {
         CallStatus::Ok => "ok",
         CallStatus::Refused => "refused",
         CallStatus::Rejected => "rejected",
     }
-    .to_string()
+}
+
+/// A benchmark table must hold every subtask the categories name, only those, and each
+/// image's two questions on consecutive rows — what acc+ counts on.
+fn check_pairs(listed: &[(String, Line, String)], categories: &Categories) -> Result<(), StageError> {
+    let known: Vec<&str> = categories.subtasks().collect();
+    if let Some((subtask, _, _)) = listed.iter().find(|(s, _, _)| !known.contains(&s.as_str())) {
+        return Err(StageError::Failed(format!(
+            "input `benchmark` has subtask `{subtask}`, which `params.categories` does not list ({})",
+            known.join(", ")
+        )));
+    }
+    for subtask in known {
+        let rows: Vec<&Line> = listed.iter().filter(|(s, _, _)| s == subtask).map(|(_, l, _)| l).collect();
+        if rows.is_empty() {
+            return Err(StageError::Failed(format!(
+                "input `benchmark` has no questions of subtask `{subtask}`: give the world more scenes (or \
+                 colours), or leave `{subtask}` out of `params.categories`"
+            )));
+        }
+        if !rows.len().is_multiple_of(2) || rows.chunks(2).any(|pair| pair[0].image != pair[1].image) {
+            return Err(StageError::Failed(format!(
+                "input `benchmark`, subtask `{subtask}`: every image needs its two questions on consecutive rows"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Stage for Evaluate {

@@ -109,6 +109,9 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     if !(0.0..=1.0).contains(&params.label_noise) {
         return Err(Issue::new("params.label_noise", "a share between 0 and 1"));
     }
+    if params.max_length.is_some_and(|n| n < 2) {
+        return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
+    }
     if params.snapshots.contains(&0) {
         return Err(Issue::new("params.snapshots", "steps count from 1"));
     }

@@ -105,8 +105,14 @@ impl Base {
     pub fn settle(&mut self) -> Result<(), Issue> {
         if let Base::Fresh(fresh) = self {
             let model = fresh.config.resolve();
-            if model.patch_size == 0 || !model.image_size.is_multiple_of(model.patch_size) {
-                return Err(Issue::new("params.base.patch_size", "the patch size must divide the image size"));
+            if model.max_tokens < 2 {
+                return Err(Issue::new("params.base.max_tokens", "a model needs room for at least 2 tokens"));
+            }
+            if model.image_size == 0 || model.patch_size == 0 || !model.image_size.is_multiple_of(model.patch_size) {
+                return Err(Issue::new(
+                    "params.base.patch_size",
+                    "the image size must be a positive multiple of the patch size",
+                ));
             }
             if model.heads == 0 || !model.d_model.is_multiple_of(model.heads) {
                 return Err(Issue::new("params.base.heads", "the number of heads must divide d_model"));

@@ -185,10 +185,10 @@ pub fn reward_accuracy<P: Policy>(policy: &P, reference: &P, batches: &[Batch], 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::optim::AdamW;
     use crate::model::policy::Example;
     use crate::model::tiny::{TinyConfig, TinyVlm};
     use crate::train::losses::LossType;
+    use crate::train::optim::AdamW;
     use burn::tensor::Device;
     use std::convert::Infallible;
 
