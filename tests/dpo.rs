@@ -8,20 +8,15 @@ fn pairs_csv(n: usize) -> String {
     common::counting_pairs_csv(n)
 }
 
-const PIPELINE: &str = "version: 1
-stages:
-  pairs: { kind: load, params: { path: pairs.csv } }
-  policy:
-    kind: dpo
-    needs: [pairs]
-    params: { base: { init: tiny, image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 32 }, lr: 0.001, epochs: 3, batch_size: 8, seed: 7 }
-";
+fn pipeline() -> String {
+    common::dpo_pipeline(3, 8)
+}
 
 #[test]
 fn trains_and_writes_a_checkpoint_and_trl_metrics() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv(32));
-    ws.write("pipeline.yaml", PIPELINE);
+    ws.write("pipeline.yaml", &pipeline());
     let record = ws.run(&[]);
     assert_eq!(status_of(&record, "policy"), "ran");
     let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
@@ -59,7 +54,7 @@ fn trains_and_writes_a_checkpoint_and_trl_metrics() {
 fn a_libtorch_device_without_the_feature_fails_clearly() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv(4));
-    ws.write("pipeline.yaml", &format!("{PIPELINE}    runtime: {{ device: libtorch-cuda:0 }}\n"));
+    ws.write("pipeline.yaml", &format!("{}    runtime: {{ device: libtorch-cuda:0 }}\n", pipeline()));
     let out = ws.silkie(&["run"]);
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("needs silkie built with the `tch` feature"), "{}", out.stdout);
@@ -71,7 +66,7 @@ fn lora_training_writes_a_merged_checkpoint_or_one_with_adapters_apart() {
     ws.write("pairs.csv", &pairs_csv(16));
     ws.write(
         "pipeline.yaml",
-        &PIPELINE.replace("seed: 7 }", "seed: 7, lora: { r: 4, alpha: 8, targets: [attention, mlp] } }"),
+        &pipeline().replace("seed: 7 }", "seed: 7, lora: { r: 4, alpha: 8, targets: [attention, mlp] } }"),
     );
     let record = ws.run(&[]);
     assert_eq!(status_of(&record, "policy"), "ran");
@@ -92,7 +87,7 @@ fn lora_training_writes_a_merged_checkpoint_or_one_with_adapters_apart() {
     // Kept apart, the adapters travel with the base weights and load merged.
     ws.write(
         "pipeline.yaml",
-        &PIPELINE
+        &pipeline()
             .replace("seed: 7 }", "seed: 7, lora: { r: 4, alpha: 8, targets: [attention, mlp] }, merge_lora: false }"),
     );
     let record = ws.run(&[]);
@@ -110,7 +105,8 @@ fn output_digest(record: &serde_json::Value, instance: &str, output: &str) -> St
 
 /// A run long enough to be killed part-way: 64 pairs in batches of 2, 3 epochs, a save every 4 steps.
 fn long_pipeline() -> String {
-    PIPELINE.replace("epochs: 3, batch_size: 8, seed: 7 }", "epochs: 3, batch_size: 2, seed: 7, checkpoint_every: 4 }")
+    pipeline()
+        .replace("epochs: 3, batch_size: 8, seed: 7 }", "epochs: 3, batch_size: 2, seed: 7, checkpoint_every: 4 }")
 }
 
 #[test]
@@ -160,10 +156,11 @@ fn a_killed_run_resumes_from_its_last_save_and_ends_with_the_same_weights() {
 fn a_stage_checkpoint_is_the_base_of_another_and_changing_it_reruns_that() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv(16));
-    let pipeline = format!(
-        "{PIPELINE}  again:\n    kind: dpo\n    needs: [pairs]\n    params: {{ base: {{ stage: policy }}, lr: 0.001, batch_size: 8 }}\n"
+    let two_stages = format!(
+        "{}  again:\n    kind: dpo\n    needs: [pairs]\n    params: {{ base: {{ stage: policy }}, lr: 0.001, batch_size: 8 }}\n",
+        pipeline()
     );
-    ws.write("pipeline.yaml", &pipeline);
+    ws.write("pipeline.yaml", &two_stages);
     let record = ws.run(&[]);
     assert_eq!(status_of(&record, "again"), "ran");
     let training = ws.silkie(&["show", "again.training", "--format", "json"]).json();
@@ -172,7 +169,7 @@ fn a_stage_checkpoint_is_the_base_of_another_and_changing_it_reruns_that() {
     let reference = ws.silkie(&["show", "again.reference", "--rows", "100", "--format", "json"]).json();
     assert_eq!(reference.as_array().unwrap().len(), 16, "one reference row per pair");
     // Retraining the base differently makes the dependent stage stale.
-    ws.write("pipeline.yaml", &pipeline.replace("lr: 0.001, epochs: 3", "lr: 0.002, epochs: 3"));
+    ws.write("pipeline.yaml", &two_stages.replace("lr: 0.001, epochs: 3", "lr: 0.002, epochs: 3"));
     let record = ws.run(&[]);
     assert_eq!(ran(&record), vec!["again".to_string(), "policy".to_string()]);
 }
@@ -181,7 +178,7 @@ fn a_stage_checkpoint_is_the_base_of_another_and_changing_it_reruns_that() {
 fn training_curves_plot_to_a_png() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv(16));
-    ws.write("pipeline.yaml", PIPELINE);
+    ws.write("pipeline.yaml", &pipeline());
     ws.run(&[]);
     let out = ws.silkie(&["show", "policy.training", "--plot", "curves.png"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -204,7 +201,7 @@ fn local_pipeline(lr: &str) -> String {
     needs: [instructions]
     params: {{ pool: [{{ stage: policy, temperature: 0 }}, {{ stage: policy, temperature: 1.0 }}], per_instruction: 2, max_tokens: 12 }}
 ",
-        PIPELINE.replace("lr: 0.001", lr)
+        pipeline().replace("lr: 0.001", lr)
     )
 }
 

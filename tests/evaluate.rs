@@ -191,13 +191,7 @@ fn mmhal_server() -> Server {
     Server::start_with(
         |_| Fault::None,
         |body| {
-            let text: String = body["messages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
-                .filter_map(|p| p["text"].as_str().map(String::from))
-                .collect();
+            let text = server::request_text(body);
             if body["model"] == "policy-model" {
                 return if text.contains("ball") { "It is red.".into() } else { "It is blue.".into() };
             }

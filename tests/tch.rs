@@ -82,14 +82,9 @@ fn flex_and_libtorch_cpu_give_the_same_per_step_losses() {
     assert!(a.last().unwrap().loss < a[0].loss, "the loss did not fall: {a:?}");
 }
 
-const PIPELINE: &str = "version: 1
-stages:
-  pairs: { kind: load, params: { path: pairs.csv } }
-  policy:
-    kind: dpo
-    needs: [pairs]
-    params: { base: { init: tiny, image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 32 }, lr: 0.001, epochs: 2, batch_size: 4, seed: 7 }
-";
+fn pipeline() -> String {
+    common::dpo_pipeline(2, 4)
+}
 
 fn pairs_csv() -> String {
     common::counting_pairs_csv(8)
@@ -99,7 +94,7 @@ fn pairs_csv() -> String {
 fn the_dpo_stage_trains_on_libtorch_cpu() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv());
-    ws.write("pipeline.yaml", &format!("{PIPELINE}    runtime: {{ device: libtorch }}\n"));
+    ws.write("pipeline.yaml", &format!("{}    runtime: {{ device: libtorch }}\n", pipeline()));
     let record = ws.run(&[]);
     assert_eq!(status_of(&record, "policy"), "ran");
     let training = ws.silkie(&["show", "policy.training", "--format", "json"]).json();
@@ -112,7 +107,7 @@ fn a_cuda_device_that_is_not_there_fails_the_stage_clearly() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv());
     // Index 99: past the end on any machine, with or without a GPU.
-    ws.write("pipeline.yaml", &format!("{PIPELINE}    runtime: {{ device: libtorch-cuda:99 }}\n"));
+    ws.write("pipeline.yaml", &format!("{}    runtime: {{ device: libtorch-cuda:99 }}\n", pipeline()));
     let out = ws.silkie(&["run"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("libtorch-cuda:99"), "{}", out.stdout);

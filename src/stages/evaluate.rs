@@ -251,19 +251,6 @@ impl Evaluate {
         }
     }
 
-    /// Stores an image file and returns its digest.
-    fn store_image(&self, ctx: &RunContext, candidates: &[PathBuf]) -> Result<String, StageError> {
-        let found = candidates.iter().map(|c| ctx.workspace.join(c)).find(|p| p.is_file());
-        let Some(path) = found else {
-            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-            if tried.is_empty() {
-                return Err(StageError::Failed("the question names no image (no `image_src` or `image_id`)".into()));
-            }
-            return Err(StageError::Failed(format!("image not found (looked at {})", tried.join(", "))));
-        };
-        Ok(ctx.store.put_file(&path)?.0)
-    }
-
     /// Answers to `items` from the policy, in order (through the memo).
     fn answer(
         &self,
@@ -300,6 +287,7 @@ impl Evaluate {
         }
         let data = ctx.workspace.join(self.data());
         let images = self.images_dir();
+        let mut stored = StoredImages::new(ctx);
         let mut out = Vec::new();
         for subtask in self.categories.subtasks() {
             let path = data.join(format!("{subtask}.txt"));
@@ -309,7 +297,7 @@ impl Evaluate {
                     images.join(subtask).join(&line.image),
                     images.join(&line.image),
                 ];
-                let image = self.store_image(ctx, &candidates).map_err(|e| {
+                let image = stored.put(&candidates).map_err(|e| {
                     StageError::Failed(format!("{}/{subtask}.txt, image `{}`: {e}", self.data().display(), line.image))
                 })?;
                 out.push((subtask.to_string(), line, image));
@@ -369,6 +357,7 @@ impl Evaluate {
         }
         let questions = mmhal::read_questions(&ctx.workspace.join(self.data())).map_err(StageError::Failed)?;
         let images = self.images_dir();
+        let mut stored = StoredImages::new(ctx);
         let mut out = Vec::with_capacity(questions.len());
         for (i, q) in questions.into_iter().enumerate() {
             let mut candidates = Vec::new();
@@ -382,8 +371,8 @@ impl Evaluate {
                     images.join(format!("{id}.png")),
                 ]);
             }
-            let image = self
-                .store_image(ctx, &candidates)
+            let image = stored
+                .put(&candidates)
                 .map_err(|e| StageError::Failed(format!("{}, question {}: {e}", self.data().display(), i + 1)))?;
             out.push((q, image));
         }
@@ -476,6 +465,36 @@ impl Evaluate {
                 (r.text, rating)
             })
             .collect())
+    }
+}
+
+/// Benchmark images put into the store, each file once (an MME image has two questions).
+struct StoredImages<'a> {
+    ctx: &'a RunContext<'a>,
+    digests: HashMap<PathBuf, String>,
+}
+
+impl<'a> StoredImages<'a> {
+    fn new(ctx: &'a RunContext<'a>) -> Self {
+        StoredImages { ctx, digests: HashMap::new() }
+    }
+
+    /// The digest of the first of `candidates` (workspace paths) that exists.
+    fn put(&mut self, candidates: &[PathBuf]) -> Result<String, StageError> {
+        let found = candidates.iter().map(|c| self.ctx.workspace.join(c)).find(|p| p.is_file());
+        let Some(path) = found else {
+            if candidates.is_empty() {
+                return Err(StageError::Failed("the question names no image (no `image_src` or `image_id`)".into()));
+            }
+            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+            return Err(StageError::Failed(format!("image not found (looked at {})", tried.join(", "))));
+        };
+        if let Some(digest) = self.digests.get(&path) {
+            return Ok(digest.clone());
+        }
+        let digest = self.ctx.store.put_file(&path)?.0;
+        self.digests.insert(path, digest.clone());
+        Ok(digest)
     }
 }
 

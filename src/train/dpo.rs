@@ -192,6 +192,19 @@ mod tests {
     use burn::tensor::Device;
     use std::convert::Infallible;
 
+    const SMALL: TinyConfig =
+        TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
+
+    /// Sigmoid DPO at β 0.1 with `sft_weight` and `schedule`.
+    fn sigmoid(sft_weight: f64, schedule: Schedule) -> Settings {
+        Settings { loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 }, sft_weight, schedule }
+    }
+
+    /// `epochs` at `lr`: no warm-up, clipping at 1, AdamW's defaults, no accumulation.
+    fn schedule(lr: f64, epochs: usize) -> Schedule {
+        Schedule { lr, epochs, warmup_ratio: 0.0, max_grad_norm: Some(1.0), optimizer: AdamW::default(), grad_accum: 1 }
+    }
+
     fn side(texts: &[(&str, &str)], device: &Device) -> TokenBatch {
         let rows = texts
             .iter()
@@ -240,23 +253,10 @@ mod tests {
     fn training_learns_a_rule_that_holds_on_held_out_pairs() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let config =
-            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
-        let reference = config.init(&device);
+        let reference = SMALL.init(&device);
         let train_set = rule_batches(0..32, 8, &device);
         let held_out = rule_batches(100..132, 8, &device);
-        let settings = Settings {
-            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            sft_weight: 0.0,
-            schedule: Schedule {
-                lr: 2e-3,
-                epochs: 4,
-                warmup_ratio: 0.1,
-                max_grad_norm: Some(1.0),
-                optimizer: AdamW::default(),
-                grad_accum: 1,
-            },
-        };
+        let settings = sigmoid(0.0, Schedule { warmup_ratio: 0.1, ..schedule(2e-3, 4) });
         let before = reward_accuracy(&reference, &reference, &held_out, 0.1);
         let (policy, _) = run(reference.clone(), &train_set, &settings, &|_| (0..4).collect());
         let after = reward_accuracy(&policy, &reference, &held_out, 0.1);
@@ -268,23 +268,10 @@ mod tests {
     #[test]
     fn the_sft_term_adds_the_chosen_nll_to_the_loss() {
         let device = Device::flex().autodiff();
-        let config =
-            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
-        let model = config.init(&device);
+        let model = SMALL.init(&device);
         let data = [batch(&[0, 1], &device)];
         let nll = -mean(model.completion_logps(&data[0].chosen).1);
-        let settings = Settings {
-            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            sft_weight: 0.5,
-            schedule: Schedule {
-                lr: 1e-3,
-                epochs: 1,
-                warmup_ratio: 0.0,
-                max_grad_norm: None,
-                optimizer: AdamW::default(),
-                grad_accum: 1,
-            },
-        };
+        let settings = sigmoid(0.5, Schedule { max_grad_norm: None, ..schedule(1e-3, 1) });
         let (_, metrics) = run(model, &data, &settings, &|_| vec![0]);
         let want = std::f64::consts::LN_2 + 0.5 * nll;
         assert!((metrics[0].loss - want).abs() < 1e-4, "{} vs {want}", metrics[0].loss);
@@ -293,21 +280,8 @@ mod tests {
     #[test]
     fn accumulating_k_micro_batches_equals_one_batch_k_times_larger() {
         let device = Device::flex().autodiff();
-        let config =
-            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
-        let model = config.init(&device);
-        let settings = |grad_accum| Settings {
-            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            sft_weight: 0.0,
-            schedule: Schedule {
-                lr: 1e-3,
-                epochs: 1,
-                warmup_ratio: 0.0,
-                max_grad_norm: Some(1.0),
-                optimizer: AdamW::default(),
-                grad_accum,
-            },
-        };
+        let model = SMALL.init(&device);
+        let settings = |grad_accum| sigmoid(0.0, Schedule { grad_accum, ..schedule(1e-3, 1) });
         let whole = [batch(&[0, 1, 2, 3], &device)];
         let halves = [batch(&[0, 1], &device), batch(&[2, 3], &device)];
         let (one, m1) = run(model.clone(), &whole, &settings(1), &|_| vec![0]);
@@ -345,18 +319,14 @@ mod tests {
             if lora { m.with_lora(&spec) } else { m }
         };
         let data: Vec<Batch> = (0..4).map(|i| batch(&[i, (i + 1) % 4], &device)).collect();
-        let settings = Settings {
-            loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
-            sft_weight: 0.0,
-            schedule: Schedule {
-                lr: 1e-2,
-                epochs: 2,
+        let settings = sigmoid(
+            0.0,
+            Schedule {
                 warmup_ratio: 0.25,
-                max_grad_norm: Some(1.0),
                 optimizer: AdamW { weight_decay: 0.01, ..AdamW::default() },
-                grad_accum: 1,
+                ..schedule(1e-2, 2)
             },
-        };
+        );
         let reference = Reference::Logps(reference_logps(&model, &data));
         let order = |epoch: usize| if epoch == 0 { vec![2, 0, 3, 1] } else { vec![1, 3, 0, 2] };
         let dir = tempfile::tempdir().unwrap();
@@ -387,9 +357,7 @@ mod tests {
     #[test]
     fn a_run_stopped_and_resumed_ends_with_the_same_weights_as_one_run() {
         let device = Device::flex().autodiff();
-        let config =
-            TinyConfig { image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 24 };
-        let model = config.init(&device);
+        let model = SMALL.init(&device);
         for lora in [false, true] {
             let (whole, m1) = stop_and_resume(model.clone(), lora, None);
             let (resumed, m2) = stop_and_resume(model.clone(), lora, Some(3));

@@ -106,3 +106,17 @@ pub fn counting_pairs_csv(n: usize) -> String {
     }
     csv
 }
+
+/// A pipeline that loads `pairs.csv` and trains a small `policy` with `dpo`.
+pub fn dpo_pipeline(epochs: usize, batch_size: usize) -> String {
+    format!(
+        "version: 1
+stages:
+  pairs: {{ kind: load, params: {{ path: pairs.csv }} }}
+  policy:
+    kind: dpo
+    needs: [pairs]
+    params: {{ base: {{ init: tiny, image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 32 }}, lr: 0.001, epochs: {epochs}, batch_size: {batch_size}, seed: 7 }}
+"
+    )
+}

@@ -37,14 +37,18 @@ pub struct Server {
 /// The reply text for a request: a function of its model and user text, so runs compare.
 pub fn answer(body: &Value) -> String {
     let model = body["model"].as_str().unwrap_or("");
-    let text: String = body["messages"]
+    format!("{model} says: {}", request_text(body).chars().rev().collect::<String>())
+}
+
+/// Every text part of a request's messages, joined.
+pub fn request_text(body: &Value) -> String {
+    body["messages"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["text"].as_str().map(String::from))
-        .collect();
-    format!("{model} says: {}", text.chars().rev().collect::<String>())
+        .collect()
 }
 
 /// Builds the reply text for a request body.
