@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::CallResult;
 
@@ -15,6 +16,28 @@ pub struct MemoError {
     pub path: PathBuf,
     #[source]
     pub source: rusqlite::Error,
+}
+
+/// How long a connection waits for another one (of this or another run) to let go.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+fn set_up(conn: &Connection) -> rusqlite::Result<()> {
+    // WAL: readers never block the writer; NORMAL: a commit survives a crash of the process.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS calls (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            status TEXT NOT NULL,
+            result TEXT NOT NULL,
+            created_unix_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;",
+    )
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 pub struct Memo {
@@ -27,20 +50,21 @@ impl Memo {
     pub fn open(path: &Path) -> Result<Memo, MemoError> {
         let err = |source| MemoError { path: path.to_path_buf(), source };
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(err)?;
-        // WAL: readers never block the writer; NORMAL: a commit survives a crash of the process.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS calls (
-                key TEXT PRIMARY KEY,
-                model TEXT NOT NULL,
-                status TEXT NOT NULL,
-                result TEXT NOT NULL,
-                created_unix_ms INTEGER NOT NULL
-            ) WITHOUT ROWID;",
-        )
-        .map_err(err)?;
+        conn.busy_timeout(BUSY_WAIT).map_err(err)?;
+        // Two connections setting up a fresh file can deadlock on its lock, and SQLite then
+        // answers "locked" at once instead of waiting: such a start is simply tried again.
+        let deadline = Instant::now() + BUSY_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match set_up(&conn) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         Ok(Memo { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
 
@@ -79,7 +103,8 @@ impl Memo {
     /// Remembers finished calls in one transaction; an existing row is kept (first wins).
     pub fn put_many(&self, rows: &[(String, String, CallResult)]) -> Result<(), MemoError> {
         let mut conn = self.conn.lock().expect("memo lock");
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        // IMMEDIATE: take the write lock at BEGIN, where SQLite waits for it, not half-way.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -142,5 +167,25 @@ mod tests {
         let found = memo.get_many(["k1", "k2", "k3"]).unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(memo.len().unwrap(), 2);
+    }
+
+    #[test]
+    fn stages_opening_a_fresh_memo_at_once_all_get_it() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("calls.sqlite");
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = path.clone();
+                    std::thread::spawn(move || {
+                        Memo::open(&path)?.put_many(&[(format!("k{i}"), "m".into(), result(&i.to_string()))])
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+            assert_eq!(Memo::open(&path).unwrap().len().unwrap(), 8);
+        }
     }
 }
