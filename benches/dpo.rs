@@ -7,18 +7,18 @@
 //! `cargo bench --bench dpo` (flex); with `scripts/libtorch-env` sourced,
 //! `cargo bench --features tch --bench dpo` for both devices.
 
-use silkie::model::device;
+use silkie::model::device::{self, Precision};
 use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
 
 const STEPS: usize = 10;
 
 /// One device × size: prints a line of figures.
 fn measure(device_name: &str, size: usize) {
-    let device = match device::open(Some(device_name), None, true) {
+    let device = match device::open(Some(device_name), Precision::F32, true) {
         Ok(device) => device,
         Err(e) => return println!("{device_name}: skipped ({e})"),
     };
-    let t = dpo_steps(&device, size, STEPS);
+    let t = dpo_steps(&device, Precision::F32, size, STEPS);
     println!(
         "{device_name:8} tiny VLM {} ({} image patches + {TOKENS} tokens, batch {BATCH}): {:.0} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
         SIZES[size].0,

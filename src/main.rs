@@ -10,6 +10,7 @@ use serde_json::json;
 
 use silkie::dsl::{Loader, Pipeline, PipelineErrors};
 use silkie::exec::{self, RunOptions};
+use silkie::model::device::Precision;
 use silkie::plan::{self, Assessment, Plan, State};
 use silkie::store::{InstanceStatus, StatCache, Store};
 
@@ -209,6 +210,9 @@ struct BenchArgs {
     /// flex, libtorch or libtorch-cuda:N
     #[arg(long, default_value = "flex")]
     device: String,
+    /// f32, or bf16 (mixed precision: bf16 compute over f32 weights)
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Timed steps per model size (after one warm-up step)
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -378,22 +382,24 @@ fn dispatch(cli: Cli) -> Outcome {
 fn cmd_bench(args: BenchArgs) -> Outcome {
     use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
     let BenchTarget::Dpo = args.what;
-    let device = silkie::model::device::open(Some(&args.device), None, true)
+    let precision: Precision = args.dtype.parse().map_err(|e| Failure::Invalid(format!("--dtype: {e}")))?;
+    let device = silkie::model::device::open(Some(&args.device), precision, true)
         .map_err(|e| Failure::Invalid(format!("--device: {e}")))?;
     let mut rows = Vec::new();
     for (size, (name, _, _)) in SIZES.iter().enumerate() {
-        let t = dpo_steps(&device, size, args.steps.max(1));
+        let t = dpo_steps(&device, precision, size, args.steps.max(1));
         if args.format == Format::Text {
             println!(
-                "{} tiny VLM {name} ({} patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s",
+                "{} {} tiny VLM {name} ({} patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s",
                 args.device,
+                args.dtype,
                 t.config.patches(),
                 t.ms_per_step,
                 t.tokens_per_second
             );
         }
         rows.push(serde_json::json!({
-            "device": args.device, "size": name, "batch": BATCH, "tokens": TOKENS,
+            "device": args.device, "dtype": args.dtype, "size": name, "batch": BATCH, "tokens": TOKENS,
             "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second,
         }));
     }

@@ -372,7 +372,8 @@ fn instantiate(
     let models = serde_json::to_value(&pipeline.models).unwrap_or_default();
     let scope = Scope { vars: &pipeline.vars, models: &models, matrix: Some(&bindings), keep_escapes: false };
     let params = resolve(&stage.params, &scope, &format!("{base}.params")).map_err(|i| vec![i])?;
-    let stage_impl = (kind.configure)(&params, &stages::Config { models: &pipeline.models }).map_err(|mut i| {
+    let stage_impl = (kind.configure)(&params, &stages::Config { models: &pipeline.models, runtime: &stage.runtime })
+        .map_err(|mut i| {
         i.path = format!("{base}.{}", i.path);
         vec![i]
     })?;

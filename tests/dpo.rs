@@ -238,4 +238,54 @@ fn a_trained_checkpoint_answers_through_the_local_provider_and_the_memo() {
     ws.write("pipeline.yaml", &local_pipeline("lr: 0.002"));
     let retrained = run(&[]);
     assert!(calls_line(&retrained.stderr).contains("0 from the memo, 6 sent"), "{}", retrained.stderr);
+    // The same checkpoint computing in bf16 answers other numbers: other calls too.
+    ws.write("pipeline.yaml", &format!("{}    runtime: {{ dtype: bf16 }}\n", local_pipeline("lr: 0.002")));
+    let mixed = run(&[]);
+    assert!(calls_line(&mixed.stderr).contains("0 from the memo, 6 sent"), "{}", mixed.stderr);
+}
+
+fn policy_rows(ws: &Workspace) -> Vec<serde_json::Value> {
+    ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json().as_array().unwrap().clone()
+}
+
+#[test]
+fn bf16_trains_in_mixed_precision_as_a_run_of_its_own() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    ws.write("pipeline.yaml", &pipeline());
+    let exact = ws.run(&[]);
+    let exact_rows = policy_rows(&ws);
+    ws.write("pipeline.yaml", &format!("{}    runtime: {{ dtype: bf16 }}\n", pipeline()));
+    let mixed = ws.run(&[]);
+    assert_eq!(status_of(&mixed, "policy"), "ran", "bf16 computes other numbers: not a cache hit");
+    assert_eq!(status_of(&mixed, "pairs"), "hit");
+    assert_ne!(output_digest(&exact, "policy", "checkpoint"), output_digest(&mixed, "policy", "checkpoint"));
+    let rows = policy_rows(&ws);
+    // The reference computes as the policy does, in bf16 too: at step 0 they agree exactly.
+    assert!((rows[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{}", rows[0]);
+    assert_eq!(rows[0]["rewards/margins"], 0.0, "{}", rows[0]);
+    assert_eq!(rows[0]["rewards/accuracies"], 0.0, "{}", rows[0]);
+    for (m, e) in rows.iter().zip(&exact_rows) {
+        let (m, e) = (m["logps/chosen"].as_f64().unwrap(), e["logps/chosen"].as_f64().unwrap());
+        assert!(((m - e) / e).abs() < 0.05, "bf16 log-probs {m} drifted from f32's {e}");
+    }
+    assert!(rows.last().unwrap()["loss"].as_f64().unwrap() < rows[0]["loss"].as_f64().unwrap());
+    // Back to f32: the first run's checkpoint, from the cache.
+    ws.write("pipeline.yaml", &pipeline());
+    assert_eq!(status_of(&ws.run(&[]), "policy"), "hit");
+}
+
+#[test]
+fn an_unknown_dtype_is_refused_before_anything_runs() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(4));
+    ws.write("pipeline.yaml", &format!("{}    runtime: {{ dtype: fp16 }}\n", pipeline()));
+    let out = ws.silkie(&["run"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stages.policy.runtime.dtype: unknown dtype `fp16`; use f32 or bf16"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("pipeline.yaml:8:16"), "points at the key: {}", out.stderr);
 }

@@ -12,9 +12,10 @@ use std::convert::Infallible;
 use burn::module::Module;
 use burn::tensor::Device;
 use common::{Workspace, status_of};
+use silkie::model::device::Precision;
 use silkie::model::policy::{Example, TokenBatch};
 use silkie::model::tiny::{TinyConfig, TinyVlm};
-use silkie::train::dpo::{Batch, Reference, Settings, StepMetrics, TrainState, reference_logps, train};
+use silkie::train::dpo::{Batch, Reference, Settings, StepMetrics, TrainState, frozen, reference_logps, train};
 use silkie::train::fit::Schedule;
 use silkie::train::losses::{LossConfig, LossType};
 use silkie::train::optim::AdamW;
@@ -54,7 +55,7 @@ fn losses(model: TinyVlm, device: &Device) -> Vec<StepMetrics> {
             grad_accum: 1,
         },
     };
-    let reference = Reference::Logps(reference_logps(&model, &data));
+    let reference = Reference::Logps(reference_logps(&frozen(&model), &data));
     let start = TrainState::start(model, &settings.schedule.optimizer);
     let Ok(state) = train(start, &data, &reference, &settings, &|_| vec![2, 0, 1], &mut |_| Ok::<(), Infallible>(()));
     state.metrics
@@ -80,6 +81,22 @@ fn flex_and_libtorch_cpu_give_the_same_per_step_losses() {
         assert!(rel < 1e-3, "step {}: grad norm flex {} vs libtorch {}", x.step, x.grad_norm, y.grad_norm);
     }
     assert!(a.last().unwrap().loss < a[0].loss, "the loss did not fall: {a:?}");
+}
+
+#[test]
+fn bf16_on_libtorch_cpu_trains_as_bf16_on_flex_does() {
+    let flex = Device::flex().autodiff();
+    flex.seed(5);
+    let model = CONFIG.init(&flex);
+    let torch = Device::libtorch().autodiff();
+    let on_torch = CONFIG.init(&torch).load_record(model.clone().into_record());
+    let a = losses(model.with_precision(Precision::Bf16), &flex);
+    let b = losses(on_torch.with_precision(Precision::Bf16), &torch);
+    // Two bf16 implementations round differently: agreement to bf16's precision, not f32's.
+    let worst = a.iter().zip(&b).map(|(x, y)| (x.loss - y.loss).abs() / x.loss.abs()).fold(0.0, f64::max);
+    eprintln!("largest relative loss difference in bf16, flex vs libtorch: {worst:e}");
+    assert!(worst < 2e-2, "flex {a:?}\nlibtorch {b:?}");
+    assert!(b.last().unwrap().loss < b[0].loss, "the loss did not fall on libtorch: {b:?}");
 }
 
 fn pipeline() -> String {

@@ -53,7 +53,8 @@ pub struct ModelDef {
     pub runtime: Runtime,
 }
 
-/// Settings that change how a stage runs, never what it computes: never hashed.
+/// Settings that change how a stage runs, never what it computes: never hashed — except
+/// `dtype: bf16`, which does change the numbers (the kinds that run models add it to keys).
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {

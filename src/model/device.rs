@@ -1,10 +1,11 @@
 //! Where models run: `runtime.device` parsed and opened. `flex` (pure Rust, the default) is
-//! always there; `libtorch` and `libtorch-cuda:N` need the `tch` build.
+//! always there; `libtorch` and `libtorch-cuda:N` need the `tch` build. And `runtime.dtype`:
+//! the precision they compute in.
 
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -21,8 +22,47 @@ pub enum DeviceError {
     NotBuilt(DeviceSpec),
     #[error("device `{spec}`: {found}")]
     NoGpu { spec: DeviceSpec, found: String },
-    #[error("runtime.dtype `{0}`: the tiny model trains in f32 (bf16 is not supported yet)")]
+    #[error("unknown dtype `{0}`; use f32 or bf16")]
     DType(String),
+    #[error("device `{0}` cannot compute in bf16; use dtype f32 there")]
+    NoBf16(DeviceSpec),
+}
+
+/// What a model computes in. `Bf16` is mixed precision, as PyTorch's autocast and HF's
+/// `bf16=True` do it: weights, gradients and optimizer state stay f32; each forward pass runs
+/// on a bf16 copy of the weights and hands f32 logits back, so log-probs and losses are f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// Its name in a key: none for f32, so the keys of f32 runs read as before bf16 existed.
+    pub fn key_name(self) -> Option<&'static str> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some("bf16"),
+        }
+    }
+
+    /// `runtime.dtype` (f32 when unset).
+    pub fn parse(dtype: Option<&str>) -> Result<Precision, DeviceError> {
+        dtype.map_or(Ok(Precision::F32), str::parse)
+    }
+}
+
+impl FromStr for Precision {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(DeviceError::DType(other.to_string())),
+        }
+    }
 }
 
 impl fmt::Display for DeviceSpec {
@@ -52,14 +92,14 @@ impl FromStr for DeviceSpec {
     }
 }
 
-/// The device `runtime.device` names (flex when unset), checked to exist, with gradients
-/// recorded when `autodiff`. `dtype` (from `runtime.dtype`) must be f32 for now.
-pub fn open(device: Option<&str>, dtype: Option<&str>, autodiff: bool) -> Result<Device, DeviceError> {
-    if let Some(dtype) = dtype.filter(|d| *d != "f32") {
-        return Err(DeviceError::DType(dtype.to_string()));
-    }
+/// The device `runtime.device` names (flex when unset), checked to exist and to compute in
+/// `precision`, with gradients recorded when `autodiff`.
+pub fn open(device: Option<&str>, precision: Precision, autodiff: bool) -> Result<Device, DeviceError> {
     let spec: DeviceSpec = device.unwrap_or("flex").parse()?;
     let device = backend(spec)?;
+    if precision == Precision::Bf16 && !device.supports_dtype(FloatDType::BF16) {
+        return Err(DeviceError::NoBf16(spec));
+    }
     Ok(if autodiff { device.autodiff() } else { device })
 }
 
@@ -111,13 +151,22 @@ mod tests {
         assert_eq!("libtorch-cuda:1".parse(), Ok(DeviceSpec::LibTorchCuda(1)));
         let bad = "cuda:0".parse::<DeviceSpec>().unwrap_err();
         assert!(bad.to_string().contains("libtorch-cuda:N"), "{bad}");
-        assert!(matches!(open(None, Some("bf16"), false), Err(DeviceError::DType(_))));
+    }
+
+    #[test]
+    fn dtypes_parse_and_bad_ones_say_what_is_accepted() {
+        assert_eq!(Precision::parse(None), Ok(Precision::F32));
+        assert_eq!(Precision::parse(Some("bf16")), Ok(Precision::Bf16));
+        assert_eq!(Precision::parse(Some("bfloat16")), Ok(Precision::Bf16));
+        let bad = Precision::parse(Some("fp16")).unwrap_err();
+        assert_eq!(bad.to_string(), "unknown dtype `fp16`; use f32 or bf16");
+        assert!(open(None, Precision::Bf16, true).is_ok(), "flex computes in bf16");
     }
 
     #[cfg(not(feature = "tch"))]
     #[test]
     fn libtorch_without_the_tch_build_is_a_clear_error() {
-        let err = open(Some("libtorch-cuda:0"), None, true).unwrap_err();
+        let err = open(Some("libtorch-cuda:0"), Precision::F32, true).unwrap_err();
         assert!(err.to_string().contains("`tch` feature"), "{err}");
     }
 
@@ -126,7 +175,7 @@ mod tests {
     fn a_missing_gpu_is_an_error_not_a_crash() {
         // On a machine without a GPU this must come back as an error; with one, index 99 is
         // still past the end.
-        let err = open(Some("libtorch-cuda:99"), None, true).unwrap_err();
+        let err = open(Some("libtorch-cuda:99"), Precision::F32, true).unwrap_err();
         assert!(matches!(err, DeviceError::NoGpu { .. }), "{err}");
     }
 }

@@ -124,16 +124,6 @@ impl TokenBatch {
         TokenBatch { images, tokens, mask }
     }
 
-    /// The same rows off the autodiff graph: for models that only evaluate (a frozen
-    /// reference), so no gradient bookkeeping builds up.
-    pub fn without_autodiff(&self) -> TokenBatch {
-        TokenBatch {
-            images: self.images.clone().without_autodiff(),
-            tokens: self.tokens.clone().without_autodiff(),
-            mask: self.mask.clone().without_autodiff(),
-        }
-    }
-
     /// The same images with other prompts and completions, e.g. the rejected side of pairs.
     pub fn with_completions(&self, texts: &[(&str, &str)], max_len: usize) -> TokenBatch {
         let (tokens, mask) = token_rows(texts, max_len, &self.images.device());

@@ -2,15 +2,18 @@
 //! the text tokens in one causal transformer. A few million parameters at most; sizes are
 //! config. What CPU tests and the embedded default train.
 
-use burn::module::Module;
+use std::borrow::Cow;
+
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::transformer::{
     TransformerEncoder, TransformerEncoderAutoregressiveCache, TransformerEncoderConfig, TransformerEncoderInput,
 };
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::device::Precision;
 use super::policy::{Generation, Policy, Sampling, TokenBatch, logps_from_logits, pick_token, sampler};
 use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD, VOCAB};
 
@@ -54,6 +57,7 @@ impl TinyConfig {
             patch_size: self.patch_size,
             image_size: self.image_size,
             max_tokens: self.max_tokens,
+            precision: Precision::F32,
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct TinyVlm {
     patch_size: usize,
     image_size: usize,
     max_tokens: usize,
+    /// Not saved: how this run computes, set by whoever loads the model.
+    #[module(skip)]
+    precision: Precision,
 }
 
 /// Which layers LoRA adapts: the attention projections, the MLP, or both.
@@ -114,10 +121,36 @@ impl TinyVlm {
         self.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group))
     }
 
+    /// The same model computing in `precision` from now on; its weights stay as they are.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The weights a forward pass computes with: these, or their bf16 copy — the cast is part
+    /// of the autodiff graph, so gradients come back to these f32 weights.
+    fn computing(&self) -> Cow<'_, TinyVlm> {
+        match self.precision {
+            Precision::F32 => Cow::Borrowed(self),
+            Precision::Bf16 => Cow::Owned(self.clone().map(&mut CastFloats(FloatDType::BF16))),
+        }
+    }
+
+    /// The float type the weights compute in, for inputs to match.
+    fn float_dtype(&self) -> FloatDType {
+        self.patch.weight.val().dtype().into()
+    }
+
     /// Logits over the vocabulary for every text position: `images` [batch, 3, H, W] in
     /// [0, 1], `tokens` [batch, text]. The image patches come first in the sequence; the
-    /// returned logits cover the text positions only ([batch, text, vocab]).
+    /// returned logits cover the text positions only ([batch, text, vocab]), always in f32.
     pub fn forward(&self, images: Tensor<4>, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let model = self.computing();
+        let images = images.cast(model.float_dtype());
+        model.forward_computing(images, tokens).cast(FloatDType::F32)
+    }
+
+    fn forward_computing(&self, images: Tensor<4>, tokens: Tensor<2, Int>) -> Tensor<3> {
         let image = self.embed_image(images);
         let [batch, n_image, _] = image.dims();
         let sequence = self.sequence(image, tokens);
@@ -176,6 +209,16 @@ impl TinyVlm {
     }
 }
 
+/// Casts every float weight of a module.
+struct CastFloats(FloatDType);
+
+impl ModuleMapper for CastFloats {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|weights| weights.cast(dtype))
+    }
+}
+
 impl Policy for TinyVlm {
     fn image_size(&self) -> usize {
         self.image_size
@@ -197,13 +240,14 @@ impl Policy for TinyVlm {
             tokens.drain(..tokens.len() - room);
         }
         let tokens_in = tokens.len();
-        let image = self.embed_image(image.unsqueeze_dim(0));
+        let model = self.computing();
+        let image = model.embed_image(image.unsqueeze_dim(0).cast(model.float_dtype()));
         let mut stopped = false;
-        let mut cache = self.blocks.new_autoregressive_cache();
+        let mut cache = model.blocks.new_autoregressive_cache();
         let mut rng = sampler(sampling);
         let mut completion = Vec::new();
         while completion.len() < sampling.max_new_tokens && tokens.len() < self.max_tokens {
-            let mut logits = self.next_logits(image.clone(), &tokens, &mut cache);
+            let mut logits = model.next_logits(image.clone(), &tokens, &mut cache);
             // Padding and a second BOS are never text.
             for special in [BOS, PAD] {
                 logits[special as usize] = f32::NEG_INFINITY;
@@ -328,6 +372,34 @@ mod tests {
         let (_, losses) = Preference::new(&device).train(TinyConfig::default().init(&device), 1e-3, 8);
         assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "step 0: {}", losses[0]);
         assert!(losses[7] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
+    }
+
+    #[test]
+    fn bf16_computes_near_f32_and_trains_the_f32_weights() {
+        let device = Device::flex().autodiff();
+        let data = Preference::new(&device);
+        for lora in [None, Some(LoraSpec { r: 4, alpha: 8.0, targets: all_targets() })] {
+            let mut model = TinyConfig::default().init(&device);
+            if let Some(lora) = &lora {
+                model = model.with_lora(lora);
+            }
+            let exact: Vec<f32> = data.logps(&model, &data.chosen).into_data().try_to_vec().unwrap();
+            let model = model.with_precision(Precision::Bf16);
+            let mixed = data.logps(&model, &data.chosen);
+            assert_eq!(mixed.dtype(), burn::tensor::DType::F32, "log-probs come back in f32");
+            let mixed: Vec<f32> = mixed.into_data().try_to_vec().unwrap();
+            for (e, m) in exact.iter().zip(&mixed) {
+                assert!(((e - m) / e).abs() < 0.02, "bf16 log-prob {m} is far from f32's {e}");
+            }
+            let lr = if lora.is_some() { 1e-2 } else { 1e-3 };
+            let (trained, losses) = data.train(model, lr, 8);
+            assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "step 0: {}", losses[0]);
+            assert!(losses[7] < losses[0] - 0.05, "the loss did not fall in bf16: {losses:?}");
+            assert_eq!(trained.float_dtype(), FloatDType::F32, "the weights stay f32");
+            let image = data.images.clone().narrow(0, 0, 1).squeeze_dim(0);
+            let answer = trained.valid().generate(image.inner(), "Colour?", &Sampling::default());
+            assert!(answer.tokens_out > 0 || answer.stopped);
+        }
     }
 
     /// Greedy generation without the cache: the whole sequence through the model per token.

@@ -11,8 +11,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::ImageUrls;
 use crate::calls::{CallError, CallFuture, CallResult, CallStatus, ChatRequest, Provider};
+use crate::dsl::Runtime;
 use crate::model::checkpoint;
-use crate::model::device;
+use crate::model::device::{self, Precision};
 use crate::model::policy::{Policy, Sampling, blank_pixels, pixels};
 use crate::model::tiny::TinyVlm;
 use crate::store::Store;
@@ -25,20 +26,17 @@ pub struct Local {
 }
 
 impl Local {
-    /// Loads checkpoint `digest` from `store` onto `device_name` (`runtime.device`; flex when unset).
-    pub fn open(
-        digest: &str,
-        store: &Store,
-        device_name: Option<&str>,
-        images: Arc<ImageUrls>,
-    ) -> Result<Local, String> {
-        let device = device::open(device_name, None, false).map_err(|e| e.to_string())?;
+    /// Loads checkpoint `digest` from `store` onto `runtime.device` (flex when unset), to
+    /// compute in `runtime.dtype`.
+    pub fn open(digest: &str, store: &Store, runtime: &Runtime, images: Arc<ImageUrls>) -> Result<Local, String> {
+        let precision = Precision::parse(runtime.dtype.as_deref()).map_err(|e| e.to_string())?;
+        let device = device::open(runtime.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
         let dir = store.tmp_path("local-model");
         store.restore_dir(digest, &dir).map_err(|e| format!("checkpoint {digest}: {e}"))?;
         let loaded = checkpoint::load(&dir, &device);
         let _ = std::fs::remove_dir_all(&dir);
         let (model, _) = loaded.map_err(|e| e.to_string())?;
-        Ok(Local { model: Mutex::new(model), device, images })
+        Ok(Local { model: Mutex::new(model.with_precision(precision)), device, images })
     }
 
     fn answer(&self, request: &ChatRequest) -> Result<CallResult, CallError> {

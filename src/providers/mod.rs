@@ -47,10 +47,7 @@ pub fn endpoint(
         "local" => {
             let digest =
                 def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
-            Arc::new(
-                Local::open(digest, store, def.runtime.device.as_deref(), images)
-                    .map_err(|e| format!("model `{name}`: {e}"))?,
-            )
+            Arc::new(Local::open(digest, store, &def.runtime, images).map_err(|e| format!("model `{name}`: {e}"))?)
         }
         other => {
             return Err(format!(

@@ -7,6 +7,7 @@ use super::{RunContext, StageError};
 use crate::calls::{CallResult, CallSpec, ModelIdentity};
 use crate::data::report::DataReport;
 use crate::dsl::ModelDef;
+use crate::model::device::Precision;
 use crate::providers;
 
 /// Results of `specs` (by call key): remembered ones from the memo, the rest sent now. Adds
@@ -72,8 +73,15 @@ pub fn checkpoint_model(ctx: &RunContext, role: &str) -> Result<(ModelDef, Model
     let digest = ctx.input(role)?.output.digest.clone();
     let mut def = local_def();
     def.model = Some(digest.clone());
-    // `runtime.device` of the stage also places its local models.
+    // The stage's `runtime.device` and `runtime.dtype` also place its local models; bf16
+    // answers differ from f32 ones, so they are other calls.
     def.runtime.device = ctx.runtime.device.clone();
-    let identity = ModelIdentity { provider: "local".into(), model: digest, params: Default::default() };
+    def.runtime.dtype = ctx.runtime.dtype.clone();
+    let mut identity = ModelIdentity { provider: "local".into(), model: digest, params: Default::default() };
+    let precision = Precision::parse(ctx.runtime.dtype.as_deref())
+        .map_err(|e| StageError::Failed(format!("runtime.dtype: {e}")))?;
+    if let Some(dtype) = precision.key_name() {
+        identity.params.insert("dtype".into(), dtype.into());
+    }
     Ok((def, identity))
 }

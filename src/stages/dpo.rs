@@ -18,9 +18,10 @@ use super::training::{
     Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
     training_device,
 };
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params};
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::{optional_strings, strings};
 use crate::dsl::Issue;
+use crate::model::device::Precision;
 use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
 use crate::store::OutputRef;
@@ -106,9 +107,10 @@ struct Params {
 
 struct Dpo {
     params: Params,
+    precision: Precision,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     params.base.settle()?;
     if let Some(lora) = &params.lora
@@ -123,7 +125,7 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.beta.is_nan() || params.beta <= 0.0 {
         return Err(Issue::new("params.beta", "beta must be positive"));
     }
-    Ok(Box::new(Dpo { params }))
+    Ok(Box::new(Dpo { params, precision: precision(config)? }))
 }
 
 impl Dpo {
@@ -227,7 +229,7 @@ fn reference_table(reference: &dpo::ReferenceLogps) -> Result<DataFrame, StageEr
 
 impl Stage for Dpo {
     fn canonical_params(&self) -> Value {
-        key_params(&self.params)
+        key_params(&self.params, self.precision)
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
@@ -250,8 +252,8 @@ impl Stage for Dpo {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let device = training_device(ctx, self.params.seed)?;
-        let (base, config) = self.params.base.model(ctx, &device)?;
+        let device = training_device(ctx, self.params.seed, self.precision)?;
+        let (base, config) = self.params.base.model(ctx, &device, self.precision)?;
         let batches = self.batches(ctx, &config, &device)?;
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
@@ -260,9 +262,9 @@ impl Stage for Dpo {
             None => model,
         };
         let reference = if self.params.precompute_ref {
-            Reference::Logps(precomputed_reference(&base.valid(), &batches, &scratch, &device)?)
+            Reference::Logps(precomputed_reference(&dpo::frozen(&base), &batches, &scratch, &device)?)
         } else {
-            Reference::Model(base.valid())
+            Reference::Model(dpo::frozen(&base))
         };
         let state = resume_or_start(ctx, &scratch, adapt(base), &settings.schedule.optimizer)?;
         let order = seeded_order(self.params.seed, batches.len());

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::calling::{call_models, checkpoint_model};
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, model_role, parse_params};
+use super::{
+    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, model_role, parse_params,
+    precision,
+};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{frame, optional_strings, str_col, strings};
 use crate::data::report::DataReport;
@@ -23,6 +26,7 @@ use crate::dsl::{Issue, ModelDef, did_you_mean};
 use crate::eval::mme::{self, Categories, Line};
 use crate::eval::mmhal::{self, Question};
 use crate::eval::results::{self, Metric};
+use crate::model::device::Precision;
 use crate::providers;
 
 pub const KIND: Kind = Kind {
@@ -140,6 +144,8 @@ struct Evaluate {
     named_policy: Option<(ModelDef, ModelIdentity)>,
     judge: Option<Judge>,
     categories: Categories,
+    /// What a checkpoint policy computes in.
+    precision: Precision,
 }
 
 fn model_entry(config: &Config, name: &str, path: &str) -> Result<(ModelDef, ModelIdentity), Issue> {
@@ -203,7 +209,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.categories.is_some() && !params.benchmark.is_mme() {
         return Err(Issue::new("params.categories", "only MME-style benchmarks have subtask categories"));
     }
-    Ok(Box::new(Evaluate { params, named_policy, judge, categories }))
+    Ok(Box::new(Evaluate { params, named_policy, judge, categories, precision: precision(config)? }))
 }
 
 /// The synthetic benchmark's map: the four perception subtasks and the comparison one.
@@ -563,6 +569,9 @@ impl Stage for Evaluate {
             if let Some(judge) = &self.judge {
                 map.insert("judge".into(), json!(judge.identity));
             }
+        }
+        if self.named_policy.is_none() {
+            key_precision(&mut value, self.precision);
         }
         value
     }

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::dsl::{Issue, serde_issue};
+use crate::model::device::Precision;
 use crate::store::{OutputKind, OutputRef, StatCache, Store, StoreError};
 use crate::table::{self, TableError, TableFormat};
 
@@ -49,6 +50,8 @@ pub type Configure = fn(&Value, &Config) -> Result<Box<dyn Stage>, Issue>;
 pub struct Config<'a> {
     /// The pipeline's `models:` entries.
     pub models: &'a BTreeMap<String, crate::dsl::ModelDef>,
+    /// The stage's `runtime:` settings, for kinds that check them early (`dtype`).
+    pub runtime: &'a crate::dsl::Runtime,
 }
 
 pub static KINDS: &[Kind] = &[
@@ -224,6 +227,19 @@ pub(crate) fn table_format(path: &str, format: Option<TableFormat>) -> Result<Ta
         Issue::new("params.path", format!("cannot tell the format of `{path}` from its extension"))
             .with_help(Some("set `format:` to parquet, jsonl or csv".into()))
     })
+}
+
+/// `runtime.dtype` of a stage that runs models, checked when it is configured.
+pub fn precision(config: &Config) -> Result<Precision, Issue> {
+    Precision::parse(config.runtime.dtype.as_deref()).map_err(|e| Issue::new("runtime.dtype", e.to_string()))
+}
+
+/// Puts `precision` into a stage's key params when it is not f32: unlike the device, bf16
+/// changes what a model computes. (f32 adds nothing, so keys read as before bf16 existed.)
+pub fn key_precision(params: &mut Value, precision: Precision) {
+    if let (Value::Object(map), Some(dtype)) = (params, precision.key_name()) {
+        map.insert("dtype".into(), dtype.into());
+    }
 }
 
 /// Parses a kind's params into its typed struct (with `deny_unknown_fields`), so that

@@ -11,11 +11,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::{
+    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
+};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{f64_col, frame, i64_col, optional_strings, str_col, strings};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
+use crate::model::device::Precision;
 use crate::providers;
 
 pub const KIND: Kind = Kind { name: "sample", version: 2, model_params: &["pool"], stage_inputs: &[], configure };
@@ -103,6 +106,8 @@ struct Member {
 struct Sample {
     params: Params,
     pool: Vec<Member>,
+    /// What local pool members compute in.
+    precision: Precision,
 }
 
 fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
@@ -181,7 +186,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         );
         pool.push(Member { label, model, local: local.is_some(), def, identity, params: decoding, overrides });
     }
-    Ok(Box::new(Sample { params, pool }))
+    Ok(Box::new(Sample { params, pool, precision: precision(config)? }))
 }
 
 impl Sample {
@@ -223,6 +228,9 @@ impl Stage for Sample {
         let identities: Map<String, Value> =
             self.pool.iter().filter(|m| !m.local).map(|m| (m.label.clone(), json!(m.identity))).collect();
         value["models"] = Value::Object(identities);
+        if self.pool.iter().any(|m| m.local) {
+            key_precision(&mut value, self.precision);
+        }
         value
     }
 

@@ -18,10 +18,11 @@ use super::training::{
     Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
     training_device,
 };
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params};
+use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::{optional_strings, strings};
 use crate::data::report::DataReport;
 use crate::dsl::Issue;
+use crate::model::device::Precision;
 use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{TinyConfig, TinyVlm};
 use crate::store::OutputRef;
@@ -100,9 +101,10 @@ struct Params {
 
 struct Sft {
     params: Params,
+    precision: Precision,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     params.base.settle()?;
     check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;
@@ -117,7 +119,7 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     }
     params.snapshots.sort_unstable();
     params.snapshots.dedup();
-    Ok(Box::new(Sft { params }))
+    Ok(Box::new(Sft { params, precision: precision(config)? }))
 }
 
 /// One training row.
@@ -218,7 +220,7 @@ fn snapshot_name(step: u64) -> String {
 
 impl Stage for Sft {
     fn canonical_params(&self) -> Value {
-        key_params(&self.params)
+        key_params(&self.params, self.precision)
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
@@ -240,8 +242,8 @@ impl Stage for Sft {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let device = training_device(ctx, self.params.seed)?;
-        let (base, config) = self.params.base.model(ctx, &device)?;
+        let device = training_device(ctx, self.params.seed, self.precision)?;
+        let (base, config) = self.params.base.model(ctx, &device, self.precision)?;
         let table = ctx.read_table("examples")?;
         let mut report = DataReport::default();
         let rows = self.rows(&table, &mut report)?;

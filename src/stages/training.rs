@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{RunContext, StageError, model_role};
 use crate::dsl::Issue;
 use crate::model::checkpoint;
+use crate::model::device::Precision;
 use crate::model::policy::{blank_pixels, pixels};
 use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
 use crate::store::{OutputKind, OutputRef};
@@ -122,8 +123,19 @@ impl Base {
         Ok(())
     }
 
-    /// The base model: freshly initialised (from the device's seed) or the referenced checkpoint.
-    pub fn model(&self, ctx: &RunContext, device: &Device) -> Result<(TinyVlm, TinyConfig), StageError> {
+    /// The base model, computing in `precision`: freshly initialised (from the device's seed)
+    /// or the referenced checkpoint.
+    pub fn model(
+        &self,
+        ctx: &RunContext,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<(TinyVlm, TinyConfig), StageError> {
+        let (model, config) = self.load(ctx, device)?;
+        Ok((model.with_precision(precision), config))
+    }
+
+    fn load(&self, ctx: &RunContext, device: &Device) -> Result<(TinyVlm, TinyConfig), StageError> {
         match self {
             Base::Fresh(fresh) => {
                 let config = fresh.config.resolve();
@@ -142,20 +154,22 @@ impl Base {
     }
 }
 
-/// The device `runtime.device` names (with `runtime.dtype`), recording gradients, seeded.
-pub fn training_device(ctx: &RunContext, seed: u64) -> Result<Device, StageError> {
-    let device = crate::model::device::open(ctx.runtime.device.as_deref(), ctx.runtime.dtype.as_deref(), true)
+/// The device `runtime.device` names, able to compute in `precision`, recording gradients, seeded.
+pub fn training_device(ctx: &RunContext, seed: u64, precision: Precision) -> Result<Device, StageError> {
+    let device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
         .map_err(|e| StageError::Failed(format!("runtime.device: {e}")))?;
     device.seed(seed);
     Ok(device)
 }
 
-/// A trainer's params as they enter its key: all but `checkpoint_every`, which changes no result.
-pub fn key_params(params: &impl Serialize) -> serde_json::Value {
+/// A trainer's params as they enter its key: all but `checkpoint_every`, which changes no
+/// result, and its precision.
+pub fn key_params(params: &impl Serialize, precision: Precision) -> serde_json::Value {
     let mut value = super::canonical(params);
     if let serde_json::Value::Object(map) = &mut value {
         map.remove("checkpoint_every");
     }
+    super::key_precision(&mut value, precision);
     value
 }
 

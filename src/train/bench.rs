@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::dpo::{Batch, Reference, Settings, TrainState, reference_logps, train};
+use super::dpo::{Batch, Reference, Settings, TrainState, frozen, reference_logps, train};
 use super::fit::Schedule;
 use super::losses::{LossConfig, LossType};
 use super::optim::AdamW;
+use crate::model::device::Precision;
 use crate::model::policy::TokenBatch;
 use crate::model::tiny::TinyConfig;
 
@@ -36,12 +37,13 @@ fn side(device: &Device, salt: i64) -> TokenBatch {
     }
 }
 
-/// `steps` timed steps (after one warm-up step) of size `SIZES[size]` on `device` (autodiff).
-pub fn dpo_steps(device: &Device, size: usize, steps: usize) -> Throughput {
+/// `steps` timed steps (after one warm-up step) of size `SIZES[size]` on `device` (autodiff),
+/// computing in `precision`.
+pub fn dpo_steps(device: &Device, precision: Precision, size: usize, steps: usize) -> Throughput {
     let (_, d_model, layers) = SIZES[size.min(SIZES.len() - 1)];
     let config =
         TinyConfig { image_size: 32, patch_size: 8, d_model, layers, heads: 4, d_ff: d_model * 2, max_tokens: TOKENS };
-    let model = config.init(device);
+    let model = config.init(device).with_precision(precision);
     let batches = vec![Batch { chosen: side(device, 1), rejected: side(device, 2) }];
     let settings = Settings {
         loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
@@ -55,7 +57,7 @@ pub fn dpo_steps(device: &Device, size: usize, steps: usize) -> Throughput {
             grad_accum: 1,
         },
     };
-    let reference = Reference::Logps(reference_logps(&model, &batches));
+    let reference = Reference::Logps(reference_logps(&frozen(&model), &batches));
     let mut times = Vec::new();
     let mut last = Instant::now();
     let mut after_step = |state: &TrainState<_>| {

@@ -3,7 +3,7 @@
 //! clipping, HF's schedule, AdamW — and the metrics TRL logs, per step. A run can stop after
 //! any step and go on from its [`TrainState`] to the same end.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -78,12 +78,29 @@ impl<M: Policy + Module> Reference<M> {
 
 /// A frozen model's log-probs of a batch's chosen and rejected sides, off the autodiff graph.
 fn reference_pair<P: Policy>(reference: &P, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
-    let logps = |side: &TokenBatch| reference.completion_logps(&side.without_autodiff()).0.detach();
+    let logps = |side: &TokenBatch| reference.completion_logps(side).0.detach();
     (logps(&batch.chosen), logps(&batch.rejected))
 }
 
-/// The reference model's log-probs of every batch, computed once. Give it the model's
-/// `valid()` form: an autodiff model would keep every forward's graph alive.
+/// A frozen copy of `model`, for a reference: it computes exactly as the policy does — the
+/// same autodiff ops, so at step 0 the two agree to the bit, in bf16 too — but records no
+/// graph (a recording model would keep every forward's graph alive).
+pub fn frozen<M: Module>(model: &M) -> M {
+    // A lazily initialised parameter shares its pending initialisation with its clones, and
+    // freezing a clone would then freeze the original too: initialise them first.
+    model.visit(&mut Initialise);
+    model.clone().no_grad()
+}
+
+struct Initialise;
+
+impl ModuleVisitor for Initialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// The reference model's log-probs of every batch, computed once. Give it a [`frozen`] model.
 pub fn reference_logps<P: Policy>(reference: &P, batches: &[Batch]) -> ReferenceLogps {
     batches.iter().map(|b| reference_pair(reference, b)).collect()
 }
@@ -220,7 +237,7 @@ mod tests {
         settings: &Settings,
         order: &dyn Fn(usize) -> Vec<usize>,
     ) -> (TinyVlm, Vec<StepMetrics>) {
-        let reference = Reference::Logps(reference_logps(&model, batches));
+        let reference = Reference::Logps(reference_logps(&frozen(&model), batches));
         let start = TrainState::start(model, &settings.schedule.optimizer);
         let Ok(state) = train(start, batches, &reference, settings, order, &mut |_| Ok::<(), Infallible>(()));
         (state.model, state.metrics)
@@ -327,7 +344,7 @@ mod tests {
                 ..schedule(1e-2, 2)
             },
         );
-        let reference = Reference::Logps(reference_logps(&model, &data));
+        let reference = Reference::Logps(reference_logps(&frozen(&model), &data));
         let order = |epoch: usize| if epoch == 0 { vec![2, 0, 3, 1] } else { vec![1, 3, 0, 2] };
         let dir = tempfile::tempdir().unwrap();
         // LoRA's down-projections start random: the same seed gives both runs the same ones.
