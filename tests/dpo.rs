@@ -19,8 +19,7 @@ fn trains_and_writes_a_checkpoint_and_trl_metrics() {
     ws.write("pipeline.yaml", &pipeline());
     let record = ws.run(&[]);
     assert_eq!(status_of(&record, "policy"), "ran");
-    let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
-    let rows = training.as_array().unwrap();
+    let rows = policy_rows(&ws);
     assert_eq!(rows.len(), 3 * 4, "3 epochs of 4 batches");
     for key in [
         "loss",
@@ -70,8 +69,7 @@ fn lora_training_writes_a_merged_checkpoint_or_one_with_adapters_apart() {
     );
     let record = ws.run(&[]);
     assert_eq!(status_of(&record, "policy"), "ran");
-    let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
-    let rows = training.as_array().unwrap();
+    let rows = policy_rows(&ws);
     assert!((rows[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5);
     let checkpoint = record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "policy").unwrap()["outputs"]
         ["checkpoint"]

@@ -61,19 +61,25 @@ fn losses(model: TinyVlm, device: &Device) -> Vec<StepMetrics> {
     state.metrics
 }
 
-#[test]
-fn flex_and_libtorch_cpu_give_the_same_per_step_losses() {
+/// The same short run from the same initial weights on flex and on LibTorch CPU, computing
+/// in `precision`: both runs' metrics and the largest relative difference of their losses.
+fn flex_and_libtorch(precision: Precision) -> (Vec<StepMetrics>, Vec<StepMetrics>, f64) {
     let flex = Device::flex().autodiff();
     flex.seed(5);
     let model = CONFIG.init(&flex);
     let torch = Device::libtorch().autodiff();
-    // The same initial weights on both devices.
     let on_torch = CONFIG.init(&torch).load_record(model.clone().into_record());
-    let a = losses(model, &flex);
-    let b = losses(on_torch, &torch);
-    assert_eq!(a.len(), 6);
+    let a = losses(model.with_precision(precision), &flex);
+    let b = losses(on_torch.with_precision(precision), &torch);
     let worst = a.iter().zip(&b).map(|(x, y)| (x.loss - y.loss).abs() / x.loss.abs()).fold(0.0, f64::max);
-    eprintln!("largest relative loss difference, flex vs libtorch: {worst:e}");
+    eprintln!("largest relative loss difference in {precision:?}, flex vs libtorch: {worst:e}");
+    (a, b, worst)
+}
+
+#[test]
+fn flex_and_libtorch_cpu_give_the_same_per_step_losses() {
+    let (a, b, _) = flex_and_libtorch(Precision::F32);
+    assert_eq!(a.len(), 6);
     for (x, y) in a.iter().zip(&b) {
         let rel = (x.loss - y.loss).abs() / x.loss.abs().max(1e-12);
         assert!(rel < 1e-4, "step {}: flex {} vs libtorch {} (relative {rel:e})", x.step, x.loss, y.loss);
@@ -85,16 +91,8 @@ fn flex_and_libtorch_cpu_give_the_same_per_step_losses() {
 
 #[test]
 fn bf16_on_libtorch_cpu_trains_as_bf16_on_flex_does() {
-    let flex = Device::flex().autodiff();
-    flex.seed(5);
-    let model = CONFIG.init(&flex);
-    let torch = Device::libtorch().autodiff();
-    let on_torch = CONFIG.init(&torch).load_record(model.clone().into_record());
-    let a = losses(model.with_precision(Precision::Bf16), &flex);
-    let b = losses(on_torch.with_precision(Precision::Bf16), &torch);
+    let (a, b, worst) = flex_and_libtorch(Precision::Bf16);
     // Two bf16 implementations round differently: agreement to bf16's precision, not f32's.
-    let worst = a.iter().zip(&b).map(|(x, y)| (x.loss - y.loss).abs() / x.loss.abs()).fold(0.0, f64::max);
-    eprintln!("largest relative loss difference in bf16, flex vs libtorch: {worst:e}");
     assert!(worst < 2e-2, "flex {a:?}\nlibtorch {b:?}");
     assert!(b.last().unwrap().loss < b[0].loss, "the loss did not fall on libtorch: {b:?}");
 }
