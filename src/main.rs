@@ -234,6 +234,9 @@ struct GcArgs {
     /// Runs to keep per pipeline
     #[arg(long, default_value_t = 1)]
     keep_runs: usize,
+    /// Also remove the saved progress of unfinished (killed) training stages
+    #[arg(long)]
+    scratch: bool,
     #[arg(long, value_name = "SECONDS")]
     lock_timeout: Option<f64>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -600,21 +603,34 @@ fn cmd_validate(ctx: &Context, args: PositionalPipeline) -> Outcome {
 
 fn cmd_gc(ctx: &Context, args: GcArgs) -> Outcome {
     let store = ctx.store()?;
-    let report = store
-        .gc(args.keep_runs, args.dry_run, seconds(args.lock_timeout)?)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let options = silkie::store::GcOptions {
+        keep_runs: args.keep_runs,
+        dry_run: args.dry_run,
+        scratch: args.scratch,
+        lock_timeout: seconds(args.lock_timeout)?,
+    };
+    let report = store.gc(&options).map_err(|e| Failure::Runtime(e.to_string()))?;
     if args.format == Format::Json {
         print_json(&report);
         return Ok(true);
     }
     let verb = if args.dry_run { "would free" } else { "freed" };
     println!(
-        "gc: {verb} {:.1} MB ({} blobs, {} stage records, {} old runs); kept {} runs",
+        "gc: {verb} {:.1} MB ({} blobs, {} stage records, {} old runs, {} scratch spaces); kept {} runs",
         report.bytes_freed as f64 / 1e6,
         report.blobs_removed,
         report.records_removed,
         report.runs_removed,
+        report.scratch_removed,
         report.runs_kept
     );
+    if report.scratch_kept > 0 {
+        println!(
+            "kept the saved progress of {} unfinished stage(s), {:.1} MB: a rerun resumes from it; \
+             `silkie gc --scratch` removes it",
+            report.scratch_kept,
+            report.scratch_bytes_kept as f64 / 1e6
+        );
+    }
     Ok(true)
 }

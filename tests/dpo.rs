@@ -129,6 +129,10 @@ fn a_killed_run_resumes_from_its_last_save_and_ends_with_the_same_weights() {
     assert!(saved(), "no save appeared in {}", scratch.display());
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
+    // gc keeps the saved progress of the unfinished stage.
+    let gc = ws.silkie(&["gc", "--format", "json"]).json();
+    assert_eq!(gc["scratch_kept"], 1, "{gc}");
+    assert!(gc["scratch_bytes_kept"].as_u64().unwrap() > 0, "{gc}");
 
     let mut resumed = ws.command(&["run", "--format", "json"]);
     resumed.env("SILKIE_LOG", "silkie=info");

@@ -1,4 +1,5 @@
 //! Garbage collection: keep what the last N runs of every pipeline reach, remove the rest.
+//! Scratch spaces of unfinished trainings are kept — a rerun resumes from them — unless asked.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -8,6 +9,17 @@ use serde::Serialize;
 
 use super::{InstanceStatus, LockMode, OutputKind, Result, Store, io_err};
 
+/// What to collect.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Runs kept per pipeline (with everything they reach).
+    pub keep_runs: usize,
+    pub dry_run: bool,
+    /// Also remove the scratch spaces of unfinished stages (their saved training progress).
+    pub scratch: bool,
+    pub lock_timeout: Option<Duration>,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
@@ -15,13 +27,19 @@ pub struct GcReport {
     pub runs_removed: usize,
     pub records_removed: usize,
     pub blobs_removed: usize,
+    /// Scratch spaces removed: of stages that finished after all, or every one when asked.
+    pub scratch_removed: usize,
+    /// Scratch spaces kept: unfinished stages a rerun would resume.
+    pub scratch_kept: usize,
+    pub scratch_bytes_kept: u64,
     pub bytes_freed: u64,
 }
 
 impl Store {
     /// Takes the store lock (waiting for running `silkie run`s), then collects.
-    pub fn gc(&self, keep_runs: usize, dry_run: bool, lock_timeout: Option<Duration>) -> Result<GcReport> {
-        let _lock = self.lock_store(LockMode::Exclusive, lock_timeout)?;
+    pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+        let GcOptions { keep_runs, dry_run, .. } = *options;
+        let _lock = self.lock_store(LockMode::Exclusive, options.lock_timeout)?;
         let mut report = GcReport { dry_run, ..GcReport::default() };
 
         let mut by_pipeline: BTreeMap<String, Vec<_>> = BTreeMap::new();
@@ -49,7 +67,9 @@ impl Store {
         }
 
         let mut blobs = HashSet::new();
+        let mut finished = HashSet::new();
         for (path, record) in self.all_records()? {
+            finished.extend(record.as_ref().map(|r| r.key.clone()));
             match record.filter(|r| keys.contains(&r.key)) {
                 Some(record) => {
                     for output in record.outputs.values() {
@@ -77,6 +97,7 @@ impl Store {
                 remove(&path, dry_run)?;
             }
         }
+        self.collect_scratch(&finished, options, &mut report)?;
         // Nothing else runs while we hold the store lock: leftovers of killed runs can go.
         for dir in ["tmp", "locks"] {
             let dir = self.root.join(dir);
@@ -92,6 +113,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A scratch space is a killed stage's saved progress: worth keeping until that stage has
+    /// finished (a process killed between storing its outputs and clearing its scratch leaves
+    /// one behind) or the user asks for it to go.
+    fn collect_scratch(&self, finished: &HashSet<String>, options: &GcOptions, report: &mut GcReport) -> Result<()> {
+        let root = self.root.join("scratch");
+        let Ok(entries) = std::fs::read_dir(&root) else { return Ok(()) };
+        for entry in entries {
+            let path = entry.map_err(io_err(&root))?.path();
+            let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let bytes = tree_bytes(&path);
+            if options.scratch || finished.contains(&key) {
+                report.scratch_removed += 1;
+                report.bytes_freed += bytes;
+                remove(&path, options.dry_run)?;
+            } else {
+                report.scratch_kept += 1;
+                report.scratch_bytes_kept += bytes;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of the files under `path`.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    };
+    entries.flatten().map(|e| tree_bytes(&e.path())).sum()
+}
+
 fn remove(path: &Path, dry_run: bool) -> Result<()> {
     if dry_run {
         return Ok(());
@@ -102,5 +155,54 @@ fn remove(path: &Path, dry_run: bool) -> Result<()> {
             Err(super::StoreError::Io { path: path.to_path_buf(), source: e })
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StageRecord;
+
+    fn store_with_scratch(keys: &[&str]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for key in keys {
+            std::fs::write(store.scratch_dir(key).unwrap().join("latest"), vec![0u8; 1000]).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn scratch_left(store: &Store) -> Vec<String> {
+        let mut keys: Vec<String> = std::fs::read_dir(store.root().join("scratch"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn scratch_of_unfinished_stages_stays_unless_asked_and_of_finished_ones_goes() {
+        let (_dir, store) = store_with_scratch(&["finished", "killed"]);
+        // "finished" stored its outputs but was killed before clearing its scratch.
+        let record = StageRecord {
+            key: "finished".into(),
+            kind: "dpo".into(),
+            preimage: serde_json::Value::Null,
+            outputs: Default::default(),
+            created_unix_ms: 0,
+            duration_ms: 0,
+        };
+        store.put_record(&record).unwrap();
+        let report = store.gc(&GcOptions { keep_runs: 1, ..GcOptions::default() }).unwrap();
+        assert_eq!((report.scratch_removed, report.scratch_kept, report.scratch_bytes_kept), (1, 1, 1000));
+        assert_eq!(scratch_left(&store), ["killed"]);
+
+        let dry = GcOptions { keep_runs: 1, dry_run: true, scratch: true, lock_timeout: None };
+        assert_eq!(store.gc(&dry).unwrap().scratch_removed, 1);
+        assert_eq!(scratch_left(&store), ["killed"], "a dry run removed it");
+        let all = store.gc(&GcOptions { dry_run: false, ..dry }).unwrap();
+        assert_eq!((all.scratch_removed, all.scratch_kept), (1, 0));
+        assert!(scratch_left(&store).is_empty());
     }
 }

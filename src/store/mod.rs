@@ -8,7 +8,8 @@
 //! - `locks/`, `store.lock`: per-instance locks and the store lock `gc` takes;
 //! - `statcache.json`: (path, size, mtime, inode) → digest;
 //! - `calls.sqlite`: the call memo (see `crate::calls`);
-//! - `tmp/`: files being written; renamed into place only when complete.
+//! - `tmp/`: files being written; renamed into place only when complete;
+//! - `scratch/<key>/`: a running (or killed) stage's saved progress, cleared when it finishes.
 //!
 //! Every write is temp file → fsync → rename, values before the keys that point at them.
 
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use blobs::{DirEntry, DirManifest, walk_files};
-pub use gc::GcReport;
+pub use gc::{GcOptions, GcReport};
 pub use lock::{LockGuard, LockMode};
 pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, RunRecord, StageRecord};
 pub use statcache::{HashStats, StatCache};
