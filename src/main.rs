@@ -387,7 +387,7 @@ fn cmd_bench(args: BenchArgs) -> Outcome {
     let BenchTarget::Dpo = args.what;
     let precision: Precision = args.dtype.parse().map_err(|e| Failure::Invalid(format!("--dtype: {e}")))?;
     let device = silkie::model::device::open(Some(&args.device), precision, true)
-        .map_err(|e| Failure::Invalid(format!("--device: {e}")))?;
+        .map_err(|e| Failure::Invalid(format!("--{}: {e}", e.setting())))?;
     let mut rows = Vec::new();
     for (size, (name, _, _)) in SIZES.iter().enumerate() {
         let t = dpo_steps(&device, precision, size, args.steps.max(1));
@@ -395,14 +395,14 @@ fn cmd_bench(args: BenchArgs) -> Outcome {
             println!(
                 "{} {} tiny VLM {name} ({} patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s",
                 args.device,
-                args.dtype,
+                precision,
                 t.config.patches(),
                 t.ms_per_step,
                 t.tokens_per_second
             );
         }
         rows.push(serde_json::json!({
-            "device": args.device, "dtype": args.dtype, "size": name, "batch": BATCH, "tokens": TOKENS,
+            "device": args.device, "dtype": precision.to_string(), "size": name, "batch": BATCH, "tokens": TOKENS,
             "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second,
         }));
     }
@@ -626,11 +626,21 @@ fn cmd_gc(ctx: &Context, args: GcArgs) -> Outcome {
     );
     if report.scratch_kept > 0 {
         println!(
-            "kept the saved progress of {} unfinished stage(s), {:.1} MB: a rerun resumes from it; \
-             `silkie gc --scratch` removes it",
+            "kept the saved progress of {} unfinished stage(s), {:.1} MB, which a rerun with the same key resumes; \
+             `silkie gc --scratch` removes it:",
             report.scratch_kept,
             report.scratch_bytes_kept as f64 / 1e6
         );
+        let now = silkie::store::now_ms();
+        for space in &report.scratch {
+            let hours = now.saturating_sub(space.modified_unix_ms) as f64 / 3.6e6;
+            let owner = space.instance.as_deref().unwrap_or("an unknown stage");
+            println!(
+                "  scratch/{} ({owner}): {:.1} MB, last saved {hours:.1} h ago",
+                space.key,
+                space.bytes as f64 / 1e6
+            );
+        }
     }
     Ok(true)
 }

@@ -133,6 +133,9 @@ fn a_killed_run_resumes_from_its_last_save_and_ends_with_the_same_weights() {
     let gc = ws.silkie(&["gc", "--format", "json"]).json();
     assert_eq!(gc["scratch_kept"], 1, "{gc}");
     assert!(gc["scratch_bytes_kept"].as_u64().unwrap() > 0, "{gc}");
+    assert_eq!(gc["scratch"][0]["instance"], "policy", "{gc}");
+    let text = ws.silkie(&["gc", "--dry-run"]).stdout;
+    assert!(text.contains("(policy):") && text.contains("gc --scratch"), "{text}");
 
     let mut resumed = ws.command(&["run", "--format", "json"]);
     resumed.env("SILKIE_LOG", "silkie=info");
@@ -284,10 +287,25 @@ fn an_unknown_dtype_is_refused_before_anything_runs() {
     ws.write("pipeline.yaml", &format!("{}    runtime: {{ dtype: fp16 }}\n", pipeline()));
     let out = ws.silkie(&["run"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("stages.policy.runtime.dtype: unknown dtype `fp16`; use f32 or bf16"),
-        "{}",
-        out.stderr
+    let want = "pipeline.yaml:8:16: stages.policy.runtime.dtype: unknown variant `fp16`, expected one of `f32`";
+    assert!(out.stderr.contains(want), "{}", out.stderr);
+    // bf16 where no checkpoint runs would change nothing: said, not ignored.
+    ws.write(
+        "pipeline.yaml",
+        "version: 1
+models:
+  remote: { provider: openai, model: m, base_url: \"http://127.0.0.1:9\" }
+stages:
+  pairs: { kind: load, params: { path: pairs.csv } }
+  answers:
+    kind: sample
+    inputs: { instructions: pairs.table }
+    params: { pool: [remote], per_instruction: 1 }
+    runtime: { dtype: bf16 }
+",
     );
-    assert!(out.stderr.contains("pipeline.yaml:8:16"), "points at the key: {}", out.stderr);
+    let out = ws.silkie(&["run"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let want = "stages.answers.runtime.dtype: bf16 applies to the checkpoints a stage runs";
+    assert!(out.stderr.contains(want), "{}", out.stderr);
 }

@@ -53,6 +53,18 @@ pub struct ModelDef {
     pub runtime: Runtime,
 }
 
+/// What models compute in (`runtime.dtype`). `bf16`: each forward pass runs in bf16 on a copy
+/// of the f32 weights, which stay f32 with their gradients and optimiser state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    #[serde(alias = "fp32", alias = "float32")]
+    F32,
+    #[serde(alias = "bfloat16")]
+    Bf16,
+}
+
 /// Settings that change how a stage runs, never what it computes: never hashed — except
 /// `dtype: bf16`, which does change the numbers (the kinds that run models add it to keys).
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -65,7 +77,7 @@ pub struct Runtime {
     pub timeout: Option<f64>,
     pub max_retries: Option<u32>,
     pub device: Option<String>,
-    pub dtype: Option<String>,
+    pub dtype: Option<Precision>,
     pub threads: Option<usize>,
     /// Seconds the first retry of a failed call waits (each next one twice as long).
     pub retry_backoff: Option<f64>,

@@ -28,15 +28,17 @@ pub enum DeviceError {
     NoBf16(DeviceSpec),
 }
 
-/// What a model computes in. `Bf16` is mixed precision, as PyTorch's autocast and HF's
-/// `bf16=True` do it: weights, gradients and optimizer state stay f32; each forward pass runs
-/// on a bf16 copy of the weights and hands f32 logits back, so log-probs and losses are f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    F32,
-    Bf16,
+impl DeviceError {
+    /// The setting at fault: `device` or `dtype`.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            DeviceError::DType(_) | DeviceError::NoBf16(_) => "dtype",
+            _ => "device",
+        }
+    }
 }
+
+pub use crate::dsl::Precision;
 
 impl Precision {
     /// Its name in a key: none for f32, so the keys of f32 runs read as before bf16 existed.
@@ -47,12 +49,19 @@ impl Precision {
         }
     }
 
-    /// `runtime.dtype` (f32 when unset).
-    pub fn parse(dtype: Option<&str>) -> Result<Precision, DeviceError> {
-        dtype.map_or(Ok(Precision::F32), str::parse)
+    /// Adds `dtype` to a key's map when not f32: unlike the device, bf16 changes the numbers.
+    pub fn add_to_key<M: Extend<(String, serde_json::Value)>>(self, map: &mut M) {
+        map.extend(self.key_name().map(|name| ("dtype".to_string(), name.into())));
     }
 }
 
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key_name().unwrap_or("f32"))
+    }
+}
+
+/// For `--dtype` on the command line; pipelines read it through serde.
 impl FromStr for Precision {
     type Err = DeviceError;
 
@@ -155,12 +164,18 @@ mod tests {
 
     #[test]
     fn dtypes_parse_and_bad_ones_say_what_is_accepted() {
-        assert_eq!(Precision::parse(None), Ok(Precision::F32));
-        assert_eq!(Precision::parse(Some("bf16")), Ok(Precision::Bf16));
-        assert_eq!(Precision::parse(Some("bfloat16")), Ok(Precision::Bf16));
-        let bad = Precision::parse(Some("fp16")).unwrap_err();
+        assert_eq!("bf16".parse(), Ok(Precision::Bf16));
+        assert_eq!("bfloat16".parse(), Ok(Precision::Bf16));
+        assert_eq!("f32".parse(), Ok(Precision::F32));
+        let bad = "fp16".parse::<Precision>().unwrap_err();
         assert_eq!(bad.to_string(), "unknown dtype `fp16`; use f32 or bf16");
+        assert_eq!(bad.setting(), "dtype");
         assert!(open(None, Precision::Bf16, true).is_ok(), "flex computes in bf16");
+        let mut key = serde_json::Map::new();
+        Precision::F32.add_to_key(&mut key);
+        assert!(key.is_empty(), "f32 keys read as before bf16 existed");
+        Precision::Bf16.add_to_key(&mut key);
+        assert_eq!(key["dtype"], "bf16");
     }
 
     #[cfg(not(feature = "tch"))]

@@ -13,7 +13,7 @@ use super::ImageUrls;
 use crate::calls::{CallError, CallFuture, CallResult, CallStatus, ChatRequest, Provider};
 use crate::dsl::Runtime;
 use crate::model::checkpoint;
-use crate::model::device::{self, Precision};
+use crate::model::device;
 use crate::model::policy::{Policy, Sampling, blank_pixels, pixels};
 use crate::model::tiny::TinyVlm;
 use crate::store::Store;
@@ -29,7 +29,7 @@ impl Local {
     /// Loads checkpoint `digest` from `store` onto `runtime.device` (flex when unset), to
     /// compute in `runtime.dtype`.
     pub fn open(digest: &str, store: &Store, runtime: &Runtime, images: Arc<ImageUrls>) -> Result<Local, String> {
-        let precision = Precision::parse(runtime.dtype.as_deref()).map_err(|e| e.to_string())?;
+        let precision = runtime.dtype.unwrap_or_default();
         let device = device::open(runtime.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
         let dir = store.tmp_path("local-model");
         store.restore_dir(digest, &dir).map_err(|e| format!("checkpoint {digest}: {e}"))?;

@@ -23,12 +23,18 @@ pub use oracle::Oracle;
 /// The provider kinds `models:` entries may name.
 pub const PROVIDERS: &[&str] = &["openai", "local", "oracle"];
 
-/// What a `models:` entry is, for keys: provider kind, model name and its params.
+/// What a `models:` entry is, for keys: provider kind, model name and its params — and for a
+/// `local` checkpoint its precision, since bf16 answers differ from f32 ones.
 pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
+    let mut params: std::collections::BTreeMap<String, serde_json::Value> =
+        def.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if def.provider == "local" {
+        def.runtime.dtype.unwrap_or_default().add_to_key(&mut params);
+    }
     crate::calls::ModelIdentity {
         provider: def.provider.clone(),
         model: def.model.clone().unwrap_or_else(|| name.to_string()),
-        params: def.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        params,
     }
 }
 

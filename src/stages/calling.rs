@@ -7,7 +7,6 @@ use super::{RunContext, StageError};
 use crate::calls::{CallResult, CallSpec, ModelIdentity};
 use crate::data::report::DataReport;
 use crate::dsl::ModelDef;
-use crate::model::device::Precision;
 use crate::providers;
 
 /// Results of `specs` (by call key): remembered ones from the memo, the rest sent now. Adds
@@ -72,16 +71,10 @@ pub fn local_def() -> ModelDef {
 pub fn checkpoint_model(ctx: &RunContext, role: &str) -> Result<(ModelDef, ModelIdentity), StageError> {
     let digest = ctx.input(role)?.output.digest.clone();
     let mut def = local_def();
-    def.model = Some(digest.clone());
-    // The stage's `runtime.device` and `runtime.dtype` also place its local models; bf16
-    // answers differ from f32 ones, so they are other calls.
+    // The stage's `runtime.device` and `runtime.dtype` also place its local models.
     def.runtime.device = ctx.runtime.device.clone();
-    def.runtime.dtype = ctx.runtime.dtype.clone();
-    let mut identity = ModelIdentity { provider: "local".into(), model: digest, params: Default::default() };
-    let precision = Precision::parse(ctx.runtime.dtype.as_deref())
-        .map_err(|e| StageError::Failed(format!("runtime.dtype: {e}")))?;
-    if let Some(dtype) = precision.key_name() {
-        identity.params.insert("dtype".into(), dtype.into());
-    }
+    def.runtime.dtype = ctx.runtime.dtype;
+    let identity = providers::identity(&digest, &def);
+    def.model = Some(digest);
     Ok((def, identity))
 }

@@ -30,7 +30,8 @@ use crate::train::fit::{Schedule, seeded_order};
 use crate::train::losses::{LossConfig, LossType};
 use crate::train::optim::AdamW;
 
-pub const KIND: Kind = Kind { name: "dpo", version: 3, model_params: &["base"], stage_inputs: &[], configure };
+// v4: the reference computes through the policy's own (autodiff) ops, which rounds differently.
+pub const KIND: Kind = Kind { name: "dpo", version: 4, model_params: &["base"], stage_inputs: &[], configure };
 
 fn beta() -> f64 {
     0.1
@@ -125,7 +126,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.beta.is_nan() || params.beta <= 0.0 {
         return Err(Issue::new("params.beta", "beta must be positive"));
     }
-    Ok(Box::new(Dpo { params, precision: precision(config)? }))
+    Ok(Box::new(Dpo { params, precision: precision(config, true)? }))
 }
 
 impl Dpo {

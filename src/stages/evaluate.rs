@@ -209,7 +209,8 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.categories.is_some() && !params.benchmark.is_mme() {
         return Err(Issue::new("params.categories", "only MME-style benchmarks have subtask categories"));
     }
-    Ok(Box::new(Evaluate { params, named_policy, judge, categories, precision: precision(config)? }))
+    let precision = precision(config, named_policy.is_none())?;
+    Ok(Box::new(Evaluate { params, named_policy, judge, categories, precision }))
 }
 
 /// The synthetic benchmark's map: the four perception subtasks and the comparison one.
@@ -570,9 +571,7 @@ impl Stage for Evaluate {
                 map.insert("judge".into(), json!(judge.identity));
             }
         }
-        if self.named_policy.is_none() {
-            key_precision(&mut value, self.precision);
-        }
+        key_precision(&mut value, self.precision);
         value
     }
 

@@ -166,7 +166,13 @@ impl RunContext<'_> {
     /// A folder that outlives a crash of this instance's run (for the same key), for state to
     /// resume from; [`Store::clear_scratch`] removes it once the outputs are stored.
     pub fn scratch_dir(&self) -> Result<PathBuf, StageError> {
-        Ok(self.store.scratch_dir(self.key)?)
+        let dir = self.store.scratch_dir(self.key)?;
+        // Whose progress this is, for `gc` to say.
+        let owner = dir.join(crate::store::SCRATCH_OWNER);
+        if !owner.exists() {
+            self.store.write_atomic(&owner, self.instance.as_bytes())?;
+        }
+        Ok(dir)
     }
 
     pub fn input(&self, role: &str) -> Result<&Input, StageError> {
@@ -229,16 +235,23 @@ pub(crate) fn table_format(path: &str, format: Option<TableFormat>) -> Result<Ta
     })
 }
 
-/// `runtime.dtype` of a stage that runs models, checked when it is configured.
-pub fn precision(config: &Config) -> Result<Precision, Issue> {
-    Precision::parse(config.runtime.dtype.as_deref()).map_err(|e| Issue::new("runtime.dtype", e.to_string()))
+/// `runtime.dtype` of a stage: it applies to the checkpoints the stage runs, so a bf16 stage
+/// that runs none is told so rather than ignored.
+pub fn precision(config: &Config, runs_checkpoints: bool) -> Result<Precision, Issue> {
+    let precision = config.runtime.dtype.unwrap_or_default();
+    if precision != Precision::F32 && !runs_checkpoints {
+        return Err(Issue::new(
+            "runtime.dtype",
+            format!("{precision} applies to the checkpoints a stage runs (`{{ stage: … }}`), and this stage runs none"),
+        ));
+    }
+    Ok(precision)
 }
 
-/// Puts `precision` into a stage's key params when it is not f32: unlike the device, bf16
-/// changes what a model computes. (f32 adds nothing, so keys read as before bf16 existed.)
+/// Puts `precision` into a stage's key params (nothing for f32).
 pub fn key_precision(params: &mut Value, precision: Precision) {
-    if let (Value::Object(map), Some(dtype)) = (params, precision.key_name()) {
-        map.insert("dtype".into(), dtype.into());
+    if let Value::Object(map) = params {
+        precision.add_to_key(map);
     }
 }
 

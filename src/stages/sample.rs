@@ -186,7 +186,8 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         );
         pool.push(Member { label, model, local: local.is_some(), def, identity, params: decoding, overrides });
     }
-    Ok(Box::new(Sample { params, pool, precision: precision(config)? }))
+    let precision = precision(config, pool.iter().any(|m| m.local))?;
+    Ok(Box::new(Sample { params, pool, precision }))
 }
 
 impl Sample {
@@ -228,9 +229,7 @@ impl Stage for Sample {
         let identities: Map<String, Value> =
             self.pool.iter().filter(|m| !m.local).map(|m| (m.label.clone(), json!(m.identity))).collect();
         value["models"] = Value::Object(identities);
-        if self.pool.iter().any(|m| m.local) {
-            key_precision(&mut value, self.precision);
-        }
+        key_precision(&mut value, self.precision);
         value
     }
 

@@ -119,7 +119,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     }
     params.snapshots.sort_unstable();
     params.snapshots.dedup();
-    Ok(Box::new(Sft { params, precision: precision(config)? }))
+    Ok(Box::new(Sft { params, precision: precision(config, true)? }))
 }
 
 /// One training row.

@@ -157,7 +157,7 @@ impl Base {
 /// The device `runtime.device` names, able to compute in `precision`, recording gradients, seeded.
 pub fn training_device(ctx: &RunContext, seed: u64, precision: Precision) -> Result<Device, StageError> {
     let device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
-        .map_err(|e| StageError::Failed(format!("runtime.device: {e}")))?;
+        .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
     device.seed(seed);
     Ok(device)
 }

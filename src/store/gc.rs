@@ -20,6 +20,16 @@ pub struct GcOptions {
     pub lock_timeout: Option<Duration>,
 }
 
+/// A kept scratch space: the key of the stage it belongs to, its size and when it last saved.
+#[derive(Debug, Serialize)]
+pub struct ScratchSpace {
+    pub key: String,
+    /// The instance that saved it, when known.
+    pub instance: Option<String>,
+    pub bytes: u64,
+    pub modified_unix_ms: u64,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
@@ -29,9 +39,11 @@ pub struct GcReport {
     pub blobs_removed: usize,
     /// Scratch spaces removed: of stages that finished after all, or every one when asked.
     pub scratch_removed: usize,
-    /// Scratch spaces kept: unfinished stages a rerun would resume.
+    /// Scratch spaces kept: unfinished stages a rerun with the same key resumes.
     pub scratch_kept: usize,
     pub scratch_bytes_kept: u64,
+    /// The kept ones, oldest first, so a user can judge whether anything will resume them.
+    pub scratch: Vec<ScratchSpace>,
     pub bytes_freed: u64,
 }
 
@@ -104,7 +116,7 @@ impl Store {
             for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let path = entry.map_err(io_err(&dir))?.path();
                 if dir.ends_with("tmp") {
-                    report.bytes_freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    report.bytes_freed += tree_bytes(&path);
                 }
                 remove(&path, dry_run)?;
             }
@@ -119,7 +131,10 @@ impl Store {
     /// one behind) or the user asks for it to go.
     fn collect_scratch(&self, finished: &HashSet<String>, options: &GcOptions, report: &mut GcReport) -> Result<()> {
         let root = self.root.join("scratch");
-        let Ok(entries) = std::fs::read_dir(&root) else { return Ok(()) };
+        let entries = match std::fs::read_dir(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other.map_err(io_err(&root))?,
+        };
         for entry in entries {
             let path = entry.map_err(io_err(&root))?.path();
             let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -131,10 +146,24 @@ impl Store {
             } else {
                 report.scratch_kept += 1;
                 report.scratch_bytes_kept += bytes;
+                let instance = std::fs::read_to_string(path.join(super::SCRATCH_OWNER)).ok();
+                report.scratch.push(ScratchSpace { key, instance, bytes, modified_unix_ms: newest_change_ms(&path) });
             }
         }
+        report.scratch.sort_by_key(|s| s.modified_unix_ms);
         Ok(())
     }
+}
+
+/// When anything under `path` last changed (its saves replace files), in Unix ms.
+fn newest_change_ms(path: &Path) -> u64 {
+    let own = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    let children = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| newest_change_ms(&e.path()));
+    children.fold(own, u64::max)
 }
 
 /// Bytes of the files under `path`.
@@ -196,6 +225,8 @@ mod tests {
         store.put_record(&record).unwrap();
         let report = store.gc(&GcOptions { keep_runs: 1, ..GcOptions::default() }).unwrap();
         assert_eq!((report.scratch_removed, report.scratch_kept, report.scratch_bytes_kept), (1, 1, 1000));
+        assert_eq!(report.scratch[0].key, "killed");
+        assert!(report.scratch[0].modified_unix_ms > 0);
         assert_eq!(scratch_left(&store), ["killed"]);
 
         let dry = GcOptions { keep_runs: 1, dry_run: true, scratch: true, lock_timeout: None };

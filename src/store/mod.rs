@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use blobs::{DirEntry, DirManifest, walk_files};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, ScratchSpace};
+
+/// The file in a scratch space naming the instance it belongs to.
+pub const SCRATCH_OWNER: &str = "instance";
 pub use lock::{LockGuard, LockMode};
 pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, RunRecord, StageRecord};
 pub use statcache::{HashStats, StatCache};
@@ -93,7 +96,8 @@ impl Store {
         &self.root
     }
 
-    /// `scratch/KEY/`, created if missing: in-progress state of the instance with that key.
+    /// `scratch/KEY/`, created if missing: in-progress state of the instance with that key
+    /// (whose name is in its [`SCRATCH_OWNER`] file).
     pub fn scratch_dir(&self, key: &str) -> Result<PathBuf> {
         let path = self.root.join("scratch").join(key);
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
