@@ -10,6 +10,10 @@
 use silkie::model::device::{self, Precision};
 use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
 
+// As in the silkie binary, so the figures are the ones users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const STEPS: usize = 10;
 
 /// One device × size: prints a line of figures.

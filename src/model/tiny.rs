@@ -145,6 +145,9 @@ impl TinyVlm {
     /// [0, 1], `tokens` [batch, text]. The image patches come first in the sequence; the
     /// returned logits cover the text positions only ([batch, text, vocab]), always in f32.
     pub fn forward(&self, images: Tensor<4>, tokens: Tensor<2, Int>) -> Tensor<3> {
+        if self.precision == Precision::F32 {
+            return self.forward_computing(images, tokens);
+        }
         let model = self.computing();
         let images = images.cast(model.float_dtype());
         model.forward_computing(images, tokens).cast(FloatDType::F32)

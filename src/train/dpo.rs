@@ -3,7 +3,7 @@
 //! clipping, HF's schedule, AdamW — and the metrics TRL logs, per step. A run can stop after
 //! any step and go on from its [`TrainState`] to the same end.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -86,17 +86,15 @@ fn reference_pair<P: Policy>(reference: &P, batch: &Batch) -> (Tensor<1>, Tensor
 /// same autodiff ops, so at step 0 the two agree to the bit, in bf16 too — but records no
 /// graph (a recording model would keep every forward's graph alive).
 pub fn frozen<M: Module>(model: &M) -> M {
-    // A lazily initialised parameter shares its pending initialisation with its clones, and
-    // freezing a clone would then freeze the original too: initialise them first.
-    model.visit(&mut Initialise);
-    model.clone().no_grad()
+    model.clone().map(&mut Freeze)
 }
 
-struct Initialise;
+/// Detaches every float weight into a tensor of its own that records nothing.
+struct Freeze;
 
-impl ModuleVisitor for Initialise {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let _ = param.val();
+impl ModuleMapper for Freeze {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|weights| weights.detach()).set_require_grad(false)
     }
 }
 
