@@ -113,11 +113,7 @@ impl Memo {
                 .map_err(|e| self.err(e))?;
             for (key, model, result) in rows {
                 let json = serde_json::to_string(result).expect("call results always serialize");
-                let status = serde_json::to_value(result.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
-                stmt.execute(params![key, model, status, json, crate::store::now_ms() as i64])
+                stmt.execute(params![key, model, result.status.as_str(), json, crate::store::now_ms() as i64])
                     .map_err(|e| self.err(e))?;
             }
         }

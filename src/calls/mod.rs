@@ -76,6 +76,17 @@ pub enum CallStatus {
     Rejected,
 }
 
+impl CallStatus {
+    /// Its name in tables, reports and the memo (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Ok => "ok",
+            CallStatus::Refused => "refused",
+            CallStatus::Rejected => "rejected",
+        }
+    }
+}
+
 /// A finished call, as the memo remembers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallResult {

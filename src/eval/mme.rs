@@ -21,6 +21,25 @@ pub enum Answer {
     Other,
 }
 
+impl Answer {
+    /// A ground truth as written ("Yes", "no", …); `None` unless yes or no.
+    pub fn from_truth(text: &str) -> Option<Answer> {
+        match text.to_lowercase().as_str() {
+            "yes" => Some(Answer::Yes),
+            "no" => Some(Answer::No),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Yes => "yes",
+            Answer::No => "no",
+            Answer::Other => "other",
+        }
+    }
+}
+
 /// The official rule: lowercase, then only the first 4 characters count — "yes" within them is
 /// yes, else "no" within them is no. No trimming: `"   yes"` is other, `"  no"` is no.
 pub fn parse_answer(prediction: &str) -> Answer {
@@ -147,10 +166,8 @@ pub fn read_subtask(path: &Path, need_prediction: bool) -> Result<Vec<Line>, Mme
                 )));
             }
         };
-        let truth = match truth.to_lowercase().as_str() {
-            "yes" => Answer::Yes,
-            "no" => Answer::No,
-            other => return Err(bad(format!("the ground truth must be yes or no, not `{other}`"))),
+        let Some(truth) = Answer::from_truth(truth) else {
+            return Err(bad(format!("the ground truth must be yes or no, not `{}`", truth.to_lowercase())));
         };
         lines.push(Line { image: image.into(), question: question.into(), truth, prediction: prediction.into() });
     }

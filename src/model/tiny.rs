@@ -130,10 +130,22 @@ impl TinyVlm {
     /// The weights a forward pass computes with: these, or their bf16 copy — the cast is part
     /// of the autodiff graph, so gradients come back to these f32 weights.
     fn computing(&self) -> Cow<'_, TinyVlm> {
-        match self.precision {
-            Precision::F32 => Cow::Borrowed(self),
-            Precision::Bf16 => Cow::Owned(self.clone().map(&mut CastFloats(FloatDType::BF16))),
+        let dtype = match self.precision {
+            Precision::F32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+        };
+        if self.float_dtype() == dtype {
+            Cow::Borrowed(self)
+        } else {
+            Cow::Owned(self.clone().map(&mut CastFloats(dtype)))
         }
+    }
+
+    /// The same model for answering only, its weights cast once to the precision it computes
+    /// in rather than on every call. (Its gradients would no longer reach f32 weights: never
+    /// train it.)
+    pub fn for_inference(self) -> Self {
+        self.computing().into_owned()
     }
 
     /// The float type the weights compute in, for inputs to match.
@@ -145,9 +157,6 @@ impl TinyVlm {
     /// [0, 1], `tokens` [batch, text]. The image patches come first in the sequence; the
     /// returned logits cover the text positions only ([batch, text, vocab]), always in f32.
     pub fn forward(&self, images: Tensor<4>, tokens: Tensor<2, Int>) -> Tensor<3> {
-        if self.precision == Precision::F32 {
-            return self.forward_computing(images, tokens);
-        }
         let model = self.computing();
         let images = images.cast(model.float_dtype());
         model.forward_computing(images, tokens).cast(FloatDType::F32)

@@ -36,7 +36,7 @@ impl Local {
         let loaded = checkpoint::load(&dir, &device);
         let _ = std::fs::remove_dir_all(&dir);
         let (model, _) = loaded.map_err(|e| e.to_string())?;
-        Ok(Local { model: Mutex::new(model.with_precision(precision)), device, images })
+        Ok(Local { model: Mutex::new(model.with_precision(precision).for_inference()), device, images })
     }
 
     fn answer(&self, request: &ChatRequest) -> Result<CallResult, CallError> {

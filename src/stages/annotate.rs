@@ -366,8 +366,7 @@ impl Annotate {
                 for (slot, aspect) in self.params.aspects.iter().enumerate() {
                     let judged = verdict.judgement.get(&(aspect.clone(), shown_at + 1));
                     let status = match (verdict.status, judged) {
-                        (CallStatus::Refused, _) => "refused",
-                        (CallStatus::Rejected, _) => "rejected",
+                        (status @ (CallStatus::Refused | CallStatus::Rejected), _) => status.as_str(),
                         (_, None) => "missing",
                         (_, Some(j)) if parse_rating(&j.rating).is_some() => "ok",
                         (_, Some(_)) => "unparseable",

@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::training::{
     Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
-    training_device,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::{optional_strings, strings};
@@ -253,8 +252,7 @@ impl Stage for Dpo {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let device = training_device(ctx, self.params.seed, self.precision)?;
-        let (base, config) = self.params.base.model(ctx, &device, self.precision)?;
+        let (device, base, config) = self.params.base.open(ctx, self.params.seed, self.precision)?;
         let batches = self.batches(ctx, &config, &device)?;
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
@@ -263,9 +261,9 @@ impl Stage for Dpo {
             None => model,
         };
         let reference = if self.params.precompute_ref {
-            Reference::Logps(precomputed_reference(&dpo::frozen(&base), &batches, &scratch, &device)?)
+            Reference::Logps(precomputed_reference(&dpo::frozen(&base).for_inference(), &batches, &scratch, &device)?)
         } else {
-            Reference::Model(dpo::frozen(&base))
+            Reference::Model(dpo::frozen(&base).for_inference())
         };
         let state = resume_or_start(ctx, &scratch, adapt(base), &settings.schedule.optimizer)?;
         let order = seeded_order(self.params.seed, batches.len());

@@ -331,25 +331,22 @@ impl Evaluate {
             by_subtask.entry(subtask.clone()).or_default().push(Line { prediction, ..line.clone() });
         }
         let scores = mme::score(&by_subtask, &self.categories).map_err(StageError::Failed)?;
-        let parsed = |p: &str| match mme::parse_answer(p) {
-            mme::Answer::Yes => "yes",
-            mme::Answer::No => "no",
-            mme::Answer::Other => "other",
-        };
-        let truth = |a: mme::Answer| if a == mme::Answer::Yes { "yes" } else { "no" };
         let df = frame(
             questions.len(),
             vec![
                 str_col("subtask", questions.iter().map(|(s, _)| Some(s.clone())).collect()),
                 str_col("image", questions.iter().map(|(_, l)| Some(l.image.clone())).collect()),
                 str_col("question", questions.iter().map(|(_, l)| Some(l.question.clone())).collect()),
-                str_col("ground_truth", questions.iter().map(|(_, l)| Some(truth(l.truth).into())).collect()),
+                str_col("ground_truth", questions.iter().map(|(_, l)| Some(l.truth.as_str().into())).collect()),
                 str_col("prediction", answers.iter().map(|(_, r)| r.text.clone()).collect()),
                 str_col(
                     "parsed",
-                    answers.iter().map(|(_, r)| Some(parsed(r.text.as_deref().unwrap_or("")).into())).collect(),
+                    answers
+                        .iter()
+                        .map(|(_, r)| Some(mme::parse_answer(r.text.as_deref().unwrap_or("")).as_str().into()))
+                        .collect(),
                 ),
-                str_col("status", answers.iter().map(|(_, r)| Some(status(r))).collect()),
+                str_col("status", answers.iter().map(|(_, r)| Some(r.status.as_str().into())).collect()),
                 str_col("call_key", answers.iter().map(|(k, _)| Some(k.clone())).collect()),
             ],
         )
@@ -412,7 +409,7 @@ impl Evaluate {
                 str_col("question", questions.iter().map(|q| Some(q.question.clone())).collect()),
                 str_col("gt_answer", questions.iter().map(|q| Some(q.gt_answer.clone())).collect()),
                 str_col("prediction", answers.iter().map(|(_, r)| r.text.clone()).collect()),
-                str_col("status", answers.iter().map(|(_, r)| Some(status(r))).collect()),
+                str_col("status", answers.iter().map(|(_, r)| Some(r.status.as_str().into())).collect()),
                 str_col("call_key", answers.iter().map(|(k, _)| Some(k.clone())).collect()),
                 str_col("judge_reply", ratings.iter().map(|(reply, _)| reply.clone()).collect()),
                 crate::data::frame::i64_col("rating", ratings.iter().map(|(_, r)| Some(i64::from(r.score))).collect()),
@@ -466,7 +463,7 @@ impl Evaluate {
                     // No reply to read: scored 0 like an unreadable one, but said as what it is.
                     (status, _) => mmhal::Rating {
                         score: 0,
-                        warning: Some(format!("the judge call was {}: scored 0", status_word(status))),
+                        warning: Some(format!("the judge call was {}: scored 0", status.as_str())),
                     },
                 };
                 (r.text, rating)
@@ -516,18 +513,6 @@ fn keyed(specs: &[CallSpec], results: &HashMap<String, CallResult>) -> Result<Ve
                 .ok_or_else(|| StageError::Failed(format!("internal: no result for call {}", s.key)))
         })
         .collect()
-}
-
-fn status(r: &CallResult) -> String {
-    status_word(&r.status).to_string()
-}
-
-fn status_word(status: &CallStatus) -> &'static str {
-    match status {
-        CallStatus::Ok => "ok",
-        CallStatus::Refused => "refused",
-        CallStatus::Rejected => "rejected",
-    }
 }
 
 /// A benchmark table must hold every subtask the categories name, only those, and each
@@ -646,15 +631,12 @@ fn table_mme_questions(table: &DataFrame) -> Result<Vec<(String, Line, String)>,
     let names = optional_strings(table, "benchmark", "image_name").map_err(StageError::Failed)?;
     let mut out = Vec::with_capacity(table.height());
     for i in 0..table.height() {
-        let truth = match truths[i].to_lowercase().as_str() {
-            "yes" => mme::Answer::Yes,
-            "no" => mme::Answer::No,
-            other => {
-                return Err(StageError::Failed(format!(
-                    "table `benchmark`, row {}: ground truth `{other}` is not yes or no",
-                    i + 1
-                )));
-            }
+        let Some(truth) = mme::Answer::from_truth(&truths[i]) else {
+            return Err(StageError::Failed(format!(
+                "table `benchmark`, row {}: ground truth `{}` is not yes or no",
+                i + 1,
+                truths[i].to_lowercase()
+            )));
         };
         let name = names.as_ref().and_then(|n| n[i]).unwrap_or(&images[i]).to_string();
         let line = Line { image: name, question: questions[i].clone(), truth, prediction: String::new() };

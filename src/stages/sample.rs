@@ -322,12 +322,10 @@ fn responses_table(
     for (_, _, _, r) in &rows {
         match r.status {
             CallStatus::Ok => {}
-            CallStatus::Refused => report.note("refused", 1),
-            CallStatus::Rejected => report.note("rejected", 1),
+            status @ (CallStatus::Refused | CallStatus::Rejected) => report.note(status.as_str(), 1),
         }
     }
     let n = rows.len();
-    let status = |r: &CallResult| serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from));
     let df = frame(
         n,
         vec![
@@ -340,7 +338,7 @@ fn responses_table(
             i64_col("tokens_out", rows.iter().map(|r| r.3.tokens_out.map(|t| t as i64)).collect()),
             f64_col("latency_ms", rows.iter().map(|r| Some(r.3.latency_ms as f64)).collect()),
             str_col("call_key", rows.iter().map(|r| Some(r.2.clone())).collect()),
-            str_col("status", rows.iter().map(|r| status(r.3)).collect()),
+            str_col("status", rows.iter().map(|r| Some(r.3.status.as_str().into())).collect()),
         ],
     )
     .map_err(|e| e.to_string())?;

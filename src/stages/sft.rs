@@ -5,7 +5,7 @@
 //! hallucinates is what preference tuning is for. `snapshots: [N, …]` adds the checkpoint after
 //! step N as output `stepN`: one run yields policies of several training lengths.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use burn::module::Module;
@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::training::{
     Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
-    training_device,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::{optional_strings, strings};
@@ -147,6 +146,11 @@ impl Sft {
             }
             None => vec![None; table.height()],
         };
+        // Rows of each group, in table order: a noised row takes another row's target from it.
+        let mut members: HashMap<&Option<String>, Vec<usize>> = HashMap::new();
+        for (j, group) in groups.iter().enumerate() {
+            members.entry(group).or_default().push(j);
+        }
         let mut rows = Vec::with_capacity(table.height());
         let mut noised = 0;
         for (i, ((prompt, target), image)) in prompts.iter().zip(targets.iter()).zip(images).enumerate() {
@@ -157,9 +161,11 @@ impl Sft {
             let mut rng = crate::eval::synth::rng_for(self.params.seed, "label-noise", i as u64);
             let mut target = target.to_string();
             if rng.random::<f64>() < self.params.label_noise {
-                let same: Vec<usize> = (0..table.height()).filter(|j| *j != i && groups[*j] == groups[i]).collect();
-                if !same.is_empty() {
-                    let j = same[rng.random_range(0..same.len())];
+                let same = &members[&groups[i]];
+                if same.len() > 1 {
+                    // The k-th of the group's other rows: `same` without row i itself.
+                    let k = rng.random_range(0..same.len() - 1);
+                    let j = if same[k] < i { same[k] } else { same[k + 1] };
                     if let Some(other) = targets.get(j) {
                         noised += usize::from(other != target);
                         target = other.to_string();
@@ -242,8 +248,7 @@ impl Stage for Sft {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let device = training_device(ctx, self.params.seed, self.precision)?;
-        let (base, config) = self.params.base.model(ctx, &device, self.precision)?;
+        let (device, base, config) = self.params.base.open(ctx, self.params.seed, self.precision)?;
         let table = ctx.read_table("examples")?;
         let mut report = DataReport::default();
         let rows = self.rows(&table, &mut report)?;

@@ -148,19 +148,9 @@ impl Stage for Synth {
                 scene_of.push(i as i64);
             }
         }
-        let column = |k: usize| instructions.iter().map(|r| Some(r[k].clone())).collect::<Vec<_>>();
-        let mut instructions_table = frame(
-            instructions.len(),
-            vec![
-                str_col("id", column(0)),
-                str_col("prompt", column(1)),
-                str_col("image", column(2)),
-                str_col("truth", column(3)),
-                str_col("kind", column(4)),
-                i64_col("scene", scene_of.into_iter().map(Some).collect()),
-            ],
-        )
-        .map_err(failed)?;
+        let mut columns = string_columns(&instructions, ["id", "prompt", "image", "truth", "kind"]);
+        columns.push(i64_col("scene", scene_of.into_iter().map(Some).collect()));
+        let mut instructions_table = frame(instructions.len(), columns).map_err(failed)?;
 
         // (subtask, image digest, image name, question, Yes/No)
         let mut mme: Vec<[String; 5]> = Vec::new();
@@ -181,32 +171,15 @@ impl Stage for Synth {
         }
         // Grouped by subtask (each image's two questions stay together), as MME's files are.
         mme.sort_by_key(|r| synth::PERCEPTION.iter().chain(synth::COGNITION.iter()).position(|s| *s == r[0]));
-        let column = |k: usize| mme.iter().map(|r| Some(r[k].clone())).collect::<Vec<_>>();
-        let mut mme_table = frame(
-            mme.len(),
-            vec![
-                str_col("subtask", column(0)),
-                str_col("image", column(1)),
-                str_col("image_name", column(2)),
-                str_col("question", column(3)),
-                str_col("ground_truth", column(4)),
-            ],
-        )
-        .map_err(failed)?;
-        let column = |k: usize| hal.iter().map(|r| Some(r[k].clone())).collect::<Vec<_>>();
+        let columns = string_columns(&mme, ["subtask", "image", "image_name", "question", "ground_truth"]);
+        let mut mme_table = frame(mme.len(), columns).map_err(failed)?;
         let n = hal.len();
-        let mut hal_table = frame(
-            n,
-            vec![
-                str_col("question_type", vec![Some("description".into()); n]),
-                str_col("question", vec![Some("Describe the image.".into()); n]),
-                str_col("image", column(0)),
-                str_col("image_name", column(1)),
-                str_col("gt_answer", column(2)),
-                str_col("image_content", column(3)),
-            ],
-        )
-        .map_err(failed)?;
+        let mut columns = vec![
+            str_col("question_type", vec![Some("description".into()); n]),
+            str_col("question", vec![Some("Describe the image.".into()); n]),
+        ];
+        columns.extend(string_columns(&hal, ["image", "image_name", "gt_answer", "image_content"]));
+        let mut hal_table = frame(n, columns).map_err(failed)?;
         let (digest, bytes) = ctx.store.put_manifest(&DirManifest { files: drawn.files })?;
         Ok(BTreeMap::from([
             ("instructions".to_string(), ctx.put_table(&mut instructions_table)?),
@@ -215,4 +188,9 @@ impl Stage for Synth {
             ("images".to_string(), OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None }),
         ]))
     }
+}
+
+/// Rows of N strings as N named string columns.
+fn string_columns<const N: usize>(rows: &[[String; N]], names: [&str; N]) -> Vec<polars::prelude::Column> {
+    names.iter().enumerate().map(|(k, name)| str_col(name, rows.iter().map(|r| Some(r[k].clone())).collect())).collect()
 }

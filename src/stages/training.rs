@@ -123,16 +123,21 @@ impl Base {
         Ok(())
     }
 
-    /// The base model, computing in `precision`: freshly initialised (from the device's seed)
-    /// or the referenced checkpoint.
-    pub fn model(
+    /// Where training runs and what it starts from: the device `runtime.device` names (able
+    /// to compute in `precision`, recording gradients, seeded), and on it the base model
+    /// computing in `precision` — freshly initialised from that seed, or the referenced
+    /// checkpoint.
+    pub fn open(
         &self,
         ctx: &RunContext,
-        device: &Device,
+        seed: u64,
         precision: Precision,
-    ) -> Result<(TinyVlm, TinyConfig), StageError> {
-        let (model, config) = self.load(ctx, device)?;
-        Ok((model.with_precision(precision), config))
+    ) -> Result<(Device, TinyVlm, TinyConfig), StageError> {
+        let device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
+            .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
+        device.seed(seed);
+        let (model, config) = self.load(ctx, &device)?;
+        Ok((device, model.with_precision(precision), config))
     }
 
     fn load(&self, ctx: &RunContext, device: &Device) -> Result<(TinyVlm, TinyConfig), StageError> {
@@ -152,14 +157,6 @@ impl Base {
             }
         }
     }
-}
-
-/// The device `runtime.device` names, able to compute in `precision`, recording gradients, seeded.
-pub fn training_device(ctx: &RunContext, seed: u64, precision: Precision) -> Result<Device, StageError> {
-    let device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
-        .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
-    device.seed(seed);
-    Ok(device)
 }
 
 /// A trainer's params as they enter its key: all but `checkpoint_every`, which changes no
