@@ -1,5 +1,5 @@
 //! The losses and log-probs against values produced by running TRL 0.28's own code
-//! (`../shared/vectors/dpo-loss-trl.json`), on the flex device in f64.
+//! (`tests/vectors/dpo-loss-trl.json`), on the flex device in f64.
 
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 use serde_json::Value;
@@ -8,7 +8,7 @@ use super::logps::completion_logps;
 use super::losses::{LossConfig, LossType, dpo_loss};
 
 fn vectors() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/dpo-loss-trl.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/dpo-loss-trl.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).expect("the vectors are JSON")
 }

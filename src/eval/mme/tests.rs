@@ -112,7 +112,7 @@ fn results(images: usize, correct: usize, both: usize, unparseable: usize) -> Ve
 
 #[test]
 fn the_official_example_counts_give_the_official_totals_to_the_last_digit() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/mme-official-example.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/mme-official-example.json");
     let vector: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let mut lines = BTreeMap::new();
     for (name, counts) in vector["subtasks"].as_object().unwrap() {
