@@ -96,6 +96,9 @@ struct RunArgs {
     /// Send no model call: stages that need calls not in the memo fail, counting them per model
     #[arg(long)]
     offline: bool,
+    /// Off a terminal, log each long stage's progress (calls, training steps) this often
+    #[arg(long, value_name = "SECONDS", default_value_t = silkie::stages::DEFAULT_PROGRESS_INTERVAL.as_secs_f64())]
+    progress_interval: f64,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -133,9 +136,13 @@ struct ShowArgs {
     /// Per-model statistics of a scores table: mean score per aspect, and win rate in the pairs
     #[arg(long, value_enum)]
     by: Option<GroupBy>,
-    /// Draw a `training` table's loss and reward-margin curves into this PNG file
+    /// Draw a `training` table's loss and reward curves into this PNG file
     #[arg(long, value_name = "PATH", conflicts_with_all = ["report", "by"])]
     plot: Option<std::path::PathBuf>,
+    /// With --plot: weight of the moving average drawn over each raw curve, in [0, 1)
+    /// (TensorBoard's smoothing; 0 draws the raw values only)
+    #[arg(long, value_name = "WEIGHT", default_value_t = 0.9, requires = "plot")]
+    smoothing: f64,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -423,12 +430,10 @@ fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
-fn seconds(s: Option<f64>) -> Result<Option<Duration>, Failure> {
-    s.map(|s| {
-        Duration::try_from_secs_f64(s)
-            .map_err(|_| Failure::Invalid(format!("--lock-timeout {s}: expected a non-negative number of seconds")))
-    })
-    .transpose()
+/// A `--flag SECONDS` value as a duration.
+fn seconds(flag: &str, s: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| Failure::Invalid(format!("{flag} {s}: expected a non-negative number of seconds")))
 }
 
 fn cmd_run(ctx: &Context, args: RunArgs) -> Outcome {
@@ -447,8 +452,9 @@ fn cmd_run(ctx: &Context, args: RunArgs) -> Outcome {
         jobs,
         targets: rest,
         force: args.force,
-        lock_timeout: seconds(args.lock_timeout)?,
+        lock_timeout: args.lock_timeout.map(|s| seconds("--lock-timeout", s)).transpose()?,
         progress: args.format == Format::Text && std::io::stderr().is_terminal(),
+        progress_interval: seconds("--progress-interval", args.progress_interval)?,
         offline: args.offline,
     };
     let record = exec::run(&plan, &store, &ctx.workspace, &pipeline, &opts).map_err(|e| match e {
@@ -613,7 +619,7 @@ fn cmd_gc(ctx: &Context, args: GcArgs) -> Outcome {
         keep_runs: args.keep_runs,
         dry_run: args.dry_run,
         scratch: args.scratch,
-        lock_timeout: seconds(args.lock_timeout)?,
+        lock_timeout: args.lock_timeout.map(|s| seconds("--lock-timeout", s)).transpose()?,
     };
     let report = store.gc(&options).map_err(|e| Failure::Runtime(e.to_string()))?;
     if args.format == Format::Json {

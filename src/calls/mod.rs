@@ -12,7 +12,9 @@ use serde_json::Value;
 
 pub use key::call_key;
 pub use memo::Memo;
-pub use runner::{CallFuture, CallSpec, CallsError, Endpoints, Limits, MakeEndpoints, Provider, RunStats, run_calls};
+pub use runner::{
+    CallFuture, CallSpec, CallsError, Endpoints, Limits, MakeEndpoints, Progress, Provider, RunStats, run_calls,
+};
 
 /// One part of a message: text, or an image by its blob digest (providers turn the digest
 /// into what they send, e.g. a base64 data URL; the key holds only the digest).

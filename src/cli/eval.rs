@@ -10,6 +10,7 @@ use crate::{Context, EvalArgs, EvalBenchmark, Failure, Format, Outcome, print_js
 use silkie::calls::{self, CallSpec, ChatRequest};
 use silkie::eval::mme::{self, Categories};
 use silkie::eval::mmhal;
+use silkie::stages::{DEFAULT_PROGRESS_INTERVAL, StageProgress};
 
 pub fn run(ctx: &Context, args: EvalArgs) -> Outcome {
     match args.benchmark {
@@ -70,7 +71,12 @@ fn mmhal_scores(ctx: &Context, args: &EvalArgs) -> Outcome {
         specs.push(CallSpec { key: calls::call_key(&identity, &request, 0), model: judge.clone(), request });
     }
     let store = ctx.store()?;
-    let round = silkie::providers::Round { store: &store, offline: args.offline, label: "eval mmhal", bar: None };
+    let progress = StageProgress::new(None, DEFAULT_PROGRESS_INTERVAL, "eval mmhal", specs.len() as u64, "calls");
+    let on_progress = |done: u64, total: u64, hits: u64, failed: u64| {
+        progress.update(done, total, |_| format!("{hits} from the memo, {failed} failed"));
+    };
+    let round =
+        silkie::providers::Round { store: &store, offline: args.offline, label: "eval mmhal", progress: &on_progress };
     let results =
         silkie::providers::call_through_memo(&round, &[(judge.as_str(), def)], &specs).map_err(Failure::Runtime)?;
     let mut scored = Vec::with_capacity(questions.len());

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub force: Vec<String>,
     pub lock_timeout: Option<Duration>,
     pub progress: bool,
+    /// Off a terminal: how often a long stage logs a progress line.
+    pub progress_interval: Duration,
     /// Send no model call; stages that would need one fail, saying how many.
     pub offline: bool,
 }
@@ -57,6 +59,7 @@ struct RunEnv<'a> {
     lock_timeout: Option<Duration>,
     offline: bool,
     bars: Option<indicatif::MultiProgress>,
+    progress_interval: Duration,
 }
 
 /// Runs the selected part of a plan and writes its run record.
@@ -86,6 +89,7 @@ pub fn run(
         lock_timeout: opts.lock_timeout,
         offline: opts.offline,
         bars: None,
+        progress_interval: opts.progress_interval,
     };
     let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
 
@@ -297,6 +301,7 @@ fn compute(
         inputs,
         offline: env.offline,
         bars: env.bars.clone(),
+        progress_interval: env.progress_interval,
         runtime: &inst.runtime,
     };
     let label = Label {

@@ -21,6 +21,8 @@ pub struct TokenBatch {
     pub tokens: Tensor<2, Int>,
     /// [rows, length]: true on completion tokens (EOS included).
     pub mask: Tensor<2, Bool>,
+    /// Tokens that are not padding, counted as the rows are encoded (for throughput).
+    pub text_tokens: u64,
 }
 
 /// How a policy draws a completion. `temperature: 0` is greedy decoding.
@@ -120,23 +122,25 @@ impl TokenBatch {
             pixels.extend(row.pixels);
         }
         let images = Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
-        let (tokens, mask) = token_rows(&texts, max_len, device);
-        TokenBatch { images, tokens, mask }
+        let (tokens, mask, text_tokens) = token_rows(&texts, max_len, device);
+        TokenBatch { images, tokens, mask, text_tokens }
     }
 
     /// The same images with other prompts and completions, e.g. the rejected side of pairs.
     pub fn with_completions(&self, texts: &[(&str, &str)], max_len: usize) -> TokenBatch {
-        let (tokens, mask) = token_rows(texts, max_len, &self.images.device());
-        TokenBatch { images: self.images.clone(), tokens, mask }
+        let (tokens, mask, text_tokens) = token_rows(texts, max_len, &self.images.device());
+        TokenBatch { images: self.images.clone(), tokens, mask, text_tokens }
     }
 }
 
-/// Token rows and completion masks for (prompt, completion) pairs, padded to the longest row.
-fn token_rows(texts: &[(&str, &str)], max_len: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+/// Token rows and completion masks for (prompt, completion) pairs, padded to the longest row,
+/// and how many of the tokens are not padding.
+fn token_rows(texts: &[(&str, &str)], max_len: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>, u64) {
     let encoded: Vec<(Vec<i64>, Vec<bool>)> = texts.iter().map(|(p, c)| encode_row(p, c, max_len)).collect();
     let unpadded =
         |(tokens, _): &(Vec<i64>, Vec<bool>)| tokens.iter().rposition(|t| *t != i64::from(PAD)).map_or(0, |i| i + 1);
     let len = encoded.iter().map(unpadded).max().unwrap_or(1).max(2);
+    let text_tokens = encoded.iter().map(|row| row.0.iter().filter(|t| **t != i64::from(PAD)).count() as u64).sum();
     let n = texts.len();
     let mut tokens = Vec::with_capacity(n * len);
     let mut mask = Vec::with_capacity(n * len);
@@ -147,6 +151,7 @@ fn token_rows(texts: &[(&str, &str)], max_len: usize, device: &Device) -> (Tenso
     (
         Tensor::from_data(TensorData::new(tokens, [n, len]), device),
         Tensor::from_data(TensorData::new(mask, [n, len]), device),
+        text_tokens,
     )
 }
 

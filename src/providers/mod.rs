@@ -90,12 +90,12 @@ fn prompt_and_image(request: &crate::calls::ChatRequest) -> (String, Option<Stri
 }
 
 /// Where a round of calls happens: the store (its memo, images and checkpoints), whether
-/// sending is allowed, a label for log lines and an optional progress bar.
+/// sending is allowed, a label for log lines and what to tell of progress.
 pub struct Round<'a> {
     pub store: &'a Store,
     pub offline: bool,
     pub label: &'a str,
-    pub bar: Option<&'a indicatif::ProgressBar>,
+    pub progress: calls::Progress<'a>,
 }
 
 /// Results of `specs` (by call key): remembered ones from the memo, the rest sent now to the
@@ -118,19 +118,8 @@ pub fn call_through_memo(
         Ok(endpoints)
     };
     let memo = Memo::open(&round.store.root().join("calls.sqlite")).map_err(|e| e.to_string())?;
-    let progress = |done: u64, total: u64, hits: u64, failed: u64| match round.bar {
-        Some(bar) => {
-            bar.set_length(total);
-            bar.set_position(done);
-            bar.set_message(format!("{hits} from the memo, {failed} failed"));
-        }
-        None if done == total || done.is_multiple_of(1000) => {
-            tracing::info!("{}: {done}/{total} calls ({hits} from the memo, {failed} failed)", round.label);
-        }
-        None => {}
-    };
     let (results, stats) =
-        calls::run_calls(specs, &make_endpoints, &memo, round.offline, &progress).map_err(|e| e.to_string())?;
+        calls::run_calls(specs, &make_endpoints, &memo, round.offline, round.progress).map_err(|e| e.to_string())?;
     if stats.needed > 0 {
         tracing::info!(
             "{}: {} calls: {} from the memo, {} sent, {} retries",

@@ -18,12 +18,14 @@ pub fn call_models<'m>(
     report: &mut DataReport,
 ) -> Result<HashMap<String, CallResult>, StageError> {
     let models: Vec<(&str, &ModelDef)> = models.into_iter().collect();
-    let bar = ctx.progress_bar(specs.len() as u64, "calls");
-    let round = providers::Round { store: ctx.store, offline: ctx.offline, label: ctx.instance, bar: bar.as_ref() };
+    let progress = ctx.progress(specs.len() as u64, "calls");
+    let on_progress = |done: u64, total: u64, hits: u64, failed: u64| {
+        progress.update(done, total, |_| format!("{hits} from the memo, {failed} failed"));
+    };
+    let round =
+        providers::Round { store: ctx.store, offline: ctx.offline, label: ctx.instance, progress: &on_progress };
     let outcome = providers::call_through_memo(&round, &models, specs);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let results = outcome.map_err(StageError::Failed)?;
     account(&models, specs, &results, report);
     Ok(results)

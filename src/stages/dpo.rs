@@ -18,7 +18,7 @@ use super::training::{
     Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
-use crate::data::frame::{optional_strings, strings};
+use crate::data::frame::strings;
 use crate::dsl::Issue;
 use crate::model::device::Precision;
 use crate::model::policy::{Example, TokenBatch};
@@ -136,8 +136,7 @@ impl Dpo {
         let prompts: Vec<Option<&str>> = strings(&pairs, "pairs", "prompt").map_err(failed)?.iter().collect();
         let chosen: Vec<Option<&str>> = strings(&pairs, "pairs", "chosen").map_err(failed)?.iter().collect();
         let rejected: Vec<Option<&str>> = strings(&pairs, "pairs", "rejected").map_err(failed)?.iter().collect();
-        let images =
-            optional_strings(&pairs, "pairs", "image").map_err(failed)?.unwrap_or_else(|| vec![None; pairs.height()]);
+        let images = ctx.stored_images(&pairs, "pairs")?;
         if pairs.height() == 0 {
             return Err(failed("there are no pairs to train on".into()));
         }
@@ -267,7 +266,8 @@ impl Stage for Dpo {
         };
         let state = resume_or_start(ctx, &scratch, adapt(base), &settings.schedule.optimizer)?;
         let order = seeded_order(self.params.seed, batches.len());
-        let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, settings.total_steps(batches.len()));
+        let total = settings.total_steps(batches.len());
+        let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, total, state.metrics.len());
         let state = dpo::train(state, &batches, &reference, &settings, &order, &mut |s| hook.after(s))?;
         hook.finish();
         let (model, adapter) = match &self.params.lora {

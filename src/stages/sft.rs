@@ -18,7 +18,7 @@ use super::training::{
     Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
-use crate::data::frame::{optional_strings, strings};
+use crate::data::frame::strings;
 use crate::data::report::DataReport;
 use crate::dsl::Issue;
 use crate::model::device::Precision;
@@ -132,14 +132,14 @@ impl Sft {
     /// The rows, with `label_noise` applied (seeded per row); counts the noised rows.
     fn rows<'a>(
         &self,
+        ctx: &RunContext,
         table: &'a polars::prelude::DataFrame,
         report: &mut DataReport,
     ) -> Result<Vec<Row<'a>>, StageError> {
         let failed = StageError::Failed;
         let prompts = strings(table, "examples", &self.params.prompt).map_err(failed)?;
         let targets = strings(table, "examples", &self.params.target).map_err(failed)?;
-        let images =
-            optional_strings(table, "examples", "image").map_err(failed)?.unwrap_or_else(|| vec![None; table.height()]);
+        let images = ctx.stored_images(table, "examples")?;
         let groups: Vec<Option<String>> = match &self.params.noise_by {
             Some(column) => {
                 strings(table, "examples", column).map_err(failed)?.iter().map(|v| v.map(String::from)).collect()
@@ -251,7 +251,7 @@ impl Stage for Sft {
         let (device, base, config) = self.params.base.open(ctx, self.params.seed, self.precision)?;
         let table = ctx.read_table("examples")?;
         let mut report = DataReport::default();
-        let rows = self.rows(&table, &mut report)?;
+        let rows = self.rows(ctx, &table, &mut report)?;
         let batches = self.batches(ctx, &rows, &config, &device)?;
         let schedule = self.schedule();
         let total = schedule.total_steps(batches.len());
@@ -265,7 +265,7 @@ impl Stage for Sft {
         let mut snapshots: BTreeMap<String, OutputRef> =
             std::fs::read(&saved).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let order = seeded_order(self.params.seed, batches.len());
-        let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, total);
+        let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, total, state.metrics.len());
         let mut after_step = |state: &crate::train::fit::TrainState<TinyVlm, SftMetrics>| -> Result<(), StageError> {
             let done = state.metrics.len() as u64;
             if self.params.snapshots.contains(&done) {

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
-use super::{RunContext, StageError, model_role};
+use super::{RunContext, StageError, StageProgress, model_role};
 use crate::dsl::Issue;
 use crate::model::checkpoint;
 use crate::model::device::Precision;
@@ -206,41 +206,40 @@ pub fn resume_or_start<R: StepRecord>(
     })
 }
 
-/// After each step: the progress bar (or a debug line), and a save every `every` steps.
+/// After each step: progress (a bar, or a line at a steady interval), and a save every
+/// `every` steps.
 pub struct StepHook<'a> {
-    ctx: &'a RunContext<'a>,
-    bar: Option<indicatif::ProgressBar>,
+    progress: StageProgress,
     scratch: &'a Path,
     every: u64,
     total: u64,
+    /// Steps taken before this process started (a resumed run): not part of its throughput.
+    resumed_at: usize,
 }
 
 impl<'a> StepHook<'a> {
-    pub fn new(ctx: &'a RunContext<'a>, scratch: &'a Path, every: u64, total: u64) -> StepHook<'a> {
-        StepHook { ctx, bar: ctx.progress_bar(total, "steps"), scratch, every, total }
+    /// For a run of `total` steps that has taken `resumed_at` of them already.
+    pub fn new(ctx: &'a RunContext<'a>, scratch: &'a Path, every: u64, total: u64, resumed_at: usize) -> StepHook<'a> {
+        let progress = ctx.progress(total, "steps").starting_at(resumed_at as u64);
+        StepHook { progress, scratch, every, total, resumed_at }
     }
 
     pub fn after<R: StepRecord>(&self, state: &TrainState<TinyVlm, R>) -> Result<(), StageError> {
-        let done = state.metrics.len() as u64;
+        let done = state.metrics.len();
         let Some(last) = state.metrics.last() else { return Ok(()) };
-        let summary = last.summary();
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(done);
-                bar.set_message(summary);
-            }
-            None => tracing::debug!("{}: step {done}: {summary}", self.ctx.instance),
-        }
-        if done.is_multiple_of(self.every) && done < self.total {
+        self.progress.update(done as u64, self.total, |elapsed| {
+            let tokens: u64 = state.metrics.iter().skip(self.resumed_at).map(R::tokens).sum();
+            let rate = tokens as f64 / elapsed.as_secs_f64().max(1e-9);
+            format!("{}, {rate:.0} tokens/s", last.summary())
+        });
+        if (done as u64).is_multiple_of(self.every) && (done as u64) < self.total {
             resume::save(state, self.scratch).map_err(|e| StageError::Failed(e.to_string()))?;
         }
         Ok(())
     }
 
     pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        self.progress.finish();
     }
 }
 

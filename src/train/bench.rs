@@ -34,6 +34,7 @@ fn side(device: &Device, salt: i64) -> TokenBatch {
         images: Tensor::<4>::ones([BATCH, 3, 32, 32], device).mul_scalar(0.5),
         tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [BATCH, TOKENS]), device),
         mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [BATCH, TOKENS]), device),
+        text_tokens: (BATCH * TOKENS) as u64,
     }
 }
 

@@ -55,6 +55,9 @@ pub struct StepMetrics {
     pub logps_rejected: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// Tokens (not padding) of the chosen and rejected rows the step trained on.
+    #[serde(default)]
+    pub tokens: u64,
 }
 
 /// Reference log-probs of every batch: (chosen, rejected), summed per row, detached.
@@ -122,11 +125,16 @@ impl StepRecord for StepMetrics {
             logps_rejected: avg(|m| m.logps_rejected),
             lr,
             grad_norm,
+            tokens: parts.iter().map(|m| m.tokens).sum(),
         }
     }
 
     fn summary(&self) -> String {
         format!("loss {:.4} margin {:.3} accuracy {:.2}", self.loss, self.rewards_margins, self.rewards_accuracies)
+    }
+
+    fn tokens(&self) -> u64 {
+        self.tokens
     }
 }
 
@@ -162,6 +170,7 @@ fn micro_batch<P: Policy>(
         logps_rejected: mean(rejected.detach()),
         lr: 0.0,
         grad_norm: 0.0,
+        tokens: batch.chosen.text_tokens + batch.rejected.text_tokens,
     };
     (loss, metrics)
 }

@@ -37,6 +37,8 @@ pub trait StepRecord: Clone + Serialize + DeserializeOwned {
     fn combine(parts: &[Self], step: u64, epoch: u64, lr: f64, grad_norm: f64) -> Self;
     /// A few words for a progress bar: "loss 0.4121 margin 0.310".
     fn summary(&self) -> String;
+    /// Tokens (not padding) the policy read in this step, for throughput.
+    fn tokens(&self) -> u64;
 }
 
 /// A run after some steps: enough to go on exactly as if it had never stopped.

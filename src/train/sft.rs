@@ -18,16 +18,23 @@ pub struct SftMetrics {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// Tokens (not padding) of the rows the step trained on.
+    #[serde(default)]
+    pub tokens: u64,
 }
 
 impl StepRecord for SftMetrics {
     fn combine(parts: &[Self], step: u64, epoch: u64, lr: f64, grad_norm: f64) -> Self {
         let loss = parts.iter().map(|p| p.loss).sum::<f64>() / parts.len().max(1) as f64;
-        SftMetrics { step, epoch, loss, lr, grad_norm }
+        SftMetrics { step, epoch, loss, lr, grad_norm, tokens: parts.iter().map(|p| p.tokens).sum() }
     }
 
     fn summary(&self) -> String {
         format!("loss {:.4}", self.loss)
+    }
+
+    fn tokens(&self) -> u64 {
+        self.tokens
     }
 }
 
@@ -49,7 +56,8 @@ pub fn train<M: Policy + Module, E>(
     let loss = |model: &M, i: usize| {
         let loss = nll(model, &batches[i]);
         let value = loss.clone().into_scalar::<f32>() as f64;
-        (loss, SftMetrics { step: 0, epoch: 0, loss: value, lr: 0.0, grad_norm: 0.0 })
+        let tokens = batches[i].text_tokens;
+        (loss, SftMetrics { step: 0, epoch: 0, loss: value, lr: 0.0, grad_norm: 0.0, tokens })
     };
     fit::fit(state, batches.len(), schedule, order, &loss, after_step)
 }
