@@ -471,6 +471,15 @@ fn typed_at<T: serde::de::DeserializeOwned>(
 }
 
 /// Rewrites serde's message for people, and adds a suggestion for unknown keys.
+/// `s` quoted for a message, cut to its first `max` characters (saying how many more there
+/// were), so a huge value cannot flood a terminal or a log.
+pub fn elide(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => format!("{s:?}"),
+        Some((end, _)) => format!("{:?}… ({} more characters)", &s[..end], s[end..].chars().count()),
+    }
+}
+
 pub fn serde_issue(path: String, message: &str) -> Issue {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));

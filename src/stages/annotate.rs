@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Message, ModelIdentity, Part};
-use crate::data::frame::{ResponseKeys, f64_col, frame, i64_col, optional_strings, str_col, strings};
+use crate::data::frame::{ResponseKeys, f64_col, frame, i64_col, str_col, strings};
 use crate::data::judge::{self, Judgement, PlaceholderStyle};
 use crate::data::rating::{ASPECTS, aspect_id, parse_rating};
 use crate::data::report::DataReport;
@@ -222,9 +222,7 @@ impl Stage for Annotate {
         let ids: Vec<Option<&str>> = strings(&instructions, "instructions", "id").map_err(failed)?.iter().collect();
         let prompts: Vec<Option<&str>> =
             strings(&instructions, "instructions", "prompt").map_err(failed)?.iter().collect();
-        let images = optional_strings(&instructions, "instructions", "image")
-            .map_err(failed)?
-            .unwrap_or_else(|| vec![None; ids.len()]);
+        let images = ctx.stored_images(&instructions, "instructions")?;
         let keys = ResponseKeys::read(&responses, "responses").map_err(failed)?;
         let texts: Vec<Option<&str>> = strings(&responses, "responses", "response").map_err(failed)?.iter().collect();
 

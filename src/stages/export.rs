@@ -133,14 +133,14 @@ impl Export {
             |digest: &str| std::fs::read(ctx.store.blob_path(digest)).map_err(|e| format!("image {digest}: {e}"));
         let style = self.params.style.unwrap_or_default();
         let images = self.params.images.unwrap_or(Images::None);
+        let digests = if images == Images::None { Vec::new() } else { ctx.stored_images(df, "pairs")? };
         let mut out = trl::trl_frame(df, style, images, &image_path, &image_bytes).map_err(StageError::Failed)?;
         table::write(&mut out, tmp, self.file_format)?;
         if images != Images::Files {
             return Ok(None);
         }
-        let digests = crate::data::frame::strings(df, "pairs", "image").map_err(StageError::Failed)?;
         let mut manifest = DirManifest::default();
-        for digest in digests.iter().flatten() {
+        for digest in digests.into_iter().flatten() {
             let bytes = std::fs::metadata(ctx.store.blob_path(digest)).map(|m| m.len()).unwrap_or(0);
             manifest.files.insert(name_of(digest), DirEntry { digest: digest.to_string(), bytes, executable: false });
         }

@@ -11,6 +11,7 @@ mod evaluate;
 mod export;
 mod load;
 mod pair;
+mod progress;
 mod sample;
 mod sft;
 mod synth;
@@ -23,6 +24,8 @@ use std::path::{Path, PathBuf};
 use polars::prelude::DataFrame;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub use progress::{DEFAULT_PROGRESS_INTERVAL, StageProgress};
 
 use crate::dsl::{Issue, serde_issue};
 use crate::model::device::Precision;
@@ -138,6 +141,8 @@ pub struct RunContext<'a> {
     pub offline: bool,
     /// On a terminal: where a stage may add a progress bar of its own.
     pub bars: Option<indicatif::MultiProgress>,
+    /// Off a terminal: how often a long stage logs a progress line.
+    pub progress_interval: std::time::Duration,
     /// The stage's `runtime:` settings (device, threads, …), never part of its key.
     pub runtime: &'a crate::dsl::Runtime,
 }
@@ -151,16 +156,9 @@ pub fn model_role(stage: &str, output: Option<&str>) -> String {
 }
 
 impl RunContext<'_> {
-    /// A progress bar of `total` `unit`s under the run's bars — on a terminal only.
-    pub fn progress_bar(&self, total: u64, unit: &str) -> Option<indicatif::ProgressBar> {
-        let bar = self.bars.as_ref()?.add(indicatif::ProgressBar::new(total));
-        let template = format!("  {{prefix}} {{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  ETA {{eta}}");
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(&template)
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(self.instance.to_string());
-        Some(bar)
+    /// Progress over `total` `unit`s: a bar on a terminal, periodic lines elsewhere.
+    pub fn progress(&self, total: u64, unit: &'static str) -> StageProgress {
+        StageProgress::new(self.bars.as_ref(), self.progress_interval, self.instance, total, unit)
     }
 
     /// A folder that outlives a crash of this instance's run (for the same key), for state to
@@ -180,6 +178,28 @@ impl RunContext<'_> {
     }
 
     /// Reads a table input (a Parquet table, or a file in a table format).
+    /// The `image` column of `df` (table `table`) as stored-image digests, one per row (all
+    /// `None` without the column); a value that is not an image in the store is an error naming
+    /// the row — most often a column of file paths that `load` was not told to read.
+    pub fn stored_images<'t>(&self, df: &'t DataFrame, table: &str) -> Result<Vec<Option<&'t str>>, StageError> {
+        let Some(images) = crate::data::frame::optional_strings(df, table, "image").map_err(StageError::Failed)? else {
+            return Ok(vec![None; df.height()]);
+        };
+        if let Some((row, value)) =
+            images.iter().enumerate().find_map(|(row, v)| v.filter(|v| !self.store.has_blob(v)).map(|v| (row, v)))
+        {
+            return Err(StageError::Failed(format!(
+                "{}: table `{table}`, row {}: `image` is {}, which is not an image in the store; to use \
+                 image files, load the table with `images: FOLDER` (a `load` param): each value is then read \
+                 as a path under FOLDER and stored",
+                self.instance,
+                row + 1,
+                crate::dsl::elide(value, 80),
+            )));
+        }
+        Ok(images)
+    }
+
     pub fn read_table(&self, role: &str) -> Result<DataFrame, StageError> {
         let input = self.input(role)?;
         let path = self.store.blob_path(&input.output.digest);

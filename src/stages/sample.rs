@@ -15,7 +15,7 @@ use super::{
     Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
-use crate::data::frame::{f64_col, frame, i64_col, optional_strings, str_col, strings};
+use crate::data::frame::{f64_col, frame, i64_col, str_col, strings};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, did_you_mean};
 use crate::model::device::Precision;
@@ -251,9 +251,7 @@ impl Stage for Sample {
             strings(&instructions, "instructions", "id").map_err(StageError::Failed)?.iter().collect();
         let prompts: Vec<Option<&str>> =
             strings(&instructions, "instructions", "prompt").map_err(StageError::Failed)?.iter().collect();
-        let images = optional_strings(&instructions, "instructions", "image")
-            .map_err(StageError::Failed)?
-            .unwrap_or_else(|| vec![None; ids.len()]);
+        let images = ctx.stored_images(&instructions, "instructions")?;
 
         let pool: Vec<Member> = self.pool.iter().map(|m| resolve(ctx, m)).collect::<Result<_, _>>()?;
         // (instruction id, member, call key)

@@ -23,6 +23,11 @@ pub struct DirManifest {
     pub files: BTreeMap<String, DirEntry>,
 }
 
+/// Whether `s` has the form of a blob digest: BLAKE3's 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Hashes a reader with BLAKE3, returning the hex digest and byte count.
 pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
     let mut hasher = blake3::Hasher::new();
@@ -45,8 +50,10 @@ impl Store {
         self.root.join("blobs").join(fan).join(digest)
     }
 
+    /// Whether `digest` names a blob in the store; anything but a digest (a file path, say)
+    /// does not, whatever files exist.
     pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).is_file()
+        is_digest(digest) && self.blob_path(digest).is_file()
     }
 
     /// Moves a finished file from `tmp/` into the store under its digest.
