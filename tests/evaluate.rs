@@ -177,9 +177,14 @@ fn metrics_puts_two_pipelines_side_by_side_against_a_chosen_baseline() {
     assert!(rows.iter().all(|r| !r["metric"].as_str().unwrap().contains('/')), "totals only without --all");
     let text = ws.silkie(&["metrics", "a.yaml", "b.yaml", "--baseline", "a:mme", "--format", "markdown"]);
     assert!(text.stdout.starts_with("| pipeline | instance | mme perception"), "{}", text.stdout);
-    let plot = ws.silkie(&["metrics", "a.yaml", "b.yaml", "--plot", "bars.png"]);
+    let plot = ws.silkie(&["metrics", "a.yaml", "b.yaml", "--baseline", "a:mme", "--plot", "bars.png"]);
     assert_eq!(plot.code, 0, "{}", plot.stderr);
-    assert_eq!(image::open(ws.path().join("bars.png")).unwrap().height(), 520);
+    let png = image::open(ws.path().join("bars.png")).unwrap().to_rgb8();
+    // A legend row for the two instances, then a panel per total with a bar per instance.
+    assert_eq!(png.height(), 44 + 2 * (70 + 2 * 34));
+    let colours: std::collections::HashSet<[u8; 3]> = png.pixels().map(|p| p.0).collect();
+    assert!(colours.contains(&[150, 150, 150]), "the baseline's bars are grey");
+    assert!(colours.contains(&[31, 119, 180]), "the other instance has the first colour");
     let bad = ws.silkie(&["metrics", "a.yaml", "--baseline", "nope"]);
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("mme"), "{}", bad.stderr);

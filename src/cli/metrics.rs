@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use super::plot::Bar;
 use crate::{Context, Failure, MetricsArgs, MetricsFormat, Outcome, assess, print_json};
 use silkie::eval::results::{Metric, read_results, relative_change};
 use silkie::plan::State;
@@ -22,6 +23,15 @@ pub struct Row {
     pub value: f64,
     pub baseline_value: Option<f64>,
     pub relative_change: Option<f64>,
+    /// `PIPELINE:INSTANCE` of the instance compared with, when there is one.
+    pub baseline: Option<String>,
+}
+
+impl Row {
+    /// `PIPELINE:INSTANCE`, as plots and `--baseline` name it.
+    fn label(&self) -> String {
+        format!("{}:{}", self.pipeline, self.instance)
+    }
 }
 
 pub fn run(ctx: &Context, args: MetricsArgs) -> Outcome {
@@ -77,7 +87,12 @@ fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Re
             continue;
         };
         let Some(out) = record.outputs.get("results") else { continue };
-        rows.extend(results_rows(&store, out, &pipeline.name, &inst.name)?);
+        let mut found = results_rows(&store, out, &pipeline.name, &inst.name)?;
+        if let Some((node, _)) = inst.inputs.get("baseline") {
+            let baseline = format!("{}:{}", pipeline.name, plan.graph[*node].name);
+            found.iter_mut().filter(|r| r.baseline_value.is_some()).for_each(|r| r.baseline = Some(baseline.clone()));
+        }
+        rows.extend(found);
     }
     Ok(rows)
 }
@@ -102,6 +117,7 @@ fn results_rows(store: &Store, out: &OutputRef, pipeline: &str, instance: &str) 
             value,
             baseline_value: baselines.get(i).copied().flatten(),
             relative_change: changes.get(i).copied().flatten(),
+            baseline: None,
         })
         .collect())
 }
@@ -135,9 +151,10 @@ fn rebase(rows: &mut [Row], baseline: &str) -> Result<(), Failure> {
     };
     let base: Vec<Row> = rows.iter().filter(|r| matches(r) && r.pipeline == first).cloned().collect();
     for row in rows.iter_mut() {
-        let b = base.iter().find(|b| b.benchmark == row.benchmark && b.metric == row.metric).map(|b| b.value);
-        row.baseline_value = b;
-        row.relative_change = b.and_then(|b| relative_change(row.value, b));
+        let b = base.iter().find(|b| b.benchmark == row.benchmark && b.metric == row.metric);
+        row.baseline_value = b.map(|b| b.value);
+        row.relative_change = b.and_then(|b| relative_change(row.value, b.value));
+        row.baseline = b.map(Row::label);
     }
     Ok(())
 }
@@ -228,15 +245,24 @@ fn csv(rows: &[Row]) -> String {
     out
 }
 
-/// One panel per metric: (title, [(bar label, value)]).
-fn panels(rows: &[Row]) -> Vec<(String, Vec<(String, f64)>)> {
-    let mut out: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+/// One panel per metric, a bar per instance; an instance that others in the panel are
+/// compared with is that panel's baseline.
+fn panels(rows: &[Row]) -> Vec<(String, Vec<Bar>)> {
+    let mut out: Vec<(String, Vec<Bar>)> = Vec::new();
     for r in rows {
         let title = format!("{} {}", r.benchmark, r.metric);
-        let label = format!("{}:{}", r.pipeline, r.instance);
+        let label = r.label();
+        let is_baseline = rows.iter().any(|o| {
+            o.benchmark == r.benchmark
+                && o.metric == r.metric
+                && o.label() != label
+                && o.baseline.as_ref() == Some(&label)
+        });
+        let change = r.relative_change.filter(|_| !is_baseline);
+        let bar = Bar { label, value: r.value, change, is_baseline };
         match out.iter_mut().find(|(t, _)| *t == title) {
-            Some((_, bars)) => bars.push((label, r.value)),
-            None => out.push((title, vec![(label, r.value)])),
+            Some((_, bars)) => bars.push(bar),
+            None => out.push((title, vec![bar])),
         }
     }
     out

@@ -32,7 +32,10 @@ pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
     let (out_name, out) = pick_output(&name, &record, output.as_deref())?;
     let mut df = read_table(&store, &name, out_name, out)?;
     if let Some(path) = &args.plot {
-        super::plot::training_curves(&df, &format!("{name}.{out_name}"), path)
+        if !(0.0..1.0).contains(&args.smoothing) {
+            return Err(Failure::Invalid(format!("--smoothing {}: expected a weight in [0, 1)", args.smoothing)));
+        }
+        super::plot::training_curves(&df, &format!("{name}.{out_name}"), args.smoothing, path)
             .map_err(|e| Failure::Invalid(format!("{name}.{out_name}: {e}")))?;
         eprintln!("wrote {}", path.display());
         return Ok(true);
