@@ -188,9 +188,12 @@ fn training_curves_plot_to_a_png() {
     let out = ws.silkie(&["show", "policy.training", "--plot", "curves.png"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let png = image::open(ws.path().join("curves.png")).unwrap().to_rgb8();
-    assert_eq!(png.dimensions(), (960, 720));
+    // Loss, reward margin and reward accuracy: a panel each, under the title.
+    assert_eq!(png.dimensions(), (960, 60 + 3 * 300));
     let colours: std::collections::HashSet<[u8; 3]> = png.pixels().map(|p| p.0).collect();
-    assert!(colours.contains(&[31, 119, 180]) && colours.contains(&[214, 39, 40]), "a curve is missing");
+    for smoothed_line in [[31, 119, 180], [214, 39, 40], [44, 160, 44]] {
+        assert!(colours.contains(&smoothed_line), "the curve drawn in {smoothed_line:?} is missing");
+    }
     // A table that is not training metrics says so.
     let out = ws.silkie(&["show", "pairs", "--plot", "pairs.png"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -308,4 +311,44 @@ stages:
     assert_eq!(out.code, 2, "{}", out.stderr);
     let want = "stages.answers.runtime.dtype: bf16 applies to the checkpoints a stage runs";
     assert!(out.stderr.contains(want), "{}", out.stderr);
+}
+
+#[test]
+fn an_image_column_of_paths_loaded_without_images_is_named_with_the_fix() {
+    let ws = Workspace::new();
+    let mut csv = String::from("prompt,chosen,rejected,image\n");
+    for i in 0..4 {
+        csv.push_str(&format!("How many? {i},{i} items.,{} items.,img/{i}.png\n", i + 1));
+        ws.write(&format!("img/{i}.png"), "a file that exists");
+    }
+    ws.write("pairs.csv", &csv);
+    ws.write("pipeline.yaml", &pipeline());
+    let out = ws.silkie(&["run", "--format", "json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let error = out.json()["instances"].as_array().unwrap().iter().find(|i| i["name"] == "policy").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("table `pairs`, row 1: `image` is \"img/0.png\", which is not an image in the store"),
+        "{error}"
+    );
+    assert!(error.contains("`images: FOLDER`"), "{error}");
+}
+
+#[test]
+fn off_a_terminal_training_logs_progress_lines() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    ws.write("pipeline.yaml", &pipeline());
+    // Output to a pipe, not a terminal; an interval of 0 logs after every step.
+    let out: common::Ran =
+        ws.command(&["run", "--progress-interval", "0"]).env("SILKIE_LOG", "silkie=info").output().unwrap().into();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("policy: ") && l.contains(" steps (")).collect();
+    assert_eq!(lines.len(), 3 * 2, "a line per step of 3 epochs of 2 batches:\n{}", out.stderr);
+    let last = lines.last().unwrap();
+    for part in ["6/6 steps (100 %)", "loss ", "margin ", "tokens/s", "elapsed ", "remaining 0:00"] {
+        assert!(last.contains(part), "no `{part}` in {last}");
+    }
 }
