@@ -177,13 +177,25 @@ fn draw_curves(
 }
 
 /// A tick label short enough for the axis: 0.693, 12.5, 1.2e-4.
+/// Axis ticks sit on round numbers, so a value far below 1e-3 is a rounding error of 0.
 fn tick(y: f64) -> String {
     let a = y.abs();
-    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+    if a < 1e-9 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
         format!("{y:.1e}")
     } else {
-        format!("{:.4}", y).trim_end_matches('0').trim_end_matches('.').to_string()
+        trimmed(format!("{y:.4}"))
     }
+}
+
+/// A measured value as `silkie metrics` prints it: one decimal from 100 up, else three.
+fn value_label(v: f64) -> String {
+    trimmed(if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.3}") })
+}
+
+fn trimmed(number: String) -> String {
+    if number.contains('.') { number.trim_end_matches('0').trim_end_matches('.').to_string() } else { number }
 }
 
 /// One evaluated instance's value of a metric.
@@ -299,8 +311,8 @@ fn draw_bar_panel(
     let gap = 0.01 * (hi - lo);
     chart.draw_series(bars.iter().enumerate().map(|(i, bar)| {
         let text = match bar.change {
-            Some(change) => format!("{} ({:+.1} %)", tick(bar.value), 100.0 * change),
-            None => tick(bar.value),
+            Some(change) => format!("{} ({:+.1} %)", value_label(bar.value), 100.0 * change),
+            None => value_label(bar.value),
         };
         let (x, anchor) = if bar.value < 0.0 {
             (bar.value - gap, Pos::new(HPos::Right, VPos::Center))
