@@ -180,7 +180,8 @@ impl RunContext<'_> {
     /// Reads a table input (a Parquet table, or a file in a table format).
     /// The `image` column of `df` (table `table`) as stored-image digests, one per row (all
     /// `None` without the column); a value that is not an image in the store is an error naming
-    /// the row — most often a column of file paths that `load` was not told to read.
+    /// the row (the run names the stage) — most often a column of file paths that `load` was
+    /// not told to read.
     pub fn stored_images<'t>(&self, df: &'t DataFrame, table: &str) -> Result<Vec<Option<&'t str>>, StageError> {
         let Some(images) = crate::data::frame::optional_strings(df, table, "image").map_err(StageError::Failed)? else {
             return Ok(vec![None; df.height()]);
@@ -189,10 +190,9 @@ impl RunContext<'_> {
             images.iter().enumerate().find_map(|(row, v)| v.filter(|v| !self.store.has_blob(v)).map(|v| (row, v)))
         {
             return Err(StageError::Failed(format!(
-                "{}: table `{table}`, row {}: `image` is {}, which is not an image in the store; to use \
-                 image files, load the table with `images: FOLDER` (a `load` param): each value is then read \
-                 as a path under FOLDER and stored",
-                self.instance,
+                "table `{table}`, row {}: `image` is {}, which is not an image in the store; to use image \
+                 files, load the table with `images: FOLDER` (a `load` param): each value is then read as a \
+                 path under FOLDER and stored",
                 row + 1,
                 crate::dsl::elide(value, 80),
             )));
