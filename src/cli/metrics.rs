@@ -255,8 +255,8 @@ fn panels(rows: &[Row]) -> Vec<(String, Vec<Bar>)> {
         let is_baseline = rows.iter().any(|o| {
             o.benchmark == r.benchmark
                 && o.metric == r.metric
-                && o.label() != label
-                && o.baseline.as_ref() == Some(&label)
+                && (o.pipeline != r.pipeline || o.instance != r.instance)
+                && o.baseline.as_deref() == Some(label.as_str())
         });
         let change = r.relative_change.filter(|_| !is_baseline);
         let bar = Bar { label, value: r.value, change, is_baseline };
