@@ -27,6 +27,10 @@ struct Cli {
     /// Cache directory [default: <workspace>/cache]
     #[arg(long, global = true, env = "SILKIE_CACHE", value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// Refuse a pipeline whose matrices expand to more stage instances than this (checked
+    /// before expanding them)
+    #[arg(long, global = true, env = "SILKIE_MAX_INSTANCES", value_name = "N", default_value_t = plan::DEFAULT_MAX_INSTANCES)]
+    max_instances: usize,
     /// More log output (-v: debug, -vv: trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -331,6 +335,7 @@ fn init_logging(verbose: u8) {
 struct Context {
     workspace: PathBuf,
     cache: PathBuf,
+    max_instances: usize,
 }
 
 impl Context {
@@ -342,7 +347,7 @@ impl Context {
             return Err(Failure::Invalid(format!("the workspace {} is not a directory", workspace.display())));
         }
         let cache = cli.cache.as_ref().map_or_else(|| workspace.join("cache"), |c| cwd.join(c));
-        Ok(Context { workspace, cache })
+        Ok(Context { workspace, cache, max_instances: cli.max_instances })
     }
 
     fn store(&self) -> Result<Store, Failure> {
@@ -365,7 +370,7 @@ impl Context {
     fn load(&self, given: Option<&Path>, sets: &[String]) -> Result<(Pipeline, Plan), Failure> {
         let path = self.pipeline_path(given);
         let pipeline = Loader { workspace: &self.workspace }.load(&path, sets).map_err(Failure::Pipeline)?;
-        let plan = plan::build(&pipeline).map_err(Failure::Pipeline)?;
+        let plan = plan::build(&pipeline, self.max_instances).map_err(Failure::Pipeline)?;
         Ok((pipeline, plan))
     }
 }

@@ -3,7 +3,8 @@
 
 mod progress;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc;
@@ -41,6 +42,28 @@ pub enum ExecError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Usage(String),
+}
+
+/// One instance to run, with what its upstream instances produced.
+struct Job {
+    node: NodeIndex,
+    inputs: BTreeMap<String, Input>,
+    dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>>,
+    force: bool,
+}
+
+impl Job {
+    fn run(self, env: &RunEnv) -> Finished {
+        let Job { node, inputs, dep_outputs, force } = self;
+        // A panic in a stage must not leave the run waiting forever for its report.
+        let report = std::panic::catch_unwind(AssertUnwindSafe(|| execute(env, node, &inputs, &dep_outputs, force)))
+            .unwrap_or_else(|panic| {
+                let mut report = blank_report(&env.plan.graph[node], InstanceStatus::Failed);
+                report.error = Some(format!("internal error (panic): {}", panic_message(&panic)));
+                report
+            });
+        Finished { node, report }
+    }
 }
 
 /// What the run of one instance produced.
@@ -100,35 +123,37 @@ pub fn run(
     let mut outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = HashMap::new();
     let mut running = 0usize;
 
+    let workers = opts.jobs.max(1).min(order.len().max(1));
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = std::sync::Mutex::new(job_rx);
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel::<Finished>();
+        let (done_tx, done_rx) = mpsc::channel::<Finished>();
+        // A fixed set of workers, not a thread per instance: a sweep of thousands of cache
+        // hits would spend more time starting threads than checking keys.
+        for _ in 0..workers {
+            let (done_tx, job_rx, env) = (done_tx.clone(), &job_rx, &env);
+            scope.spawn(move || {
+                while let Ok(job) = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ())) {
+                    let _ = done_tx.send(job.run(env));
+                }
+            });
+        }
+        drop(done_tx); // with every worker gone, waiting for a report ends
+        let mut job_tx = Some(job_tx);
         loop {
-            while running < opts.jobs.max(1) {
-                let Some(node) = scheduler.next_ready() else { break };
+            while running < workers {
+                let (Some(node), Some(sender)) = (scheduler.next_ready(), &job_tx) else { break };
                 let inputs = bound_inputs(plan, node, &outputs);
                 let dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> =
                     plan.graph[node].deps.iter().filter_map(|d| outputs.get(d).map(|o| (*d, o.clone()))).collect();
-                let tx = tx.clone();
-                let env = &env;
-                let force = forced.contains(&node);
                 progress.started(&plan.graph[node].name);
                 running += 1;
-                scope.spawn(move || {
-                    // A panic in a stage must not leave the run waiting forever for its report.
-                    let report =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| execute(env, node, &inputs, &dep_outputs, force)))
-                            .unwrap_or_else(|panic| {
-                                let mut report = blank_report(&env.plan.graph[node], InstanceStatus::Failed);
-                                report.error = Some(format!("internal error (panic): {}", panic_message(&panic)));
-                                report
-                            });
-                    let _ = tx.send(Finished { node, report });
-                });
+                let _ = sender.send(Job { node, inputs, dep_outputs, force: forced.contains(&node) });
             }
             if running == 0 {
                 break;
             }
-            let Ok(done) = rx.recv() else { break };
+            let Ok(done) = done_rx.recv() else { break };
             running -= 1;
             progress.finished(&done.report);
             if matches!(done.report.status, InstanceStatus::Hit | InstanceStatus::Ran) {
@@ -138,6 +163,7 @@ pub fn run(
                 progress.finished(&skipped);
             }
         }
+        job_tx.take(); // the workers end once the queue is closed
     });
     progress.clear();
     let _ = stat_cache.save(store);
@@ -160,27 +186,34 @@ pub fn run(
 }
 
 /// Which instances may start: all their dependencies finished, none of them failed.
+/// A topological sort run live: each instance counts the dependencies it still waits on,
+/// and those that reach zero queue by their place in the run order, so picking the next
+/// one costs a heap pop, whatever the size of the sweep.
 struct Scheduler<'a> {
     plan: &'a Plan,
     order: &'a [NodeIndex],
+    /// Each instance's place in `order`.
+    position: HashMap<NodeIndex, usize>,
     waiting: HashMap<NodeIndex, usize>,
     /// The failed upstream instance that keeps each of these from running.
     blocked: HashMap<NodeIndex, String>,
-    ready: Vec<NodeIndex>,
+    /// Places in `order` of the instances free to start, earliest first.
+    ready: BinaryHeap<Reverse<usize>>,
     reports: HashMap<NodeIndex, InstanceReport>,
 }
 
 impl<'a> Scheduler<'a> {
     fn new(plan: &'a Plan, order: &'a [NodeIndex]) -> Self {
+        let position: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        // `order` holds every dependency of what it holds (selecting a stage selects what it needs).
         let waiting: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, plan.graph[n].deps.len())).collect();
-        let ready = order.iter().copied().filter(|n| waiting[n] == 0).collect();
-        Scheduler { plan, order, waiting, blocked: HashMap::new(), ready, reports: HashMap::new() }
+        let ready = (0..order.len()).filter(|&i| waiting[&order[i]] == 0).map(Reverse).collect();
+        Scheduler { plan, order, position, waiting, blocked: HashMap::new(), ready, reports: HashMap::new() }
     }
 
     /// The ready instance that comes first in dependency order (deterministic scheduling).
     fn next_ready(&mut self) -> Option<NodeIndex> {
-        let (at, _) = self.ready.iter().enumerate().min_by_key(|(_, n)| self.order.iter().position(|o| o == *n))?;
-        Some(self.ready.swap_remove(at))
+        self.ready.pop().map(|Reverse(at)| self.order[at])
     }
 
     /// Records a finished instance; returns the reports of instances skipped because of it.
@@ -201,7 +234,7 @@ impl<'a> Scheduler<'a> {
                     continue;
                 }
                 match self.blocked.get(&next).cloned() {
-                    None => self.ready.push(next),
+                    None => self.ready.push(Reverse(self.position[&next])),
                     Some(cause) => {
                         let mut report = blank_report(&self.plan.graph[next], InstanceStatus::Skipped);
                         report.error = Some(format!("not run: `{cause}` failed"));
@@ -316,6 +349,9 @@ fn compute(
     let mut paths: Vec<String> = inst.stage_impl.workspace_outputs();
     paths.sort();
     paths.dedup();
+    for path in &paths {
+        ctx.workspace_path(path)?; // refused before anything runs or is restored
+    }
     let _path_locks = paths
         .iter()
         .map(|p| {
@@ -323,6 +359,11 @@ fn compute(
             env.store.lock_named(&format!("workspace:{}", env.workspace.join(p).display()), &what, env.lock_timeout)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // A complete record is final (written by rename), so a hit needs no key lock; only
+    // computing does, and then the record is looked for again in case a run just wrote it.
+    if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {
+        return Ok(hit);
+    }
     let _lock =
         env.store.lock_key(&key, &format!("`{}` (another silkie run is computing it)", inst.name), env.lock_timeout)?;
     if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {

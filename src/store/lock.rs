@@ -1,7 +1,7 @@
 //! File locks: the store lock (shared by runs, exclusive for gc) and one lock per stage key.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -66,22 +66,39 @@ fn acquire(path: &Path, mode: LockMode, timeout: Option<Duration>, what: &str) -
             return Err(StoreError::LockTimeout { what: what.to_string(), seconds: limit.as_secs_f64() });
         }
         if !told {
-            let holder = holder_pid(&mut file).map(|p| format!(" (held by pid {p})")).unwrap_or_default();
+            let holder = holder(&mut file).map(|h| format!(" (held by {h})")).unwrap_or_default();
             tracing::info!("waiting for {what}{holder}");
             told = true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     if mode == LockMode::Exclusive {
-        // Who holds it, for the message another process prints while it waits.
-        let _ = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
+        // Who holds it, for the message another process prints while it waits: written
+        // over the last holder's at a fixed width, as truncating costs more than the lock.
+        let _ = write_holder(&mut file);
     }
     Ok(LockGuard { _file: file })
 }
 
-fn holder_pid(file: &mut File) -> Option<u32> {
+fn write_holder(file: &mut File) -> std::io::Result<()> {
+    let text = format!("{:<10}\n", std::process::id());
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::write_all_at(file, text.as_bytes(), 0);
+    #[cfg(not(unix))]
+    return file.rewind().and_then(|_| std::io::Write::write_all(file, text.as_bytes()));
+}
+
+/// Who holds the lock, as far as the file tells: it keeps the last exclusive holder's pid,
+/// which may be this very run (two of its instances want one lock) or a process long gone
+/// (a shared holder writes nothing), and then says nothing.
+fn holder(file: &mut File) -> Option<String> {
     let mut text = String::new();
     file.rewind().ok()?;
     file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    let pid: u32 = text.trim().parse().ok()?;
+    if pid == std::process::id() {
+        return Some("another instance of this run".into());
+    }
+    let alive = Path::new("/proc").join(pid.to_string()).exists() || !Path::new("/proc/self").exists();
+    alive.then(|| format!("pid {pid}"))
 }

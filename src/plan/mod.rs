@@ -1,16 +1,24 @@
 //! The DAG of stage instances (petgraph), their keys, and what is fresh, stale or pending.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::dsl::{Issue, Need, Pipeline, PipelineErrors, Runtime, Scope, StageDef, did_you_mean, resolve};
 use crate::stages::{self, Kind, OutputDecl, Roles, Stage};
-use crate::store::{OutputRef, StatCache, Store};
+
+mod claims;
+mod key;
+mod matrix;
+mod status;
+
+pub use key::{KeyError, key_of};
+pub use matrix::DEFAULT_MAX_INSTANCES;
+use matrix::{InstanceRoom, StageInstances, Unbound, bindings_for, instance_name};
+pub use status::{Assessment, Change, State, assess, describe, diff};
 
 /// Domain tag and schema version of stage keys; bumping it invalidates every key.
 pub const KEY_SCHEMA: &str = "silkie/stage-key/1";
@@ -92,14 +100,15 @@ impl Plan {
     }
 }
 
-/// Builds and validates the instance DAG of a pipeline.
-pub fn build(pipeline: &Pipeline) -> Result<Plan, PipelineErrors> {
+/// Builds and validates the instance DAG of a pipeline, refusing one that would expand to
+/// more than `max_instances` instances before expanding it.
+pub fn build(pipeline: &Pipeline, max_instances: usize) -> Result<Plan, PipelineErrors> {
     let locate = |issues: Vec<Issue>| pipeline.sources.locate_all(issues);
     let stage_deps = stage_dependencies(pipeline).map_err(locate)?;
     let order = stage_order(pipeline, &stage_deps).map_err(locate)?;
 
     let mut graph: DiGraph<Instance, ()> = DiGraph::new();
-    let mut by_stage: HashMap<&str, Vec<NodeIndex>> = HashMap::new();
+    let mut by_stage: HashMap<&str, StageInstances> = HashMap::new();
     let mut issues = Vec::new();
     for name in &order {
         let stage = &pipeline.stages[name.as_str()];
@@ -112,21 +121,27 @@ pub fn build(pipeline: &Pipeline) -> Result<Plan, PipelineErrors> {
         if upstream.iter().any(|d| !by_stage.contains_key(d)) {
             continue; // an upstream stage already failed validation
         }
-        let combos = match bindings_for(stage, &upstream, &by_stage, &graph) {
+        let room = InstanceRoom { made: graph.node_count(), max: max_instances };
+        let combos = match bindings_for(stage, &upstream, &by_stage, &graph, room) {
             Ok(c) => c,
-            Err(issue) => {
+            Err(Unbound::Invalid(issue)) => {
                 issues.push(issue);
                 continue;
             }
+            Err(Unbound::TooMany(issue)) => {
+                issues.push(issue);
+                break; // every later stage would only add to the count
+            }
         };
         let mut made = Vec::new();
-        let names: Vec<String> = combos.iter().map(|b| instance_name(name, b)).collect();
-        if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
+        let mut names = HashSet::new();
+        if let Some(dup) = combos.iter().map(|b| instance_name(name, b)).find(|n| !names.insert(n.clone())) {
             issues.push(Issue::new(format!("stages.{name}.matrix"), format!("two instances would both be named `{dup}`; matrix values must differ as text (like 1 and \"1\" do not)")));
             continue;
         }
+        let models = serde_json::to_value(&pipeline.models).unwrap_or_default();
         for bindings in combos {
-            match instantiate(pipeline, stage, kind, bindings, &upstream, &by_stage, &graph) {
+            match instantiate(pipeline, &models, stage, kind, bindings, &upstream, &by_stage, &graph) {
                 Ok(instance) => {
                     let deps = instance.deps.clone();
                     let node = graph.add_node(instance);
@@ -141,10 +156,14 @@ pub fn build(pipeline: &Pipeline) -> Result<Plan, PipelineErrors> {
         if made.is_empty() {
             continue;
         }
-        by_stage.insert(name.as_str(), made);
+        by_stage.insert(name.as_str(), StageInstances::new(made, &graph));
     }
     if !issues.is_empty() {
         return Err(locate(issues));
+    }
+    let clashes = claims::check(&graph);
+    if !clashes.is_empty() {
+        return Err(locate(clashes));
     }
     let order = petgraph::algo::toposort(&graph, None)
         .map_err(|_| locate(vec![Issue::new("stages", "internal error: the instance graph has a cycle")]))?;
@@ -294,83 +313,19 @@ fn find_cycle(g: &DiGraph<&str, ()>, start: NodeIndex) -> Vec<NodeIndex> {
     vec![start, start]
 }
 
-fn consistent(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> bool {
-    a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
-}
-
-/// The matrix bindings of a stage's instances: those of its upstream stages (fan-out),
-/// combined consistently, times its own matrix.
-fn bindings_for(
-    stage: &StageDef,
-    upstream: &[&str],
-    by_stage: &HashMap<&str, Vec<NodeIndex>>,
-    graph: &DiGraph<Instance, ()>,
-) -> Result<Vec<BTreeMap<String, Value>>, Issue> {
-    let mut combos = vec![BTreeMap::new()];
-    for dep in upstream {
-        let mut next = Vec::new();
-        for combo in &combos {
-            for &node in &by_stage[dep] {
-                let theirs = &graph[node].bindings;
-                if consistent(combo, theirs) {
-                    let mut merged = combo.clone();
-                    merged.extend(theirs.clone());
-                    if !next.contains(&merged) {
-                        next.push(merged);
-                    }
-                }
-            }
-        }
-        combos = next;
-    }
-    for (axis, values) in &stage.matrix {
-        if combos.iter().any(|c| c.contains_key(axis)) {
-            return Err(Issue::new(
-                format!("stages.{}.matrix.{axis}", stage.name),
-                format!("the matrix axis `{axis}` is already swept by a stage this one needs; rename one of them"),
-            ));
-        }
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                values.iter().map(move |v| {
-                    let mut c = c.clone();
-                    c.insert(axis.clone(), v.clone());
-                    c
-                })
-            })
-            .collect();
-    }
-    Ok(combos)
-}
-
-fn render(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn instance_name(stage: &str, bindings: &BTreeMap<String, Value>) -> String {
-    if bindings.is_empty() {
-        return stage.to_string();
-    }
-    let parts: Vec<String> = bindings.iter().map(|(k, v)| format!("{k}={}", render(v))).collect();
-    format!("{stage}[{}]", parts.join(","))
-}
-
+#[allow(clippy::too_many_arguments)]
 fn instantiate(
     pipeline: &Pipeline,
+    models: &Value,
     stage: &StageDef,
     kind: &'static Kind,
     bindings: BTreeMap<String, Value>,
     upstream: &[&str],
-    by_stage: &HashMap<&str, Vec<NodeIndex>>,
+    by_stage: &HashMap<&str, StageInstances>,
     graph: &DiGraph<Instance, ()>,
 ) -> Result<Instance, Vec<Issue>> {
     let base = format!("stages.{}", stage.name);
-    let models = serde_json::to_value(&pipeline.models).unwrap_or_default();
-    let scope = Scope { vars: &pipeline.vars, models: &models, matrix: Some(&bindings), keep_escapes: false };
+    let scope = Scope { vars: &pipeline.vars, models: Some(models), matrix: Some(&bindings), keep_escapes: false };
     let params = resolve(&stage.params, &scope, &format!("{base}.params")).map_err(|i| vec![i])?;
     let stage_impl = (kind.configure)(&params, &stages::Config { models: &pipeline.models, runtime: &stage.runtime })
         .map_err(|mut i| {
@@ -380,11 +335,7 @@ fn instantiate(
     let deps: BTreeMap<&str, NodeIndex> = upstream
         .iter()
         .map(|&dep| {
-            let node = by_stage[dep]
-                .iter()
-                .copied()
-                .find(|&n| consistent(&graph[n].bindings, &bindings))
-                .expect("bindings were built from upstream instances");
+            let node = by_stage[dep].matching(&bindings).expect("bindings were built from upstream instances");
             (dep, node)
         })
         .collect();
@@ -525,266 +476,4 @@ fn bind_roles(
         .with_help(did_you_mean(extra, roles.iter().copied())));
     }
     Ok((bound, None))
-}
-
-/// Why a key cannot be computed yet.
-#[derive(Debug, Clone)]
-pub enum KeyError {
-    /// An upstream instance has no known outputs yet.
-    Pending(String),
-    /// A file the key reads is missing or unreadable.
-    File(String),
-}
-
-impl std::fmt::Display for KeyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyError::Pending(up) => write!(f, "waits on `{up}`"),
-            KeyError::File(msg) => f.write_str(msg),
-        }
-    }
-}
-
-impl Instance {
-    /// The canonical pre-image of this instance's key, from its upstream outputs.
-    pub fn preimage(
-        &self,
-        graph: &DiGraph<Instance, ()>,
-        outputs_of: &dyn Fn(NodeIndex) -> Option<BTreeMap<String, OutputRef>>,
-        workspace: &Path,
-        stat_cache: &StatCache,
-    ) -> Result<Value, KeyError> {
-        let digest_of = |node: NodeIndex, output: &str| -> Result<String, KeyError> {
-            let outputs = outputs_of(node).ok_or_else(|| KeyError::Pending(graph[node].name.clone()))?;
-            outputs
-                .get(output)
-                .map(|o| o.digest.clone())
-                .ok_or_else(|| KeyError::Pending(format!("{}.{output}", graph[node].name)))
-        };
-        let inputs = match &self.positional_inputs {
-            Some(order) => {
-                let digests = order.iter().map(|role| {
-                    let (node, output) = &self.inputs[role];
-                    digest_of(*node, output)
-                });
-                Value::Array(digests.map(|d| d.map(Value::String)).collect::<Result<_, _>>()?)
-            }
-            None => {
-                let mut map = Map::new();
-                for (role, (node, output)) in &self.inputs {
-                    map.insert(role.clone(), Value::String(digest_of(*node, output)?));
-                }
-                Value::Object(map)
-            }
-        };
-        let mut params = self.stage_impl.canonical_params();
-        for (stage, output, node, resolved) in &self.model_refs {
-            let digest = digest_of(*node, resolved)?;
-            substitute_model_ref(&mut params, stage, output.as_deref(), &digest);
-        }
-        let mut files = Map::new();
-        for path in self.stage_impl.key_files().into_iter().chain(self.use_file.clone()) {
-            let full = workspace.join(&path);
-            let digest = stat_cache
-                .digest(&full)
-                .map_err(|e| KeyError::File(format!("cannot read `{}`: {}", path.display(), io_reason(&e))))?;
-            files.insert(path.to_string_lossy().into_owned(), Value::String(digest));
-        }
-        Ok(json!({
-            "schema": KEY_SCHEMA,
-            "kind": self.kind.name,
-            "kind_version": self.kind.version,
-            "params": params,
-            "inputs": inputs,
-            "files": files,
-        }))
-    }
-}
-
-fn io_reason(e: &crate::store::StoreError) -> String {
-    match e {
-        crate::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            "no such file".into()
-        }
-        crate::store::StoreError::Io { source, .. } => source.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Replaces a `{ stage: NAME, output: O }` reference by the digest it resolves to, so a
-/// renamed stage keeps its key.
-fn substitute_model_ref(value: &mut Value, stage: &str, output: Option<&str>, digest: &str) {
-    match value {
-        Value::Object(map) => {
-            let matches = map.get("stage").and_then(Value::as_str) == Some(stage)
-                && map.get("output").and_then(Value::as_str) == output;
-            if matches {
-                map.remove("stage");
-                map.remove("output");
-                map.insert("digest".into(), Value::String(digest.to_string()));
-            }
-            for v in map.values_mut() {
-                substitute_model_ref(v, stage, output, digest);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| substitute_model_ref(v, stage, output, digest)),
-        _ => {}
-    }
-}
-
-/// BLAKE3 of the canonical encoding (sorted keys, typed values).
-pub fn key_of(preimage: &Value) -> String {
-    let bytes = serde_json::to_vec(preimage).expect("JSON values always serialize");
-    blake3::hash(&bytes).to_hex().to_string()
-}
-
-/// One difference between two key pre-images.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Change {
-    pub path: String,
-    pub old: Value,
-    pub new: Value,
-}
-
-/// Leaf-level differences between two pre-images (missing = null).
-pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
-    let mut out = Vec::new();
-    diff_into(old, new, "", &mut out);
-    out
-}
-
-fn diff_into(old: &Value, new: &Value, path: &str, out: &mut Vec<Change>) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            for k in keys {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                diff_into(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &child, out);
-            }
-        }
-        (a, b) if a != b => out.push(Change { path: path.to_string(), old: a.clone(), new: b.clone() }),
-        _ => {}
-    }
-}
-
-/// The state `silkie status` reports for one instance.
-#[derive(Debug, Clone, Serialize)]
-pub struct Assessment {
-    pub name: String,
-    pub kind: String,
-    pub state: State,
-    pub reason: Option<String>,
-    #[serde(skip)]
-    pub key: Option<String>,
-    #[serde(skip)]
-    pub preimage: Option<Value>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Fresh,
-    Stale,
-    Pending,
-    Never,
-}
-
-/// What is fresh, stale (and why), pending or never run — without running anything.
-pub fn assess(
-    plan: &Plan,
-    store: &Store,
-    stat_cache: &StatCache,
-    workspace: &Path,
-    pipeline_label: &str,
-) -> Vec<Assessment> {
-    let mut known: HashMap<NodeIndex, BTreeMap<String, OutputRef>> = HashMap::new();
-    let mut out = Vec::new();
-    for &node in &plan.order {
-        let inst = &plan.graph[node];
-        let label = store.label(pipeline_label, &inst.name).ok().flatten();
-        let mut assessment = Assessment {
-            name: inst.name.clone(),
-            kind: inst.kind.name.to_string(),
-            state: State::Never,
-            reason: None,
-            key: None,
-            preimage: None,
-        };
-        match inst.preimage(&plan.graph, &|n| known.get(&n).cloned(), workspace, stat_cache) {
-            Err(KeyError::Pending(up)) => {
-                assessment.state = State::Pending;
-                assessment.reason = Some(format!("waits on `{up}`, which is not fresh"));
-            }
-            Err(KeyError::File(msg)) => {
-                assessment.state = if label.is_some() { State::Stale } else { State::Never };
-                assessment.reason = Some(msg);
-            }
-            Ok(preimage) => {
-                let key = key_of(&preimage);
-                match store.complete_record(&key).ok().flatten() {
-                    Some(record) => {
-                        assessment.state = State::Fresh;
-                        known.insert(node, record.outputs);
-                    }
-                    None => match &label {
-                        None => assessment.state = State::Never,
-                        Some(label) => {
-                            assessment.state = State::Stale;
-                            assessment.reason = Some(describe(&diff(&label.preimage, &preimage)));
-                        }
-                    },
-                }
-                assessment.key = Some(key);
-                assessment.preimage = Some(preimage);
-            }
-        }
-        out.push(assessment);
-    }
-    out
-}
-
-/// A one-line reason from a pre-image diff.
-pub fn describe(changes: &[Change]) -> String {
-    if changes.is_empty() {
-        return "its outputs are no longer in the cache (gc)".to_string();
-    }
-    let shown: Vec<String> = changes
-        .iter()
-        .take(3)
-        .map(|c| match c.path.split_once('.') {
-            Some(("inputs", role)) => format!("input `{role}` changed"),
-            Some(("files", file)) => format!("file `{file}` changed"),
-            _ => format!("{}: {} → {}", c.path, short(&c.old), short(&c.new)),
-        })
-        .collect();
-    let more = if changes.len() > 3 { format!(" (+{} more)", changes.len() - 3) } else { String::new() };
-    format!("{}{more}", shown.join("; "))
-}
-
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diff_reports_leaf_paths() {
-        let a = json!({"params": {"beta": 0.1, "x": 1}, "inputs": {"t": "aa"}});
-        let b = json!({"params": {"beta": 0.2, "x": 1}, "inputs": {"t": "bb"}});
-        let d = diff(&a, &b);
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[0].path, "inputs.t");
-        assert_eq!(d[1], Change { path: "params.beta".into(), old: json!(0.1), new: json!(0.2) });
-        assert_eq!(describe(&d), "input `t` changed; params.beta: 0.1 → 0.2");
-    }
-
-    #[test]
-    fn names_show_bindings() {
-        let b = BTreeMap::from([("beta".to_string(), json!(0.1)), ("mode".to_string(), json!("fast"))]);
-        assert_eq!(instance_name("policy", &b), "policy[beta=0.1,mode=fast]");
-        assert_eq!(instance_name("policy", &BTreeMap::new()), "policy");
-    }
 }

@@ -1,0 +1,122 @@
+//! Stage keys: the canonical pre-image of an instance's key (kind, params, upstream output
+//! digests by role, workspace file digests) and its BLAKE3.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::{Map, Value, json};
+
+use super::{Instance, KEY_SCHEMA};
+use crate::store::{OutputRef, StatCache};
+
+/// Why a key cannot be computed yet.
+#[derive(Debug, Clone)]
+pub enum KeyError {
+    /// An upstream instance has no known outputs yet.
+    Pending(String),
+    /// A file the key reads is missing or unreadable.
+    File(String),
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Pending(up) => write!(f, "waits on `{up}`"),
+            KeyError::File(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl Instance {
+    /// The canonical pre-image of this instance's key, from its upstream outputs.
+    pub fn preimage(
+        &self,
+        graph: &DiGraph<Instance, ()>,
+        outputs_of: &dyn Fn(NodeIndex) -> Option<BTreeMap<String, OutputRef>>,
+        workspace: &Path,
+        stat_cache: &StatCache,
+    ) -> Result<Value, KeyError> {
+        let digest_of = |node: NodeIndex, output: &str| -> Result<String, KeyError> {
+            let outputs = outputs_of(node).ok_or_else(|| KeyError::Pending(graph[node].name.clone()))?;
+            outputs
+                .get(output)
+                .map(|o| o.digest.clone())
+                .ok_or_else(|| KeyError::Pending(format!("{}.{output}", graph[node].name)))
+        };
+        let inputs = match &self.positional_inputs {
+            Some(order) => {
+                let digests = order.iter().map(|role| {
+                    let (node, output) = &self.inputs[role];
+                    digest_of(*node, output)
+                });
+                Value::Array(digests.map(|d| d.map(Value::String)).collect::<Result<_, _>>()?)
+            }
+            None => {
+                let mut map = Map::new();
+                for (role, (node, output)) in &self.inputs {
+                    map.insert(role.clone(), Value::String(digest_of(*node, output)?));
+                }
+                Value::Object(map)
+            }
+        };
+        let mut params = self.stage_impl.canonical_params();
+        for (stage, output, node, resolved) in &self.model_refs {
+            let digest = digest_of(*node, resolved)?;
+            substitute_model_ref(&mut params, stage, output.as_deref(), &digest);
+        }
+        let mut files = Map::new();
+        for path in self.stage_impl.key_files().into_iter().chain(self.use_file.clone()) {
+            let full = workspace.join(&path);
+            let digest = stat_cache
+                .digest(&full)
+                .map_err(|e| KeyError::File(format!("cannot read `{}`: {}", path.display(), io_reason(&e))))?;
+            files.insert(path.to_string_lossy().into_owned(), Value::String(digest));
+        }
+        Ok(json!({
+            "schema": KEY_SCHEMA,
+            "kind": self.kind.name,
+            "kind_version": self.kind.version,
+            "params": params,
+            "inputs": inputs,
+            "files": files,
+        }))
+    }
+}
+
+fn io_reason(e: &crate::store::StoreError) -> String {
+    match e {
+        crate::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "no such file".into()
+        }
+        crate::store::StoreError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces a `{ stage: NAME, output: O }` reference by the digest it resolves to, so a
+/// renamed stage keeps its key.
+fn substitute_model_ref(value: &mut Value, stage: &str, output: Option<&str>, digest: &str) {
+    match value {
+        Value::Object(map) => {
+            let matches = map.get("stage").and_then(Value::as_str) == Some(stage)
+                && map.get("output").and_then(Value::as_str) == output;
+            if matches {
+                map.remove("stage");
+                map.remove("output");
+                map.insert("digest".into(), Value::String(digest.to_string()));
+            }
+            for v in map.values_mut() {
+                substitute_model_ref(v, stage, output, digest);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute_model_ref(v, stage, output, digest)),
+        _ => {}
+    }
+}
+
+/// BLAKE3 of the canonical encoding (sorted keys, typed values).
+pub fn key_of(preimage: &Value) -> String {
+    let bytes = serde_json::to_vec(preimage).expect("JSON values always serialize");
+    blake3::hash(&bytes).to_hex().to_string()
+}
