@@ -6,6 +6,7 @@ pub mod data;
 pub mod dsl;
 pub mod eval;
 pub mod exec;
+pub mod files;
 pub mod model;
 pub mod plan;
 pub mod providers;

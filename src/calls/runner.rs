@@ -309,7 +309,7 @@ async fn call_with_retries(spec: &CallSpec, lane: &Lane, shared: &Shared<'_>) ->
         }
         let outcome = {
             let _permit = lane.permits.acquire().await.map_err(|_| CallError::Fatal("the call lane closed".into()))?;
-            pace(lane, &spec.request).await;
+            pace(lane, &spec.model, &spec.request).await;
             // The provider should honour the timeout; this guards against one that does not.
             let limit = lane.limits.timeout + Duration::from_secs(5);
             match tokio::time::timeout(limit, lane.provider.send(&spec.request, lane.limits.timeout)).await {
@@ -350,7 +350,7 @@ fn backoff(base: Duration, attempt: u32, key: &str) -> Duration {
 
 /// Waits until the model's request and token budgets, and any pause a server asked for,
 /// allow one more request.
-async fn pace(lane: &Lane, request: &ChatRequest) {
+async fn pace(lane: &Lane, model: &str, request: &ChatRequest) {
     let wait = {
         let mut pacer = lane.pacer.lock().await;
         let now = Instant::now();
@@ -374,6 +374,10 @@ async fn pace(lane: &Lane, request: &ChatRequest) {
         }
         start.saturating_duration_since(now)
     };
+    // A long wait is said, so a tight budget never looks like a hang.
+    if wait >= Duration::from_secs(5) {
+        tracing::info!("{model}: waiting {:.0} s for its per-minute request and token budget", wait.as_secs_f64());
+    }
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }

@@ -15,7 +15,8 @@ use super::suggest::nearest;
 #[derive(Clone, Copy)]
 pub struct Scope<'a> {
     pub vars: &'a Map<String, Value>,
-    pub models: &'a Value,
+    /// `None` while models are not known yet (resolving `vars`): `${models.…}` is left in place.
+    pub models: Option<&'a Value>,
     /// `None` while matrix values are not known yet: `${matrix.…}` is then left in place.
     pub matrix: Option<&'a BTreeMap<String, Value>>,
     /// Leave `$${` escapes for a later pass (values that are interpolated twice).
@@ -41,6 +42,75 @@ pub fn resolve(value: &Value, scope: &Scope, path: &str) -> Result<Value, Issue>
         }
         other => Ok(other.clone()),
     }
+}
+
+/// `vars` with the references between them resolved, each var after those it names, so
+/// `a: ${vars.b}` with `b: ${vars.c}` gives `a` the value of `c`. A loop is refused with
+/// its chain. Matrix and model references are left for the passes that know them.
+pub fn resolve_vars(vars: &Map<String, Value>) -> Result<Map<String, Value>, Issue> {
+    let mut resolved = Map::new();
+    let mut chain = Vec::new();
+    for name in vars.keys() {
+        resolve_var(name, vars, &mut resolved, &mut chain)?;
+    }
+    Ok(resolved)
+}
+
+fn resolve_var(
+    name: &str,
+    vars: &Map<String, Value>,
+    resolved: &mut Map<String, Value>,
+    chain: &mut Vec<String>,
+) -> Result<(), Issue> {
+    if resolved.contains_key(name) {
+        return Ok(());
+    }
+    let path = format!("vars.{name}");
+    if let Some(at) = chain.iter().position(|n| n == name) {
+        let shown: Vec<&str> = chain[at..].iter().map(String::as_str).chain([name]).collect();
+        return Err(Issue::new(path, format!("the vars name each other in a loop: {}", shown.join(" → "))));
+    }
+    let value = &vars[name];
+    chain.push(name.to_string());
+    for named in var_references(value, &path)? {
+        if vars.contains_key(named.as_str()) {
+            resolve_var(&named, vars, resolved, chain)?;
+        }
+    }
+    chain.pop();
+    // Escapes stay for the passes after this one: a var's text is interpolated again where it is used.
+    let scope = Scope { vars: resolved, models: None, matrix: None, keep_escapes: true };
+    let value = resolve(value, &scope, &path)?;
+    resolved.insert(name.to_string(), value);
+    Ok(())
+}
+
+/// The names of the vars a value refers to (`${vars.NAME}`), in order.
+fn var_references(value: &Value, path: &str) -> Result<Vec<String>, Issue> {
+    let mut names = Vec::new();
+    match value {
+        Value::String(s) => {
+            for piece in split(s, path, true)? {
+                if let Piece::Reference(reference) = piece
+                    && let Some(name) = reference.strip_prefix("vars.")
+                {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                names.extend(var_references(item, path)?);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                names.extend(var_references(item, &join(path, key))?);
+            }
+        }
+        _ => {}
+    }
+    Ok(names)
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -131,7 +201,7 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// `Ok(None)` means "a matrix reference, not known yet".
+/// `Ok(None)` means "a matrix (or model) reference, not known yet".
 fn lookup(reference: &str, scope: &Scope, path: &str) -> Result<Option<Value>, Issue> {
     let parts: Vec<&str> = reference.split('.').collect();
     let unknown = |what: &str, name: &str, candidates: Vec<&str>| {
@@ -156,10 +226,11 @@ fn lookup(reference: &str, scope: &Scope, path: &str) -> Result<Option<Value>, I
                 None => Err(unknown("matrix axis", name, m.keys().map(String::as_str).collect())),
             },
         },
+        ["models", _, fields @ ..] if !fields.is_empty() && scope.models.is_none() => Ok(None),
         ["models", model, fields @ ..] if !fields.is_empty() => {
-            let Some(mut node) = scope.models.get(*model) else {
-                let names =
-                    scope.models.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+            let models = scope.models.unwrap_or(&Value::Null);
+            let Some(mut node) = models.get(*model) else {
+                let names = models.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
                 return Err(unknown("model", model, names));
             };
             for field in fields {
@@ -189,7 +260,7 @@ mod tests {
         models: &'a Value,
         matrix: Option<&'a BTreeMap<String, Value>>,
     ) -> Scope<'a> {
-        Scope { vars, models, matrix, keep_escapes: false }
+        Scope { vars, models: Some(models), matrix, keep_escapes: false }
     }
 
     #[test]
@@ -223,5 +294,21 @@ mod tests {
         let s = scope_with(&vars, &models, Some(&matrix));
         assert_eq!(resolve(&json!("${matrix.beta}"), &s, "p").unwrap(), json!(0.1));
         assert!(resolve(&json!("${matrix.lr}"), &s, "p").is_err());
+    }
+
+    #[test]
+    fn vars_resolve_through_vars_and_loops_name_their_chain() {
+        let vars = json!({"a": "${vars.b}/x", "b": "${vars.c}", "c": 7, "d": ["${vars.a}", "$${vars.c}"], "m": "${matrix.seed}-${models.j.model}"});
+        let resolved = resolve_vars(vars.as_object().unwrap()).unwrap();
+        assert_eq!(resolved["a"], json!("7/x"));
+        assert_eq!(resolved["b"], json!(7));
+        assert_eq!(resolved["d"], json!(["7/x", "$${vars.c}"]));
+        assert_eq!(resolved["m"], json!("${matrix.seed}-${models.j.model}"));
+        let looped = json!({"a": "${vars.b}", "b": "x-${vars.c}", "c": "${vars.a}"});
+        let e = resolve_vars(looped.as_object().unwrap()).unwrap_err();
+        assert_eq!(e.path, "vars.a");
+        assert_eq!(e.message, "the vars name each other in a loop: a → b → c → a");
+        let unknown = json!({"a": "${vars.nope}"});
+        assert!(resolve_vars(unknown.as_object().unwrap()).unwrap_err().message.contains("no var `nope`"));
     }
 }

@@ -6,6 +6,8 @@
 
 mod interp;
 mod merge;
+mod range;
+mod runtime;
 mod source;
 mod suggest;
 
@@ -16,8 +18,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use interp::{Scope, resolve, type_name};
+pub use range::Range;
+pub use runtime::{Precision, Runtime};
 pub use source::{Issue, PipelineError, PipelineErrors, SourceMap};
 pub use suggest::{did_you_mean, nearest};
+
+/// The largest pipeline or `use:` file silkie reads: far above any real one, and a bound on
+/// what a wrong path (a log, a dataset) can cost.
+pub const MAX_PIPELINE_BYTES: u64 = 4 << 20;
 
 /// The pipeline language version this build reads.
 pub const LANGUAGE_VERSION: u64 = 1;
@@ -51,40 +59,6 @@ pub struct ModelDef {
     /// How hard this model may be called (concurrency, rate limits, retries). Never hashed.
     #[serde(default)]
     pub runtime: Runtime,
-}
-
-/// What models compute in (`runtime.dtype`). `bf16`: each forward pass runs in bf16 on a copy
-/// of the f32 weights, which stay f32 with their gradients and optimiser state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    #[serde(alias = "fp32", alias = "float32")]
-    F32,
-    #[serde(alias = "bfloat16")]
-    Bf16,
-}
-
-/// Settings that change how a stage runs, never what it computes: never hashed — except
-/// `dtype: bf16`, which does change the numbers (the kinds that run models add it to keys).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Runtime {
-    pub max_in_flight: Option<u32>,
-    pub requests_per_minute: Option<u32>,
-    pub tokens_per_minute: Option<u64>,
-    /// Seconds.
-    pub timeout: Option<f64>,
-    pub max_retries: Option<u32>,
-    pub device: Option<String>,
-    pub dtype: Option<Precision>,
-    pub threads: Option<usize>,
-    /// Seconds the first retry of a failed call waits (each next one twice as long).
-    pub retry_backoff: Option<f64>,
-    /// Dollars per million input tokens, for the cost estimate in reports.
-    pub price_input_per_million: Option<f64>,
-    /// Dollars per million output tokens.
-    pub price_output_per_million: Option<f64>,
 }
 
 /// A stage as written (after merging), before matrix expansion.
@@ -181,9 +155,9 @@ impl Loader<'_> {
     fn read(&self, path: &Path, sources: &mut SourceMap, mount: &str) -> Result<Value, PipelineErrors> {
         let shown = self.display(path);
         let one = |e: PipelineError| PipelineErrors(vec![e]);
-        let bytes = std::fs::read(path)
+        let bytes = crate::files::read_regular(path, MAX_PIPELINE_BYTES)
             .map_err(|e| one(SourceMap::error_at(&shown, "", None, format!("cannot read pipeline file: {e}"))))?;
-        let text = String::from_utf8(bytes).map_err(|e| {
+        let mut text = String::from_utf8(bytes).map_err(|e| {
             one(SourceMap::error_at(
                 &shown,
                 "",
@@ -191,6 +165,10 @@ impl Loader<'_> {
                 format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
             ))
         })?;
+        // Editors on Windows may start a file with a byte-order mark; YAML allows one.
+        if let Some(rest) = text.strip_prefix('\u{feff}') {
+            text = rest.to_string();
+        }
         let mut yaml: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
             let offset = e.location().map(|l| l.index());
             one(SourceMap::error_at(&shown, &text, offset, format!("invalid YAML: {e}")))
@@ -262,6 +240,9 @@ impl Loader<'_> {
                     ),
                 )]));
             }
+            if let Err(e) = crate::files::check_regular(&parent_path, MAX_PIPELINE_BYTES) {
+                return Err(sources.locate_all(vec![Issue::new("extends", format!("cannot read `{parent}`: {e}"))]));
+            }
             merge::deep_merge(&mut merged, self.read_with_extends(&parent_path, sources, chain)?);
         }
         merge::deep_merge(&mut merged, value);
@@ -290,14 +271,15 @@ impl Loader<'_> {
         }
         let mut issues = Vec::new();
         let models_json = serde_json::to_value(&raw.models).unwrap_or_default();
-        let vars = raw.vars.clone();
-        let models_scope = Scope { vars: &vars, models: &Value::Null, matrix: None, keep_escapes: false };
+        let vars = interp::resolve_vars(&raw.vars).map_err(|i| sources.locate_all(vec![i]))?;
+        let models_scope = Scope { vars: &vars, models: Some(&Value::Null), matrix: None, keep_escapes: false };
         let models_resolved = match resolve(&models_json, &models_scope, "models") {
             Ok(v) => v,
             Err(i) => return Err(sources.locate_all(vec![i])),
         };
         let models: BTreeMap<String, ModelDef> = typed_at(models_resolved.clone(), "models", &sources)?;
-        let scope = Scope { vars: &vars, models: &models_resolved, matrix: None, keep_escapes: false };
+        issues.extend(models.iter().flat_map(|(name, m)| m.runtime.check(&format!("models.{name}.runtime"))));
+        let scope = Scope { vars: &vars, models: Some(&models_resolved), matrix: None, keep_escapes: false };
         let mut stages = BTreeMap::new();
         for (name, stage) in raw.stages {
             let base = format!("stages.{name}");
@@ -346,11 +328,13 @@ impl Loader<'_> {
                 )]));
             };
             let full = self.resolve(Path::new(file));
-            if !full.is_file() {
-                return Err(sources.locate_all(vec![Issue::new(
-                    path,
-                    format!("uses `{file}`, which does not exist (paths resolve against the workspace)"),
-                )]));
+            let why_not = match std::fs::metadata(&full) {
+                Err(_) => Some("which does not exist (paths resolve against the workspace)".to_string()),
+                Ok(meta) if meta.is_dir() => Some("which is a folder; name a stage definition file in it".to_string()),
+                Ok(_) => None,
+            };
+            if let Some(why_not) = why_not {
+                return Err(sources.locate_all(vec![Issue::new(path, format!("uses `{file}`, {why_not}"))]));
             }
             let mut base = self.read(&full, sources, &format!("stages.{name}"))?;
             merge::deep_merge(&mut base, Value::Object(std::mem::take(obj)));
@@ -405,7 +389,10 @@ fn build_stage(
     }
     let runtime_json = interpolate(&mut issues, scope, raw.runtime, format!("{base}.runtime"));
     let runtime = match serde_path_to_error::deserialize::<_, Runtime>(runtime_json) {
-        Ok(r) => r,
+        Ok(r) => {
+            issues.extend(r.check(&format!("{base}.runtime")));
+            r
+        }
         Err(e) => {
             let inner = e.path().to_string();
             let path = if inner == "." { format!("{base}.runtime") } else { format!("{base}.runtime.{inner}") };
@@ -477,6 +464,15 @@ pub fn elide(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         None => format!("{s:?}"),
         Some((end, _)) => format!("{:?}… ({} more characters)", &s[..end], s[end..].chars().count()),
+    }
+}
+
+/// `s` as it is when short, else its first `max` characters and how many more there were:
+/// for text shown between backticks (a command), where quoting would escape its quotes.
+pub fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}… ({} more characters)", &s[..end], s[end..].chars().count()),
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::calling::Decoding;
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Message, ModelIdentity, Part};
 use crate::data::frame::{ResponseKeys, f64_col, frame, i64_col, str_col, strings};
@@ -97,6 +98,13 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.aspects.is_empty() {
         return Err(Issue::new("params.aspects", "name at least one aspect"));
     }
+    let decoding = Decoding {
+        temperature: Some(params.temperature),
+        max_tokens: Some(params.max_tokens),
+        max_image_side: params.max_image_side,
+        ..Decoding::default()
+    };
+    decoding.check("params")?;
     let identity = providers::identity(&params.judge, def);
     Ok(Box::new(Annotate { def: def.clone(), identity, params }))
 }

@@ -6,8 +6,29 @@ use std::collections::HashMap;
 use super::{RunContext, StageError};
 use crate::calls::{CallResult, CallSpec, ModelIdentity};
 use crate::data::report::DataReport;
-use crate::dsl::ModelDef;
+use crate::dsl::{Issue, ModelDef, Range};
 use crate::providers;
+
+/// Decoding settings a calling stage sends: `path` is where they sit (`params`, or one pool
+/// entry). The ranges are those of OpenAI's chat API.
+#[derive(Default)]
+pub struct Decoding {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub max_image_side: Option<u32>,
+}
+
+impl Decoding {
+    pub fn check(&self, path: &str) -> Result<(), Issue> {
+        let at = |key: &str| format!("{path}.{key}");
+        Range::at_least(0.0).at_most(2.0).check_some(&at("temperature"), self.temperature)?;
+        Range::above(0.0).at_most(1.0).check_some(&at("top_p"), self.top_p)?;
+        Range::at_least(1.0).check_some(&at("max_tokens"), self.max_tokens.map(f64::from))?;
+        // Below a few pixels an image says nothing; the check also keeps scaling from dividing by 0.
+        Range::at_least(8.0).check_some(&at("max_image_side"), self.max_image_side.map(f64::from))
+    }
+}
 
 /// Results of `specs` (by call key): remembered ones from the memo, the rest sent now. Adds
 /// each model's calls, tokens and estimated cost to `report`.

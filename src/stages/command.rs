@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, workspace_files};
-use crate::dsl::Issue;
+use crate::dsl::{Issue, elide, shorten};
 use crate::store::{OutputKind, OutputRef};
 use crate::table::TableFormat;
 
@@ -40,6 +40,27 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     if params.cmd.trim().is_empty() {
         return Err(Issue::new("params.cmd", "the command is empty"));
+    }
+    if params.cmd.contains('\0') {
+        return Err(Issue::new("params.cmd", "the command holds a NUL character, which no shell can run"));
+    }
+    for (name, value) in &params.env {
+        let at = format!("params.env.{name}");
+        if !is_env_name(name) {
+            return Err(Issue::new(
+                at,
+                format!(
+                    "{} is not an environment variable name: expected letters, digits and `_`, not starting with a digit",
+                    elide(name, 60)
+                ),
+            ));
+        }
+        if name.starts_with("SILKIE_") {
+            return Err(Issue::new(at, "names starting with `SILKIE_` are silkie's own (its inputs and workspace)"));
+        }
+        if value.contains('\0') {
+            return Err(Issue::new(at, "the value holds a NUL character, which no environment can carry"));
+        }
     }
     let mut claimed: Vec<(String, Vec<String>)> = Vec::new();
     for (i, dep) in params.deps.iter().enumerate() {
@@ -68,6 +89,13 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
         claimed.push((at, parts));
     }
     Ok(Box::new(CommandStage { params }))
+}
+
+/// A name a shell can expand: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A relative path's normal components (`./a//b/` → `[a, b]`).
@@ -177,8 +205,8 @@ impl Stage for CommandStage {
         die_with_parent(&mut process);
         let result = process.output();
         let _ = std::fs::remove_dir_all(&staging);
-        let output =
-            result.map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", self.params.cmd)))?;
+        let output = result
+            .map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", shorten(&self.params.cmd, 200))))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !stdout.trim().is_empty() {
             tracing::debug!("{} stdout:\n{stdout}", ctx.instance);
@@ -189,7 +217,7 @@ impl Stage for CommandStage {
             let status = output.status.code().map_or("a signal".to_string(), |c| format!("exit code {c}"));
             return Err(StageError::Failed(format!(
                 "`{}` failed with {status}{}{}",
-                self.params.cmd,
+                shorten(&self.params.cmd, 200),
                 if tail.is_empty() { "" } else { ":\n" },
                 tail.join("\n")
             )));
@@ -211,11 +239,17 @@ impl Stage for CommandStage {
 
 #[cfg(test)]
 mod tests {
-    use super::env_name;
+    use super::{env_name, is_env_name};
 
     #[test]
     fn env_names_are_shell_safe() {
         assert_eq!(env_name("raw.table"), "SILKIE_IN_RAW_TABLE");
         assert_eq!(env_name("clean.data/out-1.csv"), "SILKIE_IN_CLEAN_DATA_OUT_1_CSV");
+    }
+
+    #[test]
+    fn env_names_a_shell_can_expand() {
+        assert!(is_env_name("STAGE") && is_env_name("_x1"));
+        assert!(!is_env_name("") && !is_env_name("A=B") && !is_env_name("1A") && !is_env_name("A B"));
     }
 }

@@ -15,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
+    Base, StepHook, check_loop, check_optimiser, image_pixels, key_params, metrics_table, put_checkpoint,
+    resume_or_start,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
-use crate::dsl::Issue;
+use crate::dsl::{Issue, Range};
 use crate::model::device::Precision;
 use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
@@ -122,9 +123,11 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.max_length.is_some_and(|n| n < 2) {
         return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
     }
-    if params.beta.is_nan() || params.beta <= 0.0 {
-        return Err(Issue::new("params.beta", "beta must be positive"));
-    }
+    check_optimiser(params.lr, params.warmup_ratio, params.max_grad_norm, &params.adamw)?;
+    Range::above(0.0).check("params.beta", params.beta)?;
+    // TRL's conservative DPO: a share of flipped labels, at most a half.
+    Range::at_least(0.0).at_most(0.5).check("params.label_smoothing", params.label_smoothing)?;
+    Range::at_least(0.0).check("params.sft_weight", params.sft_weight)?;
     Ok(Box::new(Dpo { params, precision: precision(config, true)? }))
 }
 

@@ -14,7 +14,7 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::calling::{call_models, checkpoint_model};
+use super::calling::{Decoding, call_models, checkpoint_model};
 use super::{
     Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, model_role, parse_params,
     precision,
@@ -158,6 +158,13 @@ fn model_entry(config: &Config, name: &str, path: &str) -> Result<(ModelDef, Mod
 
 fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
+    let decoding = Decoding {
+        temperature: Some(params.temperature),
+        max_tokens: params.max_tokens,
+        max_image_side: params.max_image_side,
+        ..Decoding::default()
+    };
+    decoding.check("params")?;
     let named_policy = match &params.policy {
         ModelRef::Named(name) => Some(model_entry(config, name, "params.policy")?),
         ModelRef::Checkpoint(_) => None,

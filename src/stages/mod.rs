@@ -236,15 +236,39 @@ impl RunContext<'_> {
     }
 }
 
+/// The place in the workspace a stage may write, restore or delete at `relative`. Checked
+/// on the disk, not as text only: the deepest part of the path that exists is resolved,
+/// symbolic links included, and must lie inside the workspace, so neither `..`, an absolute
+/// path elsewhere, nor a link to a folder outside can lead a write or a delete out of it.
 pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf, StageError> {
     let rel = Path::new(relative);
-    if rel.is_absolute() {
-        return Ok(rel.to_path_buf());
-    }
     if rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(StageError::Failed(format!("`{relative}` leaves the workspace; outputs must stay inside it")));
     }
-    Ok(workspace.join(rel))
+    let path = workspace.join(rel);
+    let root = std::fs::canonicalize(workspace)
+        .map_err(|e| StageError::Failed(format!("cannot resolve the workspace {}: {e}", workspace.display())))?;
+    // The path itself may be a link (it is replaced, never written through); what holds it may not.
+    let mut existing = path.parent();
+    while let Some(dir) = existing
+        && std::fs::symlink_metadata(dir).is_err()
+    {
+        existing = dir.parent();
+    }
+    let resolved = existing
+        .map(std::fs::canonicalize)
+        .transpose()
+        .map_err(|e| StageError::Failed(format!("cannot resolve the folder of `{relative}`: {e}")))?;
+    match resolved {
+        Some(dir) if dir.starts_with(&root) => Ok(path),
+        Some(dir) => Err(StageError::Failed(format!(
+            "`{relative}` lies outside the workspace {} (its folder resolves to {}{}); silkie writes only inside it",
+            root.display(),
+            dir.display(),
+            if rel.is_absolute() { "" } else { ", through a symbolic link" },
+        ))),
+        None => Err(StageError::Failed(format!("`{relative}` has no folder to write in"))),
+    }
 }
 
 /// The table format of a `path` param: the explicit `format` param, else the extension.

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::calling::Decoding;
 use super::{
     Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
 };
@@ -121,8 +122,24 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
             format!("must lie between 1 and the pool size ({}), not {}", params.pool.len(), params.per_instruction),
         ));
     }
+    let decoding = Decoding {
+        temperature: Some(params.temperature),
+        top_p: Some(params.top_p),
+        max_tokens: Some(params.max_tokens),
+        max_image_side: params.max_image_side,
+    };
+    decoding.check("params")?;
     let mut pool = Vec::new();
     for (i, entry) in params.pool.iter().enumerate() {
+        if let PoolEntry::Entry(e) = entry {
+            let own = Decoding {
+                temperature: e.temperature,
+                top_p: e.top_p,
+                max_tokens: e.max_tokens,
+                ..Decoding::default()
+            };
+            own.check(&format!("params.pool[{i}]"))?;
+        }
         let (name, overrides) = match entry {
             PoolEntry::Name(name) => (name.clone(), None),
             PoolEntry::Entry(e) => {

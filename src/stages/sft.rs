@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, image_pixels, key_params, metrics_table, put_checkpoint, resume_or_start,
+    Base, StepHook, check_loop, check_optimiser, image_pixels, key_params, metrics_table, put_checkpoint,
+    resume_or_start,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::data::report::DataReport;
-use crate::dsl::Issue;
+use crate::dsl::{Issue, Range};
 use crate::model::device::Precision;
 use crate::model::policy::{Example, TokenBatch};
 use crate::model::tiny::{TinyConfig, TinyVlm};
@@ -107,9 +108,8 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     params.base.settle()?;
     check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;
-    if !(0.0..=1.0).contains(&params.label_noise) {
-        return Err(Issue::new("params.label_noise", "a share between 0 and 1"));
-    }
+    check_optimiser(params.lr, params.warmup_ratio, params.max_grad_norm, &params.adamw)?;
+    Range::at_least(0.0).at_most(1.0).check("params.label_noise", params.label_noise)?;
     if params.max_length.is_some_and(|n| n < 2) {
         return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
     }

@@ -11,7 +11,7 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::{RunContext, StageError, StageProgress, model_role};
-use crate::dsl::Issue;
+use crate::dsl::{Issue, Range};
 use crate::model::checkpoint;
 use crate::model::device::Precision;
 use crate::model::policy::{blank_pixels, pixels};
@@ -168,6 +168,22 @@ pub fn key_params(params: &impl Serialize, precision: Precision) -> serde_json::
     }
     super::key_precision(&mut value, precision);
     value
+}
+
+/// Checks the optimiser settings every trainer has against the ranges HF's `TrainingArguments`
+/// and `torch.optim.AdamW` accept (a learning rate above 1 is refused too: it only diverges).
+pub fn check_optimiser(lr: f64, warmup_ratio: f64, max_grad_norm: Option<f64>, adamw: &AdamW) -> Result<(), Issue> {
+    Range::above(0.0).at_most(1.0).check("params.lr", lr)?;
+    Range::at_least(0.0).at_most(1.0).check("params.warmup_ratio", warmup_ratio)?;
+    if let Some(norm) = max_grad_norm {
+        Range::above(0.0)
+            .check("params.max_grad_norm", norm)
+            .map_err(|i| i.with_help(Some("leave `max_grad_norm` out to train without clipping".into())))?;
+    }
+    Range::at_least(0.0).below(1.0).check("params.adamw.beta1", adamw.beta1)?;
+    Range::at_least(0.0).below(1.0).check("params.adamw.beta2", adamw.beta2)?;
+    Range::above(0.0).at_most(1.0).check("params.adamw.epsilon", adamw.epsilon)?;
+    Range::at_least(0.0).at_most(1.0).check("params.adamw.weight_decay", adamw.weight_decay)
 }
 
 /// Checks the settings every trainer has.

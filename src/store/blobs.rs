@@ -139,6 +139,11 @@ impl Store {
     /// Recreates a stored directory at `dest`, removing files the manifest does not list.
     pub fn restore_dir(&self, digest: &str, dest: &Path) -> Result<()> {
         let manifest = self.read_dir_manifest(digest)?;
+        // A link where the folder goes is replaced, never followed: clearing through it
+        // would delete files wherever it points.
+        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(dest).map_err(io_err(dest))?;
+        }
         if dest.is_dir() {
             for path in walk_files(dest)? {
                 let rel = path.strip_prefix(dest).unwrap_or(&path).to_string_lossy().replace('\\', "/");

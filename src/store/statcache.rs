@@ -51,6 +51,9 @@ impl StatCache {
     /// The digest of a file or (recursively, by relative path and content) a directory.
     pub fn digest(&self, path: &Path) -> Result<String> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if let Some(kind) = crate::files::special_kind(&meta.file_type()) {
+            return Err(io_err(path)(crate::files::wrong_kind(kind, "a file or folder")));
+        }
         if meta.is_dir() {
             let mut listing = String::new();
             for file in walk_files(path)? {
