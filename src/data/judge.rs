@@ -95,9 +95,33 @@ pub struct Judged {
 /// (aspect id, response number from 1) → rating.
 pub type Judgement = BTreeMap<(String, usize), Judged>;
 
+/// The judge's scale: a rating outside it (`7`, `0`, `10/10`) is kept as text and counted,
+/// never averaged.
+pub const RATING_SCALE: std::ops::RangeInclusive<f64> = 1.0..=5.0;
+
+/// The value of a rating the judge wrote, when it is a number on the scale.
+pub fn rating_value(text: &str) -> Option<f64> {
+    super::rating::parse_rating(text).filter(|v| RATING_SCALE.contains(v))
+}
+
+/// A judge reply as read, with what was odd about it.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub judgement: Judgement,
+    /// Ratings given again for a response and aspect already rated (the first counts).
+    pub repeated: u64,
+    /// Aspects whose texts the judge numbered from 0; they are read in order (0 is the first).
+    pub numbered_from_zero: u64,
+}
+
 /// Reads a judge reply. What is not there is simply absent; the caller decides to re-ask.
-pub fn parse_reply(reply: &str) -> Judgement {
+pub fn read_reply(reply: &str) -> Reply {
     parse_json(reply).unwrap_or_else(|| parse_text(reply))
+}
+
+/// The ratings of a judge reply (see [`read_reply`]).
+pub fn parse_reply(reply: &str) -> Judgement {
+    read_reply(reply).judgement
 }
 
 /// Which of the expected (aspect, response) ratings a judgement lacks.
@@ -113,7 +137,7 @@ pub fn missing(judgement: &Judgement, aspects: &[String], responses: usize) -> V
     absent
 }
 
-fn parse_json(reply: &str) -> Option<Judgement> {
+fn parse_json(reply: &str) -> Option<Reply> {
     let body = match reply.find("```") {
         Some(start) => {
             let after = &reply[start + 3..];
@@ -124,20 +148,53 @@ fn parse_json(reply: &str) -> Option<Judgement> {
     };
     let value: Value = serde_json::from_str(body.trim()).ok()?;
     let object = value.as_object()?;
-    let mut out = Judgement::new();
+    let mut out = Reply::default();
     for (name, entries) in object {
         let Some(aspect) = aspect_id(name) else { continue };
         for (i, entry) in entries.as_array()?.iter().enumerate() {
+            // The forms the text path reads (`4/5`, `[4]`) read the same here.
             let rating = match entry.get("rating") {
-                Some(Value::String(s)) => s.clone(),
+                Some(Value::String(s)) => rating_text(s),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => continue,
             };
             let rationale = entry.get("rationale").and_then(Value::as_str).unwrap_or_default().to_string();
-            out.insert((aspect.to_string(), i + 1), Judged { rating, rationale });
+            out.add((aspect.to_string(), i + 1), Judged { rating, rationale });
         }
     }
-    (!out.is_empty()).then_some(out)
+    (!out.judgement.is_empty()).then_some(out)
+}
+
+impl Reply {
+    /// Keeps the first rating of each (aspect, response), counting the others.
+    fn add(&mut self, key: (String, usize), judged: Judged) -> bool {
+        match self.judgement.entry(key) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                self.repeated += 1;
+                false
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(judged);
+                true
+            }
+        }
+    }
+
+    /// An aspect whose texts start at 0 was numbered from 0 by the judge: its texts move up
+    /// by one, so the first text's rating is the first response's.
+    fn number_from_one(&mut self) {
+        let zero_based: Vec<String> =
+            self.judgement.keys().filter(|(_, n)| *n == 0).map(|(aspect, _)| aspect.clone()).collect();
+        for aspect in zero_based {
+            let keys: Vec<(String, usize)> = self.judgement.keys().filter(|(a, _)| *a == aspect).cloned().collect();
+            let moved: Vec<((String, usize), Judged)> =
+                keys.into_iter().filter_map(|k| self.judgement.remove_entry(&k)).collect();
+            for ((a, n), judged) in moved {
+                self.judgement.insert((a, n + 1), judged);
+            }
+            self.numbered_from_zero += 1;
+        }
+    }
 }
 
 /// A line without markdown emphasis and heading marks, trimmed.
@@ -159,7 +216,7 @@ fn aspect_heading(line: &str) -> Option<&'static str> {
     ASPECTS.iter().find(|a| aspect_id(name) == Some(**a)).copied()
 }
 
-/// `Output for Text 2`, `Text 2:`, `Response 2` → 2.
+/// `Output for Text 2`, `Text 2:`, `Response 2` → 2 (and `Text 0` → 0, see [`Reply::number_from_one`]).
 fn response_heading(line: &str) -> Option<usize> {
     let lowered = line.to_lowercase();
     let rest = ["output for text", "text", "response", "output"].iter().find_map(|p| lowered.strip_prefix(p))?;
@@ -168,7 +225,7 @@ fn response_heading(line: &str) -> Option<usize> {
     if !(after.is_empty() || after == ":") {
         return None;
     }
-    digits.parse().ok().filter(|n| *n > 0)
+    digits.parse().ok()
 }
 
 /// The value after a `Label:` prefix (case-insensitive).
@@ -188,8 +245,8 @@ fn rating_text(value: &str) -> String {
     if number.is_empty() { v.to_string() } else { number.to_string() }
 }
 
-fn parse_text(reply: &str) -> Judgement {
-    let mut out = Judgement::new();
+fn parse_text(reply: &str) -> Reply {
+    let mut out = Reply::default();
     let mut aspect: Option<&str> = None;
     let mut response: Option<usize> = None;
     let mut open: Option<(String, usize)> = None;
@@ -216,21 +273,22 @@ fn parse_text(reply: &str) -> Judgement {
             in_rationale = false;
             if let (Some(a), Some(n)) = (aspect, response) {
                 let key = (a.to_string(), n);
-                // The first rating given for a response counts.
-                out.entry(key.clone()).or_insert(Judged { rating: rating_text(value), rationale: String::new() });
-                open = Some(key);
+                // The first rating given for a response counts; a repeated section's rationale
+                // does not overwrite the first one's.
+                let first = out.add(key.clone(), Judged { rating: rating_text(value), rationale: String::new() });
+                open = first.then_some(key);
             }
             continue;
         }
         if let Some(value) = field(&line, "rationale") {
-            if let Some(judged) = open.as_ref().and_then(|k| out.get_mut(k)) {
+            if let Some(judged) = open.as_ref().and_then(|k| out.judgement.get_mut(k)) {
                 judged.rationale = value.to_string();
                 in_rationale = true;
             }
             continue;
         }
         // A rationale running over several lines, or starting on the line after its label.
-        if let Some(judged) = open.as_ref().and_then(|k| out.get_mut(k))
+        if let Some(judged) = open.as_ref().and_then(|k| out.judgement.get_mut(k))
             && in_rationale
         {
             if !judged.rationale.is_empty() {
@@ -239,6 +297,7 @@ fn parse_text(reply: &str) -> Judgement {
             judged.rationale.push_str(&line);
         }
     }
+    out.number_from_one();
     out
 }
 
@@ -361,6 +420,44 @@ Rationale: Invents a cat.
     fn the_first_of_two_ratings_counts() {
         let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\nRating: 1\n";
         assert_eq!(ratings(reply), [r(H, 1, "4")]);
+    }
+
+    #[test]
+    fn a_repeated_section_keeps_the_first_copy_and_is_counted() {
+        let section = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 4\nRationale: first\n";
+        let again = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 2\nRationale: second\n";
+        let reply = read_reply(&format!("{section}{again}"));
+        assert_eq!(reply.repeated, 1);
+        assert_eq!(reply.judgement[&(H.to_string(), 1)], Judged { rating: "4".into(), rationale: "first".into() });
+    }
+
+    #[test]
+    fn texts_numbered_from_zero_are_read_in_order() {
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 0\nRating: 5\n##### Output for Text 1\nRating: 2\n#### Visual Faithfulness Assessment\n##### Output for Text 1\nRating: 3\n";
+        let read = read_reply(reply);
+        assert_eq!(read.numbered_from_zero, 1);
+        assert_eq!(ratings(reply), [r(H, 1, "5"), r(H, 2, "2"), r(V, 1, "3")]);
+    }
+
+    #[test]
+    fn json_and_text_read_the_same_rating_forms() {
+        for form in ["4/5", "[4]", "4 out of 5", "4."] {
+            let json = format!(r#"{{"helpfulness": [{{"rating": "{form}"}}]}}"#);
+            let text = format!("#### Helpfulness Assessment\n##### Output for Text 1\nRating: {form}\n");
+            assert_eq!(ratings(&json), [r(H, 1, "4")], "{form}");
+            assert_eq!(ratings(&json), ratings(&text), "{form}");
+        }
+    }
+
+    #[test]
+    fn ratings_off_the_scale_have_no_value() {
+        for (text, value) in [("4", Some(4.0)), ("1", Some(1.0)), ("7", None), ("0", None), ("-2", None), ("10", None)]
+        {
+            assert_eq!(rating_value(text), value, "{text}");
+        }
+        // `10/10` reads as 10, which is off the 1–5 scale.
+        let reply = "#### Helpfulness Assessment\n##### Output for Text 1\nRating: 10/10\n";
+        assert_eq!(rating_value(&parse_reply(reply)[&(H.to_string(), 1)].rating), None);
     }
 
     #[test]

@@ -80,11 +80,11 @@ pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreI
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut images = BTreeMap::new();
     let mut digests: Vec<Option<String>> = Vec::new();
-    let mut unknown_aspects = 0;
+    let mut odd = OddAnnotations::default();
     let mut lines = 0;
     for_each_record(path, shown, &mut |location, record| {
         lines += 1;
-        let parsed = record.and_then(|record| parse_row(&record, &mut unknown_aspects, opts.images.is_some()));
+        let parsed = record.and_then(|record| parse_row(&record, &mut odd, opts.images.is_some()));
         let row = match parsed {
             Ok(row) => row,
             Err(reason) => return reject(opts.on_bad_row, &mut report, "bad_row", &location, &reason),
@@ -113,7 +113,8 @@ pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreI
         return Err(format!("{shown}: the file holds no rows"));
     }
     report.input("rows", lines);
-    report.note("unknown_aspect", unknown_aspects);
+    report.note("unknown_aspect", odd.unknown_aspects);
+    report.note("duplicate_aspect_annotation", odd.duplicates);
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].id.cmp(&rows[b].id));
     let instructions = instructions_table(&rows, &digests, &order, opts.source).map_err(|e| e.to_string())?;
@@ -237,7 +238,16 @@ fn text_of(value: &Value, what: &str) -> Result<String, String> {
     }
 }
 
-fn parse_row(record: &Record, unknown_aspects: &mut u64, names_images: bool) -> Result<Row, String> {
+/// Annotations that do not count, counted for the report.
+#[derive(Default)]
+struct OddAnnotations {
+    unknown_aspects: u64,
+    /// A second annotation of one aspect in one completion (`Ethics` beside `Ethical
+    /// Considerations`, or a key written twice): the first counts.
+    duplicates: u64,
+}
+
+fn parse_row(record: &Record, odd: &mut OddAnnotations, names_images: bool) -> Result<Row, String> {
     let obj = record.value.as_object().ok_or("expected a JSON object")?;
     let id = text_of(obj.get("id").unwrap_or(&Value::Null), "id")?;
     // The id names the image file: it must stay inside the images folder.
@@ -261,16 +271,25 @@ fn parse_row(record: &Record, unknown_aspects: &mut u64, names_images: bool) -> 
             .ok_or_else(|| format!("`{}` is missing or not a map", at("annotations")))?;
         let mut ratings: [Option<Rating>; 3] = Default::default();
         let order = record.annotation_order.get(i);
+        // A key written twice reaches us once (a JSON map keeps its last value); the text says so.
+        if let Some(keys) = order {
+            let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+            odd.duplicates += (keys.len() - distinct.len()) as u64;
+        }
         for (name, annotation) in annotations {
             // Parquet gives every row every aspect field; an absent one comes back as null.
             if annotation.is_null() {
                 continue;
             }
             let Some(aspect) = aspect_id(name) else {
-                *unknown_aspects += 1;
+                odd.unknown_aspects += 1;
                 continue;
             };
             let slot = ASPECTS.iter().position(|a| *a == aspect).expect("aspect ids come from ASPECTS");
+            if ratings[slot].is_some() {
+                odd.duplicates += 1;
+                continue;
+            }
             let rating = match annotation.get("Rating") {
                 None | Some(Value::Null) => String::new(),
                 Some(Value::String(s)) => s.clone(),
@@ -396,4 +415,25 @@ fn response_tables(
         ],
     )?;
     Ok((responses_df, ratings_df))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(text: &str) -> Record {
+        Record { value: serde_json::from_str(text).unwrap(), annotation_order: annotation_order(text) }
+    }
+
+    #[test]
+    fn a_second_annotation_of_one_aspect_is_counted_and_the_first_kept() {
+        let text = r#"{"id": "a", "prompt": "p", "completions": [{"model": "m", "response": "r", "annotations": {
+            "Ethical Considerations": {"Rating": "5", "Rationale": "first"}, "Ethics": {"Rating": "1", "Rationale": "second"},
+            "Helpfulness": {"Rating": "3"}, "Helpfulness": {"Rating": "4"}}}]}"#;
+        let mut odd = OddAnnotations::default();
+        let row = parse_row(&record(text), &mut odd, false).unwrap();
+        assert_eq!(odd.duplicates, 2, "one aspect under two names, and one key written twice");
+        let ethics = row.completions[0].ratings[2].as_ref().unwrap();
+        assert_eq!((ethics.text.as_str(), ethics.rationale.as_str()), ("5", "first"));
+    }
 }

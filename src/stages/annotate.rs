@@ -342,7 +342,13 @@ impl Annotate {
             for (spec, &i) in specs.iter().zip(&pending) {
                 let result = &results[&spec.key];
                 let reply = result.text.clone().unwrap_or_default();
-                let verdict = merge(verdicts[i].take(), judge::parse_reply(&reply), &spec.key, result.status);
+                let read = judge::read_reply(&reply);
+                report.note("repeated_rating_in_reply", read.repeated);
+                if read.numbered_from_zero > 0 {
+                    tracing::warn!("{}: the judge numbered its texts from 0; read in order", ctx.instance);
+                    report.note("reply_numbered_from_zero", 1);
+                }
+                let verdict = merge(verdicts[i].take(), read.judgement, &spec.key, result.status);
                 let missing = judge::missing(&verdict.judgement, &self.params.aspects, cases[i].shown.len());
                 verdicts[i] = Some(verdict);
                 if result.status == CallStatus::Ok && !missing.is_empty() && round < self.params.max_reasks {
@@ -374,13 +380,13 @@ impl Annotate {
                     let status = match (verdict.status, judged) {
                         (status @ (CallStatus::Refused | CallStatus::Rejected), _) => status.as_str(),
                         (_, None) => "missing",
-                        (_, Some(j)) if parse_rating(&j.rating).is_some() => "ok",
+                        (_, Some(j)) if judge::rating_value(&j.rating).is_some() => "ok",
                         (_, Some(_)) => "unparseable",
                     };
                     if status != "ok" {
                         report.note(&format!("{status}_rating"), 1);
                     }
-                    if judged.and_then(|j| parse_rating(&j.rating)).is_some_and(|v| !(1.0..=5.0).contains(&v)) {
+                    if judged.and_then(|j| parse_rating(&j.rating)).is_some_and(|v| !judge::RATING_SCALE.contains(&v)) {
                         report.note("out_of_range_rating", 1);
                     }
                     rows.push(RatingRow {
@@ -406,7 +412,7 @@ impl Annotate {
                 str_col("model", rows.iter().map(|r| Some(keys.model[r.response].to_string())).collect()),
                 i64_col("sample_index", rows.iter().map(|r| Some(keys.sample[r.response])).collect()),
                 str_col("aspect", rows.iter().map(|r| Some(self.params.aspects[r.slot].clone())).collect()),
-                f64_col("rating", rows.iter().map(|r| r.text.as_deref().and_then(parse_rating)).collect()),
+                f64_col("rating", rows.iter().map(|r| r.text.as_deref().and_then(judge::rating_value)).collect()),
                 i64_col("position", rows.iter().map(|r| Some(r.slot as i64)).collect()),
                 str_col("rating_text", rows.iter().map(|r| r.text.clone()).collect()),
                 str_col("rationale", rows.iter().map(|r| r.rationale.clone()).collect()),
