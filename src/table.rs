@@ -58,7 +58,7 @@ pub fn read(path: &Path, format: TableFormat) -> Result<DataFrame, TableError> {
     match format {
         TableFormat::Parquet => ParquetReader::new(File::open(path).map_err(io)?).finish().map_err(read_err),
         TableFormat::Csv => {
-            check_utf8_lines(path)?;
+            check_csv_fields(path)?;
             CsvReadOptions::default()
                 .with_has_header(true)
                 .try_into_reader_with_file_path(Some(path.to_path_buf()))
@@ -78,8 +78,40 @@ pub fn read(path: &Path, format: TableFormat) -> Result<DataFrame, TableError> {
     }
 }
 
-fn check_utf8_lines(path: &Path) -> Result<usize, TableError> {
-    each_line(path, |_, _| Ok(()))
+/// Checks that the file is UTF-8 and every record has as many fields as the header, so a
+/// short row is an error naming its line rather than a row padded with nulls. Quotes are
+/// respected: a quoted field may hold commas, doubled quotes and line breaks.
+fn check_csv_fields(path: &Path) -> Result<usize, TableError> {
+    let mut header: Option<usize> = None;
+    let (mut fields, mut in_quotes, mut record_line) = (1, false, 0);
+    each_line(path, |line_no, line| {
+        if !in_quotes {
+            (fields, record_line) = (1, line_no);
+        }
+        for byte in line.bytes() {
+            match byte {
+                b'"' => in_quotes = !in_quotes,
+                b',' if !in_quotes => fields += 1,
+                _ => {}
+            }
+        }
+        match header {
+            _ if in_quotes => {} // the record goes on over the next line
+            None => header = Some(fields),
+            Some(expected) if expected != fields => {
+                let what = if fields < expected { "too few" } else { "too many" };
+                return Err(TableError::Line {
+                    path: path.to_path_buf(),
+                    line: record_line,
+                    message: format!(
+                        "{fields} fields where the header has {expected} ({what}); quote a field that holds a comma"
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    })
 }
 
 /// Validates every non-blank line as a JSON object; returns how many there are.

@@ -39,6 +39,14 @@ fn non_utf8_bytes_are_named() {
 }
 
 #[test]
+fn a_csv_row_with_too_few_or_too_many_fields_is_named() {
+    let (_, error) = run_load("x.csv", b"id,text,score\n1,\"a, quoted\nline\",3\n2,short\n");
+    assert!(error.contains("data/x.csv:4: 2 fields where the header has 3 (too few)"), "{error}");
+    let (_, error) = run_load("x.csv", b"id,text\n1,a,extra\n");
+    assert!(error.contains("data/x.csv:2: 3 fields where the header has 2 (too many)"), "{error}");
+}
+
+#[test]
 fn empty_files_are_errors_not_empty_tables() {
     let (_, error) = run_load("x.jsonl", b"\n\n");
     assert!(error.contains("data/x.jsonl: the file holds no rows"), "{error}");
@@ -61,4 +69,40 @@ fn a_missing_input_file_is_named() {
 fn a_corrupt_parquet_file_is_named() {
     let (_, error) = run_load("x.parquet", b"PAR1 this is not parquet");
     assert!(error.contains("data/x.parquet: cannot read as parquet"), "{error}");
+}
+
+#[test]
+fn load_decodes_every_image_and_caps_their_size() {
+    let ws = Workspace::new();
+    let img = ws.path().join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let noisy =
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x ^ y) * 4) as u8]));
+    noisy.save(img.join("good.png")).unwrap();
+    // A corrupt middle: header and end marker intact, so only decoding every pixel shows it.
+    let mut bytes = std::fs::read(img.join("good.png")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 64].iter_mut().for_each(|b| *b ^= 0x5a);
+    std::fs::write(img.join("corrupt.png"), bytes).unwrap();
+    image::RgbImage::new(2000, 1000).save(img.join("huge.png")).unwrap();
+    ws.write("rows.csv", "id,image\n1,good.png\n2,corrupt.png\n3,huge.png\n");
+    let pipeline = |extra: &str| {
+        format!(
+            "version: 1\nstages:\n  raw: {{ kind: load, params: {{ path: rows.csv, images: img, max_image_pixels: 1000000{extra} }} }}\n"
+        )
+    };
+    ws.write("pipeline.yaml", &pipeline(""));
+    let out = ws.silkie(&["run"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("rows.csv: row 2: image") && out.stdout.contains("corrupt.png cannot be decoded"),
+        "{}",
+        out.stdout
+    );
+    ws.write("pipeline.yaml", &pipeline(", on_bad_image: skip"));
+    ws.run(&[]);
+    let report = ws.silkie(&["show", "raw", "--report", "--format", "json"]).json();
+    assert_eq!(report["dropped"]["undecodable_image"], 1, "{report}");
+    assert_eq!(report["dropped"]["oversized_image"], 1, "{report}");
+    assert_eq!(report["rows_out"]["table"], 1, "{report}");
 }

@@ -1,22 +1,68 @@
-//! Image files a data set points at: there, readable, and not cut short.
+//! Image files a data set points at: there, decodable to the last pixel, not cut short,
+//! and not so large that decoding them later would exhaust memory.
 
 use std::path::{Path, PathBuf};
 
-/// `Ok(file)` when the image is there, its header decodes and (JPEG, PNG) it is not cut
-/// short; else (drop reason, message). Decoding every pixel of 80k images would cost minutes.
-pub fn check_image(file: &Path) -> Result<PathBuf, (&'static str, String)> {
+/// The most pixels an image may have unless `max_image_pixels` says otherwise: 50 million,
+/// about 7000 × 7000, far above what a VLM sees and far below what would fill memory.
+pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+
+/// Why an image cannot be used: (drop reason for the report, message).
+pub type BadImage = (&'static str, String);
+
+/// `Ok(file)` when the image is there, has at most `max_pixels` pixels, decodes whole and
+/// (JPEG, PNG) is not cut short; else why not. Every pixel is decoded: a corrupt middle
+/// shows only then, and is better found here, row named, than in a later stage.
+pub fn check_image(file: &Path, max_pixels: u64) -> Result<PathBuf, BadImage> {
     if !file.is_file() {
         return Err(("missing_image", format!("image {} does not exist", file.display())));
     }
     let undecodable = |why: String| ("undecodable_image", format!("image {} cannot be decoded: {why}", file.display()));
-    let reader =
-        image::ImageReader::open(file).and_then(|r| r.with_guessed_format()).map_err(|e| undecodable(e.to_string()))?;
+    let open =
+        || image::ImageReader::open(file).and_then(|r| r.with_guessed_format()).map_err(|e| undecodable(e.to_string()));
+    let reader = open()?;
     let format = reader.format();
-    reader.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
+    let (width, height) = reader.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err((
+            "oversized_image",
+            format!(
+                "image {} is {width} × {height} = {pixels} pixels, more than max_image_pixels ({max_pixels})",
+                file.display()
+            ),
+        ));
+    }
+    open()?.decode().map_err(|e| undecodable(e.to_string()))?;
     if !ends_whole(file, format).map_err(|e| undecodable(e.to_string()))? {
         return Err(undecodable("the file is cut short (no end marker)".into()));
     }
     Ok(file.to_path_buf())
+}
+
+/// [`check_image`] of every file, on every core, in the files' order.
+pub fn check_images(files: &[PathBuf], max_pixels: u64) -> Vec<Result<PathBuf, BadImage>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                (part, scope.spawn(move || part.iter().map(|f| check_image(f, max_pixels)).collect::<Vec<_>>()))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|(part, worker)| {
+                worker.join().unwrap_or_else(|_| {
+                    let panicked = |f: &PathBuf| {
+                        Err(("undecodable_image", format!("image {}: the decoder panicked", f.display())))
+                    };
+                    part.iter().map(panicked).collect()
+                })
+            })
+            .collect()
+    })
 }
 
 /// Whether a JPEG ends with its end-of-image marker, or a PNG with its IEND chunk.

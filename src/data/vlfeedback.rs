@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::frame::{f64_col, frame, i64_col, str_col};
-use super::images::check_image;
+use super::images::check_images;
 use super::rating::{ASPECTS, aspect_id, parse_rating};
 use super::report::DataReport;
 use crate::table;
@@ -30,7 +30,9 @@ pub enum OnBad {
 pub struct Options<'a> {
     /// Directory holding `{id}.jpg`; `None` when the data comes without images.
     pub images: Option<&'a Path>,
-    pub on_missing_image: OnBad,
+    /// A row whose image is missing, undecodable or too large.
+    pub on_bad_image: OnBad,
+    pub max_image_pixels: u64,
     pub on_bad_row: OnBad,
     /// Who wrote the ratings (the release's judge is GPT-4V).
     pub judge: &'a str,
@@ -81,6 +83,7 @@ pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreI
     let mut images = BTreeMap::new();
     let mut digests: Vec<Option<String>> = Vec::new();
     let mut odd = OddAnnotations::default();
+    let mut located: Vec<(String, Row)> = Vec::new();
     let mut lines = 0;
     for_each_record(path, shown, &mut |location, record| {
         lines += 1;
@@ -93,24 +96,34 @@ pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreI
             let reason = format!("duplicate id `{}` (first seen at {first})", row.id);
             return reject(opts.on_bad_row, &mut report, "duplicate_id", &location, &reason);
         }
-        let digest = match opts.images {
-            None => None,
-            Some(dir) => match check_image(&dir.join(format!("{}.jpg", row.id))) {
-                Ok(file) => {
-                    let (digest, bytes) = store_image(&file).map_err(|e| format!("{location}: {e}"))?;
-                    images.insert(format!("{}.jpg", row.id), (digest.clone(), bytes));
-                    Some(digest)
-                }
-                Err((reason, why)) => return reject(opts.on_missing_image, &mut report, reason, &location, &why),
-            },
-        };
-        seen.insert(row.id.clone(), location);
-        digests.push(digest);
-        rows.push(row);
+        seen.insert(row.id.clone(), location.clone());
+        located.push((location, row));
         Ok(())
     })?;
     if lines == 0 {
         return Err(format!("{shown}: the file holds no rows"));
+    }
+    // Every image is decoded, on every core, before any is stored.
+    let files: Vec<PathBuf> = match opts.images {
+        None => Vec::new(),
+        Some(dir) => located.iter().map(|(_, row)| dir.join(format!("{}.jpg", row.id))).collect(),
+    };
+    let mut checked = check_images(&files, opts.max_image_pixels).into_iter();
+    for (location, row) in located {
+        let digest = match checked.next() {
+            None => None,
+            Some(Ok(file)) => {
+                let (digest, bytes) = store_image(&file).map_err(|e| format!("{location}: {e}"))?;
+                images.insert(format!("{}.jpg", row.id), (digest.clone(), bytes));
+                Some(digest)
+            }
+            Some(Err((reason, why))) => {
+                reject(opts.on_bad_image, &mut report, reason, &location, &why)?;
+                continue;
+            }
+        };
+        digests.push(digest);
+        rows.push(row);
     }
     report.input("rows", lines);
     report.note("unknown_aspect", odd.unknown_aspects);

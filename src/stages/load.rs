@@ -15,10 +15,10 @@ use serde_json::Value;
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
 use crate::data::frame::strings;
-use crate::data::images::check_image;
+use crate::data::images::{DEFAULT_MAX_PIXELS, check_images};
 use crate::data::report::DataReport;
 use crate::data::vlfeedback::{self, OnBad};
-use crate::dsl::Issue;
+use crate::dsl::{Issue, Range};
 use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
 use crate::table::{self, TableFormat};
 
@@ -44,8 +44,13 @@ struct Params {
     /// store and the column holds digests); for VLFeedback, the folder holding `{id}.jpg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     images: Option<String>,
+    /// What to do with a row whose image is missing, undecodable or over `max_image_pixels`
+    /// (`on_missing_image`, its old name, still reads).
+    #[serde(default, alias = "on_missing_image", skip_serializing_if = "Option::is_none")]
+    on_bad_image: Option<OnBad>,
+    /// The most pixels (width × height) an image may have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    on_missing_image: Option<OnBad>,
+    max_image_pixels: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on_bad_row: Option<OnBad>,
     /// VLFeedback: who wrote the ratings.
@@ -80,7 +85,6 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
                 format!("VLFeedback data is read from .jsonl or .parquet files, not `{}`", params.path),
             ));
         }
-        params.on_missing_image.get_or_insert(OnBad::Error);
         params.on_bad_row.get_or_insert(OnBad::Error);
         params.judge.get_or_insert_with(|| "gpt-4v".to_string());
         params.source.get_or_insert_with(|| "vlfeedback".to_string());
@@ -89,11 +93,17 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
         if let Some(key) = VLFEEDBACK_ONLY.iter().find(|k| given.get(**k).is_some()) {
             return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies to `format: vlfeedback` only")));
         }
-        if params.images.is_some() {
-            params.on_missing_image.get_or_insert(OnBad::Error);
-        } else if params.on_missing_image.is_some() {
-            return Err(Issue::new("params.on_missing_image", "`on_missing_image` applies with `images:` only"));
-        }
+    }
+    if params.images.is_some() {
+        params.on_bad_image.get_or_insert(OnBad::Error);
+        let pixels = *params.max_image_pixels.get_or_insert(DEFAULT_MAX_PIXELS);
+        Range::at_least(1.0).check("params.max_image_pixels", pixels as f64)?;
+    } else if let Some(key) =
+        [("on_bad_image", params.on_bad_image.is_some()), ("max_image_pixels", params.max_image_pixels.is_some())]
+            .into_iter()
+            .find_map(|(key, given)| given.then_some(key))
+    {
+        return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies with `images:` only")));
     }
     Ok(Box::new(Load { params }))
 }
@@ -105,7 +115,7 @@ fn table(name: &str) -> OutputDecl {
 impl Load {
     /// Replaces the `image` column's paths (relative to `images`) by the stored images'
     /// digests; a missing or unreadable image fails the stage naming its row, or with
-    /// `on_missing_image: skip` drops the row and counts it.
+    /// `on_bad_image: skip` drops the row and counts it.
     fn store_image_column(
         &self,
         ctx: &RunContext,
@@ -121,17 +131,19 @@ impl Load {
         let mut manifest = DirManifest::default();
         let mut digests = Vec::with_capacity(paths.len());
         let mut keep = Vec::with_capacity(paths.len());
+        let inside = |path: &str| !(Path::new(path).is_absolute() || path.split(['/', '\\']).any(|p| p == ".."));
+        let files: Vec<PathBuf> =
+            paths.iter().flatten().filter(|p| inside(p)).map(|p| ctx.workspace.join(images).join(p)).collect();
+        let mut checked_files = check_images(&files, self.max_pixels()).into_iter();
         for (row, path) in paths.iter().enumerate() {
             let Some(path) = path else {
                 digests.push(None);
                 keep.push(true);
                 continue;
             };
-            let escapes = Path::new(path).is_absolute() || path.split(['/', '\\']).any(|p| p == "..");
-            let checked = if escapes {
-                Err(("missing_image", format!("image `{path}` is outside `{images}`")))
-            } else {
-                check_image(&ctx.workspace.join(images).join(path))
+            let checked = match inside(path) {
+                false => Err(("missing_image", format!("image `{path}` is outside `{images}`"))),
+                true => checked_files.next().expect("one check per image inside the folder"),
             };
             match checked {
                 Ok(file) => {
@@ -140,7 +152,7 @@ impl Load {
                     digests.push(Some(digest));
                     keep.push(true);
                 }
-                Err((reason, why)) if self.params.on_missing_image == Some(OnBad::Skip) => {
+                Err((reason, why)) if self.params.on_bad_image == Some(OnBad::Skip) => {
                     tracing::debug!("{shown}: row {}: {why}", row + 1);
                     report.drop(reason, 1);
                     digests.push(None);
@@ -156,6 +168,10 @@ impl Load {
         Ok((manifest, report))
     }
 
+    fn max_pixels(&self) -> u64 {
+        self.params.max_image_pixels.unwrap_or(DEFAULT_MAX_PIXELS)
+    }
+
     fn format(&self) -> Format {
         self.params.format.unwrap_or(Format::Parquet)
     }
@@ -164,7 +180,8 @@ impl Load {
         let images = self.params.images.as_ref().map(|dir| ctx.workspace.join(dir));
         let options = vlfeedback::Options {
             images: images.as_deref(),
-            on_missing_image: self.params.on_missing_image.unwrap_or_default(),
+            on_bad_image: self.params.on_bad_image.unwrap_or_default(),
+            max_image_pixels: self.max_pixels(),
             on_bad_row: self.params.on_bad_row.unwrap_or_default(),
             judge: self.params.judge.as_deref().unwrap_or("gpt-4v"),
             source: self.params.source.as_deref().unwrap_or("vlfeedback"),
