@@ -285,3 +285,39 @@ fn a_corrupt_parquet_input_never_hangs_the_run() {
         assert!(matches!(status.code(), Some(0) | Some(1)), "corrupted at {at}: {status:?}");
     }
 }
+
+#[test]
+fn a_killed_restore_leaves_its_output_stale_and_the_next_run_cleans_up() {
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  shards: { kind: command, params: { cmd: \"mkdir -p out/shards && seq 1 9 | split -l 3 - out/shards/part-\", outs: [out/shards] } }\n",
+    );
+    ws.run(&[]);
+    // What a process killed in the middle of restoring `out/shards` leaves: its marker in
+    // the store, a file cut short, and a temp file beside the ones it had restored.
+    let store = Store::open(&ws.path().join("cache")).unwrap();
+    std::mem::forget(store.restoring(&ws.path().join("out/shards")).unwrap());
+    std::fs::write(ws.path().join("out/shards/part-ab"), "4\n").unwrap();
+    std::fs::write(ws.path().join("out/shards/.part-ac.999999-0.silkie-tmp"), "7\n").unwrap();
+    let status = ws.silkie(&["status"]);
+    assert!(status.stdout.contains("a restore of `out/shards` was interrupted"), "{}", status.stdout);
+    let record = ws.run(&[]);
+    assert_eq!(status_of(&record, "shards"), "hit");
+    assert_eq!(ws.read("out/shards/part-ab"), "4\n5\n6\n");
+    assert!(!ws.path().join("out/shards/.part-ac.999999-0.silkie-tmp").exists());
+    let status = ws.silkie(&["status", "--format", "json"]).json();
+    assert_eq!(status[0]["state"], "fresh", "{status}");
+}
+
+#[test]
+fn temp_files_of_dead_processes_are_removed_by_the_next_run() {
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", "version: 1\nstages:\n  a: { kind: command, params: { cmd: \"true\" } }\n");
+    ws.run(&[]);
+    // A run that died on a full disk leaves a partial blob under the cache's tmp/.
+    let left = ws.path().join("cache/tmp/999999-0-0-blob");
+    std::fs::write(&left, "partial").unwrap();
+    ws.run(&[]);
+    assert!(!left.exists());
+}

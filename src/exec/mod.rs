@@ -102,6 +102,7 @@ pub fn run(
         }
     }
     let _store_lock = store.lock_store(LockMode::Shared, opts.lock_timeout)?;
+    store.remove_dead_temps();
     let stat_cache = StatCache::load(store);
     let env = RunEnv {
         plan,

@@ -97,6 +97,12 @@ pub fn assess(
                 match store.complete_record(&key).ok().flatten() {
                     Some(record) => {
                         assessment.state = State::Fresh;
+                        let outs = inst.stage_impl.workspace_outputs();
+                        if let Some(out) = outs.iter().find(|o| store.restore_interrupted(&workspace.join(o))) {
+                            assessment.state = State::Stale;
+                            assessment.reason =
+                                Some(format!("a restore of `{out}` was interrupted; the next run restores it in full"));
+                        }
                         known.insert(node, record.outputs);
                     }
                     None => match &label {

@@ -49,25 +49,38 @@ pub fn place(ctx: &RunContext, relative: &str, output: &OutputRef) -> Result<(),
 /// Makes the workspace copy match the stored output; says whether anything was written.
 fn sync(ctx: &RunContext, relative: &str, output: &OutputRef) -> Result<bool, StageError> {
     let path = ctx.workspace_path(relative)?;
-    if output.kind == OutputKind::Dir {
-        let manifest = ctx.store.read_dir_manifest(&output.digest)?;
-        let stale = manifest.files.iter().any(|(rel, entry)| !same_content(ctx, &path.join(rel), &entry.digest));
-        let extra = path.is_dir()
-            && crate::store::walk_files(&path)?.iter().any(|f| {
-                let rel = f.strip_prefix(&path).unwrap_or(f).to_string_lossy().replace('\\', "/");
-                !manifest.files.contains_key(&rel)
-            });
-        let changed = stale || extra || !path.is_dir();
-        if changed {
-            ctx.store.restore_dir(&output.digest, &path)?;
-        }
-        return Ok(changed);
+    // A restore killed halfway: whatever is there now is not to be trusted, nor kept.
+    let interrupted = ctx.store.restore_interrupted(&path);
+    if interrupted {
+        tracing::info!("{}: an earlier restore of {relative} was interrupted; restoring it in full", ctx.instance);
+        crate::store::remove_restore_leftovers(&path)?;
     }
-    let changed = !same_content(ctx, &path, &output.digest);
-    if changed {
-        ctx.store.restore_file(&output.digest, &path, false)?;
+    if !interrupted && matches_store(ctx, &path, output)? {
+        return Ok(false);
     }
-    Ok(changed)
+    let _mark = ctx.store.restoring(&path)?;
+    match output.kind {
+        OutputKind::Dir => ctx.store.restore_dir(&output.digest, &path)?,
+        _ => ctx.store.restore_file(&output.digest, &path, false)?,
+    }
+    Ok(true)
+}
+
+/// Whether the workspace copy at `path` is the stored output, file for file.
+fn matches_store(ctx: &RunContext, path: &Path, output: &OutputRef) -> Result<bool, StageError> {
+    if output.kind != OutputKind::Dir {
+        return Ok(same_content(ctx, path, &output.digest));
+    }
+    if !path.is_dir() {
+        return Ok(false);
+    }
+    let manifest = ctx.store.read_dir_manifest(&output.digest)?;
+    let stale = manifest.files.iter().any(|(rel, entry)| !same_content(ctx, &path.join(rel), &entry.digest));
+    let extra = crate::store::walk_files(path)?.iter().any(|f| {
+        let rel = f.strip_prefix(path).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        !manifest.files.contains_key(&rel)
+    });
+    Ok(!stale && !extra)
 }
 
 fn same_content(ctx: &RunContext, path: &Path, digest: &str) -> bool {

@@ -99,6 +99,5 @@ fn holder(file: &mut File) -> Option<String> {
     if pid == std::process::id() {
         return Some("another instance of this run".into());
     }
-    let alive = Path::new("/proc").join(pid.to_string()).exists() || !Path::new("/proc/self").exists();
-    alive.then(|| format!("pid {pid}"))
+    super::process_alive(pid).then(|| format!("pid {pid}"))
 }

@@ -17,6 +17,7 @@ mod blobs;
 mod gc;
 mod lock;
 mod records;
+mod restoring;
 mod statcache;
 mod verify;
 
@@ -31,6 +32,7 @@ pub use gc::{GcOptions, GcReport, ScratchSpace};
 pub const SCRATCH_OWNER: &str = "instance";
 pub use lock::{LockGuard, LockMode};
 pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, RunRecord, StageRecord};
+pub use restoring::{RestoreMark, remove_restore_leftovers};
 pub use statcache::{HashStats, StatCache};
 pub use verify::Problem;
 
@@ -50,6 +52,11 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// Whether a process with this pid runs (on a system without `/proc`, assumed so).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists() || !Path::new("/proc/self").exists()
 }
 
 /// A handle on one cache directory.
@@ -115,6 +122,21 @@ impl Store {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         self.root.join("tmp").join(format!("{}-{n}-{nanos}-{hint}", std::process::id()))
+    }
+
+    /// Removes temp files that processes no longer running left in `tmp/` (a run killed, or
+    /// one that failed on a full disk): their names start with the pid that made them.
+    pub fn remove_dead_temps(&self) {
+        let dir = self.root.join("tmp");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| pid != std::process::id() && !process_alive(pid)) {
+                let path = entry.path();
+                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            }
+        }
     }
 
     /// Writes `bytes` to `path` so that readers see either the old file or the whole new one.
