@@ -237,18 +237,43 @@ impl RunContext<'_> {
 }
 
 /// The place in the workspace a stage may write, restore or delete at `relative`. Checked
-/// on the disk, not as text only: the deepest part of the path that exists is resolved,
-/// symbolic links included, and must lie inside the workspace, so neither `..`, an absolute
-/// path elsewhere, nor a link to a folder outside can lead a write or a delete out of it.
+/// on the disk, not as text only: no folder on the way may be a symbolic link that leads out
+/// of the workspace, and an absolute path must resolve inside it, so neither `..`, an
+/// absolute path elsewhere, nor a link to a folder outside can lead a write or a delete out.
+/// The path itself may be a link: outputs replace it, never write through it.
 pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf, StageError> {
     let rel = Path::new(relative);
     if rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(StageError::Failed(format!("`{relative}` leaves the workspace; outputs must stay inside it")));
     }
     let path = workspace.join(rel);
+    // The common case costs one lstat per folder below the workspace, not a realpath.
+    if let Some(inner) = path.strip_prefix(workspace).ok().and_then(Path::parent) {
+        let mut at = workspace.to_path_buf();
+        let mut linked = false;
+        for part in inner.components() {
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Err(_) => break, // made as a real folder when the output is written
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    linked = true;
+                    break;
+                }
+                Ok(_) => {}
+            }
+        }
+        if !linked {
+            return Ok(path);
+        }
+    }
+    resolves_inside(workspace, &path, relative)
+}
+
+/// The slow check: the deepest folder of `path` that exists, resolved with its links, lies
+/// inside the resolved workspace.
+fn resolves_inside(workspace: &Path, path: &Path, relative: &str) -> Result<PathBuf, StageError> {
     let root = std::fs::canonicalize(workspace)
         .map_err(|e| StageError::Failed(format!("cannot resolve the workspace {}: {e}", workspace.display())))?;
-    // The path itself may be a link (it is replaced, never written through); what holds it may not.
     let mut existing = path.parent();
     while let Some(dir) = existing
         && std::fs::symlink_metadata(dir).is_err()
@@ -260,12 +285,12 @@ pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf
         .transpose()
         .map_err(|e| StageError::Failed(format!("cannot resolve the folder of `{relative}`: {e}")))?;
     match resolved {
-        Some(dir) if dir.starts_with(&root) => Ok(path),
+        Some(dir) if dir.starts_with(&root) => Ok(path.to_path_buf()),
         Some(dir) => Err(StageError::Failed(format!(
             "`{relative}` lies outside the workspace {} (its folder resolves to {}{}); silkie writes only inside it",
             root.display(),
             dir.display(),
-            if rel.is_absolute() { "" } else { ", through a symbolic link" },
+            if Path::new(relative).is_absolute() { "" } else { ", through a symbolic link" },
         ))),
         None => Err(StageError::Failed(format!("`{relative}` has no folder to write in"))),
     }

@@ -3,7 +3,7 @@
 //! modified within a second of being hashed is not trusted (the racy-timestamp guard).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,7 +62,13 @@ impl StatCache {
             }
             return Ok(blake3::hash(listing.as_bytes()).to_hex().to_string());
         }
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).to_string_lossy().into_owned();
+        // One entry per file: a clean absolute path is its own key (the metadata above follows
+        // links, so a link and its target each get a valid entry); others are resolved.
+        let clean =
+            path.is_absolute() && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        let key =
+            if clean { path.to_path_buf() } else { std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()) };
+        let key = key.to_string_lossy().into_owned();
         let (size, mtime_ns, ctime_ns, inode) = stat(&meta);
         if let Some(e) = self.entries.lock().expect("stat cache lock").get(&key)
             && e.size == size
