@@ -95,9 +95,44 @@ fn holder(file: &mut File) -> Option<String> {
     let mut text = String::new();
     file.rewind().ok()?;
     file.read_to_string(&mut text).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
+    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
     if pid == std::process::id() {
         return Some("another instance of this run".into());
     }
     super::process_alive(pid).then(|| format!("pid {pid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder_written(text: &str) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        std::fs::write(&path, text).unwrap();
+        holder(&mut OpenOptions::new().read(true).write(true).open(&path).unwrap())
+    }
+
+    #[test]
+    fn the_holder_named_is_another_live_process_never_this_one() {
+        assert_eq!(
+            holder_written(&format!("{}\n", std::process::id())).as_deref(),
+            Some("another instance of this run")
+        );
+        // pid 1 runs on every Linux system; a pid past the kernel's limit never does.
+        assert_eq!(holder_written("1         \n").as_deref(), Some("pid 1"));
+        assert_eq!(holder_written("4294967295\n"), None);
+        assert_eq!(holder_written(""), None);
+    }
+
+    #[test]
+    fn the_holder_is_written_over_the_last_one_at_a_fixed_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        std::fs::write(&path, "123456789012345\n").unwrap();
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        write_holder(&mut file).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.split_whitespace().next(), Some(std::process::id().to_string().as_str()), "{text:?}");
+    }
 }
