@@ -140,16 +140,15 @@ pub fn run(
             });
         }
         drop(done_tx); // with every worker gone, waiting for a report ends
-        let mut job_tx = Some(job_tx);
         loop {
             while running < workers {
-                let (Some(node), Some(sender)) = (scheduler.next_ready(), &job_tx) else { break };
+                let Some(node) = scheduler.next_ready() else { break };
                 let inputs = bound_inputs(plan, node, &outputs);
                 let dep_outputs: HashMap<NodeIndex, BTreeMap<String, OutputRef>> =
                     plan.graph[node].deps.iter().filter_map(|d| outputs.get(d).map(|o| (*d, o.clone()))).collect();
                 progress.started(&plan.graph[node].name);
                 running += 1;
-                let _ = sender.send(Job { node, inputs, dep_outputs, force: forced.contains(&node) });
+                let _ = job_tx.send(Job { node, inputs, dep_outputs, force: forced.contains(&node) });
             }
             if running == 0 {
                 break;
@@ -164,7 +163,7 @@ pub fn run(
                 progress.finished(&skipped);
             }
         }
-        job_tx.take(); // the workers end once the queue is closed
+        drop(job_tx); // the workers end once the queue is closed
     });
     progress.clear();
     let _ = stat_cache.save(store);
