@@ -74,6 +74,10 @@ impl Store {
     }
 
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
+        let digest = blake3::hash(bytes).to_hex().to_string();
+        if self.blob_path(&digest).is_file() {
+            return Ok((digest, bytes.len() as u64));
+        }
         let tmp = self.tmp_path("blob");
         let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
         file.write_all(bytes).map_err(io_err(&tmp))?;
@@ -81,8 +85,16 @@ impl Store {
         self.adopt(&tmp)
     }
 
-    /// Copies a workspace file into the store.
+    /// Copies a workspace file into the store — unless its bytes are there already: it is
+    /// hashed first, so a file stored before (the same image under many names, an output
+    /// that did not change) costs one read, not a copy and an fsync. What is copied is hashed
+    /// again, so the digest always names the bytes stored even if `src` changes meanwhile.
     pub fn put_file(&self, src: &Path) -> Result<(String, u64)> {
+        let file = std::fs::File::open(src).map_err(io_err(src))?;
+        let (digest, bytes) = hash_reader(std::io::BufReader::new(file)).map_err(io_err(src))?;
+        if self.blob_path(&digest).is_file() {
+            return Ok((digest, bytes));
+        }
         let tmp = self.tmp_path("blob");
         std::fs::copy(src, &tmp).map_err(io_err(src))?;
         self.adopt(&tmp)
