@@ -5,11 +5,8 @@
 //! `standard`: the three are plain strings. Images are embedded (Parquet, as the Hugging Face
 //! `Image` feature stores them: `{bytes, path}`), referenced as files, or left out.
 
-use std::io::Cursor;
-
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::frame::{optional_strings, strings};
 
@@ -48,33 +45,26 @@ pub fn trl_frame(
     if pairs.height() == 0 {
         return Err("there are no pairs to export".into());
     }
-    let mut lines = String::new();
-    for row in 0..pairs.height() {
-        let has_image = digests[row].is_some() && images != Images::None;
-        let mut record = match style {
-            Style::Conversational => json!({
-                "prompt": [user_message(prompts[row].unwrap_or_default(), has_image)],
-                "chosen": [assistant_message(chosen[row].unwrap_or_default())],
-                "rejected": [assistant_message(rejected[row].unwrap_or_default())],
-            }),
-            Style::Standard => json!({"prompt": prompts[row], "chosen": chosen[row], "rejected": rejected[row]}),
-        };
-        if images == Images::Files {
-            record["images"] = json!(digests[row].map(image_path).into_iter().collect::<Vec<_>>());
-        }
-        lines.push_str(&record.to_string());
-        lines.push('\n');
-    }
-    let mut df = JsonReader::new(Cursor::new(lines.into_bytes()))
-        .with_json_format(JsonFormat::JsonLines)
-        .infer_schema_len(None)
-        .finish()
-        .map_err(|e| e.to_string())?;
-    let mut order = vec!["prompt", "chosen", "rejected"];
+    let has_image: Vec<bool> = digests.iter().map(|d| d.is_some() && images != Images::None).collect();
+    let mut columns = match style {
+        Style::Conversational => vec![
+            user_messages(&texts(&prompts), &has_image)?,
+            assistant_messages("chosen", &texts(&chosen))?,
+            assistant_messages("rejected", &texts(&rejected))?,
+        ],
+        Style::Standard => vec![
+            Series::new("prompt".into(), &prompts),
+            Series::new("chosen".into(), &chosen),
+            Series::new("rejected".into(), &rejected),
+        ],
+    };
     if images == Images::Files {
-        order.push("images");
+        let paths: Vec<String> = digests.iter().flatten().map(|d| image_path(d)).collect();
+        let lengths = digests.iter().map(|d| usize::from(d.is_some()));
+        columns.push(list_column("images", Series::new("".into(), paths), lengths)?);
     }
-    df = df.select(order).map_err(|e| e.to_string())?;
+    let mut df =
+        DataFrame::new(pairs.height(), columns.into_iter().map(Column::from).collect()).map_err(|e| e.to_string())?;
     if images == Images::Embed {
         let column = embedded_images(&digests, image_path, image_bytes)?;
         df.with_column(column).map_err(|e| e.to_string())?;
@@ -82,17 +72,72 @@ pub fn trl_frame(
     Ok(df)
 }
 
-fn user_message(text: &str, with_image: bool) -> Value {
-    let mut content = Vec::new();
-    if with_image {
-        content.push(json!({"type": "image", "text": null}));
-    }
-    content.push(json!({"type": "text", "text": text}));
-    json!({"role": "user", "content": content})
+// The columns are built whole, as the JSON rows TRL reads would be parsed: a message is
+// `{content: [{text, type}], role}` (keys in that order), a prompt one user message whose
+// content is an image placeholder (`text` null) before the text when the row has an image.
+
+/// A column's texts, a null one as empty (as the JSON rows had it).
+fn texts<'a>(column: &[Option<&'a str>]) -> Vec<&'a str> {
+    column.iter().map(|t| t.unwrap_or_default()).collect()
 }
 
-fn assistant_message(text: &str) -> Value {
-    json!({"role": "assistant", "content": [{"type": "text", "text": text}]})
+/// `prompt`: per row one user message.
+fn user_messages(texts: &[&str], has_image: &[bool]) -> Result<Series, String> {
+    let mut item_text: Vec<Option<&str>> = Vec::with_capacity(texts.len() * 2);
+    let mut item_type: Vec<&str> = Vec::with_capacity(texts.len() * 2);
+    for (text, &image) in texts.iter().zip(has_image) {
+        if image {
+            item_text.push(None);
+            item_type.push("image");
+        }
+        item_text.push(Some(text));
+        item_type.push("text");
+    }
+    let lengths = has_image.iter().map(|&image| 1 + usize::from(image));
+    messages("prompt", "user", item_text, item_type, lengths)
+}
+
+/// `chosen` / `rejected`: per row one assistant message.
+fn assistant_messages(name: &str, texts: &[&str]) -> Result<Series, String> {
+    let item_text: Vec<Option<&str>> = texts.iter().map(|t| Some(*t)).collect();
+    let item_type = vec!["text"; texts.len()];
+    messages(name, "assistant", item_text, item_type, std::iter::repeat_n(1, texts.len()))
+}
+
+/// A column of one message per row, by `role`, whose contents are consecutive runs of
+/// `content_lengths` items.
+fn messages(
+    name: &str,
+    role: &str,
+    item_text: Vec<Option<&str>>,
+    item_type: Vec<&str>,
+    content_lengths: impl Iterator<Item = usize>,
+) -> Result<Series, String> {
+    let items = struct_series(
+        "",
+        item_text.len(),
+        [Series::new("text".into(), item_text), Series::new("type".into(), item_type)],
+    )?;
+    let content = list_column("content", items, content_lengths)?;
+    let rows = content.len();
+    let message = struct_series("", rows, [content, Series::new("role".into(), vec![role; rows])])?;
+    list_column(name, message, std::iter::repeat_n(1, rows))
+}
+
+fn struct_series<const N: usize>(name: &str, len: usize, fields: [Series; N]) -> Result<Series, String> {
+    StructChunked::from_series(name.into(), len, fields.iter()).map(|s| s.into_series()).map_err(|e| e.to_string())
+}
+
+/// A list column whose rows take consecutive runs of `lengths` values.
+fn list_column(name: &str, values: Series, lengths: impl Iterator<Item = usize>) -> Result<Series, String> {
+    use polars_arrow::offset::{Offsets, OffsetsBuffer};
+    let values = values.rechunk();
+    let field = values.dtype().to_arrow_field("item".into(), CompatLevel::newest());
+    let offsets: OffsetsBuffer<i64> = Offsets::try_from_lengths(lengths).map_err(|e| e.to_string())?.into();
+    let array =
+        LargeListArray::try_new(ArrowDataType::LargeList(Box::new(field)), offsets, values.chunks()[0].clone(), None)
+            .map_err(|e| e.to_string())?;
+    Ok(ListChunked::with_chunk(name.into(), array).into_series())
 }
 
 /// `images`: a list per row of `{bytes, path}` structs, the layout of Hugging Face images.
@@ -117,4 +162,49 @@ fn embedded_images(
     }
     let list: ListChunked = lists.into_iter().collect();
     Ok(list.with_name("images".into()).into_column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pairs() -> DataFrame {
+        df!(
+            "prompt" => ["What is on the mat?", "Count them."],
+            "chosen" => ["A cat.", "Three."],
+            "rejected" => ["A dog.", "Two."],
+            "image" => [Some("d1"), None],
+        )
+        .unwrap()
+    }
+
+    fn rows(df: &mut DataFrame) -> Vec<serde_json::Value> {
+        crate::table::to_json_rows(df).unwrap()
+    }
+
+    #[test]
+    fn conversational_rows_are_the_messages_trl_reads() {
+        let no_bytes = |_: &str| Ok(Vec::new());
+        let mut df =
+            trl_frame(&pairs(), Style::Conversational, Images::Files, &|d| format!("img/{d}.jpg"), &no_bytes).unwrap();
+        let user = |text: &str, image: bool| {
+            let mut content = Vec::new();
+            if image {
+                content.push(json!({"text": null, "type": "image"}));
+            }
+            content.push(json!({"text": text, "type": "text"}));
+            json!([{"content": content, "role": "user"}])
+        };
+        let assistant = |text: &str| json!([{"content": [{"text": text, "type": "text"}], "role": "assistant"}]);
+        assert_eq!(
+            rows(&mut df),
+            [
+                json!({"prompt": user("What is on the mat?", true), "chosen": assistant("A cat."), "rejected": assistant("A dog."), "images": ["img/d1.jpg"]}),
+                json!({"prompt": user("Count them.", false), "chosen": assistant("Three."), "rejected": assistant("Two."), "images": []}),
+            ]
+        );
+        let mut standard = trl_frame(&pairs(), Style::Standard, Images::None, &|d| d.to_string(), &no_bytes).unwrap();
+        assert_eq!(rows(&mut standard)[1], json!({"prompt": "Count them.", "chosen": "Three.", "rejected": "Two."}));
+    }
 }
