@@ -146,22 +146,16 @@ fn embedded_images(
     image_path: &dyn Fn(&str) -> String,
     image_bytes: &dyn Fn(&str) -> Result<Vec<u8>, String>,
 ) -> Result<Column, String> {
-    let mut lists: Vec<Option<Series>> = Vec::with_capacity(digests.len());
-    for digest in digests {
-        let (bytes, paths): (Vec<Vec<u8>>, Vec<String>) = match digest {
-            Some(d) => (vec![image_bytes(d)?], vec![image_path(d)]),
-            None => (Vec::new(), Vec::new()),
-        };
-        let n = bytes.len();
-        let fields = [
-            BinaryChunked::from_iter(bytes.iter().map(|b| Some(b.as_slice()))).with_name("bytes".into()).into_series(),
-            Series::new("path".into(), paths),
-        ];
-        let item = StructChunked::from_series("item".into(), n, fields.iter()).map_err(|e| e.to_string())?;
-        lists.push(Some(item.into_series()));
-    }
-    let list: ListChunked = lists.into_iter().collect();
-    Ok(list.with_name("images".into()).into_column())
+    let present: Vec<&str> = digests.iter().flatten().copied().collect();
+    let bytes: Vec<Vec<u8>> = present.iter().map(|d| image_bytes(d)).collect::<Result<_, _>>()?;
+    let paths: Vec<String> = present.iter().map(|d| image_path(d)).collect();
+    let fields = [
+        BinaryChunked::from_iter(bytes.iter().map(|b| Some(b.as_slice()))).with_name("bytes".into()).into_series(),
+        Series::new("path".into(), paths),
+    ];
+    let items = struct_series("item", present.len(), fields)?;
+    let lengths = digests.iter().map(|d| usize::from(d.is_some()));
+    Ok(list_column("images", items, lengths)?.into_column())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `export`: writes the table it needs to a workspace path as Parquet, JSONL or CSV — or,
 //! with `format: trl`, pairs as TRL's DPO trainer reads them (Parquet or JSONL by extension).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -124,23 +124,36 @@ impl Export {
         let images_dir = self.images_dir().map(PathBuf::from);
         // Paths in the table are relative to the table's own folder, so the two move together.
         let relative_dir = images_dir.as_ref().map(|d| d.strip_prefix(file_dir).unwrap_or(d).to_path_buf());
-        let name_of = |digest: &str| image_file_name(ctx, digest);
+        let style = self.params.style.unwrap_or_default();
+        let images = self.params.images.unwrap_or(Images::None);
+        let digests = if images == Images::None { Vec::new() } else { ctx.stored_images(df, "pairs")? };
+        // Each distinct image is looked at once (its name from its format, its bytes), however
+        // many pairs show it: an instruction's image is in every one of its pairs.
+        let distinct: BTreeSet<&str> = digests.iter().flatten().copied().collect();
+        let names: HashMap<&str, String> = distinct.iter().map(|&d| (d, image_file_name(ctx, d))).collect();
+        let name_of = |digest: &str| names.get(digest).cloned().unwrap_or_else(|| image_file_name(ctx, digest));
         let image_path = |digest: &str| match &relative_dir {
             Some(dir) => dir.join(name_of(digest)).to_string_lossy().into_owned(),
             None => name_of(digest),
         };
-        let image_bytes =
+        let read =
             |digest: &str| std::fs::read(ctx.store.blob_path(digest)).map_err(|e| format!("image {digest}: {e}"));
-        let style = self.params.style.unwrap_or_default();
-        let images = self.params.images.unwrap_or(Images::None);
-        let digests = if images == Images::None { Vec::new() } else { ctx.stored_images(df, "pairs")? };
+        let embedded: HashMap<&str, Vec<u8>> = match images {
+            Images::Embed => distinct
+                .iter()
+                .map(|&d| read(d).map(|bytes| (d, bytes)))
+                .collect::<Result<_, _>>()
+                .map_err(StageError::Failed)?,
+            _ => HashMap::new(),
+        };
+        let image_bytes = |digest: &str| embedded.get(digest).cloned().map_or_else(|| read(digest), Ok);
         let mut out = trl::trl_frame(df, style, images, &image_path, &image_bytes).map_err(StageError::Failed)?;
         table::write(&mut out, tmp, self.file_format)?;
         if images != Images::Files {
             return Ok(None);
         }
         let mut manifest = DirManifest::default();
-        for digest in digests.into_iter().flatten() {
+        for digest in distinct {
             let bytes = std::fs::metadata(ctx.store.blob_path(digest)).map(|m| m.len()).unwrap_or(0);
             manifest.files.insert(name_of(digest), DirEntry { digest: digest.to_string(), bytes, executable: false });
         }
