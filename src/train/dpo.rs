@@ -330,18 +330,11 @@ mod tests {
         model.forward(probe.images, probe.tokens).into_data().try_to_vec().unwrap()
     }
 
-    /// Stops a run after `stop_after` steps (saving there), resumes it from the save and
-    /// returns the final model; `None` for `stop_after` runs it through in one go.
-    fn stop_and_resume(model: TinyVlm, lora: bool, stop_after: Option<usize>) -> (TinyVlm, Vec<StepMetrics>) {
+    /// Stops a run of `trained` (the model, or it with LoRA adapters) after `stop_after`
+    /// steps (saving there), resumes it from the save and returns the final model; `None` for
+    /// `stop_after` runs it through in one go. The reference is `model`.
+    fn stop_and_resume(model: TinyVlm, trained: TinyVlm, stop_after: Option<usize>) -> (TinyVlm, Vec<StepMetrics>) {
         let device = model.devices()[0].clone();
-        let adapt = |m: TinyVlm| {
-            let spec = crate::model::tiny::LoraSpec {
-                r: 2,
-                alpha: 4.0,
-                targets: vec![crate::model::tiny::LoraTarget::Attention],
-            };
-            if lora { m.with_lora(&spec) } else { m }
-        };
         let data: Vec<Batch> = (0..4).map(|i| batch(&[i, (i + 1) % 4], &device)).collect();
         let settings = sigmoid(
             0.0,
@@ -354,9 +347,7 @@ mod tests {
         let reference = Reference::Logps(reference_logps(&frozen(&model), &data));
         let order = |epoch: usize| if epoch == 0 { vec![2, 0, 3, 1] } else { vec![1, 3, 0, 2] };
         let dir = tempfile::tempdir().unwrap();
-        // LoRA's down-projections start random: the same seed gives both runs the same ones.
-        device.seed(7);
-        let start = TrainState::start(adapt(model.clone()), &settings.schedule.optimizer);
+        let start = TrainState::start(trained.clone(), &settings.schedule.optimizer);
         let mut stop = |state: &TrainState<TinyVlm>| {
             if Some(state.metrics.len()) == stop_after {
                 super::super::resume::save(state, dir.path()).unwrap();
@@ -367,9 +358,8 @@ mod tests {
         let state = match train(start, &data, &reference, &settings, &order, &mut stop) {
             Ok(state) => state,
             Err(_) => {
-                let resumed = super::super::resume::load(dir.path(), adapt(model), &settings.schedule.optimizer)
-                    .unwrap()
-                    .unwrap();
+                let resumed =
+                    super::super::resume::load(dir.path(), trained, &settings.schedule.optimizer).unwrap().unwrap();
                 assert_eq!(resumed.metrics.len(), stop_after.unwrap());
                 let Ok(state) = train(resumed, &data, &reference, &settings, &order, &mut |_| Ok::<(), Infallible>(()));
                 state
@@ -382,9 +372,14 @@ mod tests {
     fn a_run_stopped_and_resumed_ends_with_the_same_weights_as_one_run() {
         let device = Device::flex().autodiff();
         let model = SMALL.init(&device);
+        let spec =
+            crate::model::tiny::LoraSpec { r: 2, alpha: 4.0, targets: vec![crate::model::tiny::LoraTarget::Attention] };
+        // LoRA's down-projections start random: made once, so both runs start from the same
+        // ones whatever other tests draw from the device's generator meanwhile.
         for lora in [false, true] {
-            let (whole, m1) = stop_and_resume(model.clone(), lora, None);
-            let (resumed, m2) = stop_and_resume(model.clone(), lora, Some(3));
+            let trained = if lora { model.clone().with_lora(&spec) } else { model.clone() };
+            let (whole, m1) = stop_and_resume(model.clone(), trained.clone(), None);
+            let (resumed, m2) = stop_and_resume(model.clone(), trained, Some(3));
             assert_eq!(m1, m2, "lora {lora}: the metrics differ");
             assert_eq!(weights(&whole), weights(&resumed), "lora {lora}: the weights differ");
         }
