@@ -4,8 +4,14 @@
 //! `cargo bench --bench prefs` times the two steps in-process on the tables `load` would
 //! produce, reports peak memory, and — when python3 is on PATH — times a plain Python loop
 //! doing the released recipe's pairing over the same rows, written as VLFeedback JSONL.
+//!
+//! Then the end-to-end path as users run it — `silkie run` of load (VLFeedback JSONL) →
+//! aggregate → pair → export (TRL, conversational), a whole process with a fresh cache —
+//! beside `benches/prefs_polars.py`, the same job in Python polars, run with the test venv's
+//! Python (scripts/libtorch-env) when polars is installed there.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use polars::prelude::*;
@@ -162,6 +168,85 @@ fn main() {
         rss_before,
     );
     python_reference(&data.jsonl);
+    end_to_end(&data.jsonl);
+}
+
+const END_TO_END_RUNS: usize = 3;
+
+const PIPELINE: &str = "version: 1
+stages:
+  vlfeedback: { kind: load, params: { path: vlfeedback.jsonl, format: vlfeedback } }
+  scores: { kind: aggregate, needs: [vlfeedback], params: { aspects: all, method: mean, missing: drop_response } }
+  pairs: { kind: pair, needs: [vlfeedback, scores], params: { strategy: all_pairs } }
+  export: { kind: export, needs: [pairs], params: { path: out/pairs.parquet, format: trl, images: none } }
+";
+
+/// silkie's whole preference path beside the Python polars script doing the same job.
+fn end_to_end(jsonl: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("vlfeedback.jsonl"), jsonl).unwrap();
+    std::fs::write(dir.path().join("pipeline.yaml"), PIPELINE).unwrap();
+    let cache = dir.path().join("cache");
+    let silkie = median_run(|| {
+        let _ = std::fs::remove_dir_all(&cache);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_silkie"));
+        cmd.current_dir(dir.path()).args(["run", "--format", "json"]);
+        cmd
+    });
+    println!(
+        "end to end (load → aggregate → pair → export trl), silkie: {:.2} s, peak {:.0} MB (median of {END_TO_END_RUNS})",
+        silkie.0.as_secs_f64(),
+        silkie.1
+    );
+    let Some(python) = polars_python() else {
+        println!("end to end, Python polars: polars is not installed in the test venv, skipped");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prefs_polars.py");
+    let out = dir.path().join("polars.parquet");
+    let polars = median_run(|| {
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).arg(dir.path().join("vlfeedback.jsonl")).arg(&out);
+        cmd
+    });
+    println!(
+        "end to end, Python polars: {:.2} s, peak {:.0} MB; silkie takes {:.2}× its time and {:.2}× its memory",
+        polars.0.as_secs_f64(),
+        polars.1,
+        silkie.0.as_secs_f64() / polars.0.as_secs_f64(),
+        silkie.1 / polars.1
+    );
+}
+
+/// The test venv's Python, when it can import polars.
+fn polars_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("SILKIE_TORCH_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/silkie/torch-2.9.0")))?;
+    let python = venv.join("bin/python");
+    let ok = Command::new(&python).args(["-c", "import polars"]).output().is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
+
+/// The median wall time and peak memory of runs of a command (each run a fresh one).
+fn median_run(command: impl Fn() -> Command) -> (Duration, f64) {
+    let mut runs: Vec<(Duration, f64)> = (0..END_TO_END_RUNS).map(|_| timed(&mut command())).collect();
+    runs.sort_by_key(|run| run.0);
+    runs[runs.len() / 2]
+}
+
+/// Runs a command to its end: wall time and the process's peak resident memory (MB).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also reports its peak memory
+fn timed(command: &mut Command) -> (Duration, f64) {
+    let start = Instant::now();
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the command");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid, and wait4 reaps only the child just started.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let elapsed = start.elapsed();
+    assert!(reaped > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{command:?} failed");
+    (elapsed, usage.ru_maxrss as f64 / 1024.0)
 }
 
 /// The released recipe's pairing as a plain Python loop, over the same rows.

@@ -42,27 +42,8 @@ pub fn check_image(file: &Path, max_pixels: u64) -> Result<PathBuf, BadImage> {
 
 /// [`check_image`] of every file, on every core, in the files' order.
 pub fn check_images(files: &[PathBuf], max_pixels: u64) -> Vec<Result<PathBuf, BadImage>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
-    let chunk = files.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                (part, scope.spawn(move || part.iter().map(|f| check_image(f, max_pixels)).collect::<Vec<_>>()))
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|(part, worker)| {
-                worker.join().unwrap_or_else(|_| {
-                    let panicked = |f: &PathBuf| {
-                        Err(("undecodable_image", format!("image {}: the decoder panicked", f.display())))
-                    };
-                    part.iter().map(panicked).collect()
-                })
-            })
-            .collect()
-    })
+    use rayon::prelude::*;
+    files.par_iter().map(|f| check_image(f, max_pixels)).collect()
 }
 
 /// Whether a JPEG ends with its end-of-image marker, or a PNG with its IEND chunk.
