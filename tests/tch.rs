@@ -36,7 +36,7 @@ fn batches(device: &Device) -> Vec<Batch> {
     (0..3)
         .map(|b| {
             let rows = [data[b], data[(b + 1) % 3]];
-            Batch { chosen: side(&rows.map(|r| (r.0, r.1))), rejected: side(&rows.map(|r| (r.0, r.2))) }
+            Batch::new(&side(&rows.map(|r| (r.0, r.1))), &side(&rows.map(|r| (r.0, r.2))))
         })
         .collect()
 }

@@ -101,6 +101,14 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// How many threads a training step spreads a batch's rows over: on flex, which computes
+/// most ops on one core, as many as its thread pool has (`RAYON_NUM_THREADS`, else the
+/// cores); LibTorch threads its own ops, so 1 there.
+pub fn train_threads(device: &Device) -> usize {
+    let flex = *device == Device::flex() || *device == Device::flex().autodiff();
+    if flex { rayon::current_num_threads().max(1) } else { 1 }
+}
+
 /// The device `runtime.device` names (flex when unset), checked to exist and to compute in
 /// `precision`, with gradients recorded when `autodiff`.
 pub fn open(device: Option<&str>, precision: Precision, autodiff: bool) -> Result<Device, DeviceError> {

@@ -126,6 +126,44 @@ impl TokenBatch {
         TokenBatch { images, tokens, mask, text_tokens }
     }
 
+    /// `first`'s rows, then `second`'s; the shorter side is padded to the longer one's length
+    /// (padding is outside the completion, and changes nothing).
+    pub fn concat(first: &TokenBatch, second: &TokenBatch) -> TokenBatch {
+        let len = first.tokens.dims()[1].max(second.tokens.dims()[1]);
+        let (a, b) = (first.padded_to(len), second.padded_to(len));
+        TokenBatch {
+            images: Tensor::cat(vec![first.images.clone(), second.images.clone()], 0),
+            tokens: Tensor::cat(vec![a.0, b.0], 0),
+            mask: Tensor::cat(vec![a.1, b.1], 0),
+            text_tokens: first.text_tokens + second.text_tokens,
+        }
+    }
+
+    /// Tokens and mask padded on the right to `len` positions.
+    fn padded_to(&self, len: usize) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+        let [rows, n] = self.tokens.dims();
+        if n >= len {
+            return (self.tokens.clone(), self.mask.clone());
+        }
+        let device = self.tokens.device();
+        let pad = Tensor::<2, Int>::full([rows, len - n], i64::from(PAD), &device);
+        let outside =
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![false; rows * (len - n)], [rows, len - n]), &device);
+        (Tensor::cat(vec![self.tokens.clone(), pad], 1), Tensor::cat(vec![self.mask.clone(), outside], 1))
+    }
+
+    /// `count` rows from `start`.
+    pub fn rows(&self, start: usize, count: usize) -> TokenBatch {
+        let tokens = self.tokens.clone().narrow(0, start, count);
+        let text = tokens.clone().not_equal_elem(i64::from(PAD)).int().sum().into_scalar::<i64>();
+        TokenBatch {
+            images: self.images.clone().narrow(0, start, count),
+            tokens,
+            mask: self.mask.clone().narrow(0, start, count),
+            text_tokens: text as u64,
+        }
+    }
+
     /// The same images with other prompts and completions, e.g. the rejected side of pairs.
     pub fn with_completions(&self, texts: &[(&str, &str)], max_len: usize) -> TokenBatch {
         let (tokens, mask, text_tokens) = token_rows(texts, max_len, &self.images.device());

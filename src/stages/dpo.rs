@@ -158,7 +158,7 @@ impl Dpo {
             let rejected_texts: Vec<(&str, &str)> =
                 rows.map(|r| (prompts[r].unwrap_or_default(), rejected[r].unwrap_or_default())).collect();
             let rejected_side = chosen_side.with_completions(&rejected_texts, len);
-            batches.push(Batch { chosen: chosen_side, rejected: rejected_side });
+            batches.push(Batch::new(&chosen_side, &rejected_side));
         }
         Ok(batches)
     }

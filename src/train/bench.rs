@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::dpo::{Batch, Reference, Settings, TrainState, frozen, reference_logps, train};
@@ -23,6 +24,8 @@ pub const SIZES: [(&str, usize, usize); 2] = [("d64 × 2 layers", 64, 2), ("d128
 
 pub struct Throughput {
     pub config: TinyConfig,
+    /// The model's parameter count: what a reimplementation elsewhere must match.
+    pub params: usize,
     pub ms_per_step: f64,
     pub tokens_per_second: f64,
 }
@@ -45,7 +48,8 @@ pub fn dpo_steps(device: &Device, precision: Precision, size: usize, steps: usiz
     let config =
         TinyConfig { image_size: 32, patch_size: 8, d_model, layers, heads: 4, d_ff: d_model * 2, max_tokens: TOKENS };
     let model = config.init(device).with_precision(precision);
-    let batches = vec![Batch { chosen: side(device, 1), rejected: side(device, 2) }];
+    let params = model.num_params();
+    let batches = vec![Batch::new(&side(device, 1), &side(device, 2))];
     let settings = Settings {
         loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
         sft_weight: 0.0,
@@ -81,7 +85,7 @@ pub fn dpo_steps(device: &Device, precision: Precision, size: usize, steps: usiz
     let per_step = steady.iter().map(|t| t.as_secs_f64()).sum::<f64>() / steady.len().max(1) as f64;
     // Chosen and rejected: 2 × batch × tokens per step.
     let tokens = (2 * BATCH * TOKENS) as f64;
-    Throughput { config, ms_per_step: per_step * 1e3, tokens_per_second: tokens / per_step }
+    Throughput { config, params, ms_per_step: per_step * 1e3, tokens_per_second: tokens / per_step }
 }
 
 /// This process's peak resident memory so far, in MB (Linux; NaN elsewhere).

@@ -11,11 +11,38 @@ use super::fit::{self, Schedule, StepRecord};
 use super::losses::{LossConfig, dpo_loss};
 use crate::model::policy::{Policy, TokenBatch};
 
-/// A batch of pairs: the chosen and the rejected completions of the same rows.
+/// A batch of pairs: the chosen and the rejected completions of the same rows, as one batch
+/// — chosen rows first — that a single forward pass serves, as TRL's `concatenated_forward`
+/// does: half the passes, each over twice the rows.
 #[derive(Clone)]
 pub struct Batch {
-    pub chosen: TokenBatch,
-    pub rejected: TokenBatch,
+    both: TokenBatch,
+    pairs: usize,
+}
+
+impl Batch {
+    pub fn new(chosen: &TokenBatch, rejected: &TokenBatch) -> Batch {
+        Batch { both: TokenBatch::concat(chosen, rejected), pairs: chosen.tokens.dims()[0] }
+    }
+
+    /// The chosen side alone (padded as in the batch).
+    pub fn chosen(&self) -> TokenBatch {
+        self.both.rows(0, self.pairs)
+    }
+
+    /// Part `part` of `parts` equal ones (`pairs` divisible by `parts`): its pairs, in order.
+    fn part(&self, part: usize, parts: usize) -> Batch {
+        let n = self.pairs / parts;
+        Batch::new(&self.both.rows(part * n, n), &self.both.rows(self.pairs + part * n, n))
+    }
+
+    /// A policy's summed log-probs of the chosen and the rejected rows, and the chosen rows'
+    /// per-token means, from one forward pass.
+    fn logps<P: Policy>(&self, policy: &P) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+        let (sums, means) = policy.completion_logps(&self.both);
+        let n = self.pairs;
+        (sums.clone().narrow(0, 0, n), sums.narrow(0, n, n), means.narrow(0, 0, n))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,8 +108,8 @@ impl<M: Policy + Module> Reference<M> {
 
 /// A frozen model's log-probs of a batch's chosen and rejected sides, off the autodiff graph.
 fn reference_pair<P: Policy>(reference: &P, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
-    let logps = |side: &TokenBatch| reference.completion_logps(side).0.detach();
-    (logps(&batch.chosen), logps(&batch.rejected))
+    let (chosen, rejected, _) = batch.logps(reference);
+    (chosen.detach(), rejected.detach())
 }
 
 /// A frozen copy of `model`, for a reference: it computes exactly as the policy does — the
@@ -149,8 +176,7 @@ fn micro_batch<P: Policy>(
     reference: (Tensor<1>, Tensor<1>),
     settings: &Settings,
 ) -> (Tensor<1>, StepMetrics) {
-    let (chosen, chosen_token_mean) = model.completion_logps(&batch.chosen);
-    let rejected = model.completion_logps(&batch.rejected).0;
+    let (chosen, rejected, chosen_token_mean) = batch.logps(model);
     let out = dpo_loss(chosen.clone(), rejected.clone(), reference.0, reference.1, &settings.loss);
     let mut loss = out.losses.mean();
     if settings.sft_weight != 0.0 {
@@ -170,7 +196,7 @@ fn micro_batch<P: Policy>(
         logps_rejected: mean(rejected.detach()),
         lr: 0.0,
         grad_norm: 0.0,
-        tokens: batch.chosen.text_tokens + batch.rejected.text_tokens,
+        tokens: batch.both.text_tokens,
     };
     (loss, metrics)
 }
@@ -179,7 +205,10 @@ fn micro_batch<P: Policy>(
 /// the steps `state` has already taken; `order(epoch)` gives an epoch's batch order (seeded by
 /// the caller, so a resumed run sees the same order). After every step `after_step` sees the
 /// state — to log, or to save it — and may stop the run with an error.
-pub fn train<M: Policy + Module, E>(
+///
+/// On a CPU device a batch whose pairs split evenly over the cores trains in that many parts
+/// at once (see [`fit::Objective`]).
+pub fn train<M: Policy + Module + Send + Sync, E>(
     state: TrainState<M>,
     batches: &[Batch],
     reference: &Reference<M>,
@@ -187,8 +216,21 @@ pub fn train<M: Policy + Module, E>(
     order: &dyn Fn(usize) -> Vec<usize>,
     after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
 ) -> Result<TrainState<M>, E> {
-    let loss = |model: &M, i: usize| micro_batch(model, &batches[i], reference.logps(i, &batches[i]), settings);
-    fit::fit(state, batches.len(), &settings.schedule, order, &loss, after_step)
+    let threads = state.model.devices().first().map_or(1, crate::model::device::train_threads);
+    let parts = |i: usize| if batches[i].pairs.is_multiple_of(threads) { threads } else { 1 };
+    let loss = |model: &M, i: usize, part: usize| {
+        let (batch, n) = (&batches[i], parts(i));
+        let reference = reference.logps(i, batch);
+        if n == 1 {
+            return micro_batch(model, batch, reference, settings);
+        }
+        let share = |t: Tensor<1>| t.narrow(0, part * batch.pairs / n, batch.pairs / n);
+        let (loss, metrics) =
+            micro_batch(model, &batch.part(part, n), (share(reference.0), share(reference.1)), settings);
+        (loss.div_scalar(n as f64), metrics)
+    };
+    let objective = fit::Objective { parts: &parts, loss: &loss };
+    fit::fit(state, batches.len(), &settings.schedule, order, &objective, after_step)
 }
 
 /// The share of pairs whose implicit reward (β·(policy − reference) log-ratio) favours the
@@ -196,9 +238,10 @@ pub fn train<M: Policy + Module, E>(
 pub fn reward_accuracy<P: Policy>(policy: &P, reference: &P, batches: &[Batch], beta: f64) -> f64 {
     let (mut right, mut total) = (0.0, 0.0);
     for batch in batches {
-        let logps = |p: &P, side: &TokenBatch| p.completion_logps(side).0;
-        let chosen = (logps(policy, &batch.chosen) - logps(reference, &batch.chosen)).mul_scalar(beta);
-        let rejected = (logps(policy, &batch.rejected) - logps(reference, &batch.rejected)).mul_scalar(beta);
+        let (policy_chosen, policy_rejected, _) = batch.logps(policy);
+        let (reference_chosen, reference_rejected, _) = batch.logps(reference);
+        let chosen = (policy_chosen - reference_chosen).mul_scalar(beta);
+        let rejected = (policy_rejected - reference_rejected).mul_scalar(beta);
         let [n] = chosen.dims();
         right += mean((chosen - rejected).greater_elem(0.0).float()) * n as f64;
         total += n as f64;
@@ -254,7 +297,7 @@ mod tests {
         let data = [("Q0", "aa", "bbb"), ("Q1", "cc", "d"), ("Q2", "eee", "ff"), ("Q3", "g", "hh")];
         let chosen: Vec<(&str, &str)> = rows.iter().map(|&i| (data[i].0, data[i].1)).collect();
         let rejected: Vec<(&str, &str)> = rows.iter().map(|&i| (data[i].0, data[i].2)).collect();
-        Batch { chosen: side(&chosen, device), rejected: side(&rejected, device) }
+        Batch::new(&side(&chosen, device), &side(&rejected, device))
     }
 
     /// Pairs whose chosen answer starts with "a" and rejected with "z", after varied prompts.
@@ -268,7 +311,7 @@ mod tests {
             .map(|chunk| {
                 let chosen: Vec<(&str, &str)> = chunk.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
                 let rejected: Vec<(&str, &str)> = chunk.iter().map(|r| (r.0.as_str(), r.2.as_str())).collect();
-                Batch { chosen: side(&chosen, device), rejected: side(&rejected, device) }
+                Batch::new(&side(&chosen, device), &side(&rejected, device))
             })
             .collect()
     }
@@ -294,7 +337,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let model = SMALL.init(&device);
         let data = [batch(&[0, 1], &device)];
-        let nll = -mean(model.completion_logps(&data[0].chosen).1);
+        let nll = -mean(model.completion_logps(&data[0].chosen()).1);
         let settings = sigmoid(0.5, Schedule { max_grad_norm: None, ..schedule(1e-3, 1) });
         let (_, metrics) = run(model, &data, &settings, &|_| vec![0]);
         let want = std::f64::consts::LN_2 + 0.5 * nll;
@@ -318,7 +361,7 @@ mod tests {
             m1[0].grad_norm,
             m2[0].grad_norm
         );
-        let probe = batch(&[0, 1, 2, 3], &device).chosen;
+        let probe = batch(&[0, 1, 2, 3], &device).chosen();
         let a: Vec<f32> = one.forward(probe.images.clone(), probe.tokens.clone()).into_data().try_to_vec().unwrap();
         let b: Vec<f32> = two.forward(probe.images, probe.tokens).into_data().try_to_vec().unwrap();
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
@@ -326,7 +369,7 @@ mod tests {
     }
 
     fn weights(model: &TinyVlm) -> Vec<f32> {
-        let probe = batch(&[0, 1, 2, 3], &model.devices()[0]).chosen;
+        let probe = batch(&[0, 1, 2, 3], &model.devices()[0]).chosen();
         model.forward(probe.images, probe.tokens).into_data().try_to_vec().unwrap()
     }
 

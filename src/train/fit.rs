@@ -59,16 +59,26 @@ impl<M, R> TrainState<M, R> {
 /// Called after every step with the state so far; an error stops the run.
 pub type AfterStep<'a, M, R, E> = dyn FnMut(&TrainState<M, R>) -> Result<(), E> + 'a;
 
+/// What an objective gives [`fit`]: micro-batch `i` in `parts(i)` equal parts, and
+/// `loss(model, i, part)`: that part's loss — its share of the micro-batch's mean, so the
+/// parts' losses sum to it — and the part's record (the parts' records average to the
+/// micro-batch's). The parts of a micro-batch train at once, each on its own thread with its
+/// own copy of the model's autodiff leaves, their gradients summed in order: the numbers are
+/// one pass's up to rounding, and the same from run to run.
+pub struct Objective<'a, M, R> {
+    pub parts: &'a dyn Fn(usize) -> usize,
+    pub loss: &'a (dyn Fn(&M, usize, usize) -> (Tensor<1>, R) + Sync),
+}
+
 /// Trains from `state` over `batches` micro-batches in `order(epoch)` order to the end of
-/// `schedule.epochs`, skipping the steps `state` has taken. `loss(model, i)` is micro-batch
-/// `i`'s mean loss and its share of the record. After every step `after_step` sees the state
-/// — to log, or to save it — and may stop the run with an error.
-pub fn fit<M: Module, R: StepRecord, E>(
+/// `schedule.epochs`, skipping the steps `state` has taken, on `objective`. After every step
+/// `after_step` sees the state — to log, or to save it — and may stop the run with an error.
+pub fn fit<M: Module + Send, R: StepRecord + Send, E>(
     mut state: TrainState<M, R>,
     batches: usize,
     schedule: &Schedule,
     order: &dyn Fn(usize) -> Vec<usize>,
-    loss: &dyn Fn(&M, usize) -> (Tensor<1>, R),
+    objective: &Objective<M, R>,
     after_step: &mut AfterStep<M, R, E>,
 ) -> Result<TrainState<M, R>, E> {
     let k = schedule.grad_accum.max(1);
@@ -86,10 +96,10 @@ pub fn fit<M: Module, R: StepRecord, E>(
             let mut accumulator = GradientsAccumulator::new();
             let mut parts = Vec::with_capacity(group.len());
             for &i in group {
-                let (value, part) = loss(&state.model, i);
-                parts.push(part);
-                let scaled = value.div_scalar(group.len() as f64);
-                accumulator.accumulate(&state.model, GradientsParams::from_grads(scaled.backward(), &state.model));
+                for (grads, part) in micro_batch_gradients(&state.model, i, group.len(), objective) {
+                    parts.push(part);
+                    accumulator.accumulate(&state.model, grads);
+                }
             }
             let mut grads = accumulator.grads();
             let grad_norm = clip_global_norm(&state.model, &mut grads, schedule.max_grad_norm.unwrap_or(f64::INFINITY));
@@ -101,6 +111,41 @@ pub fn fit<M: Module, R: StepRecord, E>(
         }
     }
     Ok(state)
+}
+
+/// Micro-batch `i`'s gradients (scaled by `1 / group`) and records, part by part: one part
+/// on this thread, several each on a thread of its own.
+fn micro_batch_gradients<M: Module + Send, R: StepRecord + Send>(
+    model: &M,
+    i: usize,
+    group: usize,
+    objective: &Objective<M, R>,
+) -> Vec<(GradientsParams, R)> {
+    let part = |model: &M, p: usize| {
+        let (value, record) = (objective.loss)(model, i, p);
+        let grads = value.div_scalar(group as f64).backward();
+        (GradientsParams::from_grads(grads, model), record)
+    };
+    let parts = (objective.parts)(i).max(1);
+    if parts == 1 {
+        return vec![part(model, 0)];
+    }
+    let device = model.devices().into_iter().next();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = (0..parts)
+            .map(|p| {
+                // Fresh autodiff leaves over the same weights (and parameter ids): each thread
+                // records a graph of its own instead of contending for one.
+                let copy = match &device {
+                    Some(device) => model.clone().fork(device),
+                    None => model.clone(),
+                };
+                let part = &part;
+                scope.spawn(move || part(&copy, p))
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// A seeded batch order per epoch, the same on every machine.

@@ -46,20 +46,23 @@ pub fn nll(model: &impl Policy, batch: &TokenBatch) -> Tensor<1> {
 }
 
 /// Trains from `state` to the end of `schedule.epochs` (see [`fit::fit`]).
-pub fn train<M: Policy + Module, E>(
+pub fn train<M: Policy + Module + Send, E>(
     state: TrainState<M, SftMetrics>,
     batches: &[TokenBatch],
     schedule: &Schedule,
     order: &dyn Fn(usize) -> Vec<usize>,
     after_step: &mut AfterStep<M, SftMetrics, E>,
 ) -> Result<TrainState<M, SftMetrics>, E> {
-    let loss = |model: &M, i: usize| {
+    // One part per batch: the loss is a mean over the batch's tokens, which equal row counts
+    // would not split evenly.
+    let loss = |model: &M, i: usize, _part: usize| {
         let loss = nll(model, &batches[i]);
         let value = loss.clone().into_scalar::<f32>() as f64;
         let tokens = batches[i].text_tokens;
         (loss, SftMetrics { step: 0, epoch: 0, loss: value, lr: 0.0, grad_norm: 0.0, tokens })
     };
-    fit::fit(state, batches.len(), schedule, order, &loss, after_step)
+    let objective = fit::Objective { parts: &|_| 1, loss: &loss };
+    fit::fit(state, batches.len(), schedule, order, &objective, after_step)
 }
 
 #[cfg(test)]
