@@ -4,11 +4,21 @@
 //! each peak is its own. The measurement itself is `silkie::train::bench`, which
 //! `silkie bench dpo` runs too.
 //!
+//! Beside them, the anchor users would pick instead: the same model and step in PyTorch eager
+//! (`benches/dpo_torch.py`, run with the test venv's Python), on as many threads as flex
+//! has, which refuses to run unless its parameter count equals silkie's.
+//!
 //! `cargo bench --bench dpo` (flex); with `scripts/libtorch-env` sourced,
 //! `cargo bench --features tch --bench dpo` for both devices.
 
+use std::path::Path;
+use std::process::Command;
+
 use silkie::model::device::{self, Precision};
 use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
+
+mod support;
+use support::venv_python;
 
 // As in the silkie binary, so the figures are the ones users get.
 #[global_allocator]
@@ -16,7 +26,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const STEPS: usize = 10;
 
-/// One device × size: prints a line of figures.
+/// What a measuring child prints last, for its parent: `<marker> <ms per step> <params>`.
+const RESULT: &str = "dpo-bench-result";
+
+/// One device × size, in this process: a line of figures, then the machine-readable one.
 fn measure(device_name: &str, size: usize) {
     let device = match device::open(Some(device_name), Precision::F32, true) {
         Ok(device) => device,
@@ -24,12 +37,76 @@ fn measure(device_name: &str, size: usize) {
     };
     let t = dpo_steps(&device, Precision::F32, size, STEPS);
     println!(
-        "{device_name:8} tiny VLM {} ({} image patches + {TOKENS} tokens, batch {BATCH}): {:.0} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
+        "{device_name:8} tiny VLM {} ({} parameters, {} image patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
         SIZES[size].0,
+        t.params,
         t.config.patches(),
         t.ms_per_step,
         t.tokens_per_second,
         peak_rss_mb()
+    );
+    println!("{RESULT} {} {}", t.ms_per_step, t.params);
+}
+
+/// Runs one device × size in a child process: its figures (ms per step, parameters).
+fn measure_apart(me: &Path, device: &str, size: usize) -> Option<(f64, usize)> {
+    let out = Command::new(me).args(["--one", device, &size.to_string()]).output().ok()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut result = None;
+    for line in stdout.lines() {
+        match line.strip_prefix(RESULT) {
+            Some(figures) => {
+                let mut f = figures.split_whitespace();
+                result = Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?));
+            }
+            None => println!("{line}"),
+        }
+    }
+    if !out.status.success() {
+        println!("{device} size {size}: the measuring process failed");
+    }
+    result
+}
+
+/// One run of the PyTorch script: its ms per step, or why there is none.
+fn pytorch_step(python: &Path, size: usize, params: usize, threads: usize, together: bool) -> Result<f64, String> {
+    let (_, d_model, layers) = SIZES[size];
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/dpo_torch.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).args(["--d-model", &d_model.to_string(), "--layers", &layers.to_string()]);
+    cmd.args(["--params", &params.to_string(), "--threads", &threads.to_string(), "--steps", &STEPS.to_string()]);
+    cmd.args(["--batch", &BATCH.to_string(), "--tokens", &TOKENS.to_string()]);
+    if together {
+        cmd.arg("--together");
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("{e}: {line}"))?;
+    json["ms_per_step"].as_f64().ok_or_else(|| format!("no ms_per_step in {line}"))
+}
+
+/// The PyTorch anchor for one size, and flex's speed as a ratio to it.
+fn compare_with_pytorch(python: &Path, size: usize, flex: (f64, usize)) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = |threads, together| pytorch_step(python, size, flex.1, threads, together);
+    let (apart, together, one_thread) = match (run(threads, false), run(threads, true), run(1, false)) {
+        (Ok(a), Ok(t), Ok(o)) => (a, t, o),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return println!("PyTorch eager: failed ({e})"),
+    };
+    println!(
+        "PyTorch  tiny VLM {} ({} parameters), eager on {threads} threads: {apart:.1} ms per step; \
+         one forward over chosen and rejected together (TRL's way) {together:.1} ms; on 1 thread {one_thread:.1} ms",
+        SIZES[size].0, flex.1
+    );
+    println!(
+        "flex / PyTorch eager, {}: {:.2}× its speed ({:.2}× TRL's concatenated forward, {:.2}× PyTorch on 1 thread)",
+        SIZES[size].0,
+        apart / flex.0,
+        together / flex.0,
+        one_thread / flex.0
     );
 }
 
@@ -45,12 +122,20 @@ fn main() {
     }
     let devices: &[&str] = if cfg!(feature = "tch") { &["flex", "libtorch"] } else { &["flex"] };
     let Ok(me) = std::env::current_exe() else { return println!("dpo bench: cannot find its own executable") };
+    let python = venv_python("torch");
+    if python.is_none() {
+        println!("PyTorch eager: torch is not installed in the test venv (scripts/libtorch-env), skipped");
+    }
     for size in 0..SIZES.len() {
-        for device in devices {
-            let status = std::process::Command::new(&me).args(["--one", device, &size.to_string()]).status();
-            if !status.is_ok_and(|s| s.success()) {
-                println!("{device} size {size}: the measuring process failed");
+        let mut flex = None;
+        for &device in devices {
+            let figures = measure_apart(&me, device, size);
+            if device == "flex" {
+                flex = figures;
             }
+        }
+        if let (Some(python), Some(flex)) = (&python, flex) {
+            compare_with_pytorch(python, size, flex);
         }
     }
 }
