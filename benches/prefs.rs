@@ -10,7 +10,7 @@
 //! beside `benches/prefs_polars.py`, the same job in Python polars, run with the test venv's
 //! Python (scripts/libtorch-env) when polars is installed there.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -120,7 +120,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 mod support;
-use support::peak_rss_mb;
+use support::{peak_rss_mb, venv_python};
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -168,64 +168,105 @@ fn main() {
         rss_before,
     );
     python_reference(&data.jsonl);
-    end_to_end(&data.jsonl);
+    end_to_end(&data.jsonl, false);
+    end_to_end(&data.jsonl, true);
 }
 
 const END_TO_END_RUNS: usize = 3;
 
-const PIPELINE: &str = "version: 1
+/// The side of each generated image: a photo's pixels per file would make the run I/O-bound
+/// on this disk; this keeps decode, hash and copy all in the measurement.
+const IMAGE_SIDE: u32 = 128;
+
+/// load → aggregate → pair → export, without images or with each instruction's image stored
+/// at `load` and written once per distinct image beside the TRL table.
+fn pipeline(images: bool) -> String {
+    let (load_images, export_images) = if images { (", images: img", "files") } else { ("", "none") };
+    format!(
+        "version: 1
+vars: {{ run: 0 }}
 stages:
-  vlfeedback: { kind: load, params: { path: vlfeedback.jsonl, format: vlfeedback } }
-  scores: { kind: aggregate, needs: [vlfeedback], params: { aspects: all, method: mean, missing: drop_response } }
-  pairs: { kind: pair, needs: [vlfeedback, scores], params: { strategy: all_pairs } }
-  export: { kind: export, needs: [pairs], params: { path: out/pairs.parquet, format: trl, images: none } }
-";
+  vlfeedback: {{ kind: load, params: {{ path: vlfeedback.jsonl, format: vlfeedback{load_images} }} }}
+  scores: {{ kind: aggregate, needs: [vlfeedback], params: {{ aspects: all, method: mean, missing: drop_response }} }}
+  pairs: {{ kind: pair, needs: [vlfeedback, scores], params: {{ strategy: all_pairs }} }}
+  export: {{ kind: export, needs: [pairs], params: {{ path: 'out-${{vars.run}}/pairs.parquet', format: trl, images: {export_images} }} }}
+"
+    )
+}
+
+/// One distinct JPEG per instruction, as VLFeedback lays them out: `img/<id>.jpg`.
+fn write_images(dir: &Path) -> u64 {
+    use rayon::prelude::*;
+    let dir = dir.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    (0..INSTRUCTIONS)
+        .into_par_iter()
+        .map(|i| {
+            let seed = i as u32;
+            let image = image::RgbImage::from_fn(IMAGE_SIDE, IMAGE_SIDE, |x, y| {
+                let v = (x * 7 + y * 13 + seed * 31) ^ (seed >> 3);
+                image::Rgb([v as u8, (v >> 8) as u8 ^ x as u8, (seed as u8).wrapping_add(y as u8)])
+            });
+            let path = dir.join(format!("inst-{i:06}.jpg"));
+            image.save_with_format(&path, image::ImageFormat::Jpeg).unwrap();
+            std::fs::metadata(&path).unwrap().len()
+        })
+        .sum()
+}
 
 /// silkie's whole preference path beside the Python polars script doing the same job.
-fn end_to_end(jsonl: &str) {
+fn end_to_end(jsonl: &str, images: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("vlfeedback.jsonl"), jsonl).unwrap();
-    std::fs::write(dir.path().join("pipeline.yaml"), PIPELINE).unwrap();
-    let cache = dir.path().join("cache");
+    std::fs::write(dir.path().join("pipeline.yaml"), pipeline(images)).unwrap();
+    let what = if images {
+        let bytes = write_images(dir.path());
+        format!("with images ({INSTRUCTIONS} distinct {IMAGE_SIDE}×{IMAGE_SIDE} JPEGs, {:.0} MB)", bytes as f64 / 1e6)
+    } else {
+        "without images".to_string()
+    };
+    // Every run writes where none did before, and nothing is deleted until the end: on a
+    // filesystem without a journal, ext4 skips the inodes of files deleted in the last minutes
+    // when it makes new ones, which would charge one run for its predecessor's clean-up.
+    let run = std::cell::Cell::new(0);
+    let next = || {
+        run.set(run.get() + 1);
+        run.get()
+    };
     let silkie = median_run(|| {
-        let _ = std::fs::remove_dir_all(&cache);
+        let n = next();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_silkie"));
-        cmd.current_dir(dir.path()).args(["run", "--format", "json"]);
+        cmd.current_dir(dir.path()).args(["run", "--format", "json", "--cache", &format!("cache-{n}")]);
+        cmd.args(["--set", &format!("vars.run={n}")]);
         cmd
     });
     println!(
-        "end to end (load → aggregate → pair → export trl), silkie: {:.2} s, peak {:.0} MB (median of {END_TO_END_RUNS})",
+        "end to end {what} (load → aggregate → pair → export trl), silkie: {:.2} s, peak {:.0} MB (median of {END_TO_END_RUNS})",
         silkie.0.as_secs_f64(),
         silkie.1
     );
-    let Some(python) = polars_python() else {
-        println!("end to end, Python polars: polars is not installed in the test venv, skipped");
+    let Some(python) = venv_python(if images { "polars, PIL" } else { "polars" }) else {
+        println!("end to end {what}, Python polars: polars (or Pillow) is not installed in the test venv, skipped");
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prefs_polars.py");
-    let out = dir.path().join("polars.parquet");
     let polars = median_run(|| {
+        let out = dir.path().join(format!("polars-{}.parquet", next()));
         let mut cmd = Command::new(&python);
-        cmd.arg(&script).arg(dir.path().join("vlfeedback.jsonl")).arg(&out);
+        cmd.arg(&script).arg(dir.path().join("vlfeedback.jsonl")).arg(out);
+        if images {
+            cmd.arg("--images").arg(dir.path().join("img"));
+        }
         cmd
     });
+    let anchor = if images { "Python polars + Pillow" } else { "Python polars" };
     println!(
-        "end to end, Python polars: {:.2} s, peak {:.0} MB; silkie takes {:.2}× its time and {:.2}× its memory",
+        "end to end {what}, {anchor}: {:.2} s, peak {:.0} MB; silkie is {:.2}× as fast and takes {:.2}× its memory",
         polars.0.as_secs_f64(),
         polars.1,
-        silkie.0.as_secs_f64() / polars.0.as_secs_f64(),
+        polars.0.as_secs_f64() / silkie.0.as_secs_f64(),
         silkie.1 / polars.1
     );
-}
-
-/// The test venv's Python, when it can import polars.
-fn polars_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("SILKIE_TORCH_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/silkie/torch-2.9.0")))?;
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python).args(["-c", "import polars"]).output().is_ok_and(|o| o.status.success());
-    ok.then_some(python)
 }
 
 /// The median wall time and peak memory of runs of a command (each run a fresh one).

@@ -7,7 +7,6 @@
 //! `SILKIE_FUZZ_CASES=1000000 cargo test --release --test fuzz`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -250,7 +249,7 @@ fn the_vlfeedback_reader_never_panics() {
                 judge: "j",
                 source: "s",
             };
-            let mut store = |_: &Path| Ok(("0".repeat(64), 0));
+            let mut store = |blobs: &[&[u8]]| Ok(blobs.iter().map(|b| ("0".repeat(64), b.len() as u64)).collect());
             let _ = vlfeedback::import(&file, "data.jsonl", &opts, &mut store);
         }
         Ok(())

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::frame::{f64_col, frame, i64_col, str_col};
-use super::images::check_images;
+use super::images::{PutBlobs, store_images};
 use super::rating::{ASPECTS, aspect_id, parse_rating};
 use super::report::DataReport;
 use crate::table;
@@ -50,8 +50,6 @@ pub struct Imported {
 }
 
 /// Puts one image file into the blob store: (digest, bytes), or why it could not.
-pub type StoreImage<'s> = dyn FnMut(&Path) -> Result<(String, u64), String> + 's;
-
 struct Rating {
     text: String,
     rationale: String,
@@ -74,9 +72,9 @@ struct Row {
     completions: Vec<Completion>,
 }
 
-/// Reads `path` (JSONL, or Parquet by extension). `store_image` puts one image file into the
-/// blob store and returns its digest and size.
-pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreImage) -> Result<Imported, String> {
+/// Reads `path` (JSONL, or Parquet by extension). `put_images` stores a batch of images'
+/// bytes in the blob store and returns their digests and sizes.
+pub fn import(path: &Path, shown: &str, opts: &Options, put_images: &mut PutBlobs) -> Result<Imported, String> {
     let mut report = DataReport::default();
     let mut rows: Vec<Row> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -103,17 +101,15 @@ pub fn import(path: &Path, shown: &str, opts: &Options, store_image: &mut StoreI
     if lines == 0 {
         return Err(format!("{shown}: the file holds no rows"));
     }
-    // Every image is decoded, on every core, before any is stored.
     let files: Vec<PathBuf> = match opts.images {
         None => Vec::new(),
         Some(dir) => located.iter().map(|(_, row)| dir.join(format!("{}.jpg", row.id))).collect(),
     };
-    let mut checked = check_images(&files, opts.max_image_pixels).into_iter();
+    let mut checked = store_images(&files, opts.max_image_pixels, put_images)?.into_iter();
     for (location, row) in located {
         let digest = match checked.next() {
             None => None,
-            Some(Ok(file)) => {
-                let (digest, bytes) = store_image(&file).map_err(|e| format!("{location}: {e}"))?;
+            Some(Ok((digest, bytes))) => {
                 images.insert(format!("{}.jpg", row.id), (digest.clone(), bytes));
                 Some(digest)
             }

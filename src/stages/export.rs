@@ -130,8 +130,11 @@ impl Export {
         // Each distinct image is looked at once (its name from its format, its bytes), however
         // many pairs show it: an instruction's image is in every one of its pairs.
         let distinct: BTreeSet<&str> = digests.iter().flatten().copied().collect();
-        let names: HashMap<&str, String> = distinct.iter().map(|&d| (d, image_file_name(ctx, d))).collect();
-        let name_of = |digest: &str| names.get(digest).cloned().unwrap_or_else(|| image_file_name(ctx, digest));
+        let names: HashMap<&str, (String, u64)> = {
+            use rayon::prelude::*;
+            distinct.par_iter().map(|&d| (d, image_file(ctx, d))).collect()
+        };
+        let name_of = |digest: &str| names.get(digest).map_or_else(|| image_file(ctx, digest).0, |n| n.0.clone());
         let image_path = |digest: &str| match &relative_dir {
             Some(dir) => dir.join(name_of(digest)).to_string_lossy().into_owned(),
             None => name_of(digest),
@@ -153,9 +156,8 @@ impl Export {
             return Ok(None);
         }
         let mut manifest = DirManifest::default();
-        for digest in distinct {
-            let bytes = std::fs::metadata(ctx.store.blob_path(digest)).map(|m| m.len()).unwrap_or(0);
-            manifest.files.insert(name_of(digest), DirEntry { digest: digest.to_string(), bytes, executable: false });
+        for (digest, (name, bytes)) in names {
+            manifest.files.insert(name, DirEntry { digest: digest.to_string(), bytes, executable: false });
         }
         Ok(Some(manifest))
     }
@@ -177,15 +179,17 @@ impl Export {
     }
 }
 
-/// `<digest>.<ext>`, the extension from the image's own bytes.
-fn image_file_name(ctx: &RunContext, digest: &str) -> String {
-    let ext = image::ImageReader::open(ctx.store.blob_path(digest))
-        .ok()
-        .and_then(|r| r.with_guessed_format().ok())
+/// A stored image's file name, `<digest>.<ext>` with the extension from its own bytes, and
+/// its size — from one open of the blob.
+fn image_file(ctx: &RunContext, digest: &str) -> (String, u64) {
+    let file = std::fs::File::open(ctx.store.blob_path(digest)).ok();
+    let bytes = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+    let ext = file
+        .and_then(|f| image::ImageReader::new(std::io::BufReader::new(f)).with_guessed_format().ok())
         .and_then(|r| r.format())
         .and_then(|f| f.extensions_str().first().copied())
         .unwrap_or("img");
-    format!("{digest}.{ext}")
+    (format!("{digest}.{ext}"), bytes)
 }
 
 impl Stage for Export {

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
 use crate::data::frame::strings;
-use crate::data::images::{DEFAULT_MAX_PIXELS, check_images};
+use crate::data::images::{DEFAULT_MAX_PIXELS, store_images};
 use crate::data::report::DataReport;
 use crate::data::vlfeedback::{self, OnBad};
 use crate::dsl::{Issue, Range};
@@ -134,7 +134,8 @@ impl Load {
         let inside = |path: &str| !(Path::new(path).is_absolute() || path.split(['/', '\\']).any(|p| p == ".."));
         let files: Vec<PathBuf> =
             paths.iter().flatten().filter(|p| inside(p)).map(|p| ctx.workspace.join(images).join(p)).collect();
-        let mut checked_files = check_images(&files, self.max_pixels()).into_iter();
+        let mut put = |blobs: &[&[u8]]| ctx.store.put_blobs(blobs).map_err(|e| e.to_string());
+        let mut checked_files = store_images(&files, self.max_pixels(), &mut put).map_err(failed)?.into_iter();
         for (row, path) in paths.iter().enumerate() {
             let Some(path) = path else {
                 digests.push(None);
@@ -146,8 +147,7 @@ impl Load {
                 true => checked_files.next().expect("one check per image inside the folder"),
             };
             match checked {
-                Ok(file) => {
-                    let (digest, bytes) = ctx.store.put_file(&file)?;
+                Ok((digest, bytes)) => {
                     manifest.files.insert(path.clone(), DirEntry { digest: digest.clone(), bytes, executable: false });
                     digests.push(Some(digest));
                     keep.push(true);
@@ -186,10 +186,10 @@ impl Load {
             judge: self.params.judge.as_deref().unwrap_or("gpt-4v"),
             source: self.params.source.as_deref().unwrap_or("vlfeedback"),
         };
-        let mut store_image = |path: &std::path::Path| ctx.store.put_file(path).map_err(|e| e.to_string());
+        let mut put = |blobs: &[&[u8]]| ctx.store.put_blobs(blobs).map_err(|e| e.to_string());
         let path = ctx.workspace.join(&self.params.path);
         let mut imported =
-            vlfeedback::import(&path, &self.params.path, &options, &mut store_image).map_err(StageError::Failed)?;
+            vlfeedback::import(&path, &self.params.path, &options, &mut put).map_err(StageError::Failed)?;
         let mut outputs = BTreeMap::new();
         outputs.insert("instructions".to_string(), ctx.put_table(&mut imported.instructions)?);
         outputs.insert("responses".to_string(), ctx.put_table(&mut imported.responses)?);

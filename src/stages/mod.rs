@@ -186,8 +186,11 @@ impl RunContext<'_> {
         let Some(images) = crate::data::frame::optional_strings(df, table, "image").map_err(StageError::Failed)? else {
             return Ok(vec![None; df.height()]);
         };
+        // Each distinct image is looked up once, however many rows show it.
+        let mut known = std::collections::HashSet::new();
+        let mut stored = |v: &str| known.contains(v) || (self.store.has_blob(v) && known.insert(v.to_string()));
         if let Some((row, value)) =
-            images.iter().enumerate().find_map(|(row, v)| v.filter(|v| !self.store.has_blob(v)).map(|v| (row, v)))
+            images.iter().enumerate().find_map(|(row, v)| v.filter(|v| !stored(v)).map(|v| (row, v)))
         {
             return Err(StageError::Failed(format!(
                 "table `{table}`, row {}: `image` is {}, which is not an image in the store; to use image \

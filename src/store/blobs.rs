@@ -1,6 +1,6 @@
 //! Immutable blobs by BLAKE3 digest, and directory manifests built from them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -85,6 +85,64 @@ impl Store {
         self.adopt(&tmp)
     }
 
+    /// Stores many blobs at once, on every core: each is hashed, and those not yet stored are
+    /// written to temp files, made durable together — one filesystem sync for the batch, not an
+    /// fsync per blob — and only then renamed to their digests. A crash at any point leaves
+    /// either no blob under a digest or a whole one, as [`Store::adopt`] does blob by blob.
+    pub fn put_blobs(&self, blobs: &[&[u8]]) -> Result<Vec<(String, u64)>> {
+        use rayon::prelude::*;
+        let digests: Vec<String> = blobs.par_iter().map(|b| blake3::hash(b).to_hex().to_string()).collect();
+        // The first of each digest not yet stored; later copies of it are the same bytes.
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<usize> =
+            (0..blobs.len()).filter(|&i| seen.insert(&digests[i]) && !self.blob_path(&digests[i]).is_file()).collect();
+        let temps: Vec<PathBuf> = missing
+            .par_iter()
+            .map(|&i| {
+                let tmp = self.tmp_path("blob");
+                let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                file.write_all(blobs[i]).map_err(io_err(&tmp))?;
+                let mut perms = file.metadata().map_err(io_err(&tmp))?.permissions();
+                perms.set_readonly(true);
+                let _ = file.set_permissions(perms);
+                Ok(tmp)
+            })
+            .collect::<Result<_>>()?;
+        self.sync_all_of(&temps)?;
+        let folders: BTreeSet<PathBuf> =
+            missing.iter().filter_map(|&i| self.blob_path(&digests[i]).parent().map(Path::to_path_buf)).collect();
+        for folder in &folders {
+            std::fs::create_dir_all(folder).map_err(io_err(folder))?;
+        }
+        for (&i, tmp) in missing.iter().zip(&temps) {
+            let dest = self.blob_path(&digests[i]);
+            std::fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+        }
+        Ok(digests.into_iter().zip(blobs).map(|(d, b)| (d, b.len() as u64)).collect())
+    }
+
+    /// Makes the contents of `files` (all under this store's `tmp/`) durable: on Linux one
+    /// `syncfs` of the store's filesystem, elsewhere (or where it is refused) an fsync each.
+    fn sync_all_of(&self, files: &[PathBuf]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let tmp = self.root.join("tmp");
+            let dir = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
+            // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+                return Ok(());
+            }
+        }
+        for file in files {
+            std::fs::File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file))?;
+        }
+        Ok(())
+    }
+
     /// Copies a workspace file into the store — unless its bytes are there already: it is
     /// hashed first, so a file stored before (the same image under many names, an output
     /// that did not change) costs one read, not a copy and an fsync. What is copied is hashed
@@ -132,19 +190,31 @@ impl Store {
 
     /// Writes a stored file to `dest` (replacing what is there), through a temp file.
     pub fn restore_file(&self, digest: &str, dest: &Path, executable: bool) -> Result<()> {
-        let src = self.blob_path(digest);
-        if !src.is_file() {
-            return Err(StoreError::MissingBlob { digest: digest.to_string() });
-        }
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        self.copy_blob_to(digest, dest, executable)
+    }
+
+    /// Copies a blob to `dest`, whose folder exists, through a temp file beside it.
+    fn copy_blob_to(&self, digest: &str, dest: &Path, executable: bool) -> Result<()> {
+        let src = self.blob_path(digest);
+        let missing = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
+            _ => StoreError::Io { path: src.clone(), source: e },
+        };
+        let mut blob = std::fs::File::open(&src).map_err(missing)?;
+        if !blob.metadata().map_err(missing)?.is_file() {
+            return Err(StoreError::MissingBlob { digest: digest.to_string() });
         }
         // A name no other process uses, so concurrent restores never trip over each other.
         let n = super::TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.{}-{n}.silkie-tmp", std::process::id()));
-        std::fs::copy(&src, &tmp).map_err(io_err(&tmp))?;
-        set_permissions(&tmp, executable);
+        let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        std::io::copy(&mut blob, &mut out).map_err(io_err(&tmp))?;
+        set_permissions(&out, executable);
+        drop(out);
         std::fs::rename(&tmp, dest).map_err(io_err(dest))
     }
 
@@ -166,10 +236,18 @@ impl Store {
         } else if dest.exists() {
             std::fs::remove_file(dest).map_err(io_err(dest))?;
         }
-        for (rel, entry) in &manifest.files {
-            self.restore_file(&entry.digest, &dest.join(rel), entry.executable)?;
+        // Folders made once each, then many small files (a data set's images) copied on every
+        // core.
+        let folders: BTreeSet<PathBuf> =
+            manifest.files.keys().filter_map(|rel| dest.join(rel).parent().map(Path::to_path_buf)).collect();
+        for folder in folders.iter().chain([dest.to_path_buf()].iter()) {
+            std::fs::create_dir_all(folder).map_err(io_err(folder))?;
         }
-        Ok(())
+        use rayon::prelude::*;
+        manifest
+            .files
+            .par_iter()
+            .try_for_each(|(rel, entry)| self.copy_blob_to(&entry.digest, &dest.join(rel), entry.executable))
     }
 
     /// Every blob digest a stored output refers to (a directory's manifest and its files).
@@ -214,14 +292,14 @@ fn is_executable(_: &Path) -> bool {
 }
 
 #[cfg(unix)]
-fn set_permissions(path: &Path, executable: bool) {
+fn set_permissions(file: &std::fs::File, executable: bool) {
     use std::os::unix::fs::PermissionsExt;
     let mode = if executable { 0o755 } else { 0o644 };
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
 }
 
 #[cfg(not(unix))]
-fn set_permissions(_: &Path, _: bool) {}
+fn set_permissions(_: &std::fs::File, _: bool) {}
 
 /// Blobs are immutable; a read-only mode keeps a stray write from corrupting one.
 fn make_read_only(path: &Path) {

@@ -55,10 +55,14 @@ impl StatCache {
             return Err(io_err(path)(crate::files::wrong_kind(kind, "a file or folder")));
         }
         if meta.is_dir() {
+            // A data set's folder may hold many files: hashed on every core, listed in order.
+            use rayon::prelude::*;
+            let files = walk_files(path)?;
+            let digests: Vec<String> = files.par_iter().map(|file| self.digest(file)).collect::<Result<_>>()?;
             let mut listing = String::new();
-            for file in walk_files(path)? {
-                let rel = file.strip_prefix(path).unwrap_or(&file).to_string_lossy().replace('\\', "/");
-                listing.push_str(&format!("{rel}\0{}\n", self.digest(&file)?));
+            for (file, digest) in files.iter().zip(digests) {
+                let rel = file.strip_prefix(path).unwrap_or(file).to_string_lossy().replace('\\', "/");
+                listing.push_str(&format!("{rel}\0{digest}\n"));
             }
             return Ok(blake3::hash(listing.as_bytes()).to_hex().to_string());
         }
