@@ -6,14 +6,17 @@
 //!
 //! Beside them, the anchor users would pick instead: the same model and step in PyTorch eager
 //! (`benches/dpo_torch.py`, run with the test venv's Python), on as many threads as flex
-//! has, which refuses to run unless its parameter count equals silkie's.
+//! has, which refuses to run unless its parameter count equals silkie's. Last, the Burn op
+//! that keeps flex behind it, timed alone beside PyTorch's: `exp` over attention scores.
 //!
 //! `cargo bench --bench dpo` (flex); with `scripts/libtorch-env` sourced,
 //! `cargo bench --features tch --bench dpo` for both devices.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
+use burn::tensor::{Device, Tensor, TensorData, activation};
 use silkie::model::device::{self, Precision};
 use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
 
@@ -110,6 +113,88 @@ fn compare_with_pytorch(python: &Path, size: usize, flex: (f64, usize)) {
     );
 }
 
+/// The attention scores of one step's forward: (chosen + rejected) × heads × sequence².
+const SCORES: [usize; 4] = [2 * BATCH, 4, 16 + TOKENS, 16 + TOKENS];
+const OP_RUNS: usize = 21;
+
+/// Scores as a causal, padded attention holds them: every other one masked to −1e4 (burn's
+/// and our masked fill), the rest small.
+fn score(i: usize) -> f32 {
+    if i.is_multiple_of(2) { (i % 17) as f32 / 17.0 - 0.5 } else { -1e4 }
+}
+
+/// The same values and timing in PyTorch: prints `<exp ns> <softmax ns>` per element.
+const TORCH_OPS: &str = "
+import sys, time, warnings
+warnings.filterwarnings('ignore')
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+shape = [int(s) for s in sys.argv[2:6]]
+i = torch.arange(shape[0] * shape[1] * shape[2] * shape[3])
+x = torch.where(i % 2 == 0, (i % 17).float() / 17 - 0.5, torch.tensor(-1e4)).reshape(shape)
+def ns(f):
+    times = []
+    for _ in range(int(sys.argv[6])):
+        start = time.perf_counter(); f(); times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / x.numel() * 1e9
+print(ns(lambda: torch.exp(x)), ns(lambda: torch.softmax(x, -1)))
+";
+
+/// Median nanoseconds per element of `op` over [`SCORES`].
+fn ns_per_element(op: impl Fn() -> Tensor<4>) -> f64 {
+    let mut times: Vec<f64> = (0..OP_RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            drop(op());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[OP_RUNS / 2] / SCORES.iter().product::<usize>() as f64 * 1e9
+}
+
+/// The op that keeps flex's step behind PyTorch's, alone: `exp` (and the softmax built on it)
+/// over masked attention scores. Flex computes exp with the scalar libm `expf`, on one core,
+/// and every masked score underflows into its slow path; PyTorch's is vectorised and threaded.
+/// Small enough to report upstream as it is.
+fn exp_alone(python: Option<&Path>) {
+    let n: usize = SCORES.iter().product();
+    let data = TensorData::new((0..n).map(score).collect::<Vec<f32>>(), SCORES);
+    let scores = Tensor::<4>::from_data(data, &Device::flex());
+    let unmasked = scores.clone().clamp_min(-1.0);
+    let exp = ns_per_element(|| scores.clone().exp());
+    let exp_unmasked = ns_per_element(|| unmasked.clone().exp());
+    let softmax = ns_per_element(|| activation::softmax(scores.clone(), 3));
+    println!(
+        "flex exp over {SCORES:?} masked attention scores: {exp:.2} ns per element ({exp_unmasked:.2} with no \
+         score masked); softmax {softmax:.2} ns per element"
+    );
+    let Some(python) = python else { return };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shape = SCORES.map(|s| s.to_string());
+    for threads in [threads, 1] {
+        let out = Command::new(python)
+            .args(["-c", TORCH_OPS, &threads.to_string()])
+            .args(&shape)
+            .arg(OP_RUNS.to_string())
+            .output();
+        let figures: Vec<f64> = out
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|f| f.parse().ok()).collect())
+            .unwrap_or_default();
+        match figures[..] {
+            [torch_exp, torch_softmax] => println!(
+                "PyTorch on {threads} thread(s): exp {torch_exp:.2} ns per element ({:.1}× flex's speed), \
+                 softmax {torch_softmax:.2} ({:.1}×)",
+                exp / torch_exp,
+                softmax / torch_softmax
+            ),
+            _ => println!("PyTorch exp on {threads} thread(s): failed"),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--one") {
@@ -138,4 +223,5 @@ fn main() {
             compare_with_pytorch(python, size, flex);
         }
     }
+    exp_alone(python.as_deref());
 }

@@ -15,14 +15,14 @@ pub type BadImage = (&'static str, String);
 
 /// Stores blobs from their bytes (all at once, as a batch): each one's digest and size, in
 /// order.
-pub type PutBlobs<'s> = dyn FnMut(&[&[u8]]) -> Result<Vec<(String, u64)>, String> + 's;
+pub type PutBlobs<'s> = dyn FnMut(&[&[u8]]) -> Result<Vec<(String, u64)>, String> + Send + 's;
 
 /// Per image, in order: the stored blob's (digest, size), or why the image is bad.
 pub type StoredImages = Vec<Result<(String, u64), BadImage>>;
 
-/// At most this many bytes of image files are in memory at once while they are stored
-/// (a single larger file is a batch of its own)...
-const BATCH_BYTES: u64 = 256 << 20;
+/// A batch holds at most this many bytes of image files (a single larger file is a batch of
+/// its own); two batches are in memory at once...
+const BATCH_BYTES: u64 = 128 << 20;
 /// ...and at most this many files, so one filesystem sync covers many blobs but a crash
 /// loses little work.
 const BATCH_FILES: usize = 1024;
@@ -31,12 +31,13 @@ const BATCH_FILES: usize = 1024;
 /// decodes whole and (JPEG, PNG) is not cut short; else why not. Every pixel is decoded: a
 /// corrupt middle shows only then, and is better found here, row named, than in a later stage.
 pub fn read_image(file: &Path, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
-    let missing = || ("missing_image", format!("image {} does not exist", file.display()));
-    if !file.is_file() {
-        return Err(missing());
-    }
     let undecodable = |why: String| ("undecodable_image", format!("image {} cannot be decoded: {why}", file.display()));
-    let bytes = std::fs::read(file).map_err(|e| undecodable(e.to_string()))?;
+    let bytes = std::fs::read(file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
+            ("missing_image", format!("image {} does not exist", file.display()))
+        }
+        _ => undecodable(e.to_string()),
+    })?;
     let open =
         || image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()));
     let reader = open()?;
@@ -60,16 +61,28 @@ pub fn read_image(file: &Path, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
 }
 
 /// Every file checked as [`read_image`] says and, when good, stored through `put`: each file
-/// is read once, batch by batch (memory bounded by a batch, not by the data set), and checked
-/// on every core. In the files' order: the stored image's (digest, size), or why it is bad.
+/// is read once, batch by batch (memory bounded by two batches, not by the data set), and
+/// checked on every core while the batch before it is stored — decoding is work for the
+/// cores, storing mostly waits on the filesystem. In the files' order: the stored image's
+/// (digest, size), or why it is bad.
 pub fn store_images(files: &[PathBuf], max_pixels: u64, put: &mut PutBlobs) -> Result<StoredImages, String> {
     let mut stored = Vec::with_capacity(files.len());
-    for batch in batches(files) {
-        let read: Vec<Result<Vec<u8>, BadImage>> = batch.par_iter().map(|f| read_image(f, max_pixels)).collect();
+    let mut store = |read: Vec<Result<Vec<u8>, BadImage>>| -> Result<(), String> {
         let good: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
         let mut digests = put(&good)?.into_iter();
         stored.extend(read.into_iter().map(|r| r.map(|_| digests.next().expect("a digest per good image"))));
+        Ok(())
+    };
+    let mut checked: Option<Vec<Result<Vec<u8>, BadImage>>> = None;
+    for batch in batches(files) {
+        let (was_stored, next) = rayon::join(
+            || checked.take().map_or(Ok(()), &mut store),
+            || batch.par_iter().map(|f| read_image(f, max_pixels)).collect(),
+        );
+        was_stored?;
+        checked = Some(next);
     }
+    checked.map_or(Ok(()), store)?;
     Ok(stored)
 }
 
@@ -130,13 +143,13 @@ mod tests {
         let whole = std::fs::read(&red).unwrap();
         std::fs::write(&cut, &whole[..whole.len() - 12]).unwrap();
         let files = [red.clone(), dir.path().join("gone.png"), cut, png(dir.path(), "dark.png", 9), red];
-        let calls = std::cell::RefCell::new(Vec::new());
+        let calls = std::sync::Mutex::new(Vec::new());
         let mut put = |blobs: &[&[u8]]| {
-            calls.borrow_mut().push(blobs.len());
+            calls.lock().unwrap().push(blobs.len());
             Ok(blobs.iter().map(|b| (blake3::hash(b).to_hex().to_string(), b.len() as u64)).collect())
         };
         let stored = store_images(&files, 100, &mut put).unwrap();
-        assert_eq!(*calls.borrow(), [3], "one batch, the three good images");
+        assert_eq!(*calls.lock().unwrap(), [3], "one batch, the three good images");
         let reasons: Vec<&str> = stored.iter().map(|r| r.as_ref().map_or_else(|e| e.0, |_| "ok")).collect();
         assert_eq!(reasons, ["ok", "missing_image", "undecodable_image", "ok", "ok"]);
         assert_eq!(stored[0], stored[4], "the same bytes, the same digest");

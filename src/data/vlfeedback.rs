@@ -49,7 +49,7 @@ pub struct Imported {
     pub report: DataReport,
 }
 
-/// Puts one image file into the blob store: (digest, bytes), or why it could not.
+/// One aspect's annotation, as the source writes it.
 struct Rating {
     text: String,
     rationale: String,
@@ -83,11 +83,13 @@ pub fn import(path: &Path, shown: &str, opts: &Options, put_images: &mut PutBlob
     let mut odd = OddAnnotations::default();
     let mut located: Vec<(String, Row)> = Vec::new();
     let mut lines = 0;
-    for_each_record(path, shown, &mut |location, record| {
+    for_each_row(path, shown, opts.images.is_some(), &mut |location, parsed| {
         lines += 1;
-        let parsed = record.and_then(|record| parse_row(&record, &mut odd, opts.images.is_some()));
         let row = match parsed {
-            Ok(row) => row,
+            Ok((row, row_odd)) => {
+                odd.add(row_odd);
+                row
+            }
             Err(reason) => return reject(opts.on_bad_row, &mut report, "bad_row", &location, &reason),
         };
         if let Some(first) = seen.get(&row.id) {
@@ -145,19 +147,23 @@ fn reject(policy: OnBad, report: &mut DataReport, reason: &str, location: &str, 
     }
 }
 
-/// One record: where it is ("file:line" or "file: row N"), its JSON, and the order of each
-/// completion's annotation keys as written (serde_json's maps are sorted; the release sums the
-/// ratings in file order, which can matter to the last bit).
+/// One record: its JSON, and the order of each completion's annotation keys as written
+/// (serde_json's maps are sorted; the release sums the ratings in file order, which can matter
+/// to the last bit).
 struct Record {
     value: Value,
     annotation_order: Vec<Vec<String>>,
 }
 
-/// Calls `f` with (location, the record or why it is not one) for every record.
-fn for_each_record(
+/// A row as read, with the annotations in it that do not count; or why it is not a row.
+type ParsedRow = Result<(Row, OddAnnotations), String>;
+
+/// Calls `f` with (location, the row or why it is not one) for every record, in file order.
+fn for_each_row(
     path: &Path,
     shown: &str,
-    f: &mut dyn FnMut(String, Result<Record, String>) -> Result<(), String>,
+    names_images: bool,
+    f: &mut dyn FnMut(String, ParsedRow) -> Result<(), String>,
 ) -> Result<(), String> {
     if table::TableFormat::from_path(path) == Some(table::TableFormat::Parquet) {
         let mut df = table::read(path, table::TableFormat::Parquet).map_err(|e| e.to_string())?;
@@ -170,35 +176,56 @@ fn for_each_record(
             .with_json_format(JsonFormat::JsonLines)
             .finish(&mut df)
             .map_err(|e| format!("{shown}: {e}"))?;
-        return each_line(BufReader::new(lines.as_slice()), &|n| format!("{shown}: row {n}"), f);
+        return each_line(BufReader::new(lines.as_slice()), &|n| format!("{shown}: row {n}"), names_images, f);
     }
     let file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
-    each_line(BufReader::new(file), &|n| format!("{shown}:{n}"), f)
+    each_line(BufReader::new(file), &|n| format!("{shown}:{n}"), names_images, f)
 }
+
+/// Lines read and parsed together, on every core, before they are handed on in order.
+const LINES_PER_BATCH: usize = 4096;
 
 fn each_line(
     mut reader: impl BufRead,
     locate: &dyn Fn(usize) -> String,
-    f: &mut dyn FnMut(String, Result<Record, String>) -> Result<(), String>,
+    names_images: bool,
+    f: &mut dyn FnMut(String, ParsedRow) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut buf = Vec::new();
+    use rayon::prelude::*;
     let mut line = 0;
     loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("{}: {e}", locate(line + 1)))?;
-        if n == 0 {
+        let mut batch: Vec<(usize, Vec<u8>)> = Vec::with_capacity(LINES_PER_BATCH);
+        while batch.len() < LINES_PER_BATCH {
+            let mut buf = Vec::new();
+            if reader.read_until(b'\n', &mut buf).map_err(|e| format!("{}: {e}", locate(line + 1)))? == 0 {
+                break;
+            }
+            line += 1;
+            batch.push((line, buf));
+        }
+        if batch.is_empty() {
             return Ok(());
         }
-        line += 1;
-        let record = match std::str::from_utf8(&buf) {
-            Err(e) => Err(format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1)),
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => serde_json::from_str::<Value>(text)
-                .map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))
-                .map(|value| Record { value, annotation_order: annotation_order(text) }),
-        };
-        f(locate(line), record)?;
+        let parsed: Vec<Option<ParsedRow>> = batch.par_iter().map(|(_, text)| parse_line(text, names_images)).collect();
+        for ((line, _), row) in batch.iter().zip(parsed) {
+            if let Some(row) = row {
+                f(locate(*line), row)?;
+            }
+        }
     }
+}
+
+/// One line of the file: nothing when blank, else the row or why it is not one.
+fn parse_line(bytes: &[u8], names_images: bool) -> Option<ParsedRow> {
+    let text = match std::str::from_utf8(bytes) {
+        Err(e) => return Some(Err(format!("not UTF-8 (invalid byte at column {})", e.valid_up_to() + 1))),
+        Ok(text) if text.trim().is_empty() => return None,
+        Ok(text) => text,
+    };
+    let record = serde_json::from_str::<Value>(text)
+        .map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))
+        .map(|value| Record { value, annotation_order: annotation_order(text) });
+    Some(record.and_then(|record| parse_row(&record, names_images)))
 }
 
 /// The annotation keys of each completion, in the order the text gives them.
@@ -256,7 +283,15 @@ struct OddAnnotations {
     duplicates: u64,
 }
 
-fn parse_row(record: &Record, odd: &mut OddAnnotations, names_images: bool) -> Result<Row, String> {
+impl OddAnnotations {
+    fn add(&mut self, other: OddAnnotations) {
+        self.unknown_aspects += other.unknown_aspects;
+        self.duplicates += other.duplicates;
+    }
+}
+
+fn parse_row(record: &Record, names_images: bool) -> Result<(Row, OddAnnotations), String> {
+    let mut odd = OddAnnotations::default();
     let obj = record.value.as_object().ok_or("expected a JSON object")?;
     let id = text_of(obj.get("id").unwrap_or(&Value::Null), "id")?;
     // The id names the image file: it must stay inside the images folder.
@@ -310,7 +345,7 @@ fn parse_row(record: &Record, odd: &mut OddAnnotations, names_images: bool) -> R
         }
         parsed.push(Completion { index: i as i64, model, response, ratings });
     }
-    Ok(Row { id, prompt, completions: parsed })
+    Ok((Row { id, prompt, completions: parsed }, odd))
 }
 
 fn instructions_table(
@@ -439,8 +474,7 @@ mod tests {
         let text = r#"{"id": "a", "prompt": "p", "completions": [{"model": "m", "response": "r", "annotations": {
             "Ethical Considerations": {"Rating": "5", "Rationale": "first"}, "Ethics": {"Rating": "1", "Rationale": "second"},
             "Helpfulness": {"Rating": "3"}, "Helpfulness": {"Rating": "4"}}}]}"#;
-        let mut odd = OddAnnotations::default();
-        let row = parse_row(&record(text), &mut odd, false).unwrap();
+        let (row, odd) = parse_row(&record(text), false).unwrap();
         assert_eq!(odd.duplicates, 2, "one aspect under two names, and one key written twice");
         let ethics = row.completions[0].ratings[2].as_ref().unwrap();
         assert_eq!((ethics.text.as_str(), ethics.rationale.as_str()), ("5", "first"));

@@ -60,6 +60,7 @@ impl Store {
     pub fn adopt(&self, tmp: &Path) -> Result<(String, u64)> {
         let file = std::fs::File::open(tmp).map_err(io_err(tmp))?;
         file.sync_all().map_err(io_err(tmp))?;
+        make_read_only(&file);
         let (digest, bytes) = hash_reader(std::io::BufReader::new(file)).map_err(io_err(tmp))?;
         let dest = self.blob_path(&digest);
         if dest.is_file() {
@@ -67,22 +68,14 @@ impl Store {
         } else {
             let parent = dest.parent().expect("blob paths have a fan-out parent");
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-            make_read_only(tmp);
             std::fs::rename(tmp, &dest).map_err(io_err(&dest))?;
         }
         Ok((digest, bytes))
     }
 
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
-        let digest = blake3::hash(bytes).to_hex().to_string();
-        if self.blob_path(&digest).is_file() {
-            return Ok((digest, bytes.len() as u64));
-        }
-        let tmp = self.tmp_path("blob");
-        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(bytes).map_err(io_err(&tmp))?;
-        drop(file);
-        self.adopt(&tmp)
+        let stored = self.put_blobs(&[bytes])?;
+        Ok(stored.into_iter().next().expect("one digest per blob"))
     }
 
     /// Stores many blobs at once, on every core: each is hashed, and those not yet stored are
@@ -102,9 +95,7 @@ impl Store {
                 let tmp = self.tmp_path("blob");
                 let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
                 file.write_all(blobs[i]).map_err(io_err(&tmp))?;
-                let mut perms = file.metadata().map_err(io_err(&tmp))?.permissions();
-                perms.set_readonly(true);
-                let _ = file.set_permissions(perms);
+                make_read_only(&file);
                 Ok(tmp)
             })
             .collect::<Result<_>>()?;
@@ -121,14 +112,13 @@ impl Store {
         Ok(digests.into_iter().zip(blobs).map(|(d, b)| (d, b.len() as u64)).collect())
     }
 
-    /// Makes the contents of `files` (all under this store's `tmp/`) durable: on Linux one
-    /// `syncfs` of the store's filesystem, elsewhere (or where it is refused) an fsync each.
+    /// Makes the contents of `files` (all under this store's `tmp/`) durable: one file by its
+    /// fsync; many on Linux by one `syncfs` of the store's filesystem (which writes back other
+    /// dirty files there too, and reports a failed write-back only from Linux 5.8 on), elsewhere
+    /// or where it is refused by an fsync each.
     fn sync_all_of(&self, files: &[PathBuf]) -> Result<()> {
-        if files.is_empty() {
-            return Ok(());
-        }
         #[cfg(target_os = "linux")]
-        {
+        if files.len() > 1 {
             use std::os::fd::AsRawFd;
             let tmp = self.root.join("tmp");
             let dir = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
@@ -198,6 +188,13 @@ impl Store {
 
     /// Copies a blob to `dest`, whose folder exists, through a temp file beside it.
     fn copy_blob_to(&self, digest: &str, dest: &Path, executable: bool) -> Result<()> {
+        let tmp = temp_beside(dest);
+        self.write_blob_to(digest, &tmp, executable)?;
+        std::fs::rename(&tmp, dest).map_err(io_err(dest))
+    }
+
+    /// Writes a blob's bytes to a new file `dest`, whose folder exists.
+    fn write_blob_to(&self, digest: &str, dest: &Path, executable: bool) -> Result<()> {
         let src = self.blob_path(digest);
         let missing = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
@@ -207,15 +204,10 @@ impl Store {
         if !blob.metadata().map_err(missing)?.is_file() {
             return Err(StoreError::MissingBlob { digest: digest.to_string() });
         }
-        // A name no other process uses, so concurrent restores never trip over each other.
-        let n = super::TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".{name}.{}-{n}.silkie-tmp", std::process::id()));
-        let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        std::io::copy(&mut blob, &mut out).map_err(io_err(&tmp))?;
+        let mut out = std::fs::File::create(dest).map_err(io_err(dest))?;
+        std::io::copy(&mut blob, &mut out).map_err(io_err(dest))?;
         set_permissions(&out, executable);
-        drop(out);
-        std::fs::rename(&tmp, dest).map_err(io_err(dest))
+        Ok(())
     }
 
     /// Recreates a stored directory at `dest`, removing files the manifest does not list.
@@ -233,21 +225,40 @@ impl Store {
                     std::fs::remove_file(&path).map_err(io_err(&path))?;
                 }
             }
-        } else if dest.exists() {
+            return self.write_manifest_files(&manifest, dest, |digest, file, executable| {
+                self.copy_blob_to(digest, file, executable)
+            });
+        }
+        if dest.exists() {
             std::fs::remove_file(dest).map_err(io_err(dest))?;
         }
-        // Folders made once each, then many small files (a data set's images) copied on every
-        // core.
+        // A new folder is filled under a temp name and renamed whole: no file needs a temp
+        // of its own, and `dest` appears complete or not at all.
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let tmp = temp_beside(dest);
+        self.write_manifest_files(&manifest, &tmp, |digest, file, executable| {
+            self.write_blob_to(digest, file, executable)
+        })?;
+        std::fs::rename(&tmp, dest).map_err(io_err(dest))
+    }
+
+    /// Every file of `manifest` written under `root` by `write(digest, file, executable)`:
+    /// folders made once each, then the files (a data set's many small images) on every core.
+    fn write_manifest_files(
+        &self,
+        manifest: &DirManifest,
+        root: &Path,
+        write: impl Fn(&str, &Path, bool) -> Result<()> + Sync,
+    ) -> Result<()> {
+        use rayon::prelude::*;
         let folders: BTreeSet<PathBuf> =
-            manifest.files.keys().filter_map(|rel| dest.join(rel).parent().map(Path::to_path_buf)).collect();
-        for folder in folders.iter().chain([dest.to_path_buf()].iter()) {
+            manifest.files.keys().filter_map(|rel| root.join(rel).parent().map(Path::to_path_buf)).collect();
+        for folder in folders.iter().chain([root.to_path_buf()].iter()) {
             std::fs::create_dir_all(folder).map_err(io_err(folder))?;
         }
-        use rayon::prelude::*;
-        manifest
-            .files
-            .par_iter()
-            .try_for_each(|(rel, entry)| self.copy_blob_to(&entry.digest, &dest.join(rel), entry.executable))
+        manifest.files.par_iter().try_for_each(|(rel, entry)| write(&entry.digest, &root.join(rel), entry.executable))
     }
 
     /// Every blob digest a stored output refers to (a directory's manifest and its files).
@@ -260,7 +271,18 @@ impl Store {
     }
 }
 
-/// Every regular file under `dir`, sorted, skipping silkie's own temp files.
+/// A name beside `dest` that no other process or thread uses, for a temp file or folder that
+/// becomes `dest` by a rename.
+fn temp_beside(dest: &Path) -> PathBuf {
+    let n = super::TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{}-{n}{TEMP_SUFFIX}", std::process::id()))
+}
+
+/// What names silkie's own temp files and folders in a workspace.
+const TEMP_SUFFIX: &str = ".silkie-tmp";
+
+/// Every regular file under `dir`, sorted, skipping silkie's own temp files and folders.
 pub fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -269,9 +291,12 @@ pub fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let entry = entry.map_err(io_err(&d))?;
             let path = entry.path();
             let kind = entry.file_type().map_err(io_err(&path))?;
+            if path.to_string_lossy().ends_with(TEMP_SUFFIX) {
+                continue;
+            }
             if kind.is_dir() {
                 pending.push(path);
-            } else if !path.to_string_lossy().ends_with(".silkie-tmp") {
+            } else {
                 out.push(path);
             }
         }
@@ -302,10 +327,10 @@ fn set_permissions(file: &std::fs::File, executable: bool) {
 fn set_permissions(_: &std::fs::File, _: bool) {}
 
 /// Blobs are immutable; a read-only mode keeps a stray write from corrupting one.
-fn make_read_only(path: &Path) {
-    if let Ok(meta) = std::fs::metadata(path) {
+fn make_read_only(file: &std::fs::File) {
+    if let Ok(meta) = file.metadata() {
         let mut perms = meta.permissions();
         perms.set_readonly(true);
-        let _ = std::fs::set_permissions(path, perms);
+        let _ = file.set_permissions(perms);
     }
 }

@@ -1,6 +1,6 @@
 //! A journal of restores into the workspace. Restoring an output writes its files one by
-//! one (each by temp name and rename); a process killed halfway leaves a half-restored
-//! output and temp files. A marker in the store, present for the whole restore, says so
+//! one (each by temp name and rename, or all in a new folder's temp one); a process killed
+//! halfway leaves a half-restored output and temp files. A marker in the store, present for the whole restore, says so
 //! afterwards: `status` calls the instance stale, and the next run restores it in full and
 //! removes what the killed one left.
 
@@ -43,7 +43,7 @@ impl Store {
 }
 
 /// Removes the temp files a killed restore left at `path`: inside it when it is a folder,
-/// beside it (`.NAME.PID-N.silkie-tmp`) when it is a file.
+/// beside it (`.NAME.PID-N.silkie-tmp`, a file or a new folder being filled) when it is not.
 pub fn remove_restore_leftovers(path: &Path) -> Result<()> {
     let is_leftover = |p: &Path, prefix: &str| {
         p.file_name().map(|n| n.to_string_lossy()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".silkie-tmp"))
@@ -63,7 +63,9 @@ pub fn remove_restore_leftovers(path: &Path) -> Result<()> {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && prefix.is_empty() {
                 pending.push(entry_path);
-            } else if !is_dir && is_leftover(&entry_path, &prefix) {
+            } else if is_dir && is_leftover(&entry_path, &prefix) {
+                std::fs::remove_dir_all(&entry_path).map_err(io_err(&entry_path))?;
+            } else if is_leftover(&entry_path, &prefix) {
                 std::fs::remove_file(&entry_path).map_err(io_err(&entry_path))?;
             }
         }

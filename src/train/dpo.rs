@@ -3,6 +3,8 @@
 //! clipping, HF's schedule, AdamW — and the metrics TRL logs, per step. A run can stop after
 //! any step and go on from its [`TrainState`] to the same end.
 
+use std::borrow::Cow;
+
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -26,11 +28,12 @@ impl Batch {
     }
 
     /// The chosen side alone (padded as in the batch).
+    #[cfg(test)]
     pub fn chosen(&self) -> TokenBatch {
         self.both.rows(0, self.pairs)
     }
 
-    /// Part `part` of `parts` equal ones (`pairs` divisible by `parts`): its pairs, in order.
+    /// Part `part` of `parts` equal ones (`parts` divides `pairs`): its pairs, in order.
     fn part(&self, part: usize, parts: usize) -> Batch {
         let n = self.pairs / parts;
         Batch::new(&self.both.rows(part * n, n), &self.both.rows(self.pairs + part * n, n))
@@ -98,9 +101,14 @@ pub enum Reference<M> {
 }
 
 impl<M: Policy + Module> Reference<M> {
-    fn logps(&self, i: usize, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
+    /// The reference's log-probs of `batch`, which is part `part` of `parts` of batch `i`.
+    fn logps(&self, i: usize, batch: &Batch, part: usize, parts: usize) -> (Tensor<1>, Tensor<1>) {
         match self {
-            Reference::Logps(logps) => logps[i].clone(),
+            Reference::Logps(logps) => {
+                let share = |t: &Tensor<1>| t.clone().narrow(0, part * batch.pairs, batch.pairs);
+                let (chosen, rejected) = &logps[i];
+                if parts == 1 { (chosen.clone(), rejected.clone()) } else { (share(chosen), share(rejected)) }
+            }
             Reference::Model(model) => reference_pair(model, batch),
         }
     }
@@ -206,8 +214,8 @@ fn micro_batch<P: Policy>(
 /// the caller, so a resumed run sees the same order). After every step `after_step` sees the
 /// state — to log, or to save it — and may stop the run with an error.
 ///
-/// On a CPU device a batch whose pairs split evenly over the cores trains in that many parts
-/// at once (see [`fit::Objective`]).
+/// On flex a batch trains in as many equal parts at once as its pairs and flex's threads
+/// allow (see [`fit::Objective`]).
 pub fn train<M: Policy + Module + Send + Sync, E>(
     state: TrainState<M>,
     batches: &[Batch],
@@ -217,20 +225,32 @@ pub fn train<M: Policy + Module + Send + Sync, E>(
     after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
 ) -> Result<TrainState<M>, E> {
     let threads = state.model.devices().first().map_or(1, crate::model::device::train_threads);
-    let parts = |i: usize| if batches[i].pairs.is_multiple_of(threads) { threads } else { 1 };
+    train_on_threads(state, batches, reference, settings, order, after_step, threads)
+}
+
+/// [`train`], each batch split into the most equal parts that `threads` threads can share.
+fn train_on_threads<M: Policy + Module + Send + Sync, E>(
+    state: TrainState<M>,
+    batches: &[Batch],
+    reference: &Reference<M>,
+    settings: &Settings,
+    order: &dyn Fn(usize) -> Vec<usize>,
+    after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
+    threads: usize,
+) -> Result<TrainState<M>, E> {
+    let parts = |i: usize| greatest_common_divisor(batches[i].pairs, threads.max(1));
     let loss = |model: &M, i: usize, part: usize| {
-        let (batch, n) = (&batches[i], parts(i));
-        let reference = reference.logps(i, batch);
-        if n == 1 {
-            return micro_batch(model, batch, reference, settings);
-        }
-        let share = |t: Tensor<1>| t.narrow(0, part * batch.pairs / n, batch.pairs / n);
-        let (loss, metrics) =
-            micro_batch(model, &batch.part(part, n), (share(reference.0), share(reference.1)), settings);
+        let n = parts(i);
+        let batch = if n == 1 { Cow::Borrowed(&batches[i]) } else { Cow::Owned(batches[i].part(part, n)) };
+        let (loss, metrics) = micro_batch(model, &batch, reference.logps(i, &batch, part, n), settings);
         (loss.div_scalar(n as f64), metrics)
     };
     let objective = fit::Objective { parts: &parts, loss: &loss };
     fit::fit(state, batches.len(), &settings.schedule, order, &objective, after_step)
+}
+
+fn greatest_common_divisor(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { greatest_common_divisor(b, a % b) }
 }
 
 /// The share of pairs whose implicit reward (β·(policy − reference) log-ratio) favours the
@@ -366,6 +386,42 @@ mod tests {
         let b: Vec<f32> = two.forward(probe.images, probe.tokens).into_data().try_to_vec().unwrap();
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "the two updates differ by {worst}");
+    }
+
+    #[test]
+    fn a_batch_split_over_threads_trains_as_one_pass_does() {
+        let device = Device::flex().autodiff();
+        let model = SMALL.init(&device);
+        // Four pairs and two, accumulated into one step: with four threads the first splits
+        // in four and the second in two, and the step's record must still weigh them 4:2.
+        let data = [batch(&[0, 1, 2, 3], &device), batch(&[1, 2], &device)];
+        let settings = sigmoid(0.5, Schedule { grad_accum: 2, ..schedule(1e-2, 2) });
+        let on = |threads, reference: &Reference<TinyVlm>| {
+            let start = TrainState::start(model.clone(), &settings.schedule.optimizer);
+            let Ok(state) = train_on_threads(
+                start,
+                &data,
+                reference,
+                &settings,
+                &|_| vec![0, 1],
+                &mut |_| Ok::<(), Infallible>(()),
+                threads,
+            );
+            (weights(&state.model), state.metrics)
+        };
+        let logps = Reference::Logps(reference_logps(&frozen(&model), &data));
+        let (one, records) = on(1, &logps);
+        for (threads, reference) in [(2, &logps), (4, &logps), (4, &Reference::Model(frozen(&model)))] {
+            let (split, split_records) = on(threads, reference);
+            let worst = one.iter().zip(&split).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{threads} threads: the weights differ by {worst}");
+            for (a, b) in records.iter().zip(&split_records) {
+                let close = |x: f64, y: f64| (x - y).abs() < 1e-5 * x.abs().max(1.0);
+                assert!(close(a.loss, b.loss) && close(a.rewards_margins, b.rewards_margins), "{a:?} vs {b:?}");
+                assert!(close(a.logps_chosen, b.logps_chosen) && close(a.grad_norm, b.grad_norm), "{a:?} vs {b:?}");
+                assert_eq!(a.tokens, b.tokens);
+            }
+        }
     }
 
     fn weights(model: &TinyVlm) -> Vec<f32> {

@@ -31,9 +31,11 @@ impl Schedule {
     }
 }
 
-/// What an objective logs per step: made from its micro-batches' parts.
+/// What an objective logs per step: made from its micro-batches' records, as HF's trainer
+/// logs a step with gradient accumulation — each micro-batch weighs the same.
 pub trait StepRecord: Clone + Serialize + DeserializeOwned {
-    /// One step's record from its micro-batches' (equal-sized ones average exactly).
+    /// One record from several: a step's from its micro-batches', or a micro-batch's from
+    /// its equal parts' (which average exactly).
     fn combine(parts: &[Self], step: u64, epoch: u64, lr: f64, grad_norm: f64) -> Self;
     /// A few words for a progress bar: "loss 0.4121 margin 0.310".
     fn summary(&self) -> String;
@@ -96,10 +98,11 @@ pub fn fit<M: Module + Send, R: StepRecord + Send, E>(
             let mut accumulator = GradientsAccumulator::new();
             let mut parts = Vec::with_capacity(group.len());
             for &i in group {
-                for (grads, part) in micro_batch_gradients(&state.model, i, group.len(), objective) {
-                    parts.push(part);
+                let (gradients, record) = micro_batch_gradients(&state.model, i, group.len(), objective);
+                for grads in gradients {
                     accumulator.accumulate(&state.model, grads);
                 }
+                parts.push(record);
             }
             let mut grads = accumulator.grads();
             let grad_norm = clip_global_norm(&state.model, &mut grads, schedule.max_grad_norm.unwrap_or(f64::INFINITY));
@@ -113,14 +116,14 @@ pub fn fit<M: Module + Send, R: StepRecord + Send, E>(
     Ok(state)
 }
 
-/// Micro-batch `i`'s gradients (scaled by `1 / group`) and records, part by part: one part
-/// on this thread, several each on a thread of its own.
+/// Micro-batch `i`'s gradients (scaled by `1 / group`), part by part — one part on this
+/// thread, several each on a thread of its own — and its record, whatever its parts.
 fn micro_batch_gradients<M: Module + Send, R: StepRecord + Send>(
     model: &M,
     i: usize,
     group: usize,
     objective: &Objective<M, R>,
-) -> Vec<(GradientsParams, R)> {
+) -> (Vec<GradientsParams>, R) {
     let part = |model: &M, p: usize| {
         let (value, record) = (objective.loss)(model, i, p);
         let grads = value.div_scalar(group as f64).backward();
@@ -128,7 +131,8 @@ fn micro_batch_gradients<M: Module + Send, R: StepRecord + Send>(
     };
     let parts = (objective.parts)(i).max(1);
     if parts == 1 {
-        return vec![part(model, 0)];
+        let (grads, record) = part(model, 0);
+        return (vec![grads], record);
     }
     let device = model.devices().into_iter().next();
     std::thread::scope(|scope| {
@@ -144,7 +148,10 @@ fn micro_batch_gradients<M: Module + Send, R: StepRecord + Send>(
                 scope.spawn(move || part(&copy, p))
             })
             .collect();
-        running.into_iter().map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        let done: Vec<(GradientsParams, R)> =
+            running.into_iter().map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
+        let (gradients, records): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+        (gradients, R::combine(&records, 0, 0, 0.0, 0.0))
     })
 }
 
