@@ -7,7 +7,7 @@
 //! Beside them, the anchor users would pick instead: the same model and step in PyTorch eager
 //! (`benches/dpo_torch.py`, run with the test venv's Python), on as many threads as flex
 //! has, which refuses to run unless its parameter count equals silkie's. Last, the Burn op
-//! that keeps flex behind it, timed alone beside PyTorch's: `exp` over attention scores.
+//! that keeps flex behind it, timed alone beside PyTorch's: softmax over attention scores.
 //!
 //! `cargo bench --bench dpo` (flex); with `scripts/libtorch-env` sourced,
 //! `cargo bench --features tch --bench dpo` for both devices.
@@ -153,10 +153,10 @@ fn ns_per_element(op: impl Fn() -> Tensor<4>) -> f64 {
     times[OP_RUNS / 2] / SCORES.iter().product::<usize>() as f64 * 1e9
 }
 
-/// The op that keeps flex's step behind PyTorch's, alone: `exp` (and the softmax built on it)
-/// over masked attention scores. Flex computes exp with the scalar libm `expf`, on one core,
-/// and every masked score underflows into its slow path; PyTorch's is vectorised and threaded.
-/// Small enough to report upstream as it is.
+/// The op that keeps flex's step behind PyTorch's, alone: softmax over masked attention
+/// scores, which Burn composes from separate ops where PyTorch has one kernel — beside `exp`,
+/// the suspect it clears (flex's scalar `expf`, masked scores and all, keeps up). Small enough
+/// to report upstream as it is.
 fn exp_alone(python: Option<&Path>) {
     let n: usize = SCORES.iter().product();
     let data = TensorData::new((0..n).map(score).collect::<Vec<f32>>(), SCORES);
