@@ -225,19 +225,6 @@ pub fn train<M: Policy + Module + Send + Sync, E>(
     after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
 ) -> Result<TrainState<M>, E> {
     let threads = state.model.devices().first().map_or(1, crate::model::device::train_threads);
-    train_on_threads(state, batches, reference, settings, order, after_step, threads)
-}
-
-/// [`train`], each batch split into the most equal parts that `threads` threads can share.
-fn train_on_threads<M: Policy + Module + Send + Sync, E>(
-    state: TrainState<M>,
-    batches: &[Batch],
-    reference: &Reference<M>,
-    settings: &Settings,
-    order: &dyn Fn(usize) -> Vec<usize>,
-    after_step: &mut dyn FnMut(&TrainState<M>) -> Result<(), E>,
-    threads: usize,
-) -> Result<TrainState<M>, E> {
     let parts = |i: usize| greatest_common_divisor(batches[i].pairs, threads.max(1));
     let loss = |model: &M, i: usize, part: usize| {
         let n = parts(i);
@@ -393,20 +380,17 @@ mod tests {
         let device = Device::flex().autodiff();
         let model = SMALL.init(&device);
         // Four pairs and two, accumulated into one step: with four threads the first splits
-        // in four and the second in two, and the step's record must still weigh them 4:2.
+        // in four and the second in two, and the step's record must still weigh the two
+        // micro-batches alike, as one thread does.
         let data = [batch(&[0, 1, 2, 3], &device), batch(&[1, 2], &device)];
         let settings = sigmoid(0.5, Schedule { grad_accum: 2, ..schedule(1e-2, 2) });
         let on = |threads, reference: &Reference<TinyVlm>| {
+            // flex splits a batch over the threads of the pool it trains in.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let start = TrainState::start(model.clone(), &settings.schedule.optimizer);
-            let Ok(state) = train_on_threads(
-                start,
-                &data,
-                reference,
-                &settings,
-                &|_| vec![0, 1],
-                &mut |_| Ok::<(), Infallible>(()),
-                threads,
-            );
+            let Ok(state) = pool.install(|| {
+                train(start, &data, reference, &settings, &|_| vec![0, 1], &mut |_| Ok::<(), Infallible>(()))
+            });
             (weights(&state.model), state.metrics)
         };
         let logps = Reference::Logps(reference_logps(&frozen(&model), &data));
