@@ -157,7 +157,7 @@ fn ns_per_element(op: impl Fn() -> Tensor<4>) -> f64 {
 /// scores, which Burn composes from separate ops where PyTorch has one kernel — beside `exp`,
 /// the suspect it clears (flex's scalar `expf`, masked scores and all, keeps up). Small enough
 /// to report upstream as it is.
-fn exp_alone(python: Option<&Path>) {
+fn attention_ops_alone(python: Option<&Path>) {
     let n: usize = SCORES.iter().product();
     let data = TensorData::new((0..n).map(score).collect::<Vec<f32>>(), SCORES);
     let scores = Tensor::<4>::from_data(data, &Device::flex());
@@ -223,5 +223,5 @@ fn main() {
             compare_with_pytorch(python, size, flex);
         }
     }
-    exp_alone(python.as_deref());
+    attention_ops_alone(python.as_deref());
 }

@@ -63,10 +63,10 @@ pub fn remove_restore_leftovers(path: &Path) -> Result<()> {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && prefix.is_empty() {
                 pending.push(entry_path);
-            } else if is_dir && is_leftover(&entry_path, &prefix) {
-                std::fs::remove_dir_all(&entry_path).map_err(io_err(&entry_path))?;
             } else if is_leftover(&entry_path, &prefix) {
-                std::fs::remove_file(&entry_path).map_err(io_err(&entry_path))?;
+                let removed =
+                    if is_dir { std::fs::remove_dir_all(&entry_path) } else { std::fs::remove_file(&entry_path) };
+                removed.map_err(io_err(&entry_path))?;
             }
         }
     }

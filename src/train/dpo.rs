@@ -101,13 +101,13 @@ pub enum Reference<M> {
 }
 
 impl<M: Policy + Module> Reference<M> {
-    /// The reference's log-probs of `batch`, which is part `part` of `parts` of batch `i`.
-    fn logps(&self, i: usize, batch: &Batch, part: usize, parts: usize) -> (Tensor<1>, Tensor<1>) {
+    /// The reference's log-probs of `batch`, which is part `part` of batch `i` (all of it as
+    /// part 0 of one).
+    fn logps(&self, i: usize, batch: &Batch, part: usize) -> (Tensor<1>, Tensor<1>) {
         match self {
             Reference::Logps(logps) => {
                 let share = |t: &Tensor<1>| t.clone().narrow(0, part * batch.pairs, batch.pairs);
-                let (chosen, rejected) = &logps[i];
-                if parts == 1 { (chosen.clone(), rejected.clone()) } else { (share(chosen), share(rejected)) }
+                (share(&logps[i].0), share(&logps[i].1))
             }
             Reference::Model(model) => reference_pair(model, batch),
         }
@@ -229,7 +229,7 @@ pub fn train<M: Policy + Module + Send + Sync, E>(
     let loss = |model: &M, i: usize, part: usize| {
         let n = parts(i);
         let batch = if n == 1 { Cow::Borrowed(&batches[i]) } else { Cow::Owned(batches[i].part(part, n)) };
-        let (loss, metrics) = micro_batch(model, &batch, reference.logps(i, &batch, part, n), settings);
+        let (loss, metrics) = micro_batch(model, &batch, reference.logps(i, &batch, part), settings);
         (loss.div_scalar(n as f64), metrics)
     };
     let objective = fit::Objective { parts: &parts, loss: &loss };
