@@ -7,8 +7,10 @@ pub fn frame(height: usize, columns: Vec<Column>) -> PolarsResult<DataFrame> {
     DataFrame::new(height, columns)
 }
 
-pub fn str_col(name: &str, values: Vec<Option<String>>) -> Column {
-    Column::new(name.into(), values)
+/// A string column from owned or borrowed values: borrowed ones are copied straight into the
+/// column's buffers, with no `String` apiece on the way (a ratings table has millions).
+pub fn str_col<S: AsRef<str>>(name: &str, values: impl IntoIterator<Item = Option<S>>) -> Column {
+    StringChunked::from_iter_options(name.into(), values.into_iter()).into_column()
 }
 
 pub fn i64_col(name: &str, values: Vec<Option<i64>>) -> Column {

@@ -66,7 +66,7 @@ pub fn by_model(scores: &DataFrame, pairs: Option<&DataFrame>) -> Result<DataFra
     let n = tally.len();
     let mean = |t: &Tally, c: usize| (t.counts[c] > 0).then(|| t.sums[c] / t.counts[c] as f64);
     let mut out = vec![
-        str_col("model", tally.keys().map(|m| Some(m.to_string())).collect()),
+        str_col("model", tally.keys().map(Some)),
         i64_col("responses", tally.values().map(|t| Some(t.responses)).collect()),
         i64_col("scored", tally.values().map(|t| Some(t.scored)).collect()),
         f64_col("mean_score", tally.values().map(|t| mean(t, 0)).collect()),

@@ -358,10 +358,10 @@ fn instructions_table(
     frame(
         n,
         vec![
-            str_col("id", order.iter().map(|&i| Some(rows[i].id.clone())).collect()),
-            str_col("prompt", order.iter().map(|&i| Some(rows[i].prompt.clone())).collect()),
-            str_col("image", order.iter().map(|&i| digests[i].clone()).collect()),
-            str_col("source", vec![Some(source.to_string()); n]),
+            str_col("id", order.iter().map(|&i| Some(&rows[i].id))),
+            str_col("prompt", order.iter().map(|&i| Some(&rows[i].prompt))),
+            str_col("image", order.iter().map(|&i| digests[i].as_ref())),
+            str_col("source", std::iter::repeat_n(Some(source), n)),
         ],
     )
 }
@@ -388,20 +388,20 @@ fn response_tables(
     let responses_df = frame(
         n,
         vec![
-            str_col("instruction_id", responses.iter().map(|r| Some(r.0.to_string())).collect()),
-            str_col("model", responses.iter().map(|r| Some(r.1.to_string())).collect()),
+            str_col("instruction_id", responses.iter().map(|r| Some(r.0))),
+            str_col("model", responses.iter().map(|r| Some(r.1))),
             i64_col("sample_index", responses.iter().map(|r| Some(r.2)).collect()),
-            str_col("response", responses.iter().map(|r| Some(r.3.response.clone())).collect()),
+            str_col("response", responses.iter().map(|r| Some(&r.3.response))),
             i64_col("completion_index", responses.iter().map(|r| Some(r.3.index)).collect()),
-            str_col("finish_reason", vec![None; n]),
+            str_col("finish_reason", std::iter::repeat_n(None::<&str>, n)),
             none_i64().with_name("tokens_in".into()),
             none_i64().with_name("tokens_out".into()),
             none_i64().with_name("latency_ms".into()),
-            str_col("call_key", vec![None; n]),
+            str_col("call_key", std::iter::repeat_n(None::<&str>, n)),
         ],
     )?;
 
-    let mut cols: [Vec<Option<String>>; 6] = Default::default(); // instruction_id, model, aspect, rating_text, rationale, status
+    let mut cols: [Vec<Option<&str>>; 6] = Default::default(); // instruction_id, model, aspect, rating_text, rationale, status
     let mut sample_index = Vec::with_capacity(n * 3);
     let mut positions = Vec::with_capacity(n * 3);
     let mut values = Vec::with_capacity(n * 3);
@@ -418,21 +418,21 @@ fn response_tables(
                         if !(1.0..=5.0).contains(&v) {
                             out_of_range += 1;
                         }
-                        (Some(rating.text.clone()), Some(rating.rationale.clone()), Some(v), "ok")
+                        (Some(rating.text.as_str()), Some(rating.rationale.as_str()), Some(v), "ok")
                     }
                     None => {
                         unparseable += 1;
-                        (Some(rating.text.clone()), Some(rating.rationale.clone()), None, "unparseable")
+                        (Some(rating.text.as_str()), Some(rating.rationale.as_str()), None, "unparseable")
                     }
                 },
             };
             positions.push(completion.ratings[slot].as_ref().map(|r| r.position));
-            cols[0].push(Some(id.to_string()));
-            cols[1].push(Some(model.to_string()));
-            cols[2].push(Some(aspect.to_string()));
+            cols[0].push(Some(id));
+            cols[1].push(Some(model));
+            cols[2].push(Some(aspect));
             cols[3].push(text);
             cols[4].push(rationale);
-            cols[5].push(Some(status.to_string()));
+            cols[5].push(Some(status));
             sample_index.push(Some(*index));
             values.push(value);
         }
@@ -454,8 +454,8 @@ fn response_tables(
             str_col("rating_text", texts),
             str_col("rationale", rationales),
             str_col("status", statuses),
-            str_col("judge", vec![Some(judge.to_string()); m]),
-            str_col("call_key", vec![None; m]),
+            str_col("judge", std::iter::repeat_n(Some(judge), m)),
+            str_col("call_key", std::iter::repeat_n(None::<&str>, m)),
         ],
     )?;
     Ok((responses_df, ratings_df))

@@ -405,20 +405,17 @@ impl Annotate {
         frame(
             n,
             vec![
-                str_col(
-                    "instruction_id",
-                    rows.iter().map(|r| Some(keys.instruction[r.response].to_string())).collect(),
-                ),
-                str_col("model", rows.iter().map(|r| Some(keys.model[r.response].to_string())).collect()),
+                str_col("instruction_id", rows.iter().map(|r| Some(&keys.instruction[r.response]))),
+                str_col("model", rows.iter().map(|r| Some(&keys.model[r.response]))),
                 i64_col("sample_index", rows.iter().map(|r| Some(keys.sample[r.response])).collect()),
-                str_col("aspect", rows.iter().map(|r| Some(self.params.aspects[r.slot].clone())).collect()),
+                str_col("aspect", rows.iter().map(|r| Some(&self.params.aspects[r.slot]))),
                 f64_col("rating", rows.iter().map(|r| r.text.as_deref().and_then(judge::rating_value)).collect()),
                 i64_col("position", rows.iter().map(|r| Some(r.slot as i64)).collect()),
-                str_col("rating_text", rows.iter().map(|r| r.text.clone()).collect()),
-                str_col("rationale", rows.iter().map(|r| r.rationale.clone()).collect()),
-                str_col("status", rows.iter().map(|r| Some(r.status.to_string())).collect()),
-                str_col("judge", vec![Some(self.params.judge.clone()); n]),
-                str_col("call_key", rows.iter().map(|r| Some(r.call_key.to_string())).collect()),
+                str_col("rating_text", rows.iter().map(|r| r.text.as_deref())),
+                str_col("rationale", rows.iter().map(|r| r.rationale.as_deref())),
+                str_col("status", rows.iter().map(|r| Some(r.status.to_string()))),
+                str_col("judge", std::iter::repeat_n(Some(&self.params.judge), n)),
+                str_col("call_key", rows.iter().map(|r| Some(r.call_key.to_string()))),
             ],
         )
         .map_err(|e| e.to_string())

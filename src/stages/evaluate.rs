@@ -341,20 +341,17 @@ impl Evaluate {
         let df = frame(
             questions.len(),
             vec![
-                str_col("subtask", questions.iter().map(|(s, _)| Some(s.clone())).collect()),
-                str_col("image", questions.iter().map(|(_, l)| Some(l.image.clone())).collect()),
-                str_col("question", questions.iter().map(|(_, l)| Some(l.question.clone())).collect()),
-                str_col("ground_truth", questions.iter().map(|(_, l)| Some(l.truth.as_str().into())).collect()),
-                str_col("prediction", answers.iter().map(|(_, r)| r.text.clone()).collect()),
+                str_col("subtask", questions.iter().map(|(s, _)| Some(s))),
+                str_col("image", questions.iter().map(|(_, l)| Some(&l.image))),
+                str_col("question", questions.iter().map(|(_, l)| Some(&l.question))),
+                str_col("ground_truth", questions.iter().map(|(_, l)| Some(l.truth.as_str()))),
+                str_col("prediction", answers.iter().map(|(_, r)| r.text.as_deref())),
                 str_col(
                     "parsed",
-                    answers
-                        .iter()
-                        .map(|(_, r)| Some(mme::parse_answer(r.text.as_deref().unwrap_or("")).as_str().into()))
-                        .collect(),
+                    answers.iter().map(|(_, r)| Some(mme::parse_answer(r.text.as_deref().unwrap_or("")).as_str())),
                 ),
-                str_col("status", answers.iter().map(|(_, r)| Some(r.status.as_str().into())).collect()),
-                str_col("call_key", answers.iter().map(|(k, _)| Some(k.clone())).collect()),
+                str_col("status", answers.iter().map(|(_, r)| Some(r.status.as_str()))),
+                str_col("call_key", answers.iter().map(|(k, _)| Some(k))),
             ],
         )
         .map_err(|e| StageError::Failed(e.to_string()))?;
@@ -412,13 +409,13 @@ impl Evaluate {
         let df = frame(
             n,
             vec![
-                str_col("question_type", questions.iter().map(|q| Some(q.question_type.clone())).collect()),
-                str_col("question", questions.iter().map(|q| Some(q.question.clone())).collect()),
-                str_col("gt_answer", questions.iter().map(|q| Some(q.gt_answer.clone())).collect()),
-                str_col("prediction", answers.iter().map(|(_, r)| r.text.clone()).collect()),
-                str_col("status", answers.iter().map(|(_, r)| Some(r.status.as_str().into())).collect()),
-                str_col("call_key", answers.iter().map(|(k, _)| Some(k.clone())).collect()),
-                str_col("judge_reply", ratings.iter().map(|(reply, _)| reply.clone()).collect()),
+                str_col("question_type", questions.iter().map(|q| Some(&q.question_type))),
+                str_col("question", questions.iter().map(|q| Some(&q.question))),
+                str_col("gt_answer", questions.iter().map(|q| Some(&q.gt_answer))),
+                str_col("prediction", answers.iter().map(|(_, r)| r.text.as_deref())),
+                str_col("status", answers.iter().map(|(_, r)| Some(r.status.as_str()))),
+                str_col("call_key", answers.iter().map(|(k, _)| Some(k))),
+                str_col("judge_reply", ratings.iter().map(|(reply, _)| reply.as_deref())),
                 crate::data::frame::i64_col("rating", ratings.iter().map(|(_, r)| Some(i64::from(r.score))).collect()),
             ],
         )

@@ -344,16 +344,16 @@ fn responses_table(
     let df = frame(
         n,
         vec![
-            str_col("instruction_id", rows.iter().map(|r| Some(r.0.to_string())).collect()),
-            str_col("model", rows.iter().map(|r| Some(r.1.to_string())).collect()),
+            str_col("instruction_id", rows.iter().map(|r| Some(r.0))),
+            str_col("model", rows.iter().map(|r| Some(r.1))),
             i64_col("sample_index", vec![Some(0); n]),
-            str_col("response", rows.iter().map(|r| r.3.text.clone()).collect()),
-            str_col("finish_reason", rows.iter().map(|r| r.3.finish_reason.clone()).collect()),
+            str_col("response", rows.iter().map(|r| r.3.text.as_deref())),
+            str_col("finish_reason", rows.iter().map(|r| r.3.finish_reason.as_deref())),
             i64_col("tokens_in", rows.iter().map(|r| r.3.tokens_in.map(|t| t as i64)).collect()),
             i64_col("tokens_out", rows.iter().map(|r| r.3.tokens_out.map(|t| t as i64)).collect()),
             f64_col("latency_ms", rows.iter().map(|r| Some(r.3.latency_ms as f64)).collect()),
-            str_col("call_key", rows.iter().map(|r| Some(r.2.clone())).collect()),
-            str_col("status", rows.iter().map(|r| Some(r.3.status.as_str().into())).collect()),
+            str_col("call_key", rows.iter().map(|r| Some(&r.2))),
+            str_col("status", rows.iter().map(|r| Some(r.3.status.as_str()))),
         ],
     )
     .map_err(|e| e.to_string())?;

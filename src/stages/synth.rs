@@ -175,8 +175,8 @@ impl Stage for Synth {
         let mut mme_table = frame(mme.len(), columns).map_err(failed)?;
         let n = hal.len();
         let mut columns = vec![
-            str_col("question_type", vec![Some("description".into()); n]),
-            str_col("question", vec![Some("Describe the image.".into()); n]),
+            str_col("question_type", std::iter::repeat_n(Some("description"), n)),
+            str_col("question", std::iter::repeat_n(Some("Describe the image."), n)),
         ];
         columns.extend(string_columns(&hal, ["image", "image_name", "gt_answer", "image_content"]));
         let mut hal_table = frame(n, columns).map_err(failed)?;
@@ -192,5 +192,5 @@ impl Stage for Synth {
 
 /// Rows of N strings as N named string columns.
 fn string_columns<const N: usize>(rows: &[[String; N]], names: [&str; N]) -> Vec<polars::prelude::Column> {
-    names.iter().enumerate().map(|(k, name)| str_col(name, rows.iter().map(|r| Some(r[k].clone())).collect())).collect()
+    names.iter().enumerate().map(|(k, name)| str_col(name, rows.iter().map(|r| Some(&r[k])))).collect()
 }
