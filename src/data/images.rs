@@ -38,11 +38,13 @@ pub fn read_image(file: &Path, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
         }
         _ => undecodable(e.to_string()),
     })?;
-    let open =
-        || image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()));
-    let reader = open()?;
+    let reader =
+        image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()))?;
     let format = reader.format();
-    let (width, height) = reader.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
+    // One decoder for the size check and the decoding: its header (a JPEG's Huffman tables
+    // and all) is read once.
+    let decoder = reader.into_decoder().map_err(|e| undecodable(e.to_string()))?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
         return Err((
@@ -53,7 +55,7 @@ pub fn read_image(file: &Path, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
             ),
         ));
     }
-    open()?.decode().map_err(|e| undecodable(e.to_string()))?;
+    image::DynamicImage::from_decoder(decoder).map_err(|e| undecodable(e.to_string()))?;
     if !ends_whole(&bytes, format) {
         return Err(undecodable("the file is cut short (no end marker)".into()));
     }
