@@ -225,6 +225,9 @@ fn end_to_end(jsonl: &str, images: bool) {
     } else {
         "without images".to_string()
     };
+    // The input written back to disk now, so that neither side's first run pays for it.
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     // Every run writes where none did before, and nothing is deleted until the end: on a
     // filesystem without a journal, ext4 skips the inodes of files deleted in the last minutes
     // when it makes new ones, which would charge one run for its predecessor's clean-up.
@@ -233,32 +236,44 @@ fn end_to_end(jsonl: &str, images: bool) {
         run.set(run.get() + 1);
         run.get()
     };
-    let silkie = median_run(|| {
+    let silkie = || {
         let n = next();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_silkie"));
         cmd.current_dir(dir.path()).args(["run", "--format", "json", "--cache", &format!("cache-{n}")]);
         cmd.args(["--set", &format!("vars.run={n}")]);
         cmd
-    });
-    println!(
-        "end to end {what} (load → aggregate → pair → export trl), silkie: {:.2} s, peak {:.0} MB (median of {END_TO_END_RUNS})",
-        silkie.0.as_secs_f64(),
-        silkie.1
-    );
-    let Some(python) = venv_python(if images { "polars, PIL" } else { "polars" }) else {
-        println!("end to end {what}, Python polars: polars (or Pillow) is not installed in the test venv, skipped");
-        return;
     };
+    let python = venv_python(if images { "polars, PIL" } else { "polars" });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prefs_polars.py");
-    let polars = median_run(|| {
+    let polars = |python: &Path| {
         let out = dir.path().join(format!("polars-{}.parquet", next()));
-        let mut cmd = Command::new(&python);
+        let mut cmd = Command::new(python);
         cmd.arg(&script).arg(dir.path().join("vlfeedback.jsonl")).arg(out);
         if images {
             cmd.arg("--images").arg(dir.path().join("img"));
         }
         cmd
-    });
+    };
+    // Taken in turns, silkie then Python, so that a machine slowing down or speeding up
+    // during the bench moves both alike.
+    let (mut silkie_runs, mut polars_runs) = (Vec::new(), Vec::new());
+    for _ in 0..END_TO_END_RUNS {
+        silkie_runs.push(timed(&mut silkie()));
+        if let Some(python) = &python {
+            polars_runs.push(timed(&mut polars(python)));
+        }
+    }
+    let silkie = median_run(silkie_runs);
+    println!(
+        "end to end {what} (load → aggregate → pair → export trl), silkie: {:.2} s, peak {:.0} MB (median of {END_TO_END_RUNS})",
+        silkie.0.as_secs_f64(),
+        silkie.1
+    );
+    if polars_runs.is_empty() {
+        println!("end to end {what}, Python polars: polars (or Pillow) is not installed in the test venv, skipped");
+        return;
+    }
+    let polars = median_run(polars_runs);
     let anchor = if images { "Python polars + Pillow" } else { "Python polars" };
     println!(
         "end to end {what}, {anchor}: {:.2} s, peak {:.0} MB; silkie is {:.2}× as fast and takes {:.2}× its memory",
@@ -269,9 +284,8 @@ fn end_to_end(jsonl: &str, images: bool) {
     );
 }
 
-/// The median wall time and peak memory of runs of a command (each run a fresh one).
-fn median_run(command: impl Fn() -> Command) -> (Duration, f64) {
-    let mut runs: Vec<(Duration, f64)> = (0..END_TO_END_RUNS).map(|_| timed(&mut command())).collect();
+/// The run of median wall time, with its peak memory.
+fn median_run(mut runs: Vec<(Duration, f64)>) -> (Duration, f64) {
     runs.sort_by_key(|run| run.0);
     runs[runs.len() / 2]
 }
