@@ -123,7 +123,13 @@ fn score(i: usize) -> f32 {
     if i.is_multiple_of(2) { (i % 17) as f32 / 17.0 - 0.5 } else { -1e4 }
 }
 
-/// The same values and timing in PyTorch: prints `<exp ns> <softmax ns>` per element.
+/// The weights the softmax output is summed with, so its backward pass has work to do.
+fn weight(i: usize) -> f32 {
+    (i % 13) as f32 / 13.0
+}
+
+/// The same ops over the same values in PyTorch: prints `<exp> <softmax> <softmax forward and
+/// backward>`, nanoseconds per element.
 const TORCH_OPS: &str = "
 import sys, time, warnings
 warnings.filterwarnings('ignore')
@@ -132,20 +138,25 @@ torch.set_num_threads(int(sys.argv[1]))
 shape = [int(s) for s in sys.argv[2:6]]
 i = torch.arange(shape[0] * shape[1] * shape[2] * shape[3])
 x = torch.where(i % 2 == 0, (i % 17).float() / 17 - 0.5, torch.tensor(-1e4)).reshape(shape)
+w = ((i % 13).float() / 13).reshape(shape)
+unmasked = x.clamp_min(-1.0)
 def ns(f):
     times = []
     for _ in range(int(sys.argv[6])):
         start = time.perf_counter(); f(); times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2] / x.numel() * 1e9
-print(ns(lambda: torch.exp(x)), ns(lambda: torch.softmax(x, -1)))
+def trained():
+    leaf = x.detach().requires_grad_()
+    (torch.softmax(leaf, -1) * w).sum().backward()
+print(ns(lambda: torch.exp(unmasked)), ns(lambda: torch.softmax(x, -1)), ns(trained))
 ";
 
 /// Median nanoseconds per element of `op` over [`SCORES`].
-fn ns_per_element(op: impl Fn() -> Tensor<4>) -> f64 {
+fn ns_per_element(op: impl Fn()) -> f64 {
     let mut times: Vec<f64> = (0..OP_RUNS)
         .map(|_| {
             let start = Instant::now();
-            drop(op());
+            op();
             start.elapsed().as_secs_f64()
         })
         .collect();
@@ -153,21 +164,29 @@ fn ns_per_element(op: impl Fn() -> Tensor<4>) -> f64 {
     times[OP_RUNS / 2] / SCORES.iter().product::<usize>() as f64 * 1e9
 }
 
-/// The op that keeps flex's step behind PyTorch's, alone: softmax over masked attention
-/// scores, which Burn composes from separate ops where PyTorch has one kernel — beside `exp`,
-/// the suspect it clears (flex's scalar `expf`, masked scores and all, keeps up). Small enough
-/// to report upstream as it is.
+/// The op that keeps flex's step behind PyTorch's, alone, over one step's attention scores:
+/// `exp` (flex's is scalar: its SIMD library has no vector exp), softmax as inference runs it
+/// (flex fuses it, around that scalar exp) and as training runs it (Burn's autodiff has no
+/// softmax of its own, so it differentiates max, subtract, exp, sum and divide, a pass and a
+/// tensor each). PyTorch's `exp` is timed on unmasked scores: on the −1e4 ones it leaves its
+/// vector path and would flatter flex. Small enough to report upstream as it is.
 fn attention_ops_alone(python: Option<&Path>) {
     let n: usize = SCORES.iter().product();
-    let data = TensorData::new((0..n).map(score).collect::<Vec<f32>>(), SCORES);
-    let scores = Tensor::<4>::from_data(data, &Device::flex());
-    let unmasked = scores.clone().clamp_min(-1.0);
-    let exp = ns_per_element(|| scores.clone().exp());
-    let exp_unmasked = ns_per_element(|| unmasked.clone().exp());
-    let softmax = ns_per_element(|| activation::softmax(scores.clone(), 3));
+    let scores = TensorData::new((0..n).map(score).collect::<Vec<f32>>(), SCORES);
+    let weights = TensorData::new((0..n).map(weight).collect::<Vec<f32>>(), SCORES);
+    let plain = Tensor::<4>::from_data(scores.clone(), &Device::flex());
+    let unmasked = plain.clone().clamp_min(-1.0);
+    let exp = ns_per_element(|| drop(unmasked.clone().exp()));
+    let softmax = ns_per_element(|| drop(activation::softmax(plain.clone(), 3)));
+    let autodiff = Device::flex().autodiff();
+    let (leaf, weights) = (Tensor::<4>::from_data(scores, &autodiff), Tensor::<4>::from_data(weights, &autodiff));
+    let trained = ns_per_element(|| {
+        let x = leaf.clone().require_grad();
+        drop(activation::softmax(x, 3).mul(weights.clone()).sum().backward());
+    });
     println!(
-        "flex exp over {SCORES:?} masked attention scores: {exp:.2} ns per element ({exp_unmasked:.2} with no \
-         score masked); softmax {softmax:.2} ns per element"
+        "flex over {SCORES:?} attention scores (every other one masked), ns per element: exp {exp:.2}, \
+         softmax {softmax:.2}, softmax forward and backward {trained:.2}"
     );
     let Some(python) = python else { return };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -184,13 +203,14 @@ fn attention_ops_alone(python: Option<&Path>) {
             .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|f| f.parse().ok()).collect())
             .unwrap_or_default();
         match figures[..] {
-            [torch_exp, torch_softmax] => println!(
-                "PyTorch on {threads} thread(s): exp {torch_exp:.2} ns per element ({:.1}× flex's speed), \
-                 softmax {torch_softmax:.2} ({:.1}×)",
+            [torch_exp, torch_softmax, torch_trained] => println!(
+                "PyTorch on {threads} thread(s): exp {torch_exp:.2} (flex takes {:.1}× as long), softmax \
+                 {torch_softmax:.2} ({:.1}×), softmax forward and backward {torch_trained:.2} ({:.1}×)",
                 exp / torch_exp,
-                softmax / torch_softmax
+                softmax / torch_softmax,
+                trained / torch_trained
             ),
-            _ => println!("PyTorch exp on {threads} thread(s): failed"),
+            _ => println!("PyTorch ops on {threads} thread(s): failed"),
         }
     }
 }
