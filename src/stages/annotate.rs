@@ -413,9 +413,9 @@ impl Annotate {
                 i64_col("position", rows.iter().map(|r| Some(r.slot as i64)).collect()),
                 str_col("rating_text", rows.iter().map(|r| r.text.as_deref())),
                 str_col("rationale", rows.iter().map(|r| r.rationale.as_deref())),
-                str_col("status", rows.iter().map(|r| Some(r.status.to_string()))),
+                str_col("status", rows.iter().map(|r| Some(r.status))),
                 str_col("judge", std::iter::repeat_n(Some(&self.params.judge), n)),
-                str_col("call_key", rows.iter().map(|r| Some(r.call_key.to_string()))),
+                str_col("call_key", rows.iter().map(|r| Some(r.call_key))),
             ],
         )
         .map_err(|e| e.to_string())
