@@ -140,7 +140,7 @@ pub fn run_calls(
         .build()
         .map_err(|e| CallsError::Fatal(format!("cannot start the async runtime: {e}")))?;
     // Finished calls go to the memo in small transactions, as they come, from one thread.
-    let (tx, rx) = std::sync::mpsc::channel::<(String, String, CallResult)>();
+    let (tx, rx) = std::sync::mpsc::channel::<Finished>();
     let (sent, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_behind(memo, rx));
         let sent = runtime.block_on(send_all(&missing, &endpoints, tx, stats.needed, stats.memo_hits, progress));
@@ -185,8 +185,14 @@ struct Shared<'a> {
     fatal: AtomicBool,
     fatal_error: Mutex<Option<String>>,
     retries: AtomicU64,
-    tx: Mutex<std::sync::mpsc::Sender<(String, String, CallResult)>>,
+    tx: Mutex<std::sync::mpsc::Sender<Finished>>,
     progress: Progress<'a>,
+}
+
+/// A finished call on its way to the memo; `committed` fires once its transaction is durable.
+struct Finished {
+    row: (String, String, CallResult),
+    committed: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Shared<'_> {
@@ -199,7 +205,7 @@ impl Shared<'_> {
 async fn send_all(
     missing: &[&CallSpec],
     endpoints: &Endpoints,
-    tx: std::sync::mpsc::Sender<(String, String, CallResult)>,
+    tx: std::sync::mpsc::Sender<Finished>,
     total: u64,
     hits: u64,
     progress: Progress<'_>,
@@ -268,60 +274,74 @@ async fn send_all(
     Ok(Sent { results, sent, retries: shared.retries.load(Ordering::Relaxed), failed })
 }
 
-/// One call with its retries; a finished one goes to the memo writer at once.
+/// One call with its retries; a finished one goes to the memo writer at once, and its slot in
+/// the lane stays taken until the memo has it: a kill then loses at most `max_in_flight` paid
+/// calls per model, however far the writer falls behind.
 async fn call_once_remembered(spec: &CallSpec, lane: &Lane, shared: &Shared<'_>) -> Result<CallResult, CallError> {
-    let outcome = call_with_retries(spec, lane, shared).await;
-    match &outcome {
-        Err(CallError::Fatal(msg)) => shared.stop(msg.clone()),
-        Ok(result) => {
-            let queued =
-                shared.tx.lock().expect("memo queue lock").send((spec.key.clone(), spec.model.clone(), result.clone()));
-            if queued.is_err() {
+    match call_with_retries(spec, lane, shared).await {
+        Err(e) => {
+            if let CallError::Fatal(msg) = &e {
+                shared.stop(msg.clone());
+            }
+            Err(e)
+        }
+        Ok((result, _slot)) => {
+            let (committed, on_commit) = tokio::sync::oneshot::channel();
+            let finished = Finished { row: (spec.key.clone(), spec.model.clone(), result.clone()), committed };
+            let queued = shared.tx.lock().expect("memo queue lock").send(finished);
+            if queued.is_err() || on_commit.await.is_err() {
                 // Nothing more may be sent and paid for without being remembered.
                 shared.stop("the call memo cannot be written any more; stopped sending".into());
             }
+            Ok(result)
         }
-        Err(CallError::Transient { .. }) => {}
     }
-    outcome
 }
 
-/// Commits finished calls in batches of whatever has arrived.
-fn write_behind(
-    memo: &Memo,
-    rx: std::sync::mpsc::Receiver<(String, String, CallResult)>,
-) -> Result<(), super::memo::MemoError> {
+/// Commits finished calls in batches of whatever has arrived, then tells each call.
+fn write_behind(memo: &Memo, rx: std::sync::mpsc::Receiver<Finished>) -> Result<(), super::memo::MemoError> {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        memo.put_many(&batch)?;
+        let (rows, acks): (Vec<_>, Vec<_>) = batch.into_iter().map(|f| (f.row, f.committed)).unzip();
+        memo.put_many(&rows)?;
+        for ack in acks {
+            // A call that stopped waiting has nothing left to release.
+            let _ = ack.send(());
+        }
     }
     Ok(())
 }
 
-async fn call_with_retries(spec: &CallSpec, lane: &Lane, shared: &Shared<'_>) -> Result<CallResult, CallError> {
+/// Sends one call until it succeeds, fails for good or runs out of retries. A success comes
+/// back with the lane slot it was sent under, still taken.
+async fn call_with_retries<'l>(
+    spec: &CallSpec,
+    lane: &'l Lane,
+    shared: &Shared<'_>,
+) -> Result<(CallResult, tokio::sync::SemaphorePermit<'l>), CallError> {
     let mut attempt = 0u32;
     loop {
         if shared.fatal.load(Ordering::SeqCst) {
             return Err(CallError::Fatal("stopped: another call failed fatally".into()));
         }
-        let outcome = {
-            let _permit = lane.permits.acquire().await.map_err(|_| CallError::Fatal("the call lane closed".into()))?;
-            pace(lane, &spec.model, &spec.request).await;
-            // The provider should honour the timeout; this guards against one that does not.
-            let limit = lane.limits.timeout + Duration::from_secs(5);
-            match tokio::time::timeout(limit, lane.provider.send(&spec.request, lane.limits.timeout)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(CallError::Transient {
-                    detail: format!("no answer within {:.0} s", limit.as_secs_f64()),
-                    retry_after: None,
-                }),
-            }
+        let slot = lane.permits.acquire().await.map_err(|_| CallError::Fatal("the call lane closed".into()))?;
+        pace(lane, &spec.model, &spec.request).await;
+        // The provider should honour the timeout; this guards against one that does not.
+        let limit = lane.limits.timeout + Duration::from_secs(5);
+        let outcome = match tokio::time::timeout(limit, lane.provider.send(&spec.request, lane.limits.timeout)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(CallError::Transient {
+                detail: format!("no answer within {:.0} s", limit.as_secs_f64()),
+                retry_after: None,
+            }),
         };
         match outcome {
+            Ok(result) => return Ok((result, slot)),
             Err(CallError::Transient { detail, retry_after }) if attempt < lane.limits.max_retries => {
+                drop(slot);
                 attempt += 1;
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 let jittered = backoff(lane.limits.backoff, attempt, &spec.key);
@@ -334,7 +354,7 @@ async fn call_with_retries(spec: &CallSpec, lane: &Lane, shared: &Shared<'_>) ->
                 tracing::debug!("{}: retry {attempt} in {:.2} s after: {detail}", spec.model, wait.as_secs_f64());
                 tokio::time::sleep(wait).await;
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
