@@ -352,3 +352,71 @@ fn off_a_terminal_training_logs_progress_lines() {
         assert!(last.contains(part), "no `{part}` in {last}");
     }
 }
+
+/// A sampler over `pool`, answering the three counting instructions.
+fn sampler(name: &str, pool: &str) -> String {
+    format!(
+        "  {name}:\n    kind: sample\n    needs: [instructions]\n    params: {{ pool: [{pool}], per_instruction: 1, max_tokens: 12 }}\n"
+    )
+}
+
+#[test]
+fn an_exported_checkpoint_folder_is_the_same_model_by_path() {
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(16));
+    ws.write("instructions.csv", "id,prompt\nq1,How many? 1\nq2,How many? 3\nq3,How many? 4\n");
+    let trained = format!(
+        "{}  instructions: {{ kind: load, params: {{ path: instructions.csv }} }}\n{}  export: {{ kind: export, needs: [policy], params: {{ path: models/policy, format: checkpoint }} }}\n",
+        pipeline(),
+        sampler("by_stage", "{ stage: policy, temperature: 0 }")
+    );
+    ws.write("pipeline.yaml", &trained);
+    let record = ws.run(&[]);
+    let checkpoint = output_digest(&record, "policy", "checkpoint");
+    assert_eq!(output_digest(&record, "export", "checkpoint"), checkpoint, "exported as stored");
+    assert!(ws.path().join("models/policy").is_dir());
+
+    // The folder is the model by content: its answers are the stage's, from the memo, and a
+    // dpo stage based on it trains exactly as one based on the stage does.
+    let by_path = format!(
+        "{}  instructions: {{ kind: load, params: {{ path: instructions.csv }} }}\n{}{}  from_stage:\n    kind: dpo\n    needs: [pairs]\n    params: {{ base: {{ stage: policy }}, lr: 0.001, batch_size: 8 }}\n  from_folder:\n    kind: dpo\n    needs: [pairs]\n    params: {{ base: {{ path: models/policy }}, lr: 0.001, batch_size: 8 }}\n",
+        pipeline(),
+        sampler("by_stage", "{ stage: policy, temperature: 0 }"),
+        sampler("by_path", "{ path: models/policy, temperature: 0 }"),
+    );
+    ws.write("pipeline.yaml", &by_path);
+    let out = ws.command(&["run", "--format", "json"]).env("SILKIE_LOG", "silkie=info").output().unwrap();
+    let out: common::Ran = out.into();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let calls = out.stderr.lines().find(|l| l.contains("by_path") && l.contains("calls:")).unwrap_or_default();
+    assert!(calls.contains("3 from the memo, 0 sent"), "{}", out.stderr);
+    let answers = |stage: &str| {
+        let rows = ws.silkie(&["show", &format!("{stage}.responses"), "--format", "json"]).json();
+        rows.as_array().unwrap().iter().map(|r| r["response"].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(answers("by_path"), answers("by_stage"));
+    let record = out.json();
+    assert_eq!(output_digest(&record, "from_folder", "checkpoint"), output_digest(&record, "from_stage", "checkpoint"));
+
+    // Unchanged, nothing reruns; a changed folder is another model, so what reads it reruns.
+    assert!(ran(&ws.run(&[])).is_empty());
+    ws.write("models/policy/NOTES.txt", "tuned on counting pairs\n");
+    let record = ws.run(&[]);
+    assert_eq!(ran(&record), vec!["by_path".to_string(), "from_folder".to_string()]);
+
+    // A folder that is not there is named, and a `models:` entry is no base to train.
+    ws.write("pipeline.yaml", &by_path.replace("base: { path: models/policy }", "base: { path: models/nowhere }"));
+    let out = ws.silkie(&["run"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stdout.contains("cannot read the checkpoint folder `models/nowhere`: no such file"), "{}", out.stdout);
+    let tiny =
+        "{ init: tiny, image_size: 16, patch_size: 8, d_model: 32, layers: 1, heads: 2, d_ff: 64, max_tokens: 32 }";
+    ws.write("pipeline.yaml", &pipeline().replace(tiny, "gpt"));
+    let out = ws.silkie(&["validate"]);
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("`gpt` names a `models:` entry, which its provider serves and silkie cannot train"),
+        "{text}"
+    );
+}

@@ -6,6 +6,7 @@
 
 mod interp;
 mod merge;
+mod model_ref;
 mod range;
 mod runtime;
 mod source;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use interp::{Scope, resolve, type_name};
+pub use model_ref::ModelRef;
 pub use range::Range;
 pub use runtime::{Precision, Runtime};
 pub use source::{Issue, PipelineError, PipelineErrors, SourceMap};
@@ -59,6 +61,10 @@ pub struct ModelDef {
     /// How hard this model may be called (concurrency, rate limits, retries). Never hashed.
     #[serde(default)]
     pub runtime: Runtime,
+    /// A `local` model's checkpoint folder when it is one in the workspace (`{ path: DIR }`)
+    /// rather than in the store; set by the stage that resolved the reference.
+    #[serde(skip)]
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// A stage as written (after merging), before matrix expansion.

@@ -65,6 +65,12 @@ impl Instance {
             let digest = digest_of(*node, resolved)?;
             substitute_model_ref(&mut params, stage, output.as_deref(), &digest);
         }
+        for dir in &self.model_dirs {
+            let digest = stat_cache
+                .folder_digest(&workspace.join(dir))
+                .map_err(|e| KeyError::File(format!("cannot read the checkpoint folder `{dir}`: {}", io_reason(&e))))?;
+            add_model_dir_digest(&mut params, dir, &digest);
+        }
         let mut files = Map::new();
         for path in self.stage_impl.key_files().into_iter().chain(self.use_file.clone()) {
             let full = workspace.join(&path);
@@ -94,23 +100,42 @@ fn io_reason(e: &crate::store::StoreError) -> String {
     }
 }
 
+/// Puts the digest of a `{ path: DIR }` reference's folder beside it: the model is its
+/// content. The path stays, since it labels what the model produced (a pool member's rows).
+fn add_model_dir_digest(value: &mut Value, dir: &str, digest: &str) {
+    let is_it = |map: &Map<String, Value>| map.get("path").and_then(Value::as_str) == Some(dir);
+    edit_maps(value, &is_it, &mut |map| {
+        map.insert("digest".into(), Value::String(digest.to_string()));
+    });
+}
+
 /// Replaces a `{ stage: NAME, output: O }` reference by the digest it resolves to, so a
 /// renamed stage keeps its key.
 fn substitute_model_ref(value: &mut Value, stage: &str, output: Option<&str>, digest: &str) {
+    let is_it = |map: &Map<String, Value>| {
+        map.get("stage").and_then(Value::as_str) == Some(stage) && map.get("output").and_then(Value::as_str) == output
+    };
+    edit_maps(value, &is_it, &mut |map| {
+        map.remove("stage");
+        map.remove("output");
+        map.insert("digest".into(), Value::String(digest.to_string()));
+    });
+}
+
+/// Applies `edit` to every map anywhere in `value` that `picks`.
+fn edit_maps(
+    value: &mut Value,
+    picks: &dyn Fn(&Map<String, Value>) -> bool,
+    edit: &mut dyn FnMut(&mut Map<String, Value>),
+) {
     match value {
         Value::Object(map) => {
-            let matches = map.get("stage").and_then(Value::as_str) == Some(stage)
-                && map.get("output").and_then(Value::as_str) == output;
-            if matches {
-                map.remove("stage");
-                map.remove("output");
-                map.insert("digest".into(), Value::String(digest.to_string()));
+            if picks(map) {
+                edit(map);
             }
-            for v in map.values_mut() {
-                substitute_model_ref(v, stage, output, digest);
-            }
+            map.values_mut().for_each(|v| edit_maps(v, picks, edit));
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| substitute_model_ref(v, stage, output, digest)),
+        Value::Array(items) => items.iter_mut().for_each(|v| edit_maps(v, picks, edit)),
         _ => {}
     }
 }

@@ -7,7 +7,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
-use crate::dsl::{Issue, Need, Pipeline, PipelineErrors, Runtime, Scope, StageDef, did_you_mean, resolve};
+use crate::dsl::{Issue, ModelRef, Pipeline, PipelineErrors, Runtime, Scope, StageDef, did_you_mean, resolve};
 use crate::stages::{self, Kind, OutputDecl, Roles, Stage};
 
 mod claims;
@@ -42,6 +42,8 @@ pub struct Instance {
     positional_inputs: Option<Vec<String>>,
     /// `{ stage: NAME, output: O }` model references in params → the instance and output they point at.
     model_refs: Vec<(String, Option<String>, NodeIndex, String)>,
+    /// `{ path: DIR }` model references in params: their folders, whose digests enter the key.
+    model_dirs: Vec<String>,
     pub use_file: Option<PathBuf>,
 }
 
@@ -208,8 +210,10 @@ fn stage_dependencies(pipeline: &Pipeline) -> Result<BTreeMap<&str, Vec<String>>
         for (param, dep) in stage_input_params(&stage.kind, &stage.params) {
             add(dep, format!("stages.{name}.params.{param}"), &mut issues);
         }
-        for (path, need) in declared_model_references(&stage.kind, &stage.params) {
-            add(&need.stage, format!("stages.{name}.{path}"), &mut issues);
+        for (path, reference) in declared_model_references(&stage.kind, &stage.params) {
+            if let Some((dep, _)) = reference.stage() {
+                add(dep, format!("stages.{name}.{path}"), &mut issues);
+            }
         }
         deps.insert(name.as_str(), mine);
     }
@@ -222,37 +226,15 @@ fn stage_input_params<'p>(kind: &str, params: &'p Value) -> Vec<(&'static str, &
     declared.iter().filter_map(|(param, _)| params.get(*param).and_then(Value::as_str).map(|s| (*param, s))).collect()
 }
 
-/// Model references in the params a kind declares as model fields (`pool`, `judge`, …).
-fn declared_model_references(kind: &str, params: &Value) -> Vec<(String, Need)> {
+/// Model references in the params a kind declares as naming models (`pool`, `judge`, …),
+/// with where each sits.
+fn declared_model_references(kind: &str, params: &Value) -> Vec<(String, ModelRef)> {
     let fields = stages::kind(kind).map_or(&[][..], |k| k.model_params);
     fields
         .iter()
-        .filter_map(|f| params.get(*f).map(|v| model_references(v, &format!("params.{f}"))))
+        .filter_map(|f| params.get(*f).map(|v| ModelRef::all_in(v, &format!("params.{f}"))))
         .flatten()
         .collect()
-}
-
-/// `{ stage: NAME, output?: O, … }` maps anywhere in a model field.
-fn model_references(value: &Value, path: &str) -> Vec<(String, Need)> {
-    let mut found = Vec::new();
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(stage)) = map.get("stage") {
-                let output = map.get("output").and_then(Value::as_str).map(String::from);
-                found.push((path.to_string(), Need { stage: stage.clone(), output }));
-            }
-            for (k, v) in map {
-                found.extend(model_references(v, &format!("{path}.{k}")));
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                found.extend(model_references(v, &format!("{path}[{i}]")));
-            }
-        }
-        _ => {}
-    }
-    found
 }
 
 /// Stages in dependency order, or the cycle that prevents one.
@@ -351,12 +333,17 @@ fn instantiate(
         inputs.insert(param.to_string(), (node, output.to_string()));
     }
     let mut model_refs = Vec::new();
-    for (path, need) in declared_model_references(&stage.kind, &params) {
-        let node = deps[need.stage.as_str()];
-        let output = need.output.clone().unwrap_or_else(|| "checkpoint".to_string());
-        check_output(&format!("{base}.{path}"), &need.stage, &output, &graph[node].stage_impl.outputs())
+    let mut model_dirs = Vec::new();
+    for (path, reference) in declared_model_references(&stage.kind, &params) {
+        if let Some(dir) = reference.path() {
+            model_dirs.push(dir.to_string());
+        }
+        let Some((dep, output)) = reference.stage() else { continue };
+        let node = deps[dep];
+        let resolved = output.unwrap_or("checkpoint").to_string();
+        check_output(&format!("{base}.{path}"), dep, &resolved, &graph[node].stage_impl.outputs())
             .map_err(|i| vec![i])?;
-        model_refs.push((need.stage, need.output, node, output));
+        model_refs.push((dep.to_string(), output.map(String::from), node, resolved));
     }
     let mut ordered_deps: Vec<NodeIndex> = Vec::new();
     for need in stage.needs.iter().map(|n| n.stage.as_str()).chain(deps.keys().copied()) {
@@ -376,6 +363,7 @@ fn instantiate(
         inputs,
         positional_inputs,
         model_refs,
+        model_dirs,
         use_file: stage.use_file.clone(),
     })
 }

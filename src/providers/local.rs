@@ -1,5 +1,5 @@
-//! Provider `local`: a checkpoint produced by a stage (`{ stage: NAME }` in a pool or as an
-//! evaluated policy) generating in-process through the policy interface. Its calls go through
+//! Provider `local`: a checkpoint — produced by a stage (`{ stage: NAME }`) or a folder
+//! (`{ path: DIR }`), in a pool or as an evaluated policy — generating in-process through the policy interface. Its calls go through
 //! the memo like any other provider's; the checkpoint's digest is its model name, so it is
 //! part of every call key and a retrained policy is never answered from an old one's memo.
 
@@ -26,16 +26,29 @@ pub struct Local {
 }
 
 impl Local {
-    /// Loads checkpoint `digest` from `store` onto `runtime.device` (flex when unset), to
-    /// compute in `runtime.dtype`.
-    pub fn open(digest: &str, store: &Store, runtime: &Runtime, images: Arc<ImageUrls>) -> Result<Local, String> {
+    /// Loads checkpoint `digest` onto `runtime.device` (flex when unset), to compute in
+    /// `runtime.dtype`: from `folder` when the checkpoint is a folder in the workspace, else
+    /// from `store`.
+    pub fn open(
+        digest: &str,
+        folder: Option<&Path>,
+        store: &Store,
+        runtime: &Runtime,
+        images: Arc<ImageUrls>,
+    ) -> Result<Local, String> {
         let precision = runtime.dtype.unwrap_or_default();
         let device = device::open(runtime.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
-        let dir = store.tmp_path("local-model");
-        store.restore_dir(digest, &dir).map_err(|e| format!("checkpoint {digest}: {e}"))?;
-        let loaded = checkpoint::load(&dir, &device);
-        let _ = std::fs::remove_dir_all(&dir);
-        let (model, _) = loaded.map_err(|e| e.to_string())?;
+        let loaded = match folder {
+            Some(dir) => checkpoint::load(dir, &device).map_err(|e| format!("{}: {e}", dir.display())),
+            None => {
+                let dir = store.tmp_path("local-model");
+                store.restore_dir(digest, &dir).map_err(|e| format!("checkpoint {digest}: {e}"))?;
+                let loaded = checkpoint::load(&dir, &device);
+                let _ = std::fs::remove_dir_all(&dir);
+                loaded.map_err(|e| e.to_string())
+            }
+        };
+        let (model, _) = loaded?;
         Ok(Local { model: Mutex::new(model.with_precision(precision).for_inference()), device, images })
     }
 

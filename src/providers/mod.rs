@@ -53,7 +53,10 @@ pub fn endpoint(
         "local" => {
             let digest =
                 def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
-            Arc::new(Local::open(digest, store, &def.runtime, images).map_err(|e| format!("model `{name}`: {e}"))?)
+            let folder = def.checkpoint_dir.as_deref();
+            Arc::new(
+                Local::open(digest, folder, store, &def.runtime, images).map_err(|e| format!("model `{name}`: {e}"))?,
+            )
         }
         other => {
             return Err(format!(

@@ -1,12 +1,12 @@
 //! What stages that call models share: model references resolved at run time, and one round
 //! of calls through the memo with its accounting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{RunContext, StageError};
 use crate::calls::{CallResult, CallSpec, ModelIdentity};
 use crate::data::report::DataReport;
-use crate::dsl::{Issue, ModelDef, Range};
+use crate::dsl::{Issue, ModelDef, ModelRef, Range, did_you_mean};
 use crate::providers;
 
 /// Decoding settings a calling stage sends: `path` is where they sit (`params`, or one pool
@@ -86,6 +86,7 @@ pub fn local_def() -> ModelDef {
         api_key_env: None,
         params: serde_json::Map::new(),
         runtime: crate::dsl::Runtime { max_in_flight: Some(1), ..Default::default() },
+        checkpoint_dir: None,
     }
 }
 
@@ -93,11 +94,86 @@ pub fn local_def() -> ModelDef {
 /// definition and identity, both naming the checkpoint by digest (so it is in every call key).
 pub fn checkpoint_model(ctx: &RunContext, role: &str) -> Result<(ModelDef, ModelIdentity), StageError> {
     let digest = ctx.input(role)?.output.digest.clone();
+    Ok(local_model(ctx, digest, None))
+}
+
+/// The `local` model behind a `{ path: DIR }` reference: named by the folder's digest — the
+/// one the store would give it, so an exported checkpoint is the stage's model — and loaded
+/// from the folder itself.
+pub fn folder_model(ctx: &RunContext, dir: &str) -> Result<(ModelDef, ModelIdentity), StageError> {
+    let full = ctx.workspace.join(dir);
+    let digest = ctx
+        .stat_cache
+        .folder_digest(&full)
+        .map_err(|e| StageError::Failed(format!("cannot read the checkpoint folder `{dir}`: {e}")))?;
+    Ok(local_model(ctx, digest, Some(full)))
+}
+
+fn local_model(ctx: &RunContext, digest: String, dir: Option<std::path::PathBuf>) -> (ModelDef, ModelIdentity) {
     let mut def = local_def();
     // The stage's `runtime.device` and `runtime.dtype` also place its local models.
     def.runtime.device = ctx.runtime.device.clone();
     def.runtime.dtype = ctx.runtime.dtype;
+    def.checkpoint_dir = dir;
     let identity = providers::identity(&digest, &def);
     def.model = Some(digest);
-    Ok((def, identity))
+    (def, identity)
+}
+
+/// A model a calling stage sends requests to, as far as configuring can tell: a `models:`
+/// entry is known then; a checkpoint (a stage's or a folder) only at run time.
+#[derive(Debug, Clone)]
+pub enum CallTarget {
+    Entry { name: String, def: Box<ModelDef>, identity: ModelIdentity },
+    Checkpoint(ModelRef),
+}
+
+impl CallTarget {
+    /// Looks a reference up in `models:`; `at` is where it is written, for the error.
+    pub fn configure(reference: &ModelRef, models: &BTreeMap<String, ModelDef>, at: &str) -> Result<CallTarget, Issue> {
+        let ModelRef::Named(name) = reference else { return Ok(CallTarget::Checkpoint(reference.clone())) };
+        let Some(def) = models.get(name) else {
+            return Err(Issue::new(at, format!("`{name}` is not in `models:`"))
+                .with_help(did_you_mean(name, models.keys().map(String::as_str))));
+        };
+        Ok(CallTarget::Entry {
+            name: name.clone(),
+            def: Box::new(def.clone()),
+            identity: providers::identity(name, def),
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, CallTarget::Checkpoint(_))
+    }
+
+    /// What calls go to: the model's name in this round of calls, its definition and its
+    /// identity (a checkpoint's is its digest).
+    pub fn resolve(&self, ctx: &RunContext) -> Result<(String, ModelDef, ModelIdentity), StageError> {
+        match self {
+            CallTarget::Entry { name, def, identity } => Ok((name.clone(), (**def).clone(), identity.clone())),
+            CallTarget::Checkpoint(reference) => {
+                let (def, identity) = match reference {
+                    ModelRef::Stage { stage, output } => {
+                        checkpoint_model(ctx, &super::model_role(stage, output.as_deref()))?
+                    }
+                    ModelRef::Path(dir) => folder_model(ctx, dir)?,
+                    ModelRef::Named(name) => {
+                        return Err(StageError::Failed(format!("internal: `{name}` was not looked up in `models:`")));
+                    }
+                };
+                Ok((self.call_name(), def, identity))
+            }
+        }
+    }
+
+    /// The model's name in a round of calls (and in the report's per-model counts): a
+    /// `models:` name, a checkpoint's input role, or the folder.
+    pub fn call_name(&self) -> String {
+        match self {
+            CallTarget::Entry { name, .. } => name.clone(),
+            CallTarget::Checkpoint(ModelRef::Stage { stage, output }) => super::model_role(stage, output.as_deref()),
+            CallTarget::Checkpoint(reference) => reference.to_string(),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `evaluate`: runs a policy over a benchmark and scores it (DESIGN §7). The policy is a model
-//! reference — a stage's checkpoint (`{ stage: NAME }`, generated in-process by provider
-//! `local`) or a `models:` entry — and every answer goes through the call memo, so scoring
+//! reference — a stage's checkpoint (`{ stage: NAME }`) or a checkpoint folder (`{ path: DIR }`),
+//! generated in-process by provider `local`, or a `models:` entry — and every answer goes through the call memo, so scoring
 //! again never generates again. `benchmark: mme` reads questions in MME's results layout and
 //! scores them with the official rules (`categories` maps subtasks to totals, for other
 //! benchmarks in that layout); `mmhal` reads MMHal-Bench's JSON and has a `judge` rate every
@@ -14,15 +14,14 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::calling::{Decoding, call_models, checkpoint_model};
+use super::calling::{CallTarget, Decoding, call_models};
 use super::{
-    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, model_role, parse_params,
-    precision,
+    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{frame, optional_strings, str_col, strings};
 use crate::data::report::DataReport;
-use crate::dsl::{Issue, ModelDef, did_you_mean};
+use crate::dsl::{Issue, ModelDef, ModelRef, did_you_mean};
 use crate::eval::mme::{self, Categories, Line};
 use crate::eval::mmhal::{self, Question};
 use crate::eval::results::{self, Metric};
@@ -36,22 +35,6 @@ pub const KIND: Kind = Kind {
     stage_inputs: &[("baseline", "results")],
     configure,
 };
-
-/// A model reference: a `models:` name, or a stage's checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum ModelRef {
-    Named(String),
-    Checkpoint(CheckpointRef),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointRef {
-    stage: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -140,8 +123,8 @@ struct Judge {
 
 struct Evaluate {
     params: Params,
-    /// The policy when it is a `models:` entry (a checkpoint resolves at run time).
-    named_policy: Option<(ModelDef, ModelIdentity)>,
+    /// Where the policy's answers come from (a checkpoint resolves at run time).
+    policy: CallTarget,
     judge: Option<Judge>,
     categories: Categories,
     /// What a checkpoint policy computes in.
@@ -165,10 +148,7 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
         ..Decoding::default()
     };
     decoding.check("params")?;
-    let named_policy = match &params.policy {
-        ModelRef::Named(name) => Some(model_entry(config, name, "params.policy")?),
-        ModelRef::Checkpoint(_) => None,
-    };
+    let policy = CallTarget::configure(&params.policy, config.models, "params.policy")?;
     let judge = match (&params.judge, params.benchmark.is_mme()) {
         (Some(name), false) => {
             let (def, identity) = model_entry(config, name, "params.judge")?;
@@ -216,8 +196,8 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.categories.is_some() && !params.benchmark.is_mme() {
         return Err(Issue::new("params.categories", "only MME-style benchmarks have subtask categories"));
     }
-    let precision = precision(config, named_policy.is_none())?;
-    Ok(Box::new(Evaluate { params, named_policy, judge, categories, precision }))
+    let precision = precision(config, policy.is_local())?;
+    Ok(Box::new(Evaluate { params, policy, judge, categories, precision }))
 }
 
 /// The synthetic benchmark's map: the four perception subtasks and the comparison one.
@@ -252,19 +232,6 @@ impl Evaluate {
         self.params.max_tokens.unwrap_or(if self.params.benchmark.is_mme() { 16 } else { 256 })
     }
 
-    /// The policy's definition and identity: a `models:` entry, or the referenced checkpoint.
-    fn policy(&self, ctx: &RunContext) -> Result<(String, ModelDef, ModelIdentity), StageError> {
-        match (&self.params.policy, &self.named_policy) {
-            (ModelRef::Named(name), Some((def, identity))) => Ok((name.clone(), def.clone(), identity.clone())),
-            (ModelRef::Checkpoint(r), _) => {
-                let role = model_role(&r.stage, r.output.as_deref());
-                let (def, identity) = checkpoint_model(ctx, &role)?;
-                Ok((role, def, identity))
-            }
-            (ModelRef::Named(name), None) => Err(StageError::Failed(format!("internal: `{name}` was not resolved"))),
-        }
-    }
-
     /// Answers to `items` from the policy, in order (through the memo).
     fn answer(
         &self,
@@ -272,7 +239,7 @@ impl Evaluate {
         items: &[Item],
         report: &mut DataReport,
     ) -> Result<Vec<(String, CallResult)>, StageError> {
-        let (name, def, identity) = self.policy(ctx)?;
+        let (name, def, identity) = self.policy.resolve(ctx)?;
         let decoding = BTreeMap::from([
             ("temperature".to_string(), json!(self.params.temperature)),
             ("max_tokens".to_string(), json!(self.max_tokens())),
@@ -553,7 +520,7 @@ impl Stage for Evaluate {
             // The baseline enters by its results' digest (an input), not by its name.
             map.remove("baseline");
             map.insert("categories".into(), json!(self.categories));
-            if let Some((_, identity)) = &self.named_policy {
+            if let CallTarget::Entry { identity, .. } = &self.policy {
                 map.insert("policy".into(), json!(identity));
             }
             if let Some(judge) = &self.judge {

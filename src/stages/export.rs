@@ -1,5 +1,7 @@
 //! `export`: writes the table it needs to a workspace path as Parquet, JSONL or CSV — or,
-//! with `format: trl`, pairs as TRL's DPO trainer reads them (Parquet or JSONL by extension).
+//! with `format: trl`, pairs as TRL's DPO trainer reads them (Parquet or JSONL by extension),
+//! or with `format: checkpoint` a training stage's checkpoint folder as it is stored (what a
+//! `{ path: DIR }` model reference reads back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ enum Format {
     Jsonl,
     Csv,
     Trl,
+    Checkpoint,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,8 +51,8 @@ struct Params {
 
 struct Export {
     params: Params,
-    /// The file's own format (for `trl`, its container).
-    file_format: TableFormat,
+    /// The file's own format (for `trl`, its container); none for a checkpoint folder.
+    file_format: Option<TableFormat>,
 }
 
 fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
@@ -57,13 +60,19 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.path.split(['/', '\\']).any(|part| part == "..") {
         return Err(Issue::new("params.path", format!("`{}` leaves the workspace; export inside it", params.path)));
     }
+    if params.format == Some(Format::Checkpoint) {
+        if let Some(key) = ["style", "images", "images_dir"].iter().find(|k| canonical(&params).get(**k).is_some()) {
+            return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies to `format: trl` only")));
+        }
+        return Ok(Box::new(Export { params, file_format: None }));
+    }
     let file_format = table_format(
         &params.path,
         match params.format {
             Some(Format::Parquet) => Some(TableFormat::Parquet),
             Some(Format::Jsonl) => Some(TableFormat::Jsonl),
             Some(Format::Csv) => Some(TableFormat::Csv),
-            Some(Format::Trl) | None => None,
+            Some(Format::Trl | Format::Checkpoint) | None => None,
         },
     )?;
     params.format.get_or_insert(match file_format {
@@ -99,7 +108,7 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     } else if let Some(key) = ["style", "images", "images_dir"].iter().find(|k| canonical(&params).get(**k).is_some()) {
         return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies to `format: trl` only")));
     }
-    Ok(Box::new(Export { params, file_format }))
+    Ok(Box::new(Export { params, file_format: Some(file_format) }))
 }
 
 fn default_images_dir(path: &str) -> String {
@@ -119,6 +128,7 @@ impl Export {
         ctx: &RunContext,
         df: &polars::prelude::DataFrame,
         tmp: &Path,
+        file_format: TableFormat,
     ) -> Result<Option<DirManifest>, StageError> {
         let file_dir = Path::new(&self.params.path).parent().unwrap_or(Path::new(""));
         let images_dir = self.images_dir().map(PathBuf::from);
@@ -151,7 +161,7 @@ impl Export {
         };
         let image_bytes = |digest: &str| embedded.get(digest).cloned().map_or_else(|| read(digest), Ok);
         let mut out = trl::trl_frame(df, style, images, &image_path, &image_bytes).map_err(StageError::Failed)?;
-        table::write(&mut out, tmp, self.file_format)?;
+        table::write(&mut out, tmp, file_format)?;
         if images != Images::Files {
             return Ok(None);
         }
@@ -163,7 +173,23 @@ impl Export {
     }
 }
 
+/// The input and output of `format: checkpoint`.
+const CHECKPOINT: &str = "checkpoint";
+
 impl Export {
+    /// The checkpoint folder, written to `path` as it is stored (its digest stays its own).
+    fn export_checkpoint(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
+        let input = ctx.input(CHECKPOINT)?;
+        if input.output.kind != OutputKind::Dir {
+            return Err(StageError::Failed(format!(
+                "{} is not a checkpoint folder; `format: checkpoint` exports what `dpo` or `sft` outputs as `checkpoint`",
+                input.from
+            )));
+        }
+        workspace_files::place(ctx, &self.params.path, &input.output)?;
+        Ok(BTreeMap::from([(CHECKPOINT.to_string(), input.output.clone())]))
+    }
+
     fn trl_report(&self, pairs: &polars::prelude::DataFrame) -> DataReport {
         let mut report = DataReport::default();
         report.input("pairs", pairs.height() as u64);
@@ -198,6 +224,9 @@ impl Stage for Export {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
+        if self.file_format.is_none() {
+            return vec![OutputDecl { name: CHECKPOINT.into(), table: false }];
+        }
         let mut outs = vec![OutputDecl { name: "file".into(), table: true }];
         if self.images_dir().is_some() {
             outs.push(OutputDecl { name: "images".into(), table: false });
@@ -209,7 +238,7 @@ impl Stage for Export {
     }
 
     fn roles(&self) -> Roles {
-        Roles::Named(&["table"])
+        Roles::Named(if self.file_format.is_none() { &[CHECKPOINT] } else { &["table"] })
     }
 
     fn key_files(&self) -> Vec<PathBuf> {
@@ -223,12 +252,13 @@ impl Stage for Export {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
+        let Some(file_format) = self.file_format else { return self.export_checkpoint(ctx) };
         let mut df = ctx.read_table("table")?;
-        let tmp = ctx.store.tmp_path(&format!("export.{}", self.file_format));
+        let tmp = ctx.store.tmp_path(&format!("export.{file_format}"));
         let manifest = match self.params.format {
-            Some(Format::Trl) => self.write_trl(ctx, &df, &tmp)?,
+            Some(Format::Trl) => self.write_trl(ctx, &df, &tmp, file_format)?,
             _ => {
-                table::write(&mut df, &tmp, self.file_format)?;
+                table::write(&mut df, &tmp, file_format)?;
                 None
             }
         };
@@ -238,7 +268,7 @@ impl Stage for Export {
             kind: OutputKind::File,
             rows: Some(df.height() as u64),
             bytes,
-            format: Some(self.file_format.to_string()),
+            format: Some(file_format.to_string()),
         };
         let mut outputs = BTreeMap::from([("file".to_string(), file)]);
         if let Some(manifest) = manifest {
@@ -259,6 +289,9 @@ impl Stage for Export {
     }
 
     fn restore(&self, ctx: &RunContext, outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
+        if let Some(folder) = outputs.get(CHECKPOINT) {
+            workspace_files::restore(ctx, &self.params.path, folder)?;
+        }
         if let Some(file) = outputs.get("file") {
             workspace_files::restore(ctx, &self.params.path, file)?;
         }

@@ -11,43 +11,65 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::calling::Decoding;
+use super::calling::{CallTarget, Decoding, local_def};
 use super::{
     Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{f64_col, frame, i64_col, str_col, strings};
 use crate::data::report::DataReport;
-use crate::dsl::{Issue, ModelDef, did_you_mean};
+use crate::dsl::{Issue, ModelDef, ModelRef};
 use crate::model::device::Precision;
 use crate::providers;
 
 pub const KIND: Kind = Kind { name: "sample", version: 2, model_params: &["pool"], stage_inputs: &[], configure };
 
-/// A pool entry: a `models:` name, or a map naming a `models:` entry (`model`) or a stage's
-/// checkpoint (`stage`, optional `output`; provider `local`), with its own decoding params.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum PoolEntry {
-    Name(String),
-    Entry(EntryParams),
+/// A pool entry: a model reference ([`ModelRef`]: a `models:` name, `{ stage }` or
+/// `{ path }`) with, in its map form, decoding params of its own.
+#[derive(Debug, Clone)]
+struct PoolEntry {
+    model: ModelRef,
+    own: Overrides,
+    /// Written as a map: its overrides, even none, are part of its identity when drawing.
+    map_form: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EntryParams {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    model: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    stage: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
+struct Overrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+}
+
+const OVERRIDE_KEYS: [&str; 3] = ["temperature", "top_p", "max_tokens"];
+
+impl<'de> Deserialize<'de> for PoolEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let (model, rest) = ModelRef::parse(&value, &OVERRIDE_KEYS).map_err(serde::de::Error::custom)?;
+        let own = serde_json::from_value(Value::Object(rest)).map_err(serde::de::Error::custom)?;
+        Ok(PoolEntry { model, own, map_form: value.is_object() })
+    }
+}
+
+impl Serialize for PoolEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !self.map_form {
+            return self.model.serialize(serializer);
+        }
+        let mut map = match self.model.to_value() {
+            Value::Object(map) => map,
+            name => Map::from_iter([("model".to_string(), name)]),
+        };
+        if let Value::Object(own) = canonical(&self.own) {
+            map.extend(own);
+        }
+        Value::Object(map).serialize(serializer)
+    }
 }
 
 fn default_temperature() -> f64 {
@@ -96,6 +118,7 @@ struct Member {
     model: String,
     /// A checkpoint's model (provider `local`) rather than a `models:` entry.
     local: bool,
+    target: CallTarget,
     def: ModelDef,
     identity: ModelIdentity,
     /// Decoding params sent with its calls (the stage's, overridden by the entry's).
@@ -131,77 +154,44 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     decoding.check("params")?;
     let mut pool = Vec::new();
     for (i, entry) in params.pool.iter().enumerate() {
-        if let PoolEntry::Entry(e) = entry {
-            let own = Decoding {
-                temperature: e.temperature,
-                top_p: e.top_p,
-                max_tokens: e.max_tokens,
-                ..Decoding::default()
-            };
-            own.check(&format!("params.pool[{i}]"))?;
-        }
-        let (name, overrides) = match entry {
-            PoolEntry::Name(name) => (name.clone(), None),
-            PoolEntry::Entry(e) => {
-                // A checkpoint is named by its stage, and its output when not the final one.
-                let checkpoint = e.stage.as_ref().map(|s| match &e.output {
-                    Some(o) => format!("{s}.{o}"),
-                    None => s.clone(),
-                });
-                (e.model.clone().or(checkpoint).unwrap_or_default(), Some(e))
-            }
-        };
-        let local = overrides.and_then(|e| e.stage.as_deref());
-        let def = match (overrides.map(|e| (&e.model, &e.stage)), local) {
-            (Some((Some(_), Some(_))) | Some((None, None)), _) => {
-                return Err(Issue::new(
-                    format!("params.pool[{i}]"),
-                    "name either a `model` (from `models:`) or a `stage` (its checkpoint), not both or neither",
-                ));
-            }
-            (_, Some(_)) => super::calling::local_def(),
-            _ => match config.models.get(&name) {
-                Some(def) => def.clone(),
-                None => {
-                    let names = config.models.keys().map(String::as_str);
-                    return Err(Issue::new(format!("params.pool[{i}]"), format!("`{name}` is not in `models:`"))
-                        .with_help(did_you_mean(&name, names)));
-                }
-            },
-        };
-        let model = match local {
-            Some(stage) => super::model_role(stage, overrides.and_then(|e| e.output.as_deref())),
-            None => name.clone(),
-        };
+        let at = format!("params.pool[{i}]");
+        let own = &entry.own;
+        Decoding { temperature: own.temperature, top_p: own.top_p, max_tokens: own.max_tokens, ..Decoding::default() }
+            .check(&at)?;
+        let target = CallTarget::configure(&entry.model, config.models, &at)?;
         let mut decoding = BTreeMap::from([
-            ("temperature".to_string(), json!(overrides.and_then(|o| o.temperature).unwrap_or(params.temperature))),
-            ("top_p".to_string(), json!(overrides.and_then(|o| o.top_p).unwrap_or(params.top_p))),
-            ("max_tokens".to_string(), json!(overrides.and_then(|o| o.max_tokens).unwrap_or(params.max_tokens))),
+            ("temperature".to_string(), json!(own.temperature.unwrap_or(params.temperature))),
+            ("top_p".to_string(), json!(own.top_p.unwrap_or(params.top_p))),
+            ("max_tokens".to_string(), json!(own.max_tokens.unwrap_or(params.max_tokens))),
         ]);
         decoding.retain(|_, v| !v.is_null());
-        let label = match overrides {
-            Some(o) if o.temperature.is_some() || o.top_p.is_some() || o.max_tokens.is_some() => {
-                // Only what the entry itself sets: `sft[temperature=0.3]`.
-                let own = [
-                    ("max_tokens", o.max_tokens.map(|v| json!(v))),
-                    ("temperature", o.temperature.map(|v| json!(v))),
-                    ("top_p", o.top_p.map(|v| json!(v))),
-                ];
-                let parts: Vec<String> =
-                    own.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
-                format!("{name}[{}]", parts.join(","))
-            }
-            _ => name.clone(),
-        };
+        let name = entry.model.to_string();
+        // Only what the entry itself sets: `sft[temperature=0.3]`.
+        let set: Vec<String> = [
+            ("max_tokens", own.max_tokens.map(|v| json!(v))),
+            ("temperature", own.temperature.map(|v| json!(v))),
+            ("top_p", own.top_p.map(|v| json!(v))),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+        let label = if set.is_empty() { name } else { format!("{name}[{}]", set.join(",")) };
         if pool.iter().any(|m: &Member| m.label == label) {
-            return Err(Issue::new(format!("params.pool[{i}]"), format!("`{label}` is in the pool twice")));
+            return Err(Issue::new(at, format!("`{label}` is in the pool twice")));
         }
-        let identity = providers::identity(&model, &def);
-        let overrides = overrides.map_or(
-            Value::Null,
-            |o| json!({"temperature": o.temperature, "top_p": o.top_p, "max_tokens": o.max_tokens}),
-        );
-        pool.push(Member { label, model, local: local.is_some(), def, identity, params: decoding, overrides });
+        let model = target.call_name();
+        // A checkpoint's identity here stands for it in the draw; its digest joins at run time.
+        let (def, identity) = match &target {
+            CallTarget::Entry { def, identity, .. } => ((**def).clone(), identity.clone()),
+            CallTarget::Checkpoint(_) => (local_def(), providers::identity(&model, &local_def())),
+        };
+        let overrides = if entry.map_form {
+            json!({"temperature": own.temperature, "top_p": own.top_p, "max_tokens": own.max_tokens})
+        } else {
+            Value::Null
+        };
+        let local = target.is_local();
+        pool.push(Member { label, model, local, target, def, identity, params: decoding, overrides });
     }
     let precision = precision(config, pool.iter().any(|m| m.local))?;
     Ok(Box::new(Sample { params, pool, precision }))
@@ -303,8 +293,8 @@ fn resolve(ctx: &RunContext, member: &Member) -> Result<Member, StageError> {
     if !member.local {
         return Ok(member.clone());
     }
-    let (def, identity) = super::calling::checkpoint_model(ctx, &member.model)?;
-    Ok(Member { def, identity, ..member.clone() })
+    let (model, def, identity) = member.target.resolve(ctx)?;
+    Ok(Member { model, def, identity, ..member.clone() })
 }
 
 /// Sends (or finds in the memo) every call the pool members need.

@@ -1,5 +1,5 @@
-//! What the training stage kinds (`sft`, `dpo`) share: the base model (`{ init: tiny, … }` or
-//! another stage's checkpoint), images as model input, resuming from the instance's scratch
+//! What the training stage kinds (`sft`, `dpo`) share: the base model (`{ init: tiny, … }`,
+//! another stage's checkpoint or a checkpoint folder), images as model input, resuming from the instance's scratch
 //! space, the per-step hook (progress bar, periodic saves), and writing checkpoints and
 //! metrics tables.
 
@@ -11,7 +11,7 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::{RunContext, StageError, StageProgress, model_role};
-use crate::dsl::{Issue, Range};
+use crate::dsl::{Issue, ModelRef, Range};
 use crate::model::checkpoint;
 use crate::model::device::Precision;
 use crate::model::policy::{blank_pixels, pixels};
@@ -22,13 +22,30 @@ use crate::train::optim::AdamW;
 use crate::train::resume;
 
 /// What training starts from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Base {
     /// `{ init: tiny, …sizes }`: a freshly initialised tiny model.
     Fresh(Fresh),
-    /// `{ stage: NAME, output?: O }`: the checkpoint another stage produced.
-    Stage(StageRef),
+    /// `{ stage: NAME, output?: O }` or `{ path: DIR }`: an existing checkpoint.
+    Checkpoint(ModelRef),
+}
+
+impl<'de> Deserialize<'de> for Base {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.get("init").is_some() {
+            return serde_json::from_value(value).map(Base::Fresh).map_err(D::Error::custom);
+        }
+        match ModelRef::parse(&value, &[]).map_err(D::Error::custom)?.0 {
+            ModelRef::Named(name) => Err(D::Error::custom(format!(
+                "`{name}` names a `models:` entry, which its provider serves and silkie cannot train; \
+                 start from `{{ init: tiny }}`, a stage's checkpoint `{{ stage: NAME }}` or a folder `{{ path: DIR }}`"
+            ))),
+            reference => Ok(Base::Checkpoint(reference)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,14 +54,6 @@ pub struct Fresh {
     init: InitKind,
     #[serde(flatten)]
     config: TinyConfigParams,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageRef {
-    stage: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,15 +155,47 @@ impl Base {
                 let config = fresh.config.resolve();
                 Ok((config.init(device), config))
             }
-            Base::Stage(r) => {
-                let input = ctx.input(&model_role(&r.stage, r.output.as_deref()))?;
-                let dir = ctx.store.tmp_path("base");
-                ctx.store.restore_dir(&input.output.digest, &dir)?;
-                let loaded =
-                    checkpoint::load(&dir, device).map_err(|e| StageError::Failed(format!("{}: {e}", input.from)));
-                let _ = std::fs::remove_dir_all(&dir);
-                loaded
+            Base::Checkpoint(reference) => {
+                let folder = CheckpointFolder::open(ctx, reference)?;
+                checkpoint::load(folder.path(), device).map_err(|e| StageError::Failed(format!("{}: {e}", folder.from)))
             }
+        }
+    }
+}
+
+/// A checkpoint as a folder to load from: a `{ path }` reference's own folder, or a stored
+/// one restored for the load and removed after.
+struct CheckpointFolder {
+    dir: std::path::PathBuf,
+    restored: bool,
+    /// What it is, for errors: the input it came from or the folder.
+    from: String,
+}
+
+impl CheckpointFolder {
+    fn open(ctx: &RunContext, reference: &ModelRef) -> Result<CheckpointFolder, StageError> {
+        if let Some(dir) = reference.path() {
+            return Ok(CheckpointFolder { dir: ctx.workspace.join(dir), restored: false, from: format!("`{dir}`") });
+        }
+        let (stage, output) = reference
+            .stage()
+            .ok_or_else(|| StageError::Failed(format!("internal: `{reference}` is not a checkpoint")))?;
+        let input = ctx.input(&model_role(stage, output))?;
+        let dir = ctx.store.tmp_path("base");
+        let folder = CheckpointFolder { dir, restored: true, from: input.from.clone() };
+        ctx.store.restore_dir(&input.output.digest, &folder.dir)?;
+        Ok(folder)
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for CheckpointFolder {
+    fn drop(&mut self) {
+        if self.restored {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -23,6 +23,17 @@ pub struct DirManifest {
     pub files: BTreeMap<String, DirEntry>,
 }
 
+impl DirManifest {
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    /// The digest it is stored under.
+    pub fn digest(&self) -> String {
+        blake3::hash(&self.to_json()).to_hex().to_string()
+    }
+}
+
 /// Whether `s` has the form of a blob digest: BLAKE3's 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -158,17 +169,13 @@ impl Store {
             total += bytes;
             manifest.files.insert(rel, DirEntry { digest, bytes, executable: is_executable(&path) });
         }
-        let json = serde_json::to_vec(&manifest)
-            .map_err(|e| StoreError::Corrupt { path: dir.to_path_buf(), reason: e.to_string() })?;
-        let (digest, _) = self.put_bytes(&json)?;
+        let (digest, _) = self.put_bytes(&manifest.to_json())?;
         Ok((digest, total))
     }
 
     /// Stores a manifest built elsewhere (its files already in the store).
     pub fn put_manifest(&self, manifest: &DirManifest) -> Result<(String, u64)> {
-        let json = serde_json::to_vec(manifest)
-            .map_err(|e| StoreError::Corrupt { path: self.root.clone(), reason: e.to_string() })?;
-        let (digest, _) = self.put_bytes(&json)?;
+        let (digest, _) = self.put_bytes(&manifest.to_json())?;
         Ok((digest, manifest.files.values().map(|e| e.bytes).sum()))
     }
 
@@ -306,13 +313,13 @@ pub fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 #[cfg(unix)]
-fn is_executable(path: &Path) -> bool {
+pub(super) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 #[cfg(not(unix))]
-fn is_executable(_: &Path) -> bool {
+pub(super) fn is_executable(_: &Path) -> bool {
     false
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::blobs::{hash_reader, walk_files};
+use super::blobs::{DirEntry, DirManifest, hash_reader, is_executable, walk_files};
 use super::{Result, Store, io_err};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,6 +92,24 @@ impl StatCache {
         self.entries.lock().expect("stat cache lock").insert(key, entry);
         *self.dirty.lock().expect("stat cache lock") = true;
         Ok(digest)
+    }
+
+    /// The digest the store gives `dir` when it stores it ([`Store::put_dir`]), from the
+    /// files' cached digests: a folder in the workspace and the same folder in the store are
+    /// one thing by content, and a large one is not rehashed while its files are untouched.
+    pub fn folder_digest(&self, dir: &Path) -> Result<String> {
+        use rayon::prelude::*;
+        let files = walk_files(dir)?;
+        let entries: Vec<(String, DirEntry)> = files
+            .par_iter()
+            .map(|file| {
+                let rel = file.strip_prefix(dir).unwrap_or(file).to_string_lossy().replace('\\', "/");
+                let bytes = std::fs::metadata(file).map_err(io_err(file))?.len();
+                let entry = DirEntry { digest: self.digest(file)?, bytes, executable: is_executable(file) };
+                Ok((rel, entry))
+            })
+            .collect::<Result<_>>()?;
+        Ok(DirManifest { files: entries.into_iter().collect() }.digest())
     }
 
     /// Saves new entries, merged with what concurrent runs saved meanwhile.
