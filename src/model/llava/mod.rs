@@ -1,0 +1,202 @@
+//! LLaVA (`LlavaForConditionalGeneration` checkpoints, as transformers saves them): a CLIP or
+//! SigLIP vision tower, the two-layer projector, and a Llama, Mistral or Qwen2 language model
+//! whose `<image>` token positions take the projected image features.
+
+pub mod config;
+mod text;
+mod vision;
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, silu, softmax};
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use self::config::{Activation, LlavaConfig};
+use self::text::TextModel;
+use self::vision::VisionTower;
+use super::hf_weights::{self, WeightsError};
+
+#[derive(Module, Debug)]
+pub struct Llava {
+    vision_tower: VisionTower,
+    multi_modal_projector: Projector,
+    language_model: TextModel,
+    /// None when the output projection is the embedding matrix (tied).
+    lm_head: Option<Linear>,
+    #[module(skip)]
+    config: LlavaConfig,
+}
+
+#[derive(Module, Debug)]
+struct Projector {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+/// Why a LLaVA checkpoint does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Config { path: String, source: config::ConfigError },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// Inputs the model cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("the tokens hold {tokens} image tokens, but {images} image(s) give {per_image} features each")]
+    ImageTokens { tokens: usize, images: usize, per_image: usize },
+}
+
+/// Tensor names as the checkpoint may hold them (transformers 4.x and 5.x layouts) → the
+/// module's own, applied in order.
+const RENAMES: &[(&str, &str)] = &[
+    (r"^model\.language_model\.", "language_model."),
+    (r"^model\.vision_tower\.", "vision_tower."),
+    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+    (r"^language_model\.model\.", "language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^vision_tower\.vision_model\.", "vision_tower."),
+];
+
+/// Parts of the vision model LLaVA never runs: its pooled output's norm and head.
+const UNNEEDED: &[&str] = &["vision_tower.post_layernorm.", "vision_tower.head."];
+
+impl Llava {
+    /// Loads the checkpoint in `dir` (its `config.json` and safetensors weights) onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Llava, LoadError> {
+        let path = dir.join("config.json");
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(&path).map_err(|e| LoadError::Read { path: shown.clone(), reason: e.to_string() })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| LoadError::Read { path: shown.clone(), reason: format!("not JSON: {e}") })?;
+        let config = config::parse(&value).map_err(|source| LoadError::Config { path: shown, source })?;
+        let mut model = Llava::new(&config, device);
+        let unneeded: Vec<&str> =
+            UNNEEDED.iter().copied().chain(config.text.tie_word_embeddings.then_some("lm_head.")).collect();
+        hf_weights::load_into(&mut model, dir, RENAMES, &unneeded)?;
+        Ok(model)
+    }
+
+    /// A model of `config`'s shape with untrained weights.
+    pub fn new(config: &LlavaConfig, device: &Device) -> Llava {
+        let features = config.vision.hidden_size * config.vision_feature_layers.len();
+        let d = config.text.hidden_size;
+        let bias = config.projector_bias;
+        Llava {
+            vision_tower: VisionTower::new(&config.vision, device),
+            multi_modal_projector: Projector {
+                linear_1: LinearConfig::new(features, d).with_bias(bias).init(device),
+                linear_2: LinearConfig::new(d, d).with_bias(bias).init(device),
+            },
+            language_model: TextModel::new(&config.text, device),
+            lm_head: (!config.text.tie_word_embeddings)
+                .then(|| LinearConfig::new(d, config.text.vocab_size).with_bias(false).init(device)),
+            config: config.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &LlavaConfig {
+        &self.config
+    }
+
+    /// Projected features of `pixels` [images, 3, size, size]: [images, tokens, hidden], one
+    /// row per `<image>` token the processor put in the prompt.
+    pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let hidden_states = self.config.vision.layers as i64 + 1;
+        let layers: Vec<usize> = self
+            .config
+            .vision_feature_layers
+            .iter()
+            .map(|&l| if l < 0 { (hidden_states + l) as usize } else { l as usize })
+            .collect();
+        let deepest = layers.iter().copied().max().unwrap_or(0);
+        let states = self.vision_tower.hidden_states(pixels, deepest);
+        let picked: Vec<Tensor<3>> = layers
+            .iter()
+            .map(|&l| {
+                let state = states[l].clone();
+                if self.config.keep_cls {
+                    return state;
+                }
+                let [n, positions, d] = state.dims();
+                state.slice([0..n, 1..positions, 0..d])
+            })
+            .collect();
+        let features = Tensor::cat(picked, 2);
+        let projector = &self.multi_modal_projector;
+        projector.linear_2.forward(activate(projector.linear_1.forward(features), self.config.projector_act))
+    }
+
+    /// Logits [batch, length, vocab] for `tokens` [batch, length] in which each image's
+    /// `<image>` tokens stand, in order, for the rows of its features; `pixels` holds the
+    /// images in the order they appear (none when no row has an image).
+    pub fn forward(&self, tokens: Tensor<2, Int>, pixels: Option<Tensor<4>>) -> Result<Tensor<3>, InputError> {
+        let mut embeddings = self.language_model.embed(tokens.clone());
+        if let Some(pixels) = pixels {
+            embeddings = self.place_images(embeddings, tokens, self.image_features(pixels))?;
+        }
+        let hidden = self.language_model.forward(embeddings);
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.language_model.embedding_weight().transpose().unsqueeze()),
+        })
+    }
+
+    /// The token embeddings with each `<image>` position's row replaced by the next image
+    /// feature row, as transformers' `masked_scatter` does.
+    fn place_images(
+        &self,
+        embeddings: Tensor<3>,
+        tokens: Tensor<2, Int>,
+        features: Tensor<3>,
+    ) -> Result<Tensor<3>, InputError> {
+        let [b, n, d] = embeddings.dims();
+        let [images, per_image, _] = features.dims();
+        let ids = tokens.into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default();
+        let slots: Vec<i64> =
+            ids.iter().enumerate().filter(|(_, t)| **t == self.config.image_token_id).map(|(i, _)| i as i64).collect();
+        if slots.len() != images * per_image {
+            return Err(InputError::ImageTokens { tokens: slots.len(), images, per_image });
+        }
+        let rows = features.reshape([images * per_image, d]);
+        let flat = embeddings.reshape([b * n, d]);
+        let count = slots.len();
+        let slots = Tensor::<1, Int>::from_data(TensorData::new(slots, [count]), &flat.device());
+        // Added as the difference, so the placed rows stay in the autodiff graph.
+        let change = rows - flat.clone().select(0, slots.clone());
+        Ok(flat.select_assign(0, slots, change, IndexingUpdateOp::Add).reshape([b, n, d]))
+    }
+}
+
+/// [batch, n, heads·hd] → [batch, heads, n, hd].
+fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, n, d] = x.dims();
+    x.reshape([b, n, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// Scaled dot-product attention over [batch, heads, n, hd]; `blocked` is true where a query
+/// may not see a key.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, blocked: Option<Tensor<4, Bool>>) -> Tensor<4> {
+    let hd = q.dims()[3];
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+    if let Some(blocked) = blocked {
+        let [b, h, n, m] = scores.dims();
+        scores = scores.mask_fill(blocked.expand([b, h, n, m]), f32::NEG_INFINITY);
+    }
+    softmax(scores, 3).matmul(v)
+}
+
+fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
+    match act {
+        Activation::Gelu => gelu(x),
+        Activation::GeluTanh => gelu_approximate(x),
+        Activation::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
+        Activation::Silu => silu(x),
+    }
+}

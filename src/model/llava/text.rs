@@ -1,0 +1,206 @@
+//! The language model: a Llama, Mistral or Qwen2 decoder as transformers computes it —
+//! RMSNorm before attention and MLP, grouped-query attention with rotary positions, a SiLU
+//! gated MLP — over input embeddings (LLaVA puts image features among them).
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::config::{RopeScaling, TextConfig};
+use super::{attend, split_heads};
+
+#[derive(Module, Debug)]
+pub struct TextModel {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    #[module(skip)]
+    config: TextConfig,
+}
+
+#[derive(Module, Debug)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+#[derive(Module, Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    #[module(skip)]
+    heads: usize,
+    #[module(skip)]
+    kv_heads: usize,
+}
+
+#[derive(Module, Debug)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// Rotary embedding tables for positions 0..n: cos and sin, [n, head_dim].
+pub struct Rotary {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+impl TextModel {
+    pub fn new(config: &TextConfig, device: &Device) -> TextModel {
+        let (d, hd) = (config.hidden_size, config.head_dim);
+        let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = || RmsNormConfig::new(d).with_epsilon(config.rms_norm_eps).init(device);
+        let layer = || DecoderLayer {
+            input_layernorm: norm(),
+            self_attn: Attention {
+                q_proj: linear(d, config.heads * hd, config.qkv_bias),
+                k_proj: linear(d, config.kv_heads * hd, config.qkv_bias),
+                v_proj: linear(d, config.kv_heads * hd, config.qkv_bias),
+                o_proj: linear(config.heads * hd, d, config.o_bias),
+                heads: config.heads,
+                kv_heads: config.kv_heads,
+            },
+            post_attention_layernorm: norm(),
+            mlp: Mlp {
+                gate_proj: linear(d, config.intermediate_size, config.mlp_bias),
+                up_proj: linear(d, config.intermediate_size, config.mlp_bias),
+                down_proj: linear(config.intermediate_size, d, config.mlp_bias),
+            },
+        };
+        TextModel {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, d).init(device),
+            layers: (0..config.layers).map(|_| layer()).collect(),
+            norm: norm(),
+            config: config.clone(),
+        }
+    }
+
+    /// Token embeddings, [batch, length, hidden].
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_tokens.forward(tokens)
+    }
+
+    /// The embedding matrix, [vocab, hidden]: the output projection when tied.
+    pub fn embedding_weight(&self) -> Tensor<2> {
+        self.embed_tokens.weight.val()
+    }
+
+    /// The final hidden states for input embeddings [batch, length, hidden], each position
+    /// seeing itself and those before it (within Mistral's sliding window).
+    pub fn forward(&self, embeddings: Tensor<3>) -> Tensor<3> {
+        let [_, length, _] = embeddings.dims();
+        let device = embeddings.device();
+        let rotary = self.rotary(length, &device);
+        let mask = causal_mask(length, self.config.sliding_window, &device);
+        let mut x = embeddings;
+        for layer in &self.layers {
+            let attended = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rotary, mask.clone());
+            x = x + attended;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        self.norm.forward(x)
+    }
+
+    /// cos and sin of position × inverse frequency, computed in f32 as transformers does.
+    fn rotary(&self, length: usize, device: &Device) -> Rotary {
+        let inv_freq = inverse_frequencies(&self.config);
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(length * half * 2);
+        let mut sin = Vec::with_capacity(length * half * 2);
+        for position in 0..length {
+            let angles: Vec<f32> = inv_freq.iter().map(|f| position as f32 * f).collect();
+            // transformers concatenates the frequencies with themselves: [f, f].
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [length, half * 2]), device);
+        Rotary { cos: table(cos), sin: table(sin) }
+    }
+}
+
+/// RoPE's inverse frequencies, with the checkpoint's scaling.
+fn inverse_frequencies(config: &TextConfig) -> Vec<f32> {
+    let dim = config.head_dim;
+    let base = config.rope.theta as f32;
+    let plain: Vec<f32> = (0..dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / dim as f32)).collect();
+    match config.rope.scaling {
+        RopeScaling::None => plain,
+        RopeScaling::Linear { factor } => plain.into_iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
+            let (factor, low, high, old) =
+                (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max_positions as f32);
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            plain
+                .into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
+                    if medium {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// True where a query position may not see a key position: the future, and (with a
+/// sliding window) keys a window or more behind. [1, 1, length, length].
+fn causal_mask(length: usize, window: Option<usize>, device: &Device) -> Tensor<4, Bool> {
+    let blocked: Vec<bool> = (0..length)
+        .flat_map(|q| (0..length).map(move |k| k > q || window.is_some_and(|w| q - k.min(q) >= w)))
+        .collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [length, length]), device).reshape([1, 1, length, length])
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>, rotary: &Rotary, mask: Tensor<4, Bool>) -> Tensor<3> {
+        let [b, n, _] = x.dims();
+        let q = rotate(split_heads(self.q_proj.forward(x.clone()), self.heads), rotary);
+        let k = rotate(split_heads(self.k_proj.forward(x.clone()), self.kv_heads), rotary);
+        let v = split_heads(self.v_proj.forward(x), self.kv_heads);
+        let repeat = self.heads / self.kv_heads;
+        let out = attend(q, repeat_kv(k, repeat), repeat_kv(v, repeat), Some(mask));
+        let [_, h, _, hd] = out.dims();
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, n, h * hd]))
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// x·cos + rotate_half(x)·sin, where rotate_half([a, b]) = [−b, a]: [batch, heads, n, hd].
+fn rotate(x: Tensor<4>, rotary: &Rotary) -> Tensor<4> {
+    let [b, h, n, hd] = x.dims();
+    let half = hd / 2;
+    let first = x.clone().slice([0..b, 0..h, 0..n, 0..half]);
+    let second = x.clone().slice([0..b, 0..h, 0..n, half..hd]);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    let table = |t: &Tensor<2>| t.clone().slice([0..n, 0..hd]).reshape([1, 1, n, hd]);
+    x * table(&rotary.cos) + rotated * table(&rotary.sin)
+}
+
+/// Each key/value head repeated for the query heads that share it: [b, kv·repeat, n, hd].
+fn repeat_kv(x: Tensor<4>, repeat: usize) -> Tensor<4> {
+    if repeat == 1 {
+        return x;
+    }
+    let [b, kv, n, hd] = x.dims();
+    x.reshape([b, kv, 1, n, hd]).repeat_dim(2, repeat).reshape([b, kv * repeat, n, hd])
+}

@@ -1,0 +1,215 @@
+"""A tiny random LLaVA checkpoint, saved by transformers itself, and what transformers computes
+with it: the reference silkie's `llava` architecture is tested against.
+
+    python llava_fixture.py OUT_DIR --vision clip|siglip --text llama|qwen2 [--shards N]
+                            [--dtype float32|bfloat16] [--config-shape 4|5] [--rope linear|llama3]
+
+OUT_DIR gets the checkpoint as `save_pretrained` writes it (config, safetensors, tokenizer,
+processor, chat template) and `reference.json`: for one image and one chat prompt, the
+processor's `input_ids` and `pixel_values`, the model's logits (float32), and 16 greedy tokens
+from `generate`. Nothing is downloaded: the configs are built here and the tokenizer is a small
+BPE trained here by `tokenizers`.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+)
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# LLaVA-1.5's template, as llava-hf ships it in chat_template.json.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+CORPUS = [
+    "USER: <image>\nWhat is in the picture? ASSISTANT: A red square on a blue field.",
+    "USER: How many circles are there? ASSISTANT: There are three circles and one triangle.",
+    "The quick brown fox jumps over the lazy dog while the cat watches from the window.",
+    "Describe the image in detail. The image shows a small house beside a tall green tree.",
+]
+
+
+def tokenizer():
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS, show_progress=False)
+    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return fast
+
+
+ROPES = {
+    "linear": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+    # With head_dim 8 its four frequencies fall in all three of Llama 3's bands.
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 10000.0,
+    },
+}
+
+
+def text_config(kind, vocab, tok, rope):
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    if kind == "llama":
+        return LlamaConfig(**common, rope_parameters=ROPES[rope])
+    return Qwen2Config(**common, tie_word_embeddings=True)
+
+
+def vision_config(kind):
+    if kind == "clip":
+        return CLIPVisionConfig(
+            hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4, image_size=30, patch_size=6
+        )
+    return SiglipVisionConfig(
+        hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4, image_size=30, patch_size=6
+    )
+
+
+def image_processor(kind):
+    if kind == "clip":
+        return CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    return SiglipImageProcessor(size={"height": 30, "width": 30})
+
+
+def test_image():
+    """A 37×29 picture with structure in both directions, so resizing and cropping show."""
+    img = Image.new("RGB", (37, 29))
+    img.putdata([((x * 7) % 256, (y * 9) % 256, (x * y) % 256) for y in range(29) for x in range(37)])
+    return img
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--vision", choices=["clip", "siglip"], default="clip")
+    ap.add_argument("--text", choices=["llama", "qwen2"], default="llama")
+    ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--config-shape", type=int, choices=[4, 5], default=5)
+    ap.add_argument("--rope", choices=list(ROPES), default="linear", help="the Llama's RoPE scaling")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    tok = tokenizer()
+    image_token = tok.convert_tokens_to_ids("<image>")
+    strategy = "default" if args.vision == "clip" else "full"
+    config = LlavaConfig(
+        vision_config=vision_config(args.vision),
+        text_config=text_config(args.text, len(tok), tok, args.rope),
+        image_token_index=image_token,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy=strategy,
+        image_seq_length=25,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # Random init leaves some weights at exactly 0 or 1 (norms, biases): perturb every
+        # one, so a weight read from the wrong key cannot go unnoticed.
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    processor = LlavaProcessor(
+        image_processor=image_processor(args.vision),
+        tokenizer=tok,
+        patch_size=6,
+        vision_feature_select_strategy=strategy,
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1 if args.vision == "clip" else 0,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    dtype = getattr(torch, args.dtype)
+    shard = "40KB" if args.shards > 1 else "10GB"
+    model.to(dtype).save_pretrained(args.out, max_shard_size=shard)
+    processor.save_pretrained(args.out)
+    if args.config_shape == 4:
+        to_transformers_4_shape(os.path.join(args.out, "config.json"))
+    model = LlavaForConditionalGeneration.from_pretrained(args.out, dtype=torch.float32).eval()
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=test_image(), text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+        generated = model.generate(**inputs, do_sample=False, max_new_tokens=16)
+    new_tokens = generated[0, inputs["input_ids"].shape[1] :].tolist()
+    reference = {
+        "prompt": prompt,
+        "input_ids": inputs["input_ids"][0].tolist(),
+        "pixel_values": inputs["pixel_values"][0].flatten().tolist(),
+        "pixel_shape": list(inputs["pixel_values"][0].shape),
+        "logits": logits.flatten().tolist(),
+        "logits_shape": list(logits.shape),
+        "greedy": new_tokens,
+    }
+    with open(os.path.join(args.out, "reference.json"), "w") as f:
+        json.dump(reference, f)
+
+
+def to_transformers_4_shape(path):
+    """config.json as transformers 4.x wrote it: `text_config` keeps only what differs from
+    the language model's defaults, and RoPE settings sit in `rope_theta` / `rope_scaling`."""
+    with open(path) as f:
+        config = json.load(f)
+    text = config["text_config"]
+    defaults = (LlamaConfig() if text["model_type"] == "llama" else Qwen2Config()).to_dict()
+    rope = text.pop("rope_parameters", None)
+    if rope:
+        if rope.get("rope_theta") is not None:
+            text["rope_theta"] = rope.pop("rope_theta")
+        if rope.get("rope_type", "default") != "default":
+            # 4.x named the kind `type`.
+            rope["type"] = rope.pop("rope_type")
+            text["rope_scaling"] = rope
+    keep = {"model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"}
+    config["text_config"] = {
+        k: v for k, v in text.items() if k in keep or k not in defaults or defaults.get(k) != v or k.startswith("rope")
+    }
+    config.pop("transformers_version", None)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
