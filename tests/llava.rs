@@ -1,6 +1,7 @@
 //! silkie's `llava` against transformers itself: tiny random checkpoints that transformers
 //! builds and saves (tests/support/llava_fixture.py), loaded by silkie, must give the logits
-//! transformers gives for the same tokens and pixels.
+//! transformers gives for the same tokens and pixels, and silkie's processor the prompt,
+//! tokens and pixels transformers' processor gives.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +10,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
 use silkie::model::device::{self, Precision};
 use silkie::model::llava::Llava;
+use silkie::model::llava::processor::{Message, Part, Processor, Role};
+use silkie::model::policy::Sampling;
 
 /// The Python that has transformers: the environment scripts/test prepares.
 fn reference_python() -> PathBuf {
@@ -43,7 +46,7 @@ fn numbers(value: &Value) -> Vec<f32> {
     value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
 }
 
-fn shape(value: &Value) -> Vec<usize> {
+fn shape_of(value: &Value) -> Vec<usize> {
     value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()
 }
 
@@ -55,7 +58,7 @@ fn logits_gap(args: &[&str]) -> f32 {
     let ids: Vec<i64> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let n = ids.len();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-    let [c, h, w] = shape(&reference["pixel_shape"])[..] else { panic!("pixel_shape") };
+    let [c, h, w] = shape_of(&reference["pixel_shape"])[..] else { panic!("pixel_shape") };
     let pixels = Tensor::<4>::from_data(TensorData::new(numbers(&reference["pixel_values"]), [1, c, h, w]), &device);
     let logits = model.forward(tokens.clone(), Some(pixels.clone())).unwrap();
     // The comparison must be able to see the image: grey pixels give other logits.
@@ -63,7 +66,7 @@ fn logits_gap(args: &[&str]) -> f32 {
     let image_effect = (grey - logits.clone()).abs().max().into_scalar::<f32>();
     assert!(image_effect > 1e-2, "the image moves the logits by only {image_effect}");
     let expected = numbers(&reference["logits"]);
-    assert_eq!(logits.dims()[1..], shape(&reference["logits_shape"])[..]);
+    assert_eq!(logits.dims()[1..], shape_of(&reference["logits_shape"])[..]);
     let ours = logits.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let spread = expected.iter().map(|v| v.abs()).fold(0.0, f32::max);
     assert!(spread > 0.1, "the reference logits are all near 0 ({spread}): the comparison would prove nothing");
@@ -107,4 +110,70 @@ fn a_transformers_4_config_sharded_in_bf16_loads_to_the_same_logits() {
 fn llama3_rope_scaling_matches_transformers() {
     let gap = logits_gap(&["--vision", "clip", "--text", "llama", "--rope", "llama3"]);
     assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+}
+
+fn processor_of(dir: &Path) -> Processor {
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let config = silkie::model::llava::config::parse(&config).unwrap();
+    Processor::load(dir, config.image_tokens()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The largest difference of two pixel arrays, in 0–255 steps of the original image
+/// (undoing the processor's normalisation by its standard deviation).
+fn pixel_gap(ours: &[f32], theirs: &[f32], std: [f32; 3]) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
+    let plane = ours.len() / 3;
+    ours.iter().zip(theirs).enumerate().map(|(i, (a, b))| (a - b).abs() * std[i / plane] * 255.0).fold(0.0, f32::max)
+}
+
+#[test]
+fn prompts_tokens_and_pixels_are_the_processors() {
+    for (args, std) in [
+        (&["--vision", "clip", "--text", "llama"][..], [0.268_629_54, 0.261_302_6, 0.275_777_1]),
+        (&["--vision", "siglip", "--text", "qwen2"][..], [0.5; 3]),
+    ] {
+        let (dir, reference) = fixture(args);
+        let processor = processor_of(dir.path());
+        let messages =
+            [Message { role: Role::User, content: vec![Part::Image, Part::Text("What is in the picture?".into())] }];
+        let prompt = processor.render(&messages, true).unwrap();
+        assert_eq!(prompt, reference["prompt"].as_str().unwrap(), "{args:?}");
+        let ids: Vec<i64> = processor.encode(&prompt, true).unwrap().into_iter().map(i64::from).collect();
+        let expected: Vec<i64> =
+            reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(ids, expected, "{args:?}");
+        // Where nothing is resized the pixels are the same numbers; where PIL resizes
+        // bicubically, within 2 steps of 255.
+        let square = image::open(dir.path().join("square.png")).unwrap();
+        let (pixels, _) = processor.pixels(&square);
+        let exact = pixel_gap(&pixels, &numbers(&reference["square_pixel_values"]), std);
+        assert!(exact < 1e-3, "{args:?}: {exact} steps off without a resize");
+        let photo = image::open(dir.path().join("image.png")).unwrap();
+        let (pixels, shape) = processor.pixels(&photo);
+        assert_eq!(shape.to_vec(), shape_of(&reference["pixel_shape"]));
+        let resized = pixel_gap(&pixels, &numbers(&reference["pixel_values"]), std);
+        eprintln!("{args:?}: pixels {exact:.4} steps off unresized, {resized:.2} resized");
+        assert!(resized <= 2.0, "{args:?}: {resized} steps off after a resize");
+    }
+}
+
+#[test]
+fn greedy_generation_gives_the_tokens_transformers_generates() {
+    let (dir, reference) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let device = device::open(None, Precision::F32, false).unwrap();
+    let model = Llava::load(dir.path(), &device).unwrap();
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let stop = silkie::model::llava::stop_tokens(dir.path(), &config).unwrap();
+    let prompt: Vec<u32> =
+        reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let [c, h, w] = shape_of(&reference["pixel_shape"])[..] else { panic!("pixel_shape") };
+    let pixels = Tensor::<4>::from_data(TensorData::new(numbers(&reference["pixel_values"]), [1, c, h, w]), &device);
+    let greedy = Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: 16, seed: 0 };
+    assert_eq!(stop, [2], "generation_config.json's eos_token_id");
+    // The reference ran without an end-of-sequence token: 16 argmax steps each.
+    let (tokens, stopped) = model.generate(&prompt, Some(pixels), &greedy, &[]).unwrap();
+    let expected: Vec<u32> =
+        reference["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert!(!stopped);
+    assert_eq!(tokens, expected);
 }

@@ -5,10 +5,12 @@ with it: the reference silkie's `llava` architecture is tested against.
                             [--dtype float32|bfloat16] [--config-shape 4|5] [--rope linear|llama3]
 
 OUT_DIR gets the checkpoint as `save_pretrained` writes it (config, safetensors, tokenizer,
-processor, chat template) and `reference.json`: for one image and one chat prompt, the
-processor's `input_ids` and `pixel_values`, the model's logits (float32), and 16 greedy tokens
-from `generate`. Nothing is downloaded: the configs are built here and the tokenizer is a small
-BPE trained here by `tokenizers`.
+processor, chat template), the test pictures (`image.png`, 37×29, and `square.png`, already
+the processor's size) and `reference.json`: for `image.png` and one chat prompt, the rendered
+prompt, the processor's `input_ids` and `pixel_values`, the model's logits (float32) and 16
+greedy tokens from `generate` (with no end-of-sequence token); `square.png`'s pixel values.
+Nothing is downloaded: the configs are built here and the tokenizer is a small BPE trained
+here by `tokenizers`.
 """
 
 import argparse
@@ -115,9 +117,22 @@ def image_processor(kind):
 
 
 def test_image():
-    """A 37×29 picture with structure in both directions, so resizing and cropping show."""
+    """A 37×29 picture with detail in both directions (no hard edges, as in a photo), so
+    resizing and cropping show."""
+    import math
+
     img = Image.new("RGB", (37, 29))
-    img.putdata([((x * 7) % 256, (y * 9) % 256, (x * y) % 256) for y in range(29) for x in range(37)])
+    img.putdata(
+        [
+            (
+                int(127.5 + 127.5 * math.sin(x / 3.0) * math.cos(y / 4.0)),
+                int(255 * x / 36),
+                int(127.5 + 127.5 * math.sin((x + 2 * y) / 5.0)),
+            )
+            for y in range(29)
+            for x in range(37)
+        ]
+    )
     return img
 
 
@@ -172,10 +187,18 @@ def main():
     inputs = processor(images=test_image(), text=prompt, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0]
+        # No end-of-sequence: 16 tokens of argmax, however likely EOS becomes.
+        model.generation_config.eos_token_id = None
         generated = model.generate(**inputs, do_sample=False, max_new_tokens=16)
     new_tokens = generated[0, inputs["input_ids"].shape[1] :].tolist()
+    image = test_image()
+    image.save(os.path.join(args.out, "image.png"))
+    square = test_image().resize((30, 30))
+    square.save(os.path.join(args.out, "square.png"))
+    square_pixels = processor.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
     reference = {
         "prompt": prompt,
+        "square_pixel_values": square_pixels.flatten().tolist(),
         "input_ids": inputs["input_ids"][0].tolist(),
         "pixel_values": inputs["pixel_values"][0].flatten().tolist(),
         "pixel_shape": list(inputs["pixel_values"][0].shape),

@@ -53,6 +53,15 @@ pub struct VisionConfig {
     pub layer_norm_eps: f64,
 }
 
+impl LlavaConfig {
+    /// Feature rows per image, so `<image>` tokens per image: every patch, plus CLIP's CLS
+    /// token when the strategy keeps it.
+    pub fn image_tokens(&self) -> usize {
+        let cls = usize::from(self.vision.kind == VisionKind::Clip && self.keep_cls);
+        self.vision.patches() + cls
+    }
+}
+
 impl VisionConfig {
     pub fn patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)

@@ -3,6 +3,7 @@
 //! whose `<image>` token positions take the projected image features.
 
 pub mod config;
+pub mod processor;
 mod text;
 mod vision;
 
@@ -14,9 +15,10 @@ use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, silu, softmax};
 use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use self::config::{Activation, LlavaConfig};
-use self::text::TextModel;
+use self::text::{KvCache, TextModel};
 use self::vision::VisionTower;
 use super::hf_weights::{self, WeightsError};
+use super::policy::{Sampling, pick_token, sampler};
 
 #[derive(Module, Debug)]
 pub struct Llava {
@@ -66,6 +68,31 @@ const RENAMES: &[(&str, &str)] = &[
 
 /// Parts of the vision model LLaVA never runs: its pooled output's norm and head.
 const UNNEEDED: &[&str] = &["vision_tower.post_layernorm.", "vision_tower.head."];
+
+/// The tokens that end a generation: `generation_config.json`'s `eos_token_id` (one or a
+/// list), else the language model's.
+pub fn stop_tokens(dir: &Path, config: &serde_json::Value) -> Result<Vec<u32>, LoadError> {
+    let path = dir.join("generation_config.json");
+    let generation: serde_json::Value = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| LoadError::Read { path: path.display().to_string(), reason: format!("not JSON: {e}") })?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let ids = |v: Option<&serde_json::Value>| -> Vec<u32> {
+        match v {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32).into_iter().collect(),
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let from_generation = ids(generation.get("eos_token_id"));
+    if !from_generation.is_empty() {
+        return Ok(from_generation);
+    }
+    Ok(ids(config.get("text_config").and_then(|t| t.get("eos_token_id"))))
+}
 
 impl Llava {
     /// Loads the checkpoint in `dir` (its `config.json` and safetensors weights) onto `device`.
@@ -141,11 +168,52 @@ impl Llava {
         if let Some(pixels) = pixels {
             embeddings = self.place_images(embeddings, tokens, self.image_features(pixels))?;
         }
-        let hidden = self.language_model.forward(embeddings);
-        Ok(match &self.lm_head {
+        Ok(self.logits(self.language_model.forward(embeddings)))
+    }
+
+    /// Up to `sampling.max_new_tokens` tokens after `prompt` (whose `<image>` tokens the
+    /// images in `pixels` fill), each computed through the key/value cache; ends early at one
+    /// of `stop` (not returned). Says whether it stopped so.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        pixels: Option<Tensor<4>>,
+        sampling: &Sampling,
+        stop: &[u32],
+    ) -> Result<(Vec<u32>, bool), InputError> {
+        let device = self.language_model.embedding_weight().device();
+        let ids = |tokens: &[u32]| {
+            let data: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+            Tensor::<2, Int>::from_data(TensorData::new(data, [1, tokens.len()]), &device)
+        };
+        let mut embeddings = self.language_model.embed(ids(prompt));
+        if let Some(pixels) = pixels {
+            embeddings = self.place_images(embeddings, ids(prompt), self.image_features(pixels))?;
+        }
+        let mut cache = KvCache::default();
+        let mut rng = sampler(sampling);
+        let mut out = Vec::new();
+        while out.len() < sampling.max_new_tokens {
+            let hidden = self.language_model.forward_cached(embeddings, &mut cache);
+            let [_, n, d] = hidden.dims();
+            let logits = self.logits(hidden.slice([0..1, n - 1..n, 0..d]));
+            let logits: Vec<f32> = logits.into_data().convert::<f32>().try_to_vec().unwrap_or_default();
+            let next = pick_token(&logits, sampling, &mut rng);
+            if stop.contains(&next) {
+                return Ok((out, true));
+            }
+            out.push(next);
+            embeddings = self.language_model.embed(ids(&[next]));
+        }
+        Ok((out, false))
+    }
+
+    /// The output projection: the head, or the embedding matrix when tied.
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(self.language_model.embedding_weight().transpose().unsqueeze()),
-        })
+        }
     }
 
     /// The token embeddings with each `<image>` position's row replaced by the next image

@@ -46,10 +46,10 @@ struct Mlp {
     down_proj: Linear,
 }
 
-/// Rotary embedding tables for positions 0..n: cos and sin, [n, head_dim].
-pub struct Rotary {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+/// Rotary embedding tables for a run of positions: cos and sin, [1, 1, n, head_dim].
+struct Rotary {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
 }
 
 impl TextModel {
@@ -95,26 +95,48 @@ impl TextModel {
     /// The final hidden states for input embeddings [batch, length, hidden], each position
     /// seeing itself and those before it (within Mistral's sliding window).
     pub fn forward(&self, embeddings: Tensor<3>) -> Tensor<3> {
-        let [_, length, _] = embeddings.dims();
+        self.forward_cached(embeddings, &mut KvCache::default())
+    }
+
+    /// The final hidden states of `embeddings` [batch, new, hidden] coming after the positions
+    /// `cache` holds; their keys and values join the cache.
+    pub fn forward_cached(&self, embeddings: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
+        let [_, new, _] = embeddings.dims();
         let device = embeddings.device();
-        let rotary = self.rotary(length, &device);
-        let mask = causal_mask(length, self.config.sliding_window, &device);
+        let past = cache.length;
+        let rotary = Rotary::new(&self.config, past..past + new, &device);
+        let mask = causal_mask(past, new, self.config.sliding_window, &device);
+        cache.layers.resize_with(self.layers.len(), || None);
         let mut x = embeddings;
-        for layer in &self.layers {
-            let attended = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rotary, mask.clone());
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let normed = layer.input_layernorm.forward(x.clone());
+            let attended = layer.self_attn.forward(normed, &rotary, mask.clone(), kv);
             x = x + attended;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
+        cache.length += new;
         self.norm.forward(x)
     }
+}
 
-    /// cos and sin of position × inverse frequency, computed in f32 as transformers does.
-    fn rotary(&self, length: usize, device: &Device) -> Rotary {
-        let inv_freq = inverse_frequencies(&self.config);
+/// Keys and values of the positions seen so far, per layer (before repeating for grouped
+/// queries): what lets generation compute only each new token.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    length: usize,
+}
+
+impl Rotary {
+    /// cos and sin of position × inverse frequency for `positions`, [n, head_dim], computed
+    /// in f32 as transformers does.
+    fn new(config: &TextConfig, positions: std::ops::Range<usize>, device: &Device) -> Rotary {
+        let inv_freq = inverse_frequencies(config);
         let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(length * half * 2);
-        let mut sin = Vec::with_capacity(length * half * 2);
-        for position in 0..length {
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * half * 2);
+        let mut sin = Vec::with_capacity(n * half * 2);
+        for position in positions {
             let angles: Vec<f32> = inv_freq.iter().map(|f| position as f32 * f).collect();
             // transformers concatenates the frequencies with themselves: [f, f].
             for _ in 0..2 {
@@ -122,7 +144,9 @@ impl TextModel {
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        let table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [length, half * 2]), device);
+        let table = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, [n, half * 2]), device).reshape([1, 1, n, half * 2])
+        };
         Rotary { cos: table(cos), sin: table(sin) }
     }
 }
@@ -157,21 +181,34 @@ fn inverse_frequencies(config: &TextConfig) -> Vec<f32> {
     }
 }
 
-/// True where a query position may not see a key position: the future, and (with a
-/// sliding window) keys a window or more behind. [1, 1, length, length].
-fn causal_mask(length: usize, window: Option<usize>, device: &Device) -> Tensor<4, Bool> {
-    let blocked: Vec<bool> = (0..length)
-        .flat_map(|q| (0..length).map(move |k| k > q || window.is_some_and(|w| q - k.min(q) >= w)))
-        .collect();
-    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [length, length]), device).reshape([1, 1, length, length])
+/// True where one of `new` query positions (after `past` earlier ones) may not see a key
+/// position: the future, and (with a sliding window) keys a window or more behind.
+/// [1, 1, new, past + new].
+fn causal_mask(past: usize, new: usize, window: Option<usize>, device: &Device) -> Tensor<4, Bool> {
+    let keys = past + new;
+    let blocked: Vec<bool> =
+        (past..keys).flat_map(|q| (0..keys).map(move |k| k > q || window.is_some_and(|w| q - k.min(q) >= w))).collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [new, keys]), device).reshape([1, 1, new, keys])
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, rotary: &Rotary, mask: Tensor<4, Bool>) -> Tensor<3> {
+    /// Attention of `x`'s positions over `past`'s and their own keys, which join `past`.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rotary: &Rotary,
+        mask: Tensor<4, Bool>,
+        past: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
         let [b, n, _] = x.dims();
         let q = rotate(split_heads(self.q_proj.forward(x.clone()), self.heads), rotary);
-        let k = rotate(split_heads(self.k_proj.forward(x.clone()), self.kv_heads), rotary);
-        let v = split_heads(self.v_proj.forward(x), self.kv_heads);
+        let mut k = rotate(split_heads(self.k_proj.forward(x.clone()), self.kv_heads), rotary);
+        let mut v = split_heads(self.v_proj.forward(x), self.kv_heads);
+        if let Some((past_k, past_v)) = past.take() {
+            k = Tensor::cat(vec![past_k, k], 2);
+            v = Tensor::cat(vec![past_v, v], 2);
+        }
+        *past = Some((k.clone(), v.clone()));
         let repeat = self.heads / self.kv_heads;
         let out = attend(q, repeat_kv(k, repeat), repeat_kv(v, repeat), Some(mask));
         let [_, h, _, hd] = out.dims();
@@ -192,8 +229,7 @@ fn rotate(x: Tensor<4>, rotary: &Rotary) -> Tensor<4> {
     let first = x.clone().slice([0..b, 0..h, 0..n, 0..half]);
     let second = x.clone().slice([0..b, 0..h, 0..n, half..hd]);
     let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    let table = |t: &Tensor<2>| t.clone().slice([0..n, 0..hd]).reshape([1, 1, n, hd]);
-    x * table(&rotary.cos) + rotated * table(&rotary.sin)
+    x * rotary.cos.clone() + rotated * rotary.sin.clone()
 }
 
 /// Each key/value head repeated for the query heads that share it: [b, kv·repeat, n, hd].
