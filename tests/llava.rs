@@ -3,6 +3,8 @@
 //! transformers gives for the same tokens and pixels, and silkie's processor the prompt,
 //! tokens and pixels transformers' processor gives.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,8 +12,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
 use silkie::model::device::{self, Precision};
 use silkie::model::llava::Llava;
-use silkie::model::llava::processor::{Message, Part, Processor, Role};
+use silkie::model::llava::processor::Processor;
 use silkie::model::policy::Sampling;
+use silkie::model::policy::{Chat, Message, Part, Policy, Role, Scored};
 
 /// The Python that has transformers: the environment scripts/test prepares.
 fn reference_python() -> PathBuf {
@@ -167,7 +170,8 @@ fn greedy_generation_gives_the_tokens_transformers_generates() {
     let prompt: Vec<u32> =
         reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     let [c, h, w] = shape_of(&reference["pixel_shape"])[..] else { panic!("pixel_shape") };
-    let pixels = Tensor::<4>::from_data(TensorData::new(numbers(&reference["pixel_values"]), [1, c, h, w]), &device);
+    let square = numbers(&reference["square_pixel_values"]);
+    let pixels = Tensor::<4>::from_data(TensorData::new(square, [1, c, h, w]), &device);
     let greedy = Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: 16, seed: 0 };
     assert_eq!(stop, [2], "generation_config.json's eos_token_id");
     // The reference ran without an end-of-sequence token: 16 argmax steps each.
@@ -176,4 +180,52 @@ fn greedy_generation_gives_the_tokens_transformers_generates() {
         reference["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     assert!(!stopped);
     assert_eq!(tokens, expected);
+}
+
+#[test]
+fn a_llava_folder_answers_in_a_sample_stage_as_transformers_generates() {
+    let (dir, reference) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let ws = common::Workspace::new();
+    let checkpoint = dir.path().display().to_string();
+    std::fs::create_dir_all(ws.path().join("img")).unwrap();
+    std::fs::copy(dir.path().join("square.png"), ws.path().join("img/photo.png")).unwrap();
+    ws.write("instructions.csv", "id,prompt,image\nq1,What is in the picture?,photo.png\n");
+    ws.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1\nstages:\n  instructions: {{ kind: load, params: {{ path: instructions.csv, images: img }} }}\n  answers:\n    kind: sample\n    needs: [instructions]\n    params: {{ pool: [{{ path: \"{checkpoint}\", temperature: 0 }}], per_instruction: 1, max_tokens: 16 }}\n"
+        ),
+    );
+    ws.run(&[]);
+    let rows = ws.silkie(&["show", "answers.responses", "--format", "json"]).json();
+    let answer = rows[0]["response"].as_str().unwrap().to_string();
+    // transformers' 16 greedy tokens, up to the first end of sequence, as text.
+    let greedy: Vec<u32> = reference["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let until_eos: Vec<u32> = greedy.iter().copied().take_while(|&t| t != 2).collect();
+    assert_eq!(answer, processor_of(dir.path()).decode(&until_eos).unwrap());
+    assert_eq!(rows[0]["finish_reason"], if until_eos.len() < 16 { "stop" } else { "length" });
+}
+
+#[test]
+fn completion_log_probs_follow_trls_rule_as_transformers_computes_them() {
+    let (dir, reference) = fixture(&["--vision", "siglip", "--text", "qwen2"]);
+    let device = device::open(None, Precision::F32, false).unwrap();
+    let model = silkie::model::load(dir.path(), &device).unwrap();
+    let square = std::fs::read(dir.path().join("square.png")).unwrap();
+    let names = ["chosen", "rejected"];
+    let rows: Vec<Scored> = names
+        .iter()
+        .map(|name| Scored {
+            chat: Chat::user(None, Some(&square), "What is in the picture?"),
+            completion: reference["completions"][name].as_str().unwrap(),
+        })
+        .collect();
+    // Both rows in one padded batch, as training sends them.
+    let batch = model.encode(&rows, None, &device).unwrap();
+    let (sums, _) = model.completion_logps(&batch);
+    let sums = sums.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    for (name, ours) in names.iter().zip(sums) {
+        let theirs = reference["completion_logps"][name].as_f64().unwrap() as f32;
+        assert!((ours - theirs).abs() < 1e-3, "{name}: silkie {ours}, transformers {theirs}");
+    }
 }

@@ -1,5 +1,7 @@
-//! Models behind one policy interface (DESIGN §6): the built-in tiny VLM, and LLaVA loaded
-//! from Hugging Face checkpoints (not yet behind the interface: see ARCHITECTURE.md).
+//! Models behind one policy interface (DESIGN §6). [`ARCHITECTURES`] lists what a checkpoint
+//! folder may hold — the built-in tiny VLM, LLaVA as transformers saves it — each one module
+//! behind [`Architecture`]; what loads is a [`Vlm`], which answers through [`Policy`]. Nothing
+//! above this module names an architecture.
 
 pub mod checkpoint;
 pub mod device;
@@ -8,3 +10,112 @@ pub mod llava;
 pub mod policy;
 pub mod tiny;
 pub mod tokenizer;
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use self::llava::LlavaPolicy;
+use self::policy::{Chat, EncodeError, Generation, Policy, Sampling, Scored, TokenBatch};
+use self::tiny::TinyVlm;
+
+/// One kind of model a checkpoint folder can hold.
+pub trait Architecture: Sync {
+    fn name(&self) -> &'static str;
+    /// Whether the folder `dir` holds a checkpoint of this architecture.
+    fn holds(&self, dir: &Path) -> bool;
+    /// The checkpoint in `dir`, on `device`.
+    fn load(&self, dir: &Path, device: &Device) -> Result<Vlm, String>;
+}
+
+/// Every architecture silkie runs, in the order a folder is tried against them.
+pub const ARCHITECTURES: &[&dyn Architecture] = &[&tiny::ARCHITECTURE, &llava::ARCHITECTURE];
+
+/// A loaded model, whichever architecture it is.
+// A model is moved a few times per run, never copied in bulk; and Burn has no `Module` for a
+// `Box` that would even the variants out.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Vlm {
+    Tiny(TinyVlm),
+    Llava(LlavaPolicy),
+}
+
+/// Why a folder does not load as a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{dir}: not a checkpoint silkie can run (it reads {known}): {why}")]
+    Unknown { dir: String, known: String, why: String },
+    #[error("{0}")]
+    Load(String),
+}
+
+/// The checkpoint in `dir`, by the first architecture that holds it.
+pub fn load(dir: &Path, device: &Device) -> Result<Vlm, ModelError> {
+    let Some(architecture) = ARCHITECTURES.iter().find(|a| a.holds(dir)) else {
+        let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name()).collect();
+        let why = match std::fs::read(dir.join("config.json")) {
+            Err(e) => format!("config.json: {e}"),
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Err(e) => format!("config.json is not JSON: {e}"),
+                Ok(v) => match v.get("model_type").and_then(|t| t.as_str()) {
+                    Some(t) => format!("its config.json says model_type `{t}`"),
+                    None => "its config.json names no model_type".into(),
+                },
+            },
+        };
+        return Err(ModelError::Unknown { dir: dir.display().to_string(), known: known.join(", "), why });
+    };
+    architecture.load(dir, device).map_err(ModelError::Load)
+}
+
+impl Vlm {
+    /// The same model computing in `precision` from now on.
+    pub fn with_precision(self, precision: device::Precision) -> Result<Vlm, ModelError> {
+        match self {
+            Vlm::Tiny(m) => Ok(Vlm::Tiny(m.with_precision(precision))),
+            Vlm::Llava(m) if precision == device::Precision::F32 => Ok(Vlm::Llava(m)),
+            Vlm::Llava(_) => Err(ModelError::Load(format!(
+                "llava computes in f32 only so far, not {precision}: leave `runtime.dtype` unset"
+            ))),
+        }
+    }
+
+    /// The same model for answering only, its weights in the precision it computes in.
+    pub fn for_inference(self) -> Vlm {
+        match self {
+            Vlm::Tiny(m) => Vlm::Tiny(m.for_inference()),
+            other => other,
+        }
+    }
+}
+
+/// The one place that matches on the architecture: every method of [`Vlm`] is its model's.
+macro_rules! each {
+    ($vlm:expr, $model:ident => $body:expr) => {
+        match $vlm {
+            Vlm::Tiny($model) => $body,
+            Vlm::Llava($model) => $body,
+        }
+    };
+}
+
+impl Policy for Vlm {
+    fn encode(
+        &self,
+        rows: &[Scored<'_>],
+        max_length: Option<usize>,
+        device: &Device,
+    ) -> Result<TokenBatch, EncodeError> {
+        each!(self, m => m.encode(rows, max_length, device))
+    }
+
+    fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>) {
+        each!(self, m => m.completion_logps(batch))
+    }
+
+    fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError> {
+        each!(self, m => m.generate(chat, sampling))
+    }
+}

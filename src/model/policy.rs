@@ -1,7 +1,9 @@
 //! The policy interface (DESIGN §6): what training, sampling and evaluation ask of a model.
-//! For a batch of (image, prompt, completion) rows it gives the summed completion log-probs;
-//! for one image and prompt it generates. Nothing above this module knows which architecture
-//! answers, so real VLMs can join the built-in tiny one without touching the trainer.
+//! A model receives what a chat model really receives — messages with roles, images where
+//! they occur — and encodes them itself (its tokenizer, chat template and image processing):
+//! rows of (chat, completion) become a [`TokenBatch`] whose summed completion log-probs it
+//! gives; for one chat it generates. Nothing above this module knows which architecture
+//! answers.
 
 use std::io::Cursor;
 
@@ -12,17 +14,108 @@ use serde::{Deserialize, Serialize};
 use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD};
 use crate::train::logps::completion_logps;
 
-/// Rows of (image, prompt + completion): pixels, token ids and the completion mask.
+/// Who says a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One part of a message: text, or the place of an image (the images themselves travel in
+/// [`Chat::images`], in the order their places appear).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    Image,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<Part>,
+}
+
+/// What a chat model is asked: messages, and the encoded image files (PNG, JPEG, …) their
+/// image parts stand for, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Chat<'a> {
+    pub messages: Vec<Message>,
+    pub images: Vec<&'a [u8]>,
+}
+
+impl<'a> Chat<'a> {
+    /// A user turn of an optional image then `text`, after an optional system message: how
+    /// `sample`, `annotate` and `evaluate` ask, and how training rows are shown.
+    pub fn user(system: Option<&str>, image: Option<&'a [u8]>, text: &str) -> Chat<'a> {
+        let mut messages = Vec::new();
+        if let Some(system) = system {
+            messages.push(Message { role: Role::System, content: vec![Part::Text(system.to_string())] });
+        }
+        let mut content: Vec<Part> = image.iter().map(|_| Part::Image).collect();
+        content.push(Part::Text(text.to_string()));
+        messages.push(Message { role: Role::User, content });
+        Chat { messages, images: image.into_iter().collect() }
+    }
+
+    /// Every text part, one per line: what a model without a chat template reads.
+    pub fn plain_text(&self) -> String {
+        let texts: Vec<&str> = self
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|p| match p {
+                Part::Text(text) => Some(text.as_str()),
+                Part::Image => None,
+            })
+            .collect();
+        texts.join("\n")
+    }
+}
+
+/// A row to score or learn: a chat and the assistant's completion of it.
+#[derive(Debug, Clone)]
+pub struct Scored<'a> {
+    pub chat: Chat<'a>,
+    pub completion: &'a str,
+}
+
+/// Why rows or a chat cannot be encoded for a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("image {index}: {reason}")]
+    Image { index: usize, reason: String },
+    #[error("{0}")]
+    Text(String),
+    #[error("the prompt is {tokens} tokens long, and the model takes {limit}: shorten it or raise `max_length`")]
+    TooLong { tokens: usize, limit: usize },
+}
+
+/// Rows of (images, prompt + completion): pixels, token ids and the completion mask.
 #[derive(Clone, Debug)]
 pub struct TokenBatch {
-    /// [rows, 3, size, size] in [0, 1].
+    /// The rows' images, [images, 3, height, width], as the model reads them.
     pub images: Tensor<4>,
+    /// The row each image belongs to.
+    pub image_rows: Vec<usize>,
     /// [rows, length]: BOS, prompt, completion, EOS, padding.
     pub tokens: Tensor<2, Int>,
     /// [rows, length]: true on completion tokens (EOS included).
     pub mask: Tensor<2, Bool>,
     /// Tokens that are not padding, counted as the rows are encoded (for throughput).
     pub text_tokens: u64,
+    /// The token rows are padded with (after their end, outside the completion mask).
+    pub pad: i64,
 }
 
 /// How a policy draws a completion. `temperature: 0` is greedy decoding.
@@ -42,14 +135,18 @@ impl Default for Sampling {
 
 /// What every model behind silkie provides.
 pub trait Policy {
-    /// Side of the square images the model reads.
-    fn image_size(&self) -> usize;
-    /// The longest token row (prompt and completion together) it takes.
-    fn max_tokens(&self) -> usize;
+    /// `rows` as one batch on `device`, each cut to at most `max_length` tokens (and to what
+    /// the model takes).
+    fn encode(
+        &self,
+        rows: &[Scored<'_>],
+        max_length: Option<usize>,
+        device: &Device,
+    ) -> Result<TokenBatch, EncodeError>;
     /// Summed and per-token mean log-probs of each row's completion (prompt and padding masked).
     fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>);
-    /// A completion of `prompt` about `image` ([3, size, size]).
-    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> Generation;
+    /// A completion of `chat`.
+    fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError>;
 }
 
 /// What [`Policy::generate`] produced.
@@ -123,7 +220,7 @@ impl TokenBatch {
         }
         let images = Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
         let (tokens, mask, text_tokens) = token_rows(&texts, max_len, device);
-        TokenBatch { images, tokens, mask, text_tokens }
+        TokenBatch { images, image_rows: (0..n).collect(), tokens, mask, text_tokens, pad: i64::from(PAD) }
     }
 
     /// `first`'s rows, then `second`'s; the shorter side is padded to the longer one's length
@@ -131,11 +228,14 @@ impl TokenBatch {
     pub fn concat(first: &TokenBatch, second: &TokenBatch) -> TokenBatch {
         let len = first.tokens.dims()[1].max(second.tokens.dims()[1]);
         let (a, b) = (first.padded_to(len), second.padded_to(len));
+        let offset = first.tokens.dims()[0];
         TokenBatch {
             images: Tensor::cat(vec![first.images.clone(), second.images.clone()], 0),
+            image_rows: first.image_rows.iter().copied().chain(second.image_rows.iter().map(|r| r + offset)).collect(),
             tokens: Tensor::cat(vec![a.0, b.0], 0),
             mask: Tensor::cat(vec![a.1, b.1], 0),
             text_tokens: first.text_tokens + second.text_tokens,
+            pad: first.pad,
         }
     }
 
@@ -146,28 +246,28 @@ impl TokenBatch {
             return (self.tokens.clone(), self.mask.clone());
         }
         let device = self.tokens.device();
-        let pad = Tensor::<2, Int>::full([rows, len - n], i64::from(PAD), &device);
+        let pad = Tensor::<2, Int>::full([rows, len - n], self.pad, &device);
         let outside =
             Tensor::<2, Bool>::from_data(TensorData::new(vec![false; rows * (len - n)], [rows, len - n]), &device);
         (Tensor::cat(vec![self.tokens.clone(), pad], 1), Tensor::cat(vec![self.mask.clone(), outside], 1))
     }
 
-    /// `count` rows from `start`.
+    /// `count` rows from `start`, with their images.
     pub fn rows(&self, start: usize, count: usize) -> TokenBatch {
         let tokens = self.tokens.clone().narrow(0, start, count);
-        let text = tokens.clone().not_equal_elem(i64::from(PAD)).int().sum().into_scalar::<i64>();
+        let text = tokens.clone().not_equal_elem(self.pad).int().sum().into_scalar::<i64>();
+        let picked: Vec<usize> =
+            (0..self.image_rows.len()).filter(|&i| (start..start + count).contains(&self.image_rows[i])).collect();
+        // The images of a run of rows are a run of images.
+        let first = picked.first().copied().unwrap_or(0);
         TokenBatch {
-            images: self.images.clone().narrow(0, start, count),
+            images: self.images.clone().narrow(0, first, picked.len()),
+            image_rows: picked.iter().map(|&i| self.image_rows[i] - start).collect(),
             tokens,
             mask: self.mask.clone().narrow(0, start, count),
             text_tokens: text as u64,
+            pad: self.pad,
         }
-    }
-
-    /// The same images with other prompts and completions, e.g. the rejected side of pairs.
-    pub fn with_completions(&self, texts: &[(&str, &str)], max_len: usize) -> TokenBatch {
-        let (tokens, mask, text_tokens) = token_rows(texts, max_len, &self.images.device());
-        TokenBatch { images: self.images.clone(), tokens, mask, text_tokens }
     }
 }
 

@@ -14,7 +14,10 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::device::Precision;
-use super::policy::{Generation, Policy, Sampling, TokenBatch, logps_from_logits, pick_token, sampler};
+use super::policy::{
+    Chat, EncodeError, Example, Generation, Policy, Sampling, Scored, TokenBatch, blank_pixels, logps_from_logits,
+    pick_token, pixels, sampler,
+};
 use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD, VOCAB};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +62,26 @@ impl TinyConfig {
             max_tokens: self.max_tokens,
             precision: Precision::F32,
         }
+    }
+}
+
+/// The tiny model in the architecture registry: a folder [`checkpoint::save`] wrote.
+///
+/// [`checkpoint::save`]: super::checkpoint::save
+pub struct TinyArchitecture;
+pub const ARCHITECTURE: TinyArchitecture = TinyArchitecture;
+
+impl super::Architecture for TinyArchitecture {
+    fn name(&self) -> &'static str {
+        "tiny (silkie's built-in VLM)"
+    }
+
+    fn holds(&self, dir: &std::path::Path) -> bool {
+        std::fs::read(dir.join("config.json")).is_ok_and(|b| serde_json::from_slice::<TinyConfig>(&b).is_ok())
+    }
+
+    fn load(&self, dir: &std::path::Path, device: &Device) -> Result<super::Vlm, String> {
+        super::checkpoint::load(dir, device).map(|(model, _)| super::Vlm::Tiny(model)).map_err(|e| e.to_string())
     }
 }
 
@@ -231,20 +254,9 @@ impl ModuleMapper for CastFloats {
     }
 }
 
-impl Policy for TinyVlm {
-    fn image_size(&self) -> usize {
-        self.image_size
-    }
-
-    fn max_tokens(&self) -> usize {
-        self.max_tokens
-    }
-
-    fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>) {
-        logps_from_logits(self.forward(batch.images.clone(), batch.tokens.clone()), batch)
-    }
-
-    fn generate(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> Generation {
+impl TinyVlm {
+    /// A completion of `prompt` about `image` ([3, size, size] in [0, 1]).
+    pub fn generate_from(&self, image: Tensor<3>, prompt: &str, sampling: &Sampling) -> Generation {
         let mut tokens: Vec<u32> = std::iter::once(BOS).chain(ByteTokenizer.encode(prompt)).collect();
         // Keep the prompt's end, and room for at least one new token.
         let room = self.max_tokens.saturating_sub(1).max(1);
@@ -273,6 +285,48 @@ impl Policy for TinyVlm {
             completion.push(next);
         }
         Generation { text: ByteTokenizer.decode(&completion), tokens_in, tokens_out: completion.len(), stopped }
+    }
+
+    /// A chat's last image as this model reads it; mid grey when it has none.
+    fn chat_pixels(&self, chat: &Chat<'_>) -> Result<Vec<f32>, EncodeError> {
+        match chat.images.last() {
+            Some(bytes) => pixels(bytes, self.image_size)
+                .map_err(|e| EncodeError::Image { index: chat.images.len() - 1, reason: e.to_string() }),
+            None => Ok(blank_pixels(self.image_size)),
+        }
+    }
+}
+
+/// The tiny model reads a chat as its text parts, one per line, about its last image: it has
+/// no chat template and one image slot.
+impl Policy for TinyVlm {
+    fn encode(
+        &self,
+        rows: &[Scored<'_>],
+        max_length: Option<usize>,
+        device: &Device,
+    ) -> Result<TokenBatch, EncodeError> {
+        let len = max_length.map_or(self.max_tokens, |n| n.min(self.max_tokens));
+        let prompts: Vec<String> = rows.iter().map(|r| r.chat.plain_text()).collect();
+        let examples = rows
+            .iter()
+            .zip(&prompts)
+            .map(|(row, prompt)| {
+                Ok(Example { pixels: self.chat_pixels(&row.chat)?, prompt, completion: row.completion })
+            })
+            .collect::<Result<Vec<_>, EncodeError>>()?;
+        Ok(TokenBatch::new(examples, self.image_size, len, device))
+    }
+
+    fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>) {
+        logps_from_logits(self.forward(batch.images.clone(), batch.tokens.clone()), batch)
+    }
+
+    fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError> {
+        let device = self.patch.weight.val().device();
+        let size = self.image_size;
+        let image = Tensor::<3>::from_data(TensorData::new(self.chat_pixels(chat)?, [3, size, size]), &device);
+        Ok(self.generate_from(image, &chat.plain_text(), sampling))
     }
 }
 
@@ -409,7 +463,7 @@ mod tests {
             assert!(losses[7] < losses[0] - 0.05, "the loss did not fall in bf16: {losses:?}");
             assert_eq!(trained.float_dtype(), FloatDType::F32, "the weights stay f32");
             let image = data.images.clone().narrow(0, 0, 1).squeeze_dim(0);
-            let answer = trained.valid().generate(image.inner(), "Colour?", &Sampling::default());
+            let answer = trained.valid().generate_from(image.inner(), "Colour?", &Sampling::default());
             assert!(answer.tokens_out > 0 || answer.stopped);
         }
     }
@@ -442,14 +496,14 @@ mod tests {
         let model = TinyConfig { max_tokens: 40, ..TinyConfig::default() }.init(&device);
         let image = Tensor::<4>::ones([1, 3, 32, 32], &device).mul_scalar(0.3);
         let greedy = Sampling { max_new_tokens: 12, ..Sampling::default() };
-        let cached = model.generate(image.clone().squeeze_dim(0), "What is red?", &greedy).text;
+        let cached = model.generate_from(image.clone().squeeze_dim(0), "What is red?", &greedy).text;
         assert_eq!(cached, generate_uncached(&model, image.clone(), "What is red?", 12));
         let sampled = Sampling { temperature: 1.0, top_p: 0.9, max_new_tokens: 12, seed: 5 };
-        let a = model.generate(image.clone().squeeze_dim(0), "What is red?", &sampled);
-        assert_eq!(a, model.generate(image.clone().squeeze_dim(0), "What is red?", &sampled));
+        let a = model.generate_from(image.clone().squeeze_dim(0), "What is red?", &sampled);
+        assert_eq!(a, model.generate_from(image.clone().squeeze_dim(0), "What is red?", &sampled));
         assert_eq!(a.tokens_in, "What is red?".len() + 1, "BOS and the prompt's bytes");
         let other = Sampling { seed: 6, ..sampled };
-        let b = model.generate(image.squeeze_dim(0), "What is red?", &other);
+        let b = model.generate_from(image.squeeze_dim(0), "What is red?", &other);
         assert_ne!(a.text, b.text, "seeds 5 and 6 drew the same");
     }
 }

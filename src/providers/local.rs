@@ -7,21 +7,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Device, Tensor, TensorData};
-
 use super::ImageUrls;
 use crate::calls::{CallError, CallFuture, CallResult, CallStatus, ChatRequest, Provider};
 use crate::dsl::Runtime;
-use crate::model::checkpoint;
 use crate::model::device;
-use crate::model::policy::{Policy, Sampling, blank_pixels, pixels};
-use crate::model::tiny::TinyVlm;
+use crate::model::policy::{Chat, Message, Part, Policy, Role, Sampling};
+use crate::model::{self, Vlm};
 use crate::store::Store;
 
 pub struct Local {
     /// One model answers one request at a time: generation is CPU- (or GPU-) bound.
-    model: Mutex<TinyVlm>,
-    device: Device,
+    model: Mutex<Vlm>,
     images: Arc<ImageUrls>,
 }
 
@@ -39,31 +35,27 @@ impl Local {
         let precision = runtime.dtype.unwrap_or_default();
         let device = device::open(runtime.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
         let loaded = match folder {
-            Some(dir) => checkpoint::load(dir, &device).map_err(|e| format!("{}: {e}", dir.display())),
+            Some(dir) => model::load(dir, &device),
             None => {
                 let dir = store.tmp_path("local-model");
                 store.restore_dir(digest, &dir).map_err(|e| format!("checkpoint {digest}: {e}"))?;
-                let loaded = checkpoint::load(&dir, &device);
+                let loaded = model::load(&dir, &device);
                 let _ = std::fs::remove_dir_all(&dir);
-                loaded.map_err(|e| e.to_string())
+                loaded
             }
         };
-        let (model, _) = loaded?;
-        Ok(Local { model: Mutex::new(model.with_precision(precision).for_inference()), device, images })
+        let model = loaded.and_then(|m| m.with_precision(precision)).map_err(|e| e.to_string())?;
+        Ok(Local { model: Mutex::new(model.for_inference()), images })
     }
 
     fn answer(&self, request: &ChatRequest) -> Result<CallResult, CallError> {
         let start = Instant::now();
-        let (prompt, image) = super::prompt_and_image(request);
+        let images = self.image_files(request)?;
+        let chat = chat(request, &images);
         let sampling = sampling(request);
         let model = self.model.lock().map_err(|_| CallError::Fatal("the local model panicked earlier".into()))?;
-        let size = model.image_size();
-        let pixels = match image {
-            Some(digest) => read_pixels(&self.images.blob_path(&digest), size).map_err(CallError::Fatal)?,
-            None => blank_pixels(size),
-        };
-        let image = Tensor::<3>::from_data(TensorData::new(pixels, [3, size, size]), &self.device);
-        let generation = model.generate(image, &prompt, &sampling);
+        // A request the model cannot read is this request's fault, not the model's.
+        let generation = model.generate(&chat, &sampling).map_err(|e| CallError::Fatal(e.to_string()))?;
         Ok(CallResult {
             status: CallStatus::Ok,
             text: Some(generation.text),
@@ -74,6 +66,44 @@ impl Local {
             detail: None,
         })
     }
+
+    /// The request's images, each its stored file's bytes, in the order they appear.
+    fn image_files(&self, request: &ChatRequest) -> Result<Vec<Vec<u8>>, CallError> {
+        request
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|p| match p {
+                crate::calls::Part::Image { digest } => Some(self.images.blob_path(digest)),
+                crate::calls::Part::Text { .. } => None,
+            })
+            .map(|path| std::fs::read(&path).map_err(|e| CallError::Fatal(format!("{}: {e}", path.display()))))
+            .collect()
+    }
+}
+
+/// A request as the model's chat: its messages, with `images` (the request's, in order).
+fn chat<'a>(request: &ChatRequest, images: &'a [Vec<u8>]) -> Chat<'a> {
+    let messages = request
+        .messages
+        .iter()
+        .map(|m| Message {
+            role: match m.role.as_str() {
+                "system" => Role::System,
+                "assistant" => Role::Assistant,
+                _ => Role::User,
+            },
+            content: m
+                .content
+                .iter()
+                .map(|p| match p {
+                    crate::calls::Part::Text { text } => Part::Text(text.clone()),
+                    crate::calls::Part::Image { .. } => Part::Image,
+                })
+                .collect(),
+        })
+        .collect();
+    Chat { messages, images: images.iter().map(Vec::as_slice).collect() }
 }
 
 impl Provider for Local {
@@ -81,11 +111,6 @@ impl Provider for Local {
         // Generation blocks; the runner's other models go on on the remaining workers.
         Box::pin(async move { tokio::task::block_in_place(|| self.answer(request)) })
     }
-}
-
-fn read_pixels(path: &Path, size: usize) -> Result<Vec<f32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    pixels(&bytes, size).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Decoding settings from the request's params (OpenAI's names and defaults). Without a

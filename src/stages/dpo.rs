@@ -15,15 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, image_pixels, key_params, metrics_table, put_checkpoint,
-    resume_or_start,
+    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint, resume_or_start,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::dsl::{Issue, Range};
 use crate::model::device::Precision;
-use crate::model::policy::{Example, TokenBatch};
-use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
+use crate::model::policy::{Chat, Policy, Scored};
+use crate::model::tiny::{LoraSpec, TinyVlm};
 use crate::store::OutputRef;
 use crate::train::dpo::{self, Batch, Reference};
 use crate::train::fit::{Schedule, seeded_order};
@@ -132,8 +131,8 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
 }
 
 impl Dpo {
-    /// The pairs table in batches of `batch_size` rows, in table order.
-    fn batches(&self, ctx: &RunContext, model: &TinyConfig, device: &Device) -> Result<Vec<Batch>, StageError> {
+    /// The pairs table in batches of `batch_size` rows, in table order, encoded by `policy`.
+    fn batches(&self, ctx: &RunContext, policy: &impl Policy, device: &Device) -> Result<Vec<Batch>, StageError> {
         let pairs = ctx.read_table("pairs")?;
         let failed = StageError::Failed;
         let prompts: Vec<Option<&str>> = strings(&pairs, "pairs", "prompt").map_err(failed)?.iter().collect();
@@ -143,22 +142,25 @@ impl Dpo {
         if pairs.height() == 0 {
             return Err(failed("there are no pairs to train on".into()));
         }
-        let size = model.image_size;
-        let len = self.params.max_length.map_or(model.max_tokens, |n| n.min(model.max_tokens));
         let mut batches = Vec::new();
         for start in (0..pairs.height()).step_by(self.params.batch_size) {
             let rows = start..(start + self.params.batch_size).min(pairs.height());
-            let mut chosen_rows = Vec::with_capacity(rows.len());
-            for r in rows.clone() {
-                let pixels = image_pixels(ctx, images[r], size)?;
-                let prompt = prompts[r].unwrap_or_default();
-                chosen_rows.push(Example { pixels, prompt, completion: chosen[r].unwrap_or_default() });
-            }
-            let chosen_side = TokenBatch::new(chosen_rows, size, len, device);
-            let rejected_texts: Vec<(&str, &str)> =
-                rows.map(|r| (prompts[r].unwrap_or_default(), rejected[r].unwrap_or_default())).collect();
-            let rejected_side = chosen_side.with_completions(&rejected_texts, len);
-            batches.push(Batch::new(&chosen_side, &rejected_side));
+            let files: Vec<Option<Vec<u8>>> =
+                rows.clone().map(|r| image_file(ctx, images[r])).collect::<Result<_, _>>()?;
+            let side = |answers: &[Option<&str>]| {
+                let scored: Vec<Scored> = rows
+                    .clone()
+                    .zip(&files)
+                    .map(|(r, file)| Scored {
+                        chat: Chat::user(None, file.as_deref(), prompts[r].unwrap_or_default()),
+                        completion: answers[r].unwrap_or_default(),
+                    })
+                    .collect();
+                policy
+                    .encode(&scored, self.params.max_length, device)
+                    .map_err(|e| failed(format!("table `pairs`, rows {}–{}: {e}", rows.start + 1, rows.end)))
+            };
+            batches.push(Batch::new(&side(&chosen)?, &side(&rejected)?));
         }
         Ok(batches)
     }
@@ -255,7 +257,7 @@ impl Stage for Dpo {
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
         let (device, base, config) = self.params.base.open(ctx, self.params.seed, self.precision)?;
-        let batches = self.batches(ctx, &config, &device)?;
+        let batches = self.batches(ctx, &base, &device)?;
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
         let adapt = |model: TinyVlm| match &self.params.lora {

@@ -15,16 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, image_pixels, key_params, metrics_table, put_checkpoint,
-    resume_or_start,
+    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint, resume_or_start,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, Range};
 use crate::model::device::Precision;
-use crate::model::policy::{Example, TokenBatch};
-use crate::model::tiny::{TinyConfig, TinyVlm};
+use crate::model::policy::{Chat, Policy, Scored, TokenBatch};
+use crate::model::tiny::TinyVlm;
 use crate::store::OutputRef;
 use crate::train::fit::{Schedule, seeded_order};
 use crate::train::optim::AdamW;
@@ -180,30 +179,34 @@ impl Sft {
         Ok(rows)
     }
 
+    /// The rows in batches of `batch_size`, encoded by `policy`.
     fn batches(
         &self,
         ctx: &RunContext,
         rows: &[Row],
-        model: &TinyConfig,
+        policy: &impl Policy,
         device: &Device,
     ) -> Result<Vec<TokenBatch>, StageError> {
         if rows.is_empty() {
             return Err(StageError::Failed("there are no examples to train on".into()));
         }
-        let len = self.params.max_length.map_or(model.max_tokens, |n| n.min(model.max_tokens));
         rows.chunks(self.params.batch_size)
-            .map(|chunk| {
-                let examples = chunk
+            .enumerate()
+            .map(|(b, chunk)| {
+                let files: Vec<Option<Vec<u8>>> =
+                    chunk.iter().map(|r| image_file(ctx, r.image)).collect::<Result<_, _>>()?;
+                let scored: Vec<Scored> = chunk
                     .iter()
-                    .map(|r| {
-                        Ok(Example {
-                            pixels: image_pixels(ctx, r.image, model.image_size)?,
-                            prompt: r.prompt,
-                            completion: &r.target,
-                        })
+                    .zip(&files)
+                    .map(|(r, file)| Scored {
+                        chat: Chat::user(None, file.as_deref(), r.prompt),
+                        completion: &r.target,
                     })
-                    .collect::<Result<Vec<_>, StageError>>()?;
-                Ok(TokenBatch::new(examples, model.image_size, len, device))
+                    .collect();
+                let first = b * self.params.batch_size + 1;
+                policy.encode(&scored, self.params.max_length, device).map_err(|e| {
+                    StageError::Failed(format!("table `examples`, rows {first}–{}: {e}", first + chunk.len() - 1))
+                })
             })
             .collect()
     }
@@ -252,7 +255,7 @@ impl Stage for Sft {
         let table = ctx.read_table("examples")?;
         let mut report = DataReport::default();
         let rows = self.rows(ctx, &table, &mut report)?;
-        let batches = self.batches(ctx, &rows, &config, &device)?;
+        let batches = self.batches(ctx, &rows, &base, &device)?;
         let schedule = self.schedule();
         let total = schedule.total_steps(batches.len());
         if let Some(past) = self.params.snapshots.iter().find(|s| **s > total) {

@@ -14,7 +14,6 @@ use super::{RunContext, StageError, StageProgress, model_role};
 use crate::dsl::{Issue, ModelRef, Range};
 use crate::model::checkpoint;
 use crate::model::device::Precision;
-use crate::model::policy::{blank_pixels, pixels};
 use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
 use crate::store::{OutputKind, OutputRef};
 use crate::train::fit::{StepRecord, TrainState};
@@ -238,12 +237,10 @@ pub fn check_loop(batch_size: usize, epochs: usize, grad_accum: usize, checkpoin
     Ok(())
 }
 
-/// A stored image as model input; mid grey when there is none.
-pub fn image_pixels(ctx: &RunContext, digest: Option<&str>, size: usize) -> Result<Vec<f32>, StageError> {
-    let Some(digest) = digest else { return Ok(blank_pixels(size)) };
-    let bytes =
-        std::fs::read(ctx.store.blob_path(digest)).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))?;
-    pixels(&bytes, size).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))
+/// A stored image's file, for a model to read; none when the row has no image.
+pub fn image_file(ctx: &RunContext, digest: Option<&str>) -> Result<Option<Vec<u8>>, StageError> {
+    let Some(digest) = digest else { return Ok(None) };
+    std::fs::read(ctx.store.blob_path(digest)).map(Some).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))
 }
 
 /// The run's state from an interrupted run's last save in `scratch`, or a fresh start.

@@ -35,9 +35,11 @@ fn side(device: &Device, salt: i64) -> TokenBatch {
     let mask: Vec<bool> = (0..BATCH * TOKENS).map(|i| i % TOKENS >= TOKENS / 2).collect();
     TokenBatch {
         images: Tensor::<4>::ones([BATCH, 3, 32, 32], device).mul_scalar(0.5),
+        image_rows: (0..BATCH).collect(),
         tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [BATCH, TOKENS]), device),
         mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [BATCH, TOKENS]), device),
         text_tokens: (BATCH * TOKENS) as u64,
+        pad: i64::from(crate::model::tokenizer::PAD),
     }
 }
 

@@ -106,7 +106,7 @@ mod tests {
         let inner = Device::flex();
         let answer = |shade: f32| {
             let image = Tensor::<3>::ones([3, 16, 16], &inner).mul_scalar(shade);
-            model.generate(image, "Shade?", &Sampling { max_new_tokens: 8, ..Sampling::default() }).text
+            model.generate_from(image, "Shade?", &Sampling { max_new_tokens: 8, ..Sampling::default() }).text
         };
         assert_eq!((answer(0.1).as_str(), answer(0.9).as_str()), ("Dark.", "Light."));
     }

@@ -8,7 +8,7 @@ OUT_DIR gets the checkpoint as `save_pretrained` writes it (config, safetensors,
 processor, chat template), the test pictures (`image.png`, 37×29, and `square.png`, already
 the processor's size) and `reference.json`: for `image.png` and one chat prompt, the rendered
 prompt, the processor's `input_ids` and `pixel_values`, the model's logits (float32) and 16
-greedy tokens from `generate` (with no end-of-sequence token); `square.png`'s pixel values.
+greedy tokens from `generate` for `square.png` (with no end-of-sequence token) and its pixel values.
 Nothing is downloaded: the configs are built here and the tokenizer is a small BPE trained
 here by `tokenizers`.
 """
@@ -185,17 +185,21 @@ def main():
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=test_image(), text=prompt, return_tensors="pt")
+    # Generation reads `square.png`, which needs no resize: silkie's pixels for it are the
+    # processor's exactly, so a greedy path on a random model cannot tip over a rounding.
+    square = test_image().resize((30, 30))
+    square_inputs = processor(images=square, text=prompt, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0]
         # No end-of-sequence: 16 tokens of argmax, however likely EOS becomes.
         model.generation_config.eos_token_id = None
-        generated = model.generate(**inputs, do_sample=False, max_new_tokens=16)
-    new_tokens = generated[0, inputs["input_ids"].shape[1] :].tolist()
-    image = test_image()
-    image.save(os.path.join(args.out, "image.png"))
-    square = test_image().resize((30, 30))
+        generated = model.generate(**square_inputs, do_sample=False, max_new_tokens=16)
+    new_tokens = generated[0, square_inputs["input_ids"].shape[1] :].tolist()
+    completions = {"chosen": "A red square on a blue field.", "rejected": "There are three circles."}
+    scored = {name: completion_logps(model, processor, square, messages, text) for name, text in completions.items()}
+    test_image().save(os.path.join(args.out, "image.png"))
     square.save(os.path.join(args.out, "square.png"))
-    square_pixels = processor.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
+    square_pixels = square_inputs["pixel_values"][0]
     reference = {
         "prompt": prompt,
         "square_pixel_values": square_pixels.flatten().tolist(),
@@ -205,9 +209,32 @@ def main():
         "logits": logits.flatten().tolist(),
         "logits_shape": list(logits.shape),
         "greedy": new_tokens,
+        "completions": completions,
+        "completion_logps": scored,
     }
     with open(os.path.join(args.out, "reference.json"), "w") as f:
         json.dump(reference, f)
+
+
+def completion_logps(model, processor, image, messages, completion):
+    """The summed log-prob of `completion` after `messages`, as TRL's DPO collator prepares a
+    conversational vision row: prompt = the template with the generation prompt; completion =
+    the template over prompt and answer, minus the prompt; both tokenised with no special
+    tokens added, the prompt's image tokens expanded by the processor."""
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    answer = {"role": "assistant", "content": [{"type": "text", "text": completion}]}
+    full = processor.apply_chat_template(messages + [answer])
+    assert full.startswith(prompt)
+    prompt_inputs = processor(images=image, text=prompt, add_special_tokens=False, return_tensors="pt")
+    completion_ids = processor.tokenizer(full[len(prompt) :], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.cat([prompt_inputs["input_ids"], completion_ids], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=prompt_inputs["pixel_values"]).logits[0]
+    logps = torch.log_softmax(logits[:-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    per_token = logps.gather(1, targets[:, None])[:, 0]
+    start = prompt_inputs["input_ids"].shape[1] - 1
+    return per_token[start:].sum().item()
 
 
 def to_transformers_4_shape(path):

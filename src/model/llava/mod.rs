@@ -3,6 +3,7 @@
 //! whose `<image>` token positions take the projected image features.
 
 pub mod config;
+mod policy;
 pub mod processor;
 mod text;
 mod vision;
@@ -18,6 +19,8 @@ use self::config::{Activation, LlavaConfig};
 use self::text::{KvCache, TextModel};
 use self::vision::VisionTower;
 use super::hf_weights::{self, WeightsError};
+
+pub use self::policy::LlavaPolicy;
 use super::policy::{Sampling, pick_token, sampler};
 
 #[derive(Module, Debug)]
@@ -68,6 +71,27 @@ const RENAMES: &[(&str, &str)] = &[
 
 /// Parts of the vision model LLaVA never runs: its pooled output's norm and head.
 const UNNEEDED: &[&str] = &["vision_tower.post_layernorm.", "vision_tower.head."];
+
+/// LLaVA in the architecture registry: a folder whose config.json says `model_type: llava`.
+pub struct LlavaArchitecture;
+pub const ARCHITECTURE: LlavaArchitecture = LlavaArchitecture;
+
+impl super::Architecture for LlavaArchitecture {
+    fn name(&self) -> &'static str {
+        "llava (LlavaForConditionalGeneration)"
+    }
+
+    fn holds(&self, dir: &Path) -> bool {
+        std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|c| c.get("model_type").and_then(|t| t.as_str()) == Some("llava"))
+    }
+
+    fn load(&self, dir: &Path, device: &Device) -> Result<super::Vlm, String> {
+        LlavaPolicy::load(dir, device).map(super::Vlm::Llava).map_err(|e| e.to_string())
+    }
+}
 
 /// The tokens that end a generation: `generation_config.json`'s `eos_token_id` (one or a
 /// list), else the language model's.
@@ -132,6 +156,10 @@ impl Llava {
         &self.config
     }
 
+    pub fn device(&self) -> Device {
+        self.language_model.embedding_weight().device()
+    }
+
     /// Projected features of `pixels` [images, 3, size, size]: [images, tokens, hidden], one
     /// row per `<image>` token the processor put in the prompt.
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<3> {
@@ -181,7 +209,7 @@ impl Llava {
         sampling: &Sampling,
         stop: &[u32],
     ) -> Result<(Vec<u32>, bool), InputError> {
-        let device = self.language_model.embedding_weight().device();
+        let device = self.device();
         let ids = |tokens: &[u32]| {
             let data: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
             Tensor::<2, Int>::from_data(TensorData::new(data, [1, tokens.len()]), &device)

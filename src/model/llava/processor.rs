@@ -9,6 +9,8 @@
 use std::path::Path;
 
 use image::{DynamicImage, RgbImage};
+
+use crate::model::policy::{Message, Part};
 use serde_json::Value;
 
 /// A file of the checkpoint that does not read, and why.
@@ -23,43 +25,13 @@ fn error(dir: &Path, file: &str, reason: impl std::fmt::Display) -> ProcessorErr
     ProcessorError { file: dir.join(file).display().to_string(), reason: reason.to_string() }
 }
 
-/// Who says a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-/// One part of a message: text, or the place of an image (the images themselves travel
-/// beside the messages, in the order their places appear).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Part {
-    Text(String),
-    Image,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: Role,
-    pub content: Vec<Part>,
-}
-
+#[derive(Debug)]
 pub struct Processor {
     tokenizer: tokenizers::Tokenizer,
     template: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    pad_token: Option<String>,
     image_token: String,
     /// `<image>` tokens per image: one per feature row the vision tower gives.
     image_tokens: usize,
@@ -98,6 +70,7 @@ impl Processor {
             template,
             bos_token: special("bos_token"),
             eos_token: special("eos_token"),
+            pad_token: special("pad_token"),
             image_token,
             image_tokens,
             images,
@@ -131,6 +104,16 @@ impl Processor {
         let expanded = text.replace(&self.image_token, &self.image_token.repeat(self.image_tokens));
         let encoding = self.tokenizer.encode(expanded, add_special_tokens).map_err(|e| format!("tokenizing: {e}"))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of the token rows are padded with: the tokenizer's pad token, else its
+    /// end-of-sequence one, else 0 (padding sits outside every mask, so only its range matters).
+    pub fn pad_id(&self) -> u32 {
+        [self.pad_token.as_deref(), self.eos_token.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|t| self.tokenizer.token_to_id(t))
+            .unwrap_or(0)
     }
 
     /// Text for token ids, special tokens left out.

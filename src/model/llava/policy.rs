@@ -1,0 +1,147 @@
+//! LLaVA behind the policy interface: chats encoded by the checkpoint's own processor, rows
+//! as TRL's DPO collator prepares conversational vision rows (prompt = the template over the
+//! prompt with the generation prompt; completion = the template over prompt and answer, minus
+//! that prompt; both tokenised with no special tokens added), generation through the cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::processor::Processor;
+use super::{Llava, LoadError, stop_tokens};
+use crate::model::policy::{
+    Chat, EncodeError, Generation, Message, Part, Policy, Role, Sampling, Scored, TokenBatch, logps_from_logits,
+};
+
+#[derive(Module, Debug)]
+pub struct LlavaPolicy {
+    model: Llava,
+    #[module(skip)]
+    processor: Arc<Processor>,
+    #[module(skip)]
+    stop: Vec<u32>,
+}
+
+impl LlavaPolicy {
+    pub fn load(dir: &Path, device: &Device) -> Result<LlavaPolicy, LoadError> {
+        let model = Llava::load(dir, device)?;
+        let processor = Processor::load(dir, model.config().image_tokens())
+            .map_err(|e| LoadError::Read { path: e.file.clone(), reason: e.reason.clone() })?;
+        let config: serde_json::Value = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor) })
+    }
+
+    /// The chat's images as the vision tower reads them, [images, 3, height, width].
+    fn pixels(&self, chat: &Chat<'_>, first_index: usize, out: &mut Vec<f32>) -> Result<usize, EncodeError> {
+        for (i, bytes) in chat.images.iter().enumerate() {
+            let image = image::load_from_memory(bytes)
+                .map_err(|e| EncodeError::Image { index: first_index + i, reason: e.to_string() })?;
+            out.extend(self.processor.pixels(&image).0);
+        }
+        Ok(chat.images.len())
+    }
+
+    fn tokens(&self, text: &str) -> Result<Vec<u32>, EncodeError> {
+        self.processor.encode(text, false).map_err(EncodeError::Text)
+    }
+
+    /// The prompt and completion token ids of one row, by TRL's rule.
+    fn row_tokens(&self, row: &Scored<'_>) -> Result<(Vec<u32>, Vec<u32>), EncodeError> {
+        let prompt = self.processor.render(&row.chat.messages, true).map_err(EncodeError::Text)?;
+        let mut whole = row.chat.messages.clone();
+        whole.push(Message { role: Role::Assistant, content: vec![Part::Text(row.completion.to_string())] });
+        let full = self.processor.render(&whole, false).map_err(EncodeError::Text)?;
+        let completion = full.strip_prefix(&prompt).ok_or_else(|| {
+            EncodeError::Text(
+                "the chat template renders the prompt differently once an answer follows, so the answer cannot be told apart"
+                    .into(),
+            )
+        })?;
+        Ok((self.tokens(&prompt)?, self.tokens(completion)?))
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+impl Policy for LlavaPolicy {
+    fn encode(
+        &self,
+        rows: &[Scored<'_>],
+        max_length: Option<usize>,
+        device: &Device,
+    ) -> Result<TokenBatch, EncodeError> {
+        let limit = max_length
+            .map_or(self.model.config().text.max_positions, |n| n.min(self.model.config().text.max_positions));
+        let mut encoded = Vec::with_capacity(rows.len());
+        let (mut pixels, mut image_rows) = (Vec::new(), Vec::new());
+        for (r, row) in rows.iter().enumerate() {
+            let (prompt, mut completion) = self.row_tokens(row)?;
+            if prompt.len() >= limit {
+                return Err(EncodeError::TooLong { tokens: prompt.len(), limit });
+            }
+            // The answer's end is cut to fit, never the prompt and its image tokens.
+            completion.truncate(limit - prompt.len());
+            let added = self.pixels(&row.chat, image_rows.len(), &mut pixels)?;
+            image_rows.extend(std::iter::repeat_n(r, added));
+            encoded.push((prompt, completion));
+        }
+        let len = encoded.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(1);
+        let pad = i64::from(self.processor.pad_id());
+        let (mut tokens, mut mask) = (Vec::with_capacity(rows.len() * len), Vec::with_capacity(rows.len() * len));
+        let mut text_tokens = 0;
+        for (prompt, completion) in &encoded {
+            text_tokens += (prompt.len() + completion.len()) as u64;
+            tokens.extend(prompt.iter().chain(completion).map(|&t| i64::from(t)));
+            mask.extend(prompt.iter().map(|_| false).chain(completion.iter().map(|_| true)));
+            let padding = len - prompt.len() - completion.len();
+            tokens.extend(std::iter::repeat_n(pad, padding));
+            mask.extend(std::iter::repeat_n(false, padding));
+        }
+        let (height, width) = self.processor.pixel_size();
+        let images = Tensor::<4>::from_data(TensorData::new(pixels, [image_rows.len(), 3, height, width]), device);
+        Ok(TokenBatch {
+            images,
+            image_rows,
+            tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [rows.len(), len]), device),
+            mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [rows.len(), len]), device),
+            text_tokens,
+            pad,
+        })
+    }
+
+    fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>) {
+        let pixels = (!batch.image_rows.is_empty()).then(|| batch.images.clone());
+        let logits = self
+            .model
+            .forward(batch.tokens.clone(), pixels)
+            .unwrap_or_else(|e| panic!("internal: a batch this model encoded does not fit it: {e}"));
+        logps_from_logits(logits, batch)
+    }
+
+    fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError> {
+        let prompt = self.processor.render(&chat.messages, true).map_err(EncodeError::Text)?;
+        let tokens = self.tokens(&prompt)?;
+        let limit = self.model.config().text.max_positions;
+        if tokens.len() >= limit {
+            return Err(EncodeError::TooLong { tokens: tokens.len(), limit });
+        }
+        let mut pixels = Vec::new();
+        let images = self.pixels(chat, 0, &mut pixels)?;
+        let device = self.device();
+        let (height, width) = self.processor.pixel_size();
+        let pixels =
+            (images > 0).then(|| Tensor::<4>::from_data(TensorData::new(pixels, [images, 3, height, width]), &device));
+        let room = Sampling { max_new_tokens: sampling.max_new_tokens.min(limit - tokens.len()), ..*sampling };
+        let (out, stopped) =
+            self.model.generate(&tokens, pixels, &room, &self.stop).map_err(|e| EncodeError::Text(e.to_string()))?;
+        let text = self.processor.decode(&out).map_err(EncodeError::Text)?;
+        Ok(Generation { text, tokens_in: tokens.len(), tokens_out: out.len(), stopped })
+    }
+}
