@@ -229,3 +229,94 @@ fn completion_log_probs_follow_trls_rule_as_transformers_computes_them() {
         assert!((ours - theirs).abs() < 1e-3, "{name}: silkie {ours}, transformers {theirs}");
     }
 }
+
+/// transformers' summed completion log-probs of `rows` (prompt, image file, chosen, rejected)
+/// under the checkpoint in `dir`.
+fn transformers_logps(dir: &Path, rows: &Value) -> Vec<(f64, f64)> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), rows.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llava_logps.py");
+    let out = Command::new(reference_python()).arg(script).arg(dir).arg(file.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sums: Value = serde_json::from_slice(&out.stdout).unwrap();
+    sums.as_array().unwrap().iter().map(|s| (s["chosen"].as_f64().unwrap(), s["rejected"].as_f64().unwrap())).collect()
+}
+
+fn reference_table(ws: &common::Workspace, stage: &str) -> Vec<(f64, f64)> {
+    let rows = ws.silkie(&["show", &format!("{stage}.reference"), "--rows", "100", "--format", "json"]).json();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["ref_logps/chosen"].as_f64().unwrap(), r["ref_logps/rejected"].as_f64().unwrap()))
+        .collect()
+}
+
+fn assert_close(ours: &[(f64, f64)], theirs: &[(f64, f64)], what: &str) {
+    assert_eq!(ours.len(), theirs.len());
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let gap = (a.0 - b.0).abs().max((a.1 - b.1).abs());
+        assert!(gap < 1e-3, "{what}, pair {i}: silkie {a:?}, transformers {b:?}");
+    }
+}
+
+#[test]
+fn lora_dpo_on_a_llava_folder_trains_and_its_merged_export_loads_in_transformers() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let ws = common::Workspace::new();
+    std::fs::create_dir_all(ws.path().join("img")).unwrap();
+    std::fs::copy(dir.path().join("square.png"), ws.path().join("img/a.png")).unwrap();
+    // Both already the processor's size: their pixels are transformers' exactly, so the
+    // log-probs compare to rounding (a resized image adds up to a step of 255 per pixel).
+    let other =
+        image::RgbImage::from_fn(30, 30, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8]));
+    other.save(ws.path().join("img/b.png")).unwrap();
+    let pairs = [
+        ("What is in the picture?", "A red square on a blue field.", "There are three circles.", "a.png"),
+        ("How many circles are there?", "There are three circles.", "A small house.", "b.png"),
+        ("Describe the image in detail.", "The image shows a tree.", "A red square.", "a.png"),
+        ("What is in the picture?", "A small house beside a tree.", "The lazy dog.", "b.png"),
+    ];
+    let mut csv = String::from("prompt,chosen,rejected,image\n");
+    for (p, c, r, i) in pairs {
+        csv.push_str(&format!("{p},{c},{r},{i}\n"));
+    }
+    ws.write("pairs.csv", &csv);
+    let checkpoint = dir.path().display().to_string();
+    ws.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1
+stages:
+  pairs: {{ kind: load, params: {{ path: pairs.csv, images: img }} }}
+  policy:
+    kind: dpo
+    needs: [pairs]
+    params: {{ base: {{ path: \"{checkpoint}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention, mlp] }}, lr: 0.01, epochs: 4, batch_size: 2, seed: 3 }}
+  again:
+    kind: dpo
+    needs: [pairs]
+    params: {{ base: {{ stage: policy }}, lr: 0.001, epochs: 1, batch_size: 2 }}
+  export: {{ kind: export, needs: [policy], params: {{ path: tuned, format: checkpoint }} }}
+"
+        ),
+    );
+    ws.run(&[]);
+    let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
+    let losses: Vec<f64> = training.as_array().unwrap().iter().map(|r| r["loss"].as_f64().unwrap()).collect();
+    assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-5, "step 0 is ln 2: {losses:?}");
+    assert!(losses.last().unwrap() < &(losses[0] - 0.05), "the loss did not fall: {losses:?}");
+    let rows: Value = pairs
+        .iter()
+        .map(|(p, c, r, i)| {
+            serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "image": ws.path().join("img").join(i)})
+        })
+        .collect();
+    // The base's log-probs (policy's reference) are transformers'; so are the tuned model's
+    // (again's reference), read by transformers from the exported folder.
+    assert_close(&reference_table(&ws, "policy"), &transformers_logps(dir.path(), &rows), "the base");
+    assert_close(
+        &reference_table(&ws, "again"),
+        &transformers_logps(&ws.path().join("tuned"), &rows),
+        "the tuned model",
+    );
+}

@@ -47,7 +47,7 @@ pub fn save(
 /// Rewrites a safetensors header with sorted keys. Burn writes its metadata from a hash map,
 /// so the same weights would otherwise give different bytes — and different digests — on
 /// every save, which would defeat the store's early cut-off.
-fn canonical_header(path: &Path) -> std::io::Result<()> {
+pub(crate) fn canonical_header(path: &Path) -> std::io::Result<()> {
     let bytes = std::fs::read(path)?;
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     let len =

@@ -90,6 +90,45 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     Ok(())
 }
 
+/// The tensor names in the checkpoint's safetensors files, from their headers.
+pub fn tensor_names(dir: &Path) -> Result<Vec<String>, WeightsError> {
+    let mut names = Vec::new();
+    for file in weight_files(dir)? {
+        let read = |reason: String| WeightsError::Read { path: file.clone(), reason };
+        let mut handle = std::fs::File::open(&file).map_err(|e| read(e.to_string()))?;
+        let mut len = [0u8; 8];
+        std::io::Read::read_exact(&mut handle, &mut len).map_err(|e| read(format!("no safetensors header: {e}")))?;
+        let len = u64::from_le_bytes(len);
+        if len > 100_000_000 {
+            return Err(read(format!("a header of {len} bytes is not a safetensors header")));
+        }
+        let mut header = vec![0u8; len as usize];
+        std::io::Read::read_exact(&mut handle, &mut header).map_err(|e| read(format!("a cut-off header: {e}")))?;
+        let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| read(format!("header: {e}")))?;
+        names.extend(header.as_object().into_iter().flatten().map(|(k, _)| k.clone()).filter(|k| k != "__metadata__"));
+    }
+    Ok(names)
+}
+
+/// Writes `module`'s parameters to `path` as safetensors in PyTorch's layout, each name
+/// renamed by `renames` (regex → replacement, in order), the header's keys sorted so the same
+/// weights always give the same bytes.
+pub fn save<M: Module + ModuleSnapshot>(
+    module: &M,
+    path: &Path,
+    renames: &[(String, String)],
+) -> Result<(), WeightsError> {
+    let failed = |reason: String| WeightsError::Read { path: path.to_path_buf(), reason };
+    let remapper =
+        KeyRemapper::from_patterns(renames.to_vec()).map_err(|e| failed(format!("internal rename pattern: {e}")))?;
+    let mut store = SafetensorsStore::from_file(path)
+        .remap(remapper)
+        .with_to_adapter(burn::store::BurnToPyTorchAdapter)
+        .overwrite(true);
+    module.save_into(&mut store).map_err(|e| failed(e.to_string()))?;
+    crate::model::checkpoint::canonical_header(path).map_err(|e| failed(e.to_string()))
+}
+
 fn examples(keys: &[String]) -> String {
     let shown: Vec<&str> = keys.iter().take(3).map(String::as_str).collect();
     let more = if keys.len() > 3 { format!(" and {} more", keys.len() - 3) } else { String::new() };

@@ -82,6 +82,27 @@ impl Vlm {
         }
     }
 
+    /// LoRA adapters on the layers `lora` targets, every other weight frozen.
+    pub fn with_lora(self, lora: &tiny::LoraSpec) -> Vlm {
+        match self {
+            Vlm::Tiny(m) => Vlm::Tiny(m.with_lora(lora)),
+            Vlm::Llava(m) => Vlm::Llava(m.with_lora(lora)),
+        }
+    }
+
+    /// Writes the model as a checkpoint folder its architecture loads back; `adapter` when
+    /// it carries adapters not merged into its weights.
+    pub fn save(&self, dir: &Path, adapter: Option<&tiny::LoraSpec>) -> Result<(), ModelError> {
+        match self {
+            Vlm::Tiny(m) => checkpoint::save(m, m.config(), adapter, dir).map_err(|e| ModelError::Load(e.to_string())),
+            Vlm::Llava(_) if adapter.is_some() => Err(ModelError::Load(
+                "a llava model's adapters are written merged only so far (no PEFT layout yet): set `merge_lora: true`"
+                    .into(),
+            )),
+            Vlm::Llava(m) => m.save(dir).map_err(|e| ModelError::Load(e.to_string())),
+        }
+    }
+
     /// The same model for answering only, its weights in the precision it computes in.
     pub fn for_inference(self) -> Vlm {
         match self {

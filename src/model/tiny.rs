@@ -61,6 +61,7 @@ impl TinyConfig {
             image_size: self.image_size,
             max_tokens: self.max_tokens,
             precision: Precision::F32,
+            config: self.clone(),
         }
     }
 }
@@ -101,6 +102,9 @@ pub struct TinyVlm {
     /// Not saved: how this run computes, set by whoever loads the model.
     #[module(skip)]
     precision: Precision,
+    /// The sizes it was built with, for its checkpoint's config.json.
+    #[module(skip)]
+    config: TinyConfig,
 }
 
 /// Which layers LoRA adapts: the attention projections, the MLP, or both.
@@ -136,6 +140,10 @@ impl LoraTarget {
 }
 
 impl TinyVlm {
+    pub fn config(&self) -> &TinyConfig {
+        &self.config
+    }
+
     /// Adds LoRA adapters (rank `r`, scale `alpha / r`) to the targeted weights and freezes
     /// every other parameter: only the adapters train. [`Module::materialize`] merges them.
     pub fn with_lora(self, lora: &LoraSpec) -> Self {

@@ -20,9 +20,10 @@ use super::training::{
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::dsl::{Issue, Range};
+use crate::model::Vlm;
 use crate::model::device::Precision;
 use crate::model::policy::{Chat, Policy, Scored};
-use crate::model::tiny::{LoraSpec, TinyVlm};
+use crate::model::tiny::LoraSpec;
 use crate::store::OutputRef;
 use crate::train::dpo::{self, Batch, Reference};
 use crate::train::fit::{Schedule, seeded_order};
@@ -188,7 +189,7 @@ impl Dpo {
 /// The reference log-probs of every batch: read back from an interrupted run's scratch
 /// space, or computed now (and saved there, so a resumed run need not compute them again).
 fn precomputed_reference(
-    base: &TinyVlm,
+    base: &Vlm,
     batches: &[Batch],
     scratch: &Path,
     device: &Device,
@@ -256,11 +257,11 @@ impl Stage for Dpo {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let (device, base, config) = self.params.base.open(ctx, self.params.seed, self.precision)?;
+        let (device, base) = self.params.base.open(ctx, self.params.seed, self.precision)?;
         let batches = self.batches(ctx, &base, &device)?;
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
-        let adapt = |model: TinyVlm| match &self.params.lora {
+        let adapt = |model: Vlm| match &self.params.lora {
             Some(lora) => model.with_lora(lora),
             None => model,
         };
@@ -281,7 +282,7 @@ impl Stage for Dpo {
             None => (state.model, None),
         };
         let mut outputs = BTreeMap::from([
-            ("checkpoint".to_string(), put_checkpoint(ctx, &model, &config, adapter)?),
+            ("checkpoint".to_string(), put_checkpoint(ctx, &model, adapter)?),
             ("training".to_string(), ctx.put_table(&mut metrics_table(&state.metrics)?)?),
         ]);
         if let Reference::Logps(logps) = &reference {

@@ -21,9 +21,9 @@ use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, pars
 use crate::data::frame::strings;
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, Range};
+use crate::model::Vlm;
 use crate::model::device::Precision;
 use crate::model::policy::{Chat, Policy, Scored, TokenBatch};
-use crate::model::tiny::TinyVlm;
 use crate::store::OutputRef;
 use crate::train::fit::{Schedule, seeded_order};
 use crate::train::optim::AdamW;
@@ -251,7 +251,7 @@ impl Stage for Sft {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
-        let (device, base, config) = self.params.base.open(ctx, self.params.seed, self.precision)?;
+        let (device, base) = self.params.base.open(ctx, self.params.seed, self.precision)?;
         let table = ctx.read_table("examples")?;
         let mut report = DataReport::default();
         let rows = self.rows(ctx, &table, &mut report)?;
@@ -269,10 +269,10 @@ impl Stage for Sft {
             std::fs::read(&saved).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let order = seeded_order(self.params.seed, batches.len());
         let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, total, state.metrics.len());
-        let mut after_step = |state: &crate::train::fit::TrainState<TinyVlm, SftMetrics>| -> Result<(), StageError> {
+        let mut after_step = |state: &crate::train::fit::TrainState<Vlm, SftMetrics>| -> Result<(), StageError> {
             let done = state.metrics.len() as u64;
             if self.params.snapshots.contains(&done) {
-                let out = put_checkpoint(ctx, &state.model.valid(), &config, None)?;
+                let out = put_checkpoint(ctx, &state.model.valid(), None)?;
                 snapshots.insert(snapshot_name(done), out);
                 let json = serde_json::to_vec(&snapshots).map_err(|e| StageError::Failed(e.to_string()))?;
                 std::fs::write(&saved, json).map_err(|e| StageError::Failed(format!("{}: {e}", saved.display())))?;
@@ -282,7 +282,7 @@ impl Stage for Sft {
         let state = sft::train(state, &batches, &schedule, &order, &mut after_step)?;
         hook.finish();
         let mut outputs = BTreeMap::from([
-            ("checkpoint".to_string(), put_checkpoint(ctx, &state.model.valid(), &config, None)?),
+            ("checkpoint".to_string(), put_checkpoint(ctx, &state.model.valid(), None)?),
             ("training".to_string(), ctx.put_table(&mut metrics_table(&state.metrics)?)?),
             ("report".to_string(), ctx.put_report(&report)?),
         ]);

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{RunContext, StageError, StageProgress, model_role};
 use crate::dsl::{Issue, ModelRef, Range};
-use crate::model::checkpoint;
+use crate::model::Vlm;
 use crate::model::device::Precision;
-use crate::model::tiny::{LoraSpec, TinyConfig, TinyVlm};
+use crate::model::tiny::{LoraSpec, TinyConfig};
 use crate::store::{OutputKind, OutputRef};
 use crate::train::fit::{StepRecord, TrainState};
 use crate::train::optim::AdamW;
@@ -135,28 +135,22 @@ impl Base {
     /// to compute in `precision`, recording gradients, seeded), and on it the base model
     /// computing in `precision` — freshly initialised from that seed, or the referenced
     /// checkpoint.
-    pub fn open(
-        &self,
-        ctx: &RunContext,
-        seed: u64,
-        precision: Precision,
-    ) -> Result<(Device, TinyVlm, TinyConfig), StageError> {
+    pub fn open(&self, ctx: &RunContext, seed: u64, precision: Precision) -> Result<(Device, Vlm), StageError> {
         let device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
             .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
         device.seed(seed);
-        let (model, config) = self.load(ctx, &device)?;
-        Ok((device, model.with_precision(precision), config))
+        let model = self.load(ctx, &device)?;
+        let model = model.with_precision(precision).map_err(|e| StageError::Failed(e.to_string()))?;
+        Ok((device, model))
     }
 
-    fn load(&self, ctx: &RunContext, device: &Device) -> Result<(TinyVlm, TinyConfig), StageError> {
+    fn load(&self, ctx: &RunContext, device: &Device) -> Result<Vlm, StageError> {
         match self {
-            Base::Fresh(fresh) => {
-                let config = fresh.config.resolve();
-                Ok((config.init(device), config))
-            }
+            Base::Fresh(fresh) => Ok(Vlm::Tiny(fresh.config.resolve().init(device))),
             Base::Checkpoint(reference) => {
                 let folder = CheckpointFolder::open(ctx, reference)?;
-                checkpoint::load(folder.path(), device).map_err(|e| StageError::Failed(format!("{}: {e}", folder.from)))
+                crate::model::load(folder.path(), device)
+                    .map_err(|e| StageError::Failed(format!("{}: {e}", folder.from)))
             }
         }
     }
@@ -247,9 +241,9 @@ pub fn image_file(ctx: &RunContext, digest: Option<&str>) -> Result<Option<Vec<u
 pub fn resume_or_start<R: StepRecord>(
     ctx: &RunContext,
     scratch: &Path,
-    fresh: TinyVlm,
+    fresh: Vlm,
     optimizer: &AdamW,
-) -> Result<TrainState<TinyVlm, R>, StageError> {
+) -> Result<TrainState<Vlm, R>, StageError> {
     let resumed = resume::load(scratch, fresh.clone(), optimizer).map_err(|e| StageError::Failed(e.to_string()))?;
     Ok(match resumed {
         Some(state) => {
@@ -278,7 +272,7 @@ impl<'a> StepHook<'a> {
         StepHook { progress, scratch, every, total, resumed_at }
     }
 
-    pub fn after<R: StepRecord>(&self, state: &TrainState<TinyVlm, R>) -> Result<(), StageError> {
+    pub fn after<R: StepRecord>(&self, state: &TrainState<Vlm, R>) -> Result<(), StageError> {
         let done = state.metrics.len();
         let Some(last) = state.metrics.last() else { return Ok(()) };
         self.progress.update(done as u64, self.total, |elapsed| {
@@ -297,15 +291,10 @@ impl<'a> StepHook<'a> {
     }
 }
 
-/// Stores `model` as a checkpoint directory output.
-pub fn put_checkpoint(
-    ctx: &RunContext,
-    model: &TinyVlm,
-    config: &TinyConfig,
-    adapter: Option<&LoraSpec>,
-) -> Result<OutputRef, StageError> {
+/// Stores `model` as a checkpoint directory output; `adapter` when its adapters stay apart.
+pub fn put_checkpoint(ctx: &RunContext, model: &Vlm, adapter: Option<&LoraSpec>) -> Result<OutputRef, StageError> {
     let dir = ctx.store.tmp_path("checkpoint");
-    checkpoint::save(model, config, adapter, &dir).map_err(|e| StageError::Failed(e.to_string()))?;
+    model.save(&dir, adapter).map_err(|e| StageError::Failed(e.to_string()))?;
     let stored = ctx.store.put_dir(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     let (digest, bytes) = stored?;

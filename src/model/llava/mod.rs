@@ -69,8 +69,8 @@ const RENAMES: &[(&str, &str)] = &[
     (r"^vision_tower\.vision_model\.", "vision_tower."),
 ];
 
-/// Parts of the vision model LLaVA never runs: its pooled output's norm and head.
-const UNNEEDED: &[&str] = &["vision_tower.post_layernorm.", "vision_tower.head."];
+/// Parts of the vision model LLaVA never runs nor keeps: SigLIP's pooling head.
+const UNNEEDED: &[&str] = &["vision_tower.head."];
 
 /// LLaVA in the architecture registry: a folder whose config.json says `model_type: llava`.
 pub struct LlavaArchitecture;

@@ -14,6 +14,7 @@ use super::{Llava, LoadError, stop_tokens};
 use crate::model::policy::{
     Chat, EncodeError, Generation, Message, Part, Policy, Role, Sampling, Scored, TokenBatch, logps_from_logits,
 };
+use crate::model::tiny::{LoraSpec, LoraTarget};
 
 #[derive(Module, Debug)]
 pub struct LlavaPolicy {
@@ -22,6 +23,67 @@ pub struct LlavaPolicy {
     processor: Arc<Processor>,
     #[module(skip)]
     stop: Vec<u32>,
+    #[module(skip)]
+    origin: Arc<Origin>,
+}
+
+/// What saving a trained copy needs from the checkpoint it came from (whose folder may be
+/// gone by then): its small files, and how it named its tensors.
+#[derive(Debug)]
+struct Origin {
+    files: Vec<(String, Vec<u8>)>,
+    /// The module's tensor names → the checkpoint's (regex → replacement, in order).
+    names_back: Vec<(String, String)>,
+}
+
+/// The files besides the weights that make a checkpoint folder whole.
+const COMPANION_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+];
+
+impl Origin {
+    fn read(dir: &Path) -> Result<Origin, LoadError> {
+        let mut files = Vec::new();
+        for name in COMPANION_FILES {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => files.push((name.to_string(), bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(LoadError::Read { path: dir.join(name).display().to_string(), reason: e.to_string() });
+                }
+            }
+        }
+        let names = crate::model::hf_weights::tensor_names(dir)?;
+        let vision_model =
+            if names.iter().any(|n| n.contains("vision_tower.vision_model.")) { "vision_model." } else { "" };
+        let pair = |from: &str, to: String| (from.to_string(), to);
+        let names_back = if names.iter().any(|n| n.starts_with("model.language_model.")) {
+            vec![
+                pair(r"^language_model\.", "model.language_model.".into()),
+                pair(r"^vision_tower\.", format!("model.vision_tower.{vision_model}")),
+                pair(r"^multi_modal_projector\.", "model.multi_modal_projector.".into()),
+            ]
+        } else {
+            vec![
+                pair(r"^language_model\.", "language_model.model.".into()),
+                pair(r"^lm_head\.", "language_model.lm_head.".into()),
+                pair(r"^vision_tower\.", format!("vision_tower.{vision_model}")),
+            ]
+        };
+        Ok(Origin { files, names_back })
+    }
 }
 
 impl LlavaPolicy {
@@ -33,7 +95,48 @@ impl LlavaPolicy {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        Ok(LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor) })
+        let origin = Arc::new(Origin::read(dir)?);
+        Ok(LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor), origin })
+    }
+
+    /// LoRA adapters on the language model's layers `lora` targets (attention: q/k/v/o
+    /// projections; mlp: gate/up/down), every other weight frozen — the vision tower and the
+    /// projector included, as the paper trains.
+    pub fn with_lora(self, lora: &LoraSpec) -> LlavaPolicy {
+        let names: Vec<&str> = lora
+            .targets
+            .iter()
+            .flat_map(|t| match t {
+                LoraTarget::Attention => {
+                    &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"][..]
+                }
+                LoraTarget::Mlp => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"][..],
+            })
+            .copied()
+            .collect();
+        let escaped: Vec<String> = names.iter().map(|n| n.replace('.', r"\.")).collect();
+        let pattern = format!(r"language_model\.layers\.\d+\.({})\.weight", escaped.join("|"));
+        let group = burn::module::ParamGroup::from_regex(&pattern).expect("the target pattern is a valid regex");
+        let model = self.model.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group));
+        LlavaPolicy { model, ..self }
+    }
+
+    /// Writes the model as a Hugging Face checkpoint folder: the origin's config, tokenizer and
+    /// processor files, and the weights (adapters merged) in f32 under the origin's tensor names.
+    pub fn save(&self, dir: &Path) -> Result<(), LoadError> {
+        let failed = |path: &Path, e: &dyn std::fmt::Display| LoadError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed(dir, &e))?;
+        for (name, bytes) in &self.origin.files {
+            let path = dir.join(name);
+            let bytes = if name == "config.json" { f32_config(bytes) } else { bytes.clone() };
+            std::fs::write(&path, bytes).map_err(|e| failed(&path, &e))?;
+        }
+        let merged = self.model.clone().materialize();
+        crate::model::hf_weights::save(&merged, &dir.join("model.safetensors"), &self.origin.names_back)?;
+        Ok(())
     }
 
     /// The chat's images as the vision tower reads them, [images, 3, height, width].
@@ -144,4 +247,14 @@ impl Policy for LlavaPolicy {
         let text = self.processor.decode(&out).map_err(EncodeError::Text)?;
         Ok(Generation { text, tokens_in: tokens.len(), tokens_out: out.len(), stopped })
     }
+}
+
+/// The origin's config.json, saying the weights are f32 now.
+fn f32_config(bytes: &[u8]) -> Vec<u8> {
+    let Ok(mut config) = serde_json::from_slice::<serde_json::Value>(bytes) else { return bytes.to_vec() };
+    if let Some(map) = config.as_object_mut() {
+        map.remove("torch_dtype");
+        map.insert("dtype".into(), serde_json::Value::from("float32"));
+    }
+    serde_json::to_vec_pretty(&config).unwrap_or_else(|_| bytes.to_vec())
 }

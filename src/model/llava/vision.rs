@@ -16,6 +16,8 @@ pub struct VisionTower {
     /// CLIP only (transformers' spelling).
     pre_layrnorm: Option<LayerNorm>,
     encoder: Encoder,
+    /// Not used for LLaVA's features, but part of the checkpoint a trained copy writes back.
+    post_layernorm: LayerNorm,
     #[module(skip)]
     config: VisionConfig,
 }
@@ -89,6 +91,7 @@ impl VisionTower {
             },
             pre_layrnorm: clip.then(norm),
             encoder: Encoder { layers: (0..config.layers).map(|_| layer()).collect() },
+            post_layernorm: norm(),
             config: config.clone(),
         }
     }

@@ -1,0 +1,37 @@
+"""Summed completion log-probs of preference rows under a LLaVA checkpoint, computed by
+transformers under TRL's rule (see llava_fixture.completion_logps).
+
+    python llava_logps.py CHECKPOINT ROWS.json
+
+ROWS.json: [{"prompt", "image" (a file), "chosen", "rejected"}, …]. Prints
+[{"chosen": logp, "rejected": logp}, …] as JSON.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+sys.path.insert(0, os.path.dirname(__file__))
+from llava_fixture import completion_logps  # noqa: E402
+
+
+def main():
+    checkpoint, rows_file = sys.argv[1], sys.argv[2]
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    with open(rows_file) as f:
+        rows = json.load(f)
+    out = []
+    for row in rows:
+        image = Image.open(row["image"]).convert("RGB")
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["prompt"]}]}]
+        out.append({side: completion_logps(model, processor, image, messages, row[side]) for side in ("chosen", "rejected")})
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
