@@ -5,79 +5,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use common::llava::{fixture, numbers, reference_python, shape_of};
 use serde_json::Value;
 use silkie::model::device::{self, Precision};
 use silkie::model::llava::Llava;
 use silkie::model::llava::processor::Processor;
-use silkie::model::policy::Sampling;
-use silkie::model::policy::{Chat, Message, Part, Policy, Role, Scored};
+use silkie::model::policy::{Chat, Message, Part, Policy, Role, Sampling, Scored};
 
-/// The Python that has transformers: the environment scripts/test prepares.
-fn reference_python() -> PathBuf {
-    let venv = std::env::var_os("SILKIE_TORCH_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/silkie/torch-2.9.0")
-    });
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", "import transformers, tokenizers, PIL"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{} cannot import transformers: run the tests through scripts/test, which installs the pinned \
-         Python packages (scripts/libtorch-env)",
-        python.display()
-    );
-    python
-}
-
-/// A checkpoint made by transformers with `args`, and what transformers computed with it.
-fn fixture(args: &[&str]) -> (tempfile::TempDir, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llava_fixture.py");
-    let out = Command::new(reference_python()).arg(script).arg(dir.path()).args(args).output().unwrap();
-    assert!(out.status.success(), "the fixture failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let reference = serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
-    (dir, reference)
-}
-
-fn numbers(value: &Value) -> Vec<f32> {
-    value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
-}
-
-fn shape_of(value: &Value) -> Vec<usize> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()
-}
-
-/// The largest absolute difference between silkie's logits and transformers'.
+/// The largest absolute difference between silkie's logits and transformers', on flex.
 fn logits_gap(args: &[&str]) -> f32 {
-    let (dir, reference) = fixture(args);
-    let device = device::open(None, Precision::F32, false).unwrap();
-    let model = Llava::load(dir.path(), &device).unwrap_or_else(|e| panic!("{e}"));
-    let ids: Vec<i64> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-    let n = ids.len();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-    let [c, h, w] = shape_of(&reference["pixel_shape"])[..] else { panic!("pixel_shape") };
-    let pixels = Tensor::<4>::from_data(TensorData::new(numbers(&reference["pixel_values"]), [1, c, h, w]), &device);
-    let logits = model.forward(tokens.clone(), Some(pixels.clone())).unwrap();
-    // The comparison must be able to see the image: grey pixels give other logits.
-    let grey = model.forward(tokens, Some(pixels.zeros_like())).unwrap();
-    let image_effect = (grey - logits.clone()).abs().max().into_scalar::<f32>();
-    assert!(image_effect > 1e-2, "the image moves the logits by only {image_effect}");
-    let expected = numbers(&reference["logits"]);
-    assert_eq!(logits.dims()[1..], shape_of(&reference["logits_shape"])[..]);
-    let ours = logits.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let spread = expected.iter().map(|v| v.abs()).fold(0.0, f32::max);
-    assert!(spread > 0.1, "the reference logits are all near 0 ({spread}): the comparison would prove nothing");
-    let gap = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    eprintln!(
-        "{args:?}: max |logit| {spread:.3}, image effect {image_effect:.3}, max |silkie − transformers| {gap:.2e}"
-    );
-    gap
+    common::llava::logits_gap(args, None)
 }
 
 #[test]
@@ -259,29 +200,30 @@ fn assert_close(ours: &[(f64, f64)], theirs: &[(f64, f64)], what: &str) {
     }
 }
 
-#[test]
-fn lora_dpo_on_a_llava_folder_trains_and_its_merged_export_loads_in_transformers() {
-    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+/// Four preference pairs over two pictures, both already the processor's size (their pixels
+/// are transformers' exactly, so log-probs compare to rounding: a resized image adds up to a
+/// step of 255 per pixel).
+const PAIRS: [(&str, &str, &str, &str); 4] = [
+    ("What is in the picture?", "A red square on a blue field.", "There are three circles.", "a.png"),
+    ("How many circles are there?", "There are three circles.", "A small house.", "b.png"),
+    ("Describe the image in detail.", "The image shows a tree.", "A red square.", "a.png"),
+    ("What is in the picture?", "A small house beside a tree.", "The lazy dog.", "b.png"),
+];
+
+/// A workspace with [`PAIRS`] and a LoRA DPO stage `policy` on the LLaVA in `checkpoint`,
+/// trained for `epochs` (and `extra` stages after it).
+fn llava_dpo(checkpoint: &Path, epochs: usize, extra: &str) -> common::Workspace {
     let ws = common::Workspace::new();
     std::fs::create_dir_all(ws.path().join("img")).unwrap();
-    std::fs::copy(dir.path().join("square.png"), ws.path().join("img/a.png")).unwrap();
-    // Both already the processor's size: their pixels are transformers' exactly, so the
-    // log-probs compare to rounding (a resized image adds up to a step of 255 per pixel).
+    std::fs::copy(checkpoint.join("square.png"), ws.path().join("img/a.png")).unwrap();
     let other =
         image::RgbImage::from_fn(30, 30, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8]));
     other.save(ws.path().join("img/b.png")).unwrap();
-    let pairs = [
-        ("What is in the picture?", "A red square on a blue field.", "There are three circles.", "a.png"),
-        ("How many circles are there?", "There are three circles.", "A small house.", "b.png"),
-        ("Describe the image in detail.", "The image shows a tree.", "A red square.", "a.png"),
-        ("What is in the picture?", "A small house beside a tree.", "The lazy dog.", "b.png"),
-    ];
     let mut csv = String::from("prompt,chosen,rejected,image\n");
-    for (p, c, r, i) in pairs {
+    for (p, c, r, i) in PAIRS {
         csv.push_str(&format!("{p},{c},{r},{i}\n"));
     }
     ws.write("pairs.csv", &csv);
-    let checkpoint = dir.path().display().to_string();
     ws.write(
         "pipeline.yaml",
         &format!(
@@ -291,21 +233,30 @@ stages:
   policy:
     kind: dpo
     needs: [pairs]
-    params: {{ base: {{ path: \"{checkpoint}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention, mlp] }}, lr: 0.01, epochs: 4, batch_size: 2, seed: 3 }}
-  again:
-    kind: dpo
-    needs: [pairs]
-    params: {{ base: {{ stage: policy }}, lr: 0.001, epochs: 1, batch_size: 2 }}
-  export: {{ kind: export, needs: [policy], params: {{ path: tuned, format: checkpoint }} }}
-"
+    params: {{ base: {{ path: \"{}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention, mlp] }}, lr: 0.01, epochs: {epochs}, batch_size: 2, seed: 3, checkpoint_every: 2 }}
+{extra}",
+            checkpoint.display()
         ),
     );
+    ws
+}
+
+#[test]
+fn lora_dpo_on_a_llava_folder_trains_and_its_merged_export_loads_in_transformers() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let again = "  again:
+    kind: dpo
+    needs: [pairs]
+    params: { base: { stage: policy }, lr: 0.001, epochs: 1, batch_size: 2 }
+  export: { kind: export, needs: [policy], params: { path: tuned, format: checkpoint } }
+";
+    let ws = llava_dpo(dir.path(), 4, again);
     ws.run(&[]);
     let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
     let losses: Vec<f64> = training.as_array().unwrap().iter().map(|r| r["loss"].as_f64().unwrap()).collect();
     assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-5, "step 0 is ln 2: {losses:?}");
     assert!(losses.last().unwrap() < &(losses[0] - 0.05), "the loss did not fall: {losses:?}");
-    let rows: Value = pairs
+    let rows: Value = PAIRS
         .iter()
         .map(|(p, c, r, i)| {
             serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "image": ws.path().join("img").join(i)})
@@ -319,4 +270,115 @@ stages:
         &transformers_logps(&ws.path().join("tuned"), &rows),
         "the tuned model",
     );
+}
+
+#[test]
+fn mistral_with_a_sliding_window_shorter_than_the_prompt_matches_transformers() {
+    let gap = logits_gap(&["--vision", "clip", "--text", "mistral"]);
+    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+}
+
+#[test]
+fn in_memory_tensor_names_and_a_template_in_tokenizer_config_load_too() {
+    let gap = logits_gap(&["--key-layout", "nested", "--template-in", "tokenizer"]);
+    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+    let (dir, reference) = fixture(&["--template-in", "json", "--pad-to-square"]);
+    let messages =
+        [Message { role: Role::User, content: vec![Part::Image, Part::Text("What is in the picture?".into())] }];
+    let processor = processor_of(dir.path());
+    assert_eq!(processor.render(&messages, true).unwrap(), reference["prompt"].as_str().unwrap());
+    // LLaVA's processor pads the 37×29 picture to a square of the mean colour, then resizes.
+    let (pixels, _) = processor.pixels(&image::open(dir.path().join("image.png")).unwrap());
+    let gap = pixel_gap(&pixels, &numbers(&reference["pixel_values"]), [0.268_629_54, 0.261_302_6, 0.275_777_1]);
+    assert!(gap <= 2.0, "{gap} steps off after padding and resizing");
+}
+
+/// What loading `dir` says, as text.
+fn load_error(dir: &Path) -> String {
+    let device = device::open(None, Precision::F32, false).unwrap();
+    match silkie::model::load(dir, &device) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn broken_checkpoints_are_named_with_the_file_and_the_key() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let copy = |name: &str| {
+        let to =
+            dir.path().parent().unwrap().join(format!("{}-{name}", dir.path().file_name().unwrap().to_string_lossy()));
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+        to
+    };
+    let config =
+        |dir: &Path| -> Value { serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap() };
+    let empty = tempfile::tempdir().unwrap();
+    assert!(load_error(empty.path()).contains("not a checkpoint silkie can run"), "{}", load_error(empty.path()));
+
+    let other = copy("other");
+    let mut c = config(&other);
+    c["model_type"] = "idefics3".into();
+    std::fs::write(other.join("config.json"), c.to_string()).unwrap();
+    assert!(load_error(&other).contains("model_type `idefics3`"), "{}", load_error(&other));
+
+    let wider = copy("wider");
+    let mut c = config(&wider);
+    c["text_config"]["intermediate_size"] = 64.into();
+    std::fs::write(wider.join("config.json"), c.to_string()).unwrap();
+    let message = load_error(&wider);
+    assert!(message.contains("mlp") && message.contains("in the checkpoint, but its config makes it"), "{message}");
+
+    let rope = copy("rope");
+    let mut c = config(&rope);
+    c["text_config"]["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+    std::fs::write(rope.join("config.json"), c.to_string()).unwrap();
+    let message = load_error(&rope);
+    assert!(message.contains("text_config.rope_parameters: RoPE type `yarn` is not supported"), "{message}");
+
+    let deeper = copy("deeper");
+    let mut c = config(&deeper);
+    c["text_config"]["num_hidden_layers"] = 3.into();
+    std::fs::write(deeper.join("config.json"), c.to_string()).unwrap();
+    let message = load_error(&deeper);
+    assert!(
+        message.contains("weights the model needs are not in the checkpoint, e.g. language_model.layers.2."),
+        "{message}"
+    );
+
+    let untemplated = copy("untemplated");
+    std::fs::remove_file(untemplated.join("chat_template.jinja")).unwrap();
+    let message = load_error(&untemplated);
+    assert!(message.contains("chat_template.jinja: the checkpoint has no chat template"), "{message}");
+}
+
+#[test]
+fn a_killed_llava_run_resumes_to_the_same_weights() {
+    let (dir, _) = fixture(&["--vision", "siglip", "--text", "qwen2"]);
+    let whole = llava_dpo(dir.path(), 12, "");
+    let uninterrupted = whole.run(&[]);
+    let ws = llava_dpo(dir.path(), 12, "");
+    let mut child = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let scratch = ws.path().join("cache/scratch");
+    let saved =
+        || std::fs::read_dir(&scratch).ok().into_iter().flatten().flatten().any(|d| d.path().join("latest").is_file());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !saved() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = ws.command(&["run", "--format", "json"]).env("SILKIE_LOG", "silkie=info").output().unwrap();
+    let resumed: common::Ran = resumed.into();
+    assert!(resumed.stderr.contains("resuming after step"), "it started over:\n{}", resumed.stderr);
+    let digest = |record: &Value| {
+        let policy = record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "policy").unwrap();
+        policy["outputs"]["checkpoint"]["digest"].as_str().unwrap().to_string()
+    };
+    assert_eq!(digest(&resumed.json()), digest(&uninterrupted), "the resumed run ended with other weights");
 }

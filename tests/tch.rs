@@ -1,6 +1,6 @@
 //! The LibTorch devices (built with `--features tch`): the same training on flex and on
-//! LibTorch CPU agrees step by step, the `dpo` stage runs on LibTorch, and a CUDA device that
-//! is not there is an error, not a crash.
+//! LibTorch CPU agrees step by step, the `dpo` stage runs on LibTorch, LLaVA's logits there are
+//! transformers', and a CUDA device that is not there is an error, not a crash.
 #![cfg(feature = "tch")]
 // Burn marks its LibTorch backend deprecated; silkie keeps it behind `tch` (see model/device.rs).
 #![allow(deprecated)]
@@ -126,4 +126,12 @@ fn a_cuda_device_that_is_not_there_fails_the_stage_clearly() {
     let out = ws.silkie(&["run"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("libtorch-cuda:99"), "{}", out.stdout);
+}
+
+#[test]
+fn llava_logits_on_libtorch_cpu_equal_transformers() {
+    for args in [&["--vision", "clip", "--text", "llama"][..], &["--vision", "siglip", "--text", "qwen2"][..]] {
+        let gap = common::llava::logits_gap(args, Some("libtorch"));
+        assert!(gap < 1e-4, "{args:?}: max |silkie − transformers| = {gap}");
+    }
 }

@@ -64,7 +64,12 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     for file in &files {
         let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
         let mut store =
-            SafetensorsStore::from_file(file).remap(remapper.clone()).allow_partial(true).with_from_adapter(adapter);
+            // Not validated by the store: its errors come back in the result, to be said here.
+            SafetensorsStore::from_file(file)
+                .remap(remapper.clone())
+                .allow_partial(true)
+                .validate(false)
+                .with_from_adapter(adapter);
         let result = module
             .load_from(&mut store)
             .map_err(|e| WeightsError::Read { path: file.clone(), reason: e.to_string() })?;
@@ -139,7 +144,8 @@ fn describe(error: &ApplyError) -> String {
     match error {
         ApplyError::ShapeMismatch { path, expected, found } => {
             format!(
-                "`{path}` has shape {:?} in the checkpoint, but its config makes it {:?}",
+                "`{path}` has shape {:?} in the checkpoint, but its config makes it {:?} (in Burn's layout, where a \
+                 linear weight is [in, out]): config.json and the weights disagree",
                 found.as_slice(),
                 expected.as_slice()
             )

@@ -82,6 +82,15 @@ impl Vlm {
         }
     }
 
+    /// The same model to train: what its architecture keeps frozen (LLaVA's vision tower)
+    /// frozen.
+    pub fn for_training(self) -> Vlm {
+        match self {
+            Vlm::Llava(m) => Vlm::Llava(m.for_training()),
+            other => other,
+        }
+    }
+
     /// LoRA adapters on the layers `lora` targets, every other weight frozen.
     pub fn with_lora(self, lora: &tiny::LoraSpec) -> Vlm {
         match self {

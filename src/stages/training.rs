@@ -141,7 +141,7 @@ impl Base {
         device.seed(seed);
         let model = self.load(ctx, &device)?;
         let model = model.with_precision(precision).map_err(|e| StageError::Failed(e.to_string()))?;
-        Ok((device, model))
+        Ok((device, model.for_training()))
     }
 
     fn load(&self, ctx: &RunContext, device: &Device) -> Result<Vlm, StageError> {

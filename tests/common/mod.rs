@@ -1,6 +1,8 @@
 //! Helpers for driving the `silkie` binary in a scratch workspace.
 #![allow(dead_code)]
 
+pub mod llava;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -23,10 +23,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
+    LlavaImageProcessor,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    MistralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     SiglipImageProcessor,
@@ -97,6 +99,9 @@ def text_config(kind, vocab, tok, rope):
     )
     if kind == "llama":
         return LlamaConfig(**common, rope_parameters=ROPES[rope])
+    if kind == "mistral":
+        # A window shorter than the prompt, so it shows.
+        return MistralConfig(**common, sliding_window=16)
     return Qwen2Config(**common, tie_word_embeddings=True)
 
 
@@ -111,6 +116,8 @@ def vision_config(kind):
 
 
 def image_processor(kind):
+    if kind == "llava-pad":
+        return LlavaImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, do_pad=True)
     if kind == "clip":
         return CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
     return SiglipImageProcessor(size={"height": 30, "width": 30})
@@ -140,11 +147,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--vision", choices=["clip", "siglip"], default="clip")
-    ap.add_argument("--text", choices=["llama", "qwen2"], default="llama")
+    ap.add_argument("--text", choices=["llama", "qwen2", "mistral"], default="llama")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--config-shape", type=int, choices=[4, 5], default=5)
     ap.add_argument("--rope", choices=list(ROPES), default="linear", help="the Llama's RoPE scaling")
+    ap.add_argument("--pad-to-square", action="store_true", help="LLaVA's image processor, padding to a square")
+    ap.add_argument(
+        "--key-layout",
+        choices=["saved", "nested"],
+        default="saved",
+        help="tensor names as save_pretrained writes them, or transformers 5's in-memory `model.…` names",
+    )
+    ap.add_argument("--template-in", choices=["jinja", "json", "tokenizer"], default="jinja")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -166,7 +181,7 @@ def main():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     processor = LlavaProcessor(
-        image_processor=image_processor(args.vision),
+        image_processor=image_processor("llava-pad" if args.pad_to_square else args.vision),
         tokenizer=tok,
         patch_size=6,
         vision_feature_select_strategy=strategy,
@@ -180,6 +195,9 @@ def main():
     processor.save_pretrained(args.out)
     if args.config_shape == 4:
         to_transformers_4_shape(os.path.join(args.out, "config.json"))
+    if args.key_layout == "nested":
+        to_nested_names(args.out)
+    move_template(args.out, args.template_in)
     model = LlavaForConditionalGeneration.from_pretrained(args.out, dtype=torch.float32).eval()
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
@@ -237,13 +255,61 @@ def completion_logps(model, processor, image, messages, completion):
     return per_token[start:].sum().item()
 
 
-def to_transformers_4_shape(path):
-    """config.json as transformers 4.x wrote it: `text_config` keeps only what differs from
-    the language model's defaults, and RoPE settings sit in `rope_theta` / `rope_scaling`."""
+def to_nested_names(out):
+    """Tensor names as transformers 5 holds them in memory (`model.language_model.…`,
+    `model.vision_tower.vision_model.…`, `lm_head.…`), which checkpoints saved that way use."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(out, "model.safetensors")
+    renames = [
+        ("language_model.model.", "model.language_model."),
+        ("language_model.lm_head.", "lm_head."),
+        ("vision_tower.", "model.vision_tower.vision_model."),
+        ("multi_modal_projector.", "model.multi_modal_projector."),
+    ]
+    tensors = {}
+    for name, tensor in load_file(path).items():
+        for old, new in renames:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        tensors[name] = tensor
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def move_template(out, where):
+    """The chat template where older checkpoints keep it: chat_template.json, or inside
+    tokenizer_config.json."""
+    if where == "jinja":
+        return
+    jinja = os.path.join(out, "chat_template.jinja")
+    with open(jinja) as f:
+        template = f.read()
+    os.remove(jinja)
+    if where == "json":
+        with open(os.path.join(out, "chat_template.json"), "w") as f:
+            json.dump({"chat_template": template}, f)
+        return
+    path = os.path.join(out, "tokenizer_config.json")
     with open(path) as f:
         config = json.load(f)
+    config["chat_template"] = template
+    with open(path, "w") as f:
+        json.dump(config, f)
+
+
+def to_transformers_4_shape(path):
+    """config.json as transformers 4.x wrote it: `text_config` and `vision_config` keep only
+    what differs from their classes' defaults, and RoPE settings sit in `rope_theta` /
+    `rope_scaling`."""
+    with open(path) as f:
+        config = json.load(f)
+    vision = config["vision_config"]
+    vision_defaults = (CLIPVisionConfig() if vision["model_type"] == "clip_vision_model" else SiglipVisionConfig()).to_dict()
+    config["vision_config"] = {k: v for k, v in vision.items() if k == "model_type" or vision_defaults.get(k) != v}
     text = config["text_config"]
-    defaults = (LlamaConfig() if text["model_type"] == "llama" else Qwen2Config()).to_dict()
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+    defaults = classes[text["model_type"]]().to_dict()
     rope = text.pop("rope_parameters", None)
     if rope:
         if rope.get("rope_theta") is not None:

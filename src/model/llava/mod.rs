@@ -156,6 +156,12 @@ impl Llava {
         &self.config
     }
 
+    /// The same model with its vision tower frozen, as the paper trains.
+    pub fn with_frozen_vision(mut self) -> Llava {
+        self.vision_tower = self.vision_tower.no_grad();
+        self
+    }
+
     pub fn device(&self) -> Device {
         self.language_model.embedding_weight().device()
     }

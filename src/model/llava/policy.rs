@@ -99,6 +99,11 @@ impl LlavaPolicy {
         Ok(LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor), origin })
     }
 
+    /// The same model to train: its vision tower frozen.
+    pub fn for_training(self) -> LlavaPolicy {
+        LlavaPolicy { model: self.model.with_frozen_vision(), ..self }
+    }
+
     /// LoRA adapters on the language model's layers `lora` targets (attention: q/k/v/o
     /// projections; mlp: gate/up/down), every other weight frozen — the vision tower and the
     /// projector included, as the paper trains.
