@@ -233,7 +233,7 @@ stages:
   policy:
     kind: dpo
     needs: [pairs]
-    params: {{ base: {{ path: \"{}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention, mlp] }}, lr: 0.01, epochs: {epochs}, batch_size: 2, seed: 3, checkpoint_every: 2 }}
+    params: {{ base: {{ path: \"{}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention, gate_proj, up_proj, down_proj] }}, lr: 0.01, epochs: {epochs}, batch_size: 2, seed: 3, checkpoint_every: 2 }}
 {extra}",
             checkpoint.display()
         ),

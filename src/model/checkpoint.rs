@@ -11,7 +11,8 @@ use burn::tensor::Device;
 
 use burn::module::Module;
 
-use super::tiny::{LoraSpec, TinyConfig, TinyVlm};
+use super::lora::LoraSpec;
+use super::tiny::{TinyConfig, TinyVlm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -79,7 +80,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(TinyVlm, TinyConfig), Checkp
     };
     let mut model = config.init(device);
     if let Some(adapter) = &adapter {
-        model = model.with_lora(adapter);
+        model = model.with_lora(adapter).map_err(|e| format(&e))?;
     }
     let mut store = SafetensorsStore::from_file(dir.join("model.safetensors"));
     model.load_from(&mut store).map_err(|e| format(&e))?;
@@ -117,8 +118,8 @@ mod tests {
         let device = Device::flex();
         device.seed(3);
         let config = TinyConfig::default();
-        let spec = LoraSpec { r: 2, alpha: 4.0, targets: vec![crate::model::tiny::LoraTarget::Mlp] };
-        let adapted = config.init(&device).with_lora(&spec);
+        let spec = LoraSpec { r: 2, alpha: 4.0, targets: vec![crate::model::lora::LoraTarget::Mlp] };
+        let adapted = config.init(&device).with_lora(&spec).unwrap();
         // Adapters start as a no-op (B = 0): nudge every weight so they matter.
         let adapted = adapted.map(&mut Nudge);
         let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod device;
 mod hf_weights;
 pub mod llava;
+pub mod lora;
 pub mod policy;
 pub mod tiny;
 pub mod tokenizer;
@@ -92,16 +93,17 @@ impl Vlm {
     }
 
     /// LoRA adapters on the layers `lora` targets, every other weight frozen.
-    pub fn with_lora(self, lora: &tiny::LoraSpec) -> Vlm {
+    pub fn with_lora(self, lora: &lora::LoraSpec) -> Result<Vlm, ModelError> {
         match self {
-            Vlm::Tiny(m) => Vlm::Tiny(m.with_lora(lora)),
-            Vlm::Llava(m) => Vlm::Llava(m.with_lora(lora)),
+            Vlm::Tiny(m) => m.with_lora(lora).map(Vlm::Tiny),
+            Vlm::Llava(m) => m.with_lora(lora).map(Vlm::Llava),
         }
+        .map_err(ModelError::Load)
     }
 
     /// Writes the model as a checkpoint folder its architecture loads back; `adapter` when
     /// it carries adapters not merged into its weights.
-    pub fn save(&self, dir: &Path, adapter: Option<&tiny::LoraSpec>) -> Result<(), ModelError> {
+    pub fn save(&self, dir: &Path, adapter: Option<&lora::LoraSpec>) -> Result<(), ModelError> {
         match self {
             Vlm::Tiny(m) => checkpoint::save(m, m.config(), adapter, dir).map_err(|e| ModelError::Load(e.to_string())),
             Vlm::Llava(_) if adapter.is_some() => Err(ModelError::Load(

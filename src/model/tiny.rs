@@ -14,6 +14,7 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::device::Precision;
+use super::lora::{LoraLayers, LoraSpec};
 use super::policy::{
     Chat, EncodeError, Example, Generation, Policy, Sampling, Scored, TokenBatch, blank_pixels, logps_from_logits,
     pick_token, pixels, sampler,
@@ -107,37 +108,9 @@ pub struct TinyVlm {
     config: TinyConfig,
 }
 
-/// Which layers LoRA adapts: the attention projections, the MLP, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoraTarget {
-    Attention,
-    Mlp,
-}
-
-/// LoRA adapters: rank, `alpha` (the scale is `alpha / r`) and the layers they adapt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraSpec {
-    pub r: usize,
-    pub alpha: f64,
-    #[serde(default = "all_targets")]
-    pub targets: Vec<LoraTarget>,
-}
-
-fn all_targets() -> Vec<LoraTarget> {
-    vec![LoraTarget::Attention, LoraTarget::Mlp]
-}
-
-impl LoraTarget {
-    /// Parameter-path fragments of the layers it names.
-    fn paths(self) -> &'static [&'static str] {
-        match self {
-            LoraTarget::Attention => &["query", "key", "value", "output"],
-            LoraTarget::Mlp => &["linear_inner", "linear_outer"],
-        }
-    }
-}
+/// The tiny model's LoRA-able layers: Burn's attention projections and feed-forward pair.
+const LORA_LAYERS: LoraLayers =
+    LoraLayers { attention: &["query", "key", "value", "output"], mlp: &["linear_inner", "linear_outer"] };
 
 impl TinyVlm {
     pub fn config(&self) -> &TinyConfig {
@@ -146,10 +119,10 @@ impl TinyVlm {
 
     /// Adds LoRA adapters (rank `r`, scale `alpha / r`) to the targeted weights and freezes
     /// every other parameter: only the adapters train. [`Module::materialize`] merges them.
-    pub fn with_lora(self, lora: &LoraSpec) -> Self {
-        let paths: Vec<&str> = lora.targets.iter().flat_map(|t| t.paths().iter().copied()).collect();
+    pub fn with_lora(self, lora: &LoraSpec) -> Result<Self, String> {
+        let paths = lora.modules(&LORA_LAYERS, "tiny")?;
         let group = burn::module::ParamGroup::from_any_predicates(paths);
-        self.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group))
+        Ok(self.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group)))
     }
 
     /// The same model computing in `precision` from now on; its weights stay as they are.
@@ -341,6 +314,7 @@ impl Policy for TinyVlm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::lora::all_targets;
     use crate::model::tokenizer::{BOS, ByteTokenizer, EOS};
     use crate::train::logps::completion_logps;
     use crate::train::losses::{LossConfig, LossType, dpo_loss};
@@ -414,8 +388,10 @@ mod tests {
     #[test]
     fn lora_trains_only_adapters_and_merges_into_the_same_model() {
         let device = Device::flex().autodiff();
-        let model =
-            TinyConfig::default().init(&device).with_lora(&LoraSpec { r: 4, alpha: 8.0, targets: all_targets() });
+        let model = TinyConfig::default()
+            .init(&device)
+            .with_lora(&LoraSpec { r: 4, alpha: 8.0, targets: all_targets() })
+            .unwrap();
         let data = Preference::new(&device);
         let embeddings_before: Vec<f32> = model.tokens.weight.val().into_data().try_to_vec().unwrap();
         let (model, losses) = data.train(model, 1e-2, 8);
@@ -455,7 +431,7 @@ mod tests {
         for lora in [None, Some(LoraSpec { r: 4, alpha: 8.0, targets: all_targets() })] {
             let mut model = TinyConfig::default().init(&device);
             if let Some(lora) = &lora {
-                model = model.with_lora(lora);
+                model = model.with_lora(lora).unwrap();
             }
             let exact: Vec<f32> = data.logps(&model, &data.chosen).into_data().try_to_vec().unwrap();
             let model = model.with_precision(Precision::Bf16);

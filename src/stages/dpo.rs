@@ -22,8 +22,8 @@ use crate::data::frame::strings;
 use crate::dsl::{Issue, Range};
 use crate::model::Vlm;
 use crate::model::device::Precision;
+use crate::model::lora::LoraSpec;
 use crate::model::policy::{Chat, Policy, Scored};
-use crate::model::tiny::LoraSpec;
 use crate::store::OutputRef;
 use crate::train::dpo::{self, Batch, Reference};
 use crate::train::fit::{Schedule, seeded_order};
@@ -262,15 +262,15 @@ impl Stage for Dpo {
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
         let adapt = |model: Vlm| match &self.params.lora {
-            Some(lora) => model.with_lora(lora),
-            None => model,
+            Some(lora) => model.with_lora(lora).map_err(|e| StageError::Failed(format!("params.lora: {e}"))),
+            None => Ok(model),
         };
         let reference = if self.params.precompute_ref {
             Reference::Logps(precomputed_reference(&dpo::frozen(&base).for_inference(), &batches, &scratch, &device)?)
         } else {
             Reference::Model(dpo::frozen(&base).for_inference())
         };
-        let state = resume_or_start(ctx, &scratch, adapt(base), &settings.schedule.optimizer)?;
+        let state = resume_or_start(ctx, &scratch, adapt(base)?, &settings.schedule.optimizer)?;
         let order = seeded_order(self.params.seed, batches.len());
         let total = settings.total_steps(batches.len());
         let hook = StepHook::new(ctx, &scratch, self.params.checkpoint_every, total, state.metrics.len());

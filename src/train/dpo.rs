@@ -456,11 +456,11 @@ mod tests {
         let device = Device::flex().autodiff();
         let model = SMALL.init(&device);
         let spec =
-            crate::model::tiny::LoraSpec { r: 2, alpha: 4.0, targets: vec![crate::model::tiny::LoraTarget::Attention] };
+            crate::model::lora::LoraSpec { r: 2, alpha: 4.0, targets: vec![crate::model::lora::LoraTarget::Attention] };
         // LoRA's down-projections start random: made once, so both runs start from the same
         // ones whatever other tests draw from the device's generator meanwhile.
         for lora in [false, true] {
-            let trained = if lora { model.clone().with_lora(&spec) } else { model.clone() };
+            let trained = if lora { model.clone().with_lora(&spec).unwrap() } else { model.clone() };
             let (whole, m1) = stop_and_resume(model.clone(), trained.clone(), None);
             let (resumed, m2) = stop_and_resume(model.clone(), trained, Some(3));
             assert_eq!(m1, m2, "lora {lora}: the metrics differ");

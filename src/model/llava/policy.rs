@@ -11,10 +11,10 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::processor::Processor;
 use super::{Llava, LoadError, stop_tokens};
+use crate::model::lora::{LoraLayers, LoraSpec};
 use crate::model::policy::{
     Chat, EncodeError, Generation, Message, Part, Policy, Role, Sampling, Scored, TokenBatch, logps_from_logits,
 };
-use crate::model::tiny::{LoraSpec, LoraTarget};
 
 #[derive(Module, Debug)]
 pub struct LlavaPolicy {
@@ -35,6 +35,10 @@ struct Origin {
     /// The module's tensor names → the checkpoint's (regex → replacement, in order).
     names_back: Vec<(String, String)>,
 }
+
+/// The language model's LoRA-able layers, by the checkpoint's module names.
+const LORA_LAYERS: LoraLayers =
+    LoraLayers { attention: &["q_proj", "k_proj", "v_proj", "o_proj"], mlp: &["gate_proj", "up_proj", "down_proj"] };
 
 /// The files besides the weights that make a checkpoint folder whole.
 const COMPANION_FILES: &[&str] = &[
@@ -107,23 +111,12 @@ impl LlavaPolicy {
     /// LoRA adapters on the language model's layers `lora` targets (attention: q/k/v/o
     /// projections; mlp: gate/up/down), every other weight frozen — the vision tower and the
     /// projector included, as the paper trains.
-    pub fn with_lora(self, lora: &LoraSpec) -> LlavaPolicy {
-        let names: Vec<&str> = lora
-            .targets
-            .iter()
-            .flat_map(|t| match t {
-                LoraTarget::Attention => {
-                    &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"][..]
-                }
-                LoraTarget::Mlp => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"][..],
-            })
-            .copied()
-            .collect();
-        let escaped: Vec<String> = names.iter().map(|n| n.replace('.', r"\.")).collect();
-        let pattern = format!(r"language_model\.layers\.\d+\.({})\.weight", escaped.join("|"));
-        let group = burn::module::ParamGroup::from_regex(&pattern).expect("the target pattern is a valid regex");
+    pub fn with_lora(self, lora: &LoraSpec) -> Result<LlavaPolicy, String> {
+        let names = lora.modules(&LORA_LAYERS, "llava")?;
+        let pattern = format!(r"language_model\.layers\.\d+\.(self_attn|mlp)\.({})\.weight", names.join("|"));
+        let group = burn::module::ParamGroup::from_regex(&pattern).map_err(|e| format!("LoRA targets: {e:?}"))?;
         let model = self.model.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group));
-        LlavaPolicy { model, ..self }
+        Ok(LlavaPolicy { model, ..self })
     }
 
     /// Writes the model as a Hugging Face checkpoint folder: the origin's config, tokenizer and
