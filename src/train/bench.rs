@@ -12,8 +12,9 @@ use super::dpo::{Batch, Reference, Settings, TrainState, frozen, reference_logps
 use super::fit::Schedule;
 use super::losses::{LossConfig, LossType};
 use super::optim::AdamW;
+use crate::model::Vlm;
 use crate::model::device::Precision;
-use crate::model::policy::TokenBatch;
+use crate::model::policy::{Chat, Policy, Scored, TokenBatch};
 use crate::model::tiny::TinyConfig;
 
 pub const BATCH: usize = 8;
@@ -52,42 +53,124 @@ pub fn dpo_steps(device: &Device, precision: Precision, size: usize, steps: usiz
     let model = config.init(device).with_precision(precision);
     let params = model.num_params();
     let batches = vec![Batch::new(&side(device, 1), &side(device, 2))];
+    let per_step = seconds_per_step(model, &batches, steps);
+    // Chosen and rejected: 2 × batch × tokens per step.
+    let tokens = (2 * BATCH * TOKENS) as f64;
+    Throughput { config, params, ms_per_step: per_step * 1e3, tokens_per_second: tokens / per_step }
+}
+
+/// What [`dpo_steps_on`] measured on a checkpoint.
+pub struct CheckpointThroughput {
+    /// Parameters, and those that train (LoRA's factors only, with LoRA).
+    pub params: usize,
+    pub trainable: usize,
+    /// Tokens of a step that are not padding (chosen and rejected rows).
+    pub tokens: u64,
+    pub ms_per_step: f64,
+    pub tokens_per_second: f64,
+}
+
+/// The prompts and answers [`dpo_steps_on`] trains on, a pair per row, about one picture:
+/// fixed, so another implementation can build the same batch.
+pub const CHECKPOINT_ROWS: [(&str, &str, &str); 4] = [
+    ("What is in the picture?", "A red square on a blue field.", "There are three circles."),
+    ("How many circles are there?", "There are three circles.", "A small house."),
+    ("Describe the image in detail.", "The image shows a small house beside a tall tree.", "A red square."),
+    ("What colour is the square?", "The square is red.", "The lazy dog sleeps."),
+];
+
+/// `steps` timed DPO steps (after one warm-up step) of `model` on one batch of
+/// [`CHECKPOINT_ROWS`] about `image` (an encoded picture file), each row's prompt repeated to
+/// `BATCH` rows.
+pub fn dpo_steps_on(model: Vlm, image: &[u8], steps: usize, device: &Device) -> Result<CheckpointThroughput, String> {
+    let params = model.num_params();
+    let rows = |side: usize| -> Vec<Scored<'_>> {
+        (0..BATCH)
+            .map(|i| {
+                let (prompt, chosen, rejected) = CHECKPOINT_ROWS[i % CHECKPOINT_ROWS.len()];
+                Scored {
+                    chat: Chat::user(None, Some(image), prompt),
+                    completion: if side == 0 { chosen } else { rejected },
+                }
+            })
+            .collect()
+    };
+    let chosen = model.encode(&rows(0), None, device).map_err(|e| e.to_string())?;
+    let rejected = model.encode(&rows(1), None, device).map_err(|e| e.to_string())?;
+    let tokens = chosen.text_tokens + rejected.text_tokens;
+    let batches = vec![Batch::new(&chosen, &rejected)];
+    let trainable = trainable_params(&model);
+    let per_step = seconds_per_step(model, &batches, steps);
+    Ok(CheckpointThroughput {
+        params,
+        trainable,
+        tokens,
+        ms_per_step: per_step * 1e3,
+        tokens_per_second: tokens as f64 / per_step,
+    })
+}
+
+/// The picture [`dpo_steps_on`] is given unless told otherwise: 64 × 64 gradients, as PNG.
+pub fn picture() -> Vec<u8> {
+    let image =
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8]));
+    let mut png = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("a PNG encodes in memory");
+    png
+}
+
+/// Parameters that record gradients.
+fn trainable_params<M: Module>(model: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut count = Count(0);
+    model.visit(&mut count);
+    count.0
+}
+
+/// Mean seconds of a full DPO step (sigmoid loss, β 0.1, AdamW at 1e-4, clipping at 1) of
+/// `model` on `batches`, over `steps` steps after a warm-up one.
+fn seconds_per_step<M: Policy + Module + Send + Sync>(model: M, batches: &[Batch], steps: usize) -> f64 {
     let settings = Settings {
         loss: LossConfig { loss: LossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 },
         sft_weight: 0.0,
         schedule: Schedule {
             lr: 1e-4,
-            epochs: steps.max(1) + 1,
+            epochs: (steps.max(1) + 1).div_ceil(batches.len()),
             warmup_ratio: 0.0,
             max_grad_norm: Some(1.0),
             optimizer: AdamW::default(),
             grad_accum: 1,
         },
     };
-    let reference = Reference::Logps(reference_logps(&frozen(&model), &batches));
+    let reference = Reference::Logps(reference_logps(&frozen(&model), batches));
     let mut times = Vec::new();
     let mut last = Instant::now();
-    let mut after_step = |state: &TrainState<_>| {
+    let mut after_step = |state: &TrainState<M>| {
         // Reading the loss back waits for the device, so the step is really over.
         let _ = state.metrics.last();
         times.push(last.elapsed());
         last = Instant::now();
         Ok::<(), Infallible>(())
     };
+    let order = |_: usize| (0..batches.len()).collect::<Vec<_>>();
     let Ok(_) = train(
         TrainState::start(model, &settings.schedule.optimizer),
-        &batches,
+        batches,
         &reference,
         &settings,
-        &|_| vec![0],
+        &order,
         &mut after_step,
     );
     // The first step warms up (allocations, kernels): it is left out.
     let steady = &times[1..];
-    let per_step = steady.iter().map(|t| t.as_secs_f64()).sum::<f64>() / steady.len().max(1) as f64;
-    // Chosen and rejected: 2 × batch × tokens per step.
-    let tokens = (2 * BATCH * TOKENS) as f64;
-    Throughput { config, params, ms_per_step: per_step * 1e3, tokens_per_second: tokens / per_step }
+    steady.iter().map(|t| t.as_secs_f64()).sum::<f64>() / steady.len().max(1) as f64
 }
 
 /// This process's peak resident memory so far, in MB (Linux; NaN elsewhere).

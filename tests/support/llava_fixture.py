@@ -84,14 +84,22 @@ ROPES = {
 }
 
 
-def text_config(kind, vocab, tok, rope):
+# Model sizes: `tiny` for parity tests (fast), `bench` for timing a training step.
+SIZES = {
+    "tiny": {"text": (32, 48, 2, 4, 2), "vision": (24, 40, 3, 4, 30, 6)},
+    "bench": {"text": (256, 688, 4, 8, 4), "vision": (128, 256, 2, 4, 56, 14)},
+}
+
+
+def text_config(kind, vocab, tok, rope, size="tiny"):
+    hidden, intermediate, layers, heads, kv_heads = SIZES[size]["text"]
     common = dict(
         vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=256,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -105,22 +113,25 @@ def text_config(kind, vocab, tok, rope):
     return Qwen2Config(**common, tie_word_embeddings=True)
 
 
-def vision_config(kind):
-    if kind == "clip":
-        return CLIPVisionConfig(
-            hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4, image_size=30, patch_size=6
-        )
-    return SiglipVisionConfig(
-        hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4, image_size=30, patch_size=6
+def vision_config(kind, size="tiny"):
+    hidden, intermediate, layers, heads, image, patch = SIZES[size]["vision"]
+    shape = dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image,
+        patch_size=patch,
     )
+    return CLIPVisionConfig(**shape) if kind == "clip" else SiglipVisionConfig(**shape)
 
 
-def image_processor(kind):
+def image_processor(kind, side=30):
     if kind == "llava-pad":
-        return LlavaImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, do_pad=True)
+        return LlavaImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_pad=True)
     if kind == "clip":
-        return CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-    return SiglipImageProcessor(size={"height": 30, "width": 30})
+        return CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    return SiglipImageProcessor(size={"height": side, "width": side})
 
 
 def test_image():
@@ -160,6 +171,7 @@ def main():
         help="tensor names as save_pretrained writes them, or transformers 5's in-memory `model.…` names",
     )
     ap.add_argument("--template-in", choices=["jinja", "json", "tokenizer"], default="jinja")
+    ap.add_argument("--size", choices=list(SIZES), default="tiny")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -167,12 +179,12 @@ def main():
     image_token = tok.convert_tokens_to_ids("<image>")
     strategy = "default" if args.vision == "clip" else "full"
     config = LlavaConfig(
-        vision_config=vision_config(args.vision),
-        text_config=text_config(args.text, len(tok), tok, args.rope),
+        vision_config=vision_config(args.vision, args.size),
+        text_config=text_config(args.text, len(tok), tok, args.rope, args.size),
         image_token_index=image_token,
         vision_feature_layer=-2,
         vision_feature_select_strategy=strategy,
-        image_seq_length=25,
+        image_seq_length=(SIZES[args.size]["vision"][4] // SIZES[args.size]["vision"][5]) ** 2,
     )
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -181,9 +193,9 @@ def main():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     processor = LlavaProcessor(
-        image_processor=image_processor("llava-pad" if args.pad_to_square else args.vision),
+        image_processor=image_processor("llava-pad" if args.pad_to_square else args.vision, SIZES[args.size]["vision"][4]),
         tokenizer=tok,
-        patch_size=6,
+        patch_size=SIZES[args.size]["vision"][5],
         vision_feature_select_strategy=strategy,
         chat_template=CHAT_TEMPLATE,
         num_additional_image_tokens=1 if args.vision == "clip" else 0,
@@ -205,7 +217,8 @@ def main():
     inputs = processor(images=test_image(), text=prompt, return_tensors="pt")
     # Generation reads `square.png`, which needs no resize: silkie's pixels for it are the
     # processor's exactly, so a greedy path on a random model cannot tip over a rounding.
-    square = test_image().resize((30, 30))
+    side = SIZES[args.size]["vision"][4]
+    square = test_image().resize((side, side))
     square_inputs = processor(images=square, text=prompt, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0]
