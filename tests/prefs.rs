@@ -717,3 +717,66 @@ fn the_split_by_prompt_keeps_a_prompt_text_on_one_side_across_images() {
     assert!(units(&train).is_disjoint(&units(&eval)));
     assert!(!prompts(&train).is_disjoint(&prompts(&eval)));
 }
+
+/// Rows of `stage` (in `pipeline`) as (prompt, chosen, rejected, image digest).
+fn core_pairs(ws: &Workspace, stage: &str, pipeline: &str) -> Vec<(Value, Value, Value, Value)> {
+    let mut args = vec!["show", stage, "-f", pipeline, "--rows", "100", "--format", "json"];
+    args.extend_from_slice(&FIXTURE_VARS);
+    let out = ws.silkie(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = out.json();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["prompt"].clone(), r["chosen"].clone(), r["rejected"].clone(), r["image"].clone()))
+        .collect()
+}
+
+#[test]
+fn what_export_writes_in_trls_layout_loads_back_as_the_same_pairs() {
+    let ws = fixture();
+    with_shipped_pipelines(&ws);
+    let mut args = vec!["pipelines/vlfeedback.yaml"];
+    args.extend_from_slice(&FIXTURE_VARS);
+    ws.run(&args);
+    let original = core_pairs(&ws, "pairs", "pipelines/vlfeedback.yaml");
+    assert!(original.iter().all(|p| p.3.is_string()), "every fixture pair has an image");
+    // Embedded in Parquet, conversational.
+    ws.write(
+        "reload.yaml",
+        "version: 1\nstages:\n  again: { kind: load, params: { path: out/vlfeedback/pairs.parquet, format: trl } }\n",
+    );
+    ws.run(&["reload.yaml"]);
+    assert_eq!(core_pairs(&ws, "again", "reload.yaml"), original);
+    // Image files beside JSONL, in the standard style too: paths relative to the table's folder.
+    for style in ["conversational", "standard"] {
+        let mut files = args.clone();
+        let style_set = format!("export.params.style={style}");
+        files.extend_from_slice(&[
+            "--set",
+            "export.params.path=out/dpo/train.jsonl",
+            "--set",
+            "export.params.images=files",
+            "--set",
+            &style_set,
+        ]);
+        ws.run(&files);
+        ws.write(
+            "reload.yaml",
+            "version: 1\nstages:\n  again: { kind: load, params: { path: out/dpo/train.jsonl, format: trl, images: out/dpo } }\n",
+        );
+        ws.run(&["reload.yaml"]);
+        assert_eq!(core_pairs(&ws, "again", "reload.yaml"), original, "{style}");
+    }
+    // Paths with nothing to resolve them against are named, with the fix.
+    ws.write(
+        "reload.yaml",
+        "version: 1\nstages:\n  again: { kind: load, params: { path: out/dpo/train.jsonl, format: trl } }\n",
+    );
+    let out = ws.silkie(&["run", "reload.yaml"]);
+    assert!(
+        out.stdout.contains("out/dpo/train.jsonl: row 1: image `train_images/") && out.stdout.contains("set `images:`"),
+        "{}",
+        out.stdout
+    );
+}

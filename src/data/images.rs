@@ -31,13 +31,19 @@ const BATCH_FILES: usize = 1024;
 /// decodes whole and (JPEG, PNG) is not cut short; else why not. Every pixel is decoded: a
 /// corrupt middle shows only then, and is better found here, row named, than in a later stage.
 pub fn read_image(file: &Path, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
-    let undecodable = |why: String| ("undecodable_image", format!("image {} cannot be decoded: {why}", file.display()));
     let bytes = std::fs::read(file).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
             ("missing_image", format!("image {} does not exist", file.display()))
         }
-        _ => undecodable(e.to_string()),
+        _ => ("undecodable_image", format!("image {} cannot be decoded: {e}", file.display())),
     })?;
+    check_image(bytes, &file.display().to_string(), max_pixels)
+}
+
+/// `bytes` back when they are an image as [`read_image`] requires; `name` says which in the
+/// reason when not.
+pub fn check_image(bytes: Vec<u8>, name: &str, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
+    let undecodable = |why: String| ("undecodable_image", format!("image {name} cannot be decoded: {why}"));
     let reader =
         image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()))?;
     let format = reader.format();
@@ -49,10 +55,7 @@ pub fn read_image(file: &Path, max_pixels: u64) -> Result<Vec<u8>, BadImage> {
     if pixels > max_pixels {
         return Err((
             "oversized_image",
-            format!(
-                "image {} is {width} × {height} = {pixels} pixels, more than max_image_pixels ({max_pixels})",
-                file.display()
-            ),
+            format!("image {name} is {width} × {height} = {pixels} pixels, more than max_image_pixels ({max_pixels})"),
         ));
     }
     image::DynamicImage::from_decoder(decoder).map_err(|e| undecodable(e.to_string()))?;

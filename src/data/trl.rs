@@ -158,6 +158,119 @@ fn embedded_images(
     Ok(list_column("images", items, lengths)?.into_column())
 }
 
+/// A TRL preference table read back: the prompt, chosen and rejected texts per row, and
+/// its image — as bytes (embedded) or a file path (relative to where the table says).
+pub struct ReadPairs {
+    pub prompt: Vec<String>,
+    pub chosen: Vec<String>,
+    pub rejected: Vec<String>,
+    pub images: Vec<Option<TrlImage>>,
+}
+
+pub enum TrlImage {
+    Bytes(Vec<u8>),
+    Path(String),
+}
+
+/// Reads `prompt`, `chosen`, `rejected` and (when there) `images` of a TRL table, in either
+/// style: plain strings, or messages (`[{role, content: [{type, text}]}]`). A row must hold
+/// one user turn (an optional system message is refused: a pairs table has no place for it)
+/// and at most one image. `file` names the table in errors.
+pub fn read_pairs(df: &DataFrame, file: &str) -> Result<ReadPairs, String> {
+    let text_column = |name: &str, role: &str| -> Result<Vec<String>, String> {
+        let column = df
+            .column(name)
+            .map_err(|_| format!("{file}: no `{name}` column (TRL's layout has prompt, chosen, rejected)"))?;
+        let series = column.as_materialized_series();
+        (0..series.len())
+            .map(|row| message_text(series, row, role).map_err(|e| format!("{file}: row {}, `{name}`: {e}", row + 1)))
+            .collect()
+    };
+    let images = match df.column("images") {
+        Err(_) => (0..df.height()).map(|_| None).collect(),
+        Ok(column) => {
+            let series = column.as_materialized_series();
+            (0..series.len())
+                .map(|row| row_image(series, row).map_err(|e| format!("{file}: row {}, `images`: {e}", row + 1)))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Ok(ReadPairs {
+        prompt: text_column("prompt", "user")?,
+        chosen: text_column("chosen", "assistant")?,
+        rejected: text_column("rejected", "assistant")?,
+        images,
+    })
+}
+
+/// A cell's text: a string as it is, or the text parts of its one `role` message.
+fn message_text(series: &Series, row: usize, role: &str) -> Result<String, String> {
+    match series.dtype() {
+        DataType::String => Ok(series.str().map_err(|e| e.to_string())?.get(row).unwrap_or_default().to_string()),
+        DataType::List(_) => {
+            let Some(messages) = series.list().map_err(|e| e.to_string())?.get_as_series(row) else {
+                return Ok(String::new());
+            };
+            if messages.len() != 1 {
+                return Err(format!("{} messages; a pairs row holds one {role} message", messages.len()));
+            }
+            let fields = messages.struct_().map_err(|_| "messages must be {role, content} maps".to_string())?;
+            let said = fields.field_by_name("role").map_err(|_| "a message has no `role`".to_string())?;
+            let said = said.str().map_err(|e| e.to_string())?.get(0).unwrap_or_default().to_string();
+            if said != role {
+                return Err(format!("a `{said}` message where a `{role}` one belongs"));
+            }
+            let content = fields.field_by_name("content").map_err(|_| "a message has no `content`".to_string())?;
+            match content.dtype() {
+                DataType::String => {
+                    Ok(content.str().map_err(|e| e.to_string())?.get(0).unwrap_or_default().to_string())
+                }
+                _ => {
+                    let parts = content.list().map_err(|e| e.to_string())?.get_as_series(0).unwrap_or_default();
+                    let parts = parts.struct_().map_err(|_| "content parts must be {type, text} maps".to_string())?;
+                    let kinds = parts.field_by_name("type").map_err(|_| "a content part has no `type`".to_string())?;
+                    let texts = parts.field_by_name("text").map_err(|_| "a content part has no `text`".to_string())?;
+                    let (kinds, texts) =
+                        (kinds.str().map_err(|e| e.to_string())?, texts.str().map_err(|e| e.to_string())?);
+                    let text: Vec<&str> = (0..kinds.len())
+                        .filter(|&i| kinds.get(i) == Some("text"))
+                        .filter_map(|i| texts.get(i))
+                        .collect();
+                    Ok(text.join("\n"))
+                }
+            }
+        }
+        other => Err(format!("expected a string or a list of messages, found {other}")),
+    }
+}
+
+/// A row's image: none, one embedded `{bytes, path}` or one path.
+fn row_image(series: &Series, row: usize) -> Result<Option<TrlImage>, String> {
+    let Some(items) = series.list().map_err(|_| "expected a list of images".to_string())?.get_as_series(row) else {
+        return Ok(None);
+    };
+    match items.len() {
+        0 => return Ok(None),
+        1 => {}
+        n => return Err(format!("{n} images; a pairs row holds one")),
+    }
+    match items.dtype() {
+        DataType::String => Ok(items.str().map_err(|e| e.to_string())?.get(0).map(|p| TrlImage::Path(p.to_string()))),
+        DataType::Struct(_) => {
+            let fields = items.struct_().map_err(|e| e.to_string())?;
+            if let Ok(bytes) = fields.field_by_name("bytes")
+                && let Some(bytes) = bytes.binary().map_err(|e| e.to_string())?.get(0)
+            {
+                return Ok(Some(TrlImage::Bytes(bytes.to_vec())));
+            }
+            let path =
+                fields.field_by_name("path").map_err(|_| "an image with neither `bytes` nor `path`".to_string())?;
+            Ok(path.str().map_err(|e| e.to_string())?.get(0).map(|p| TrlImage::Path(p.to_string())))
+        }
+        other => Err(format!("expected image paths or {{bytes, path}} maps, found {other}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

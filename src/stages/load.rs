@@ -1,7 +1,9 @@
 //! `load`: reads a data file from the workspace into tables. The file's bytes (and, for
 //! VLFeedback, its images') are in the key.
 //!
-//! `format: parquet|jsonl|csv` gives one `table`. `format: vlfeedback` reads the released
+//! `format: parquet|jsonl|csv` gives one `table`; `format: trl` reads preference pairs in
+//! TRL's layout (conversational or standard, images embedded or as files) into a `table` of
+//! `prompt`, `chosen`, `rejected` and `image`. `format: vlfeedback` reads the released
 //! VLFeedback data (JSONL or Parquet) into `instructions`, `responses` and `ratings`, its
 //! images into the store (the `images` output), and writes a data `report`.
 
@@ -15,8 +17,9 @@ use serde_json::Value;
 
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
 use crate::data::frame::strings;
-use crate::data::images::{DEFAULT_MAX_PIXELS, store_images};
+use crate::data::images::{DEFAULT_MAX_PIXELS, check_image, store_images};
 use crate::data::report::DataReport;
+use crate::data::trl::TrlImage;
 use crate::data::vlfeedback::{self, OnBad};
 use crate::dsl::{Issue, Range};
 use crate::store::{DirEntry, DirManifest, OutputKind, OutputRef};
@@ -31,6 +34,8 @@ enum Format {
     Jsonl,
     Csv,
     Vlfeedback,
+    /// Preference pairs in TRL's layout (what `export` writes with `format: trl`).
+    Trl,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,6 +83,14 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
         },
     };
     params.format = Some(format);
+    if format == Format::Trl
+        && !matches!(TableFormat::from_path(params.path.as_ref()), Some(TableFormat::Jsonl | TableFormat::Parquet))
+    {
+        return Err(Issue::new(
+            "params.path",
+            format!("TRL data is read from .jsonl or .parquet files, not `{}`", params.path),
+        ));
+    }
     if format == Format::Vlfeedback {
         if !matches!(TableFormat::from_path(params.path.as_ref()), Some(TableFormat::Jsonl | TableFormat::Parquet)) {
             return Err(Issue::new(
@@ -168,6 +181,59 @@ impl Load {
         Ok((manifest, report))
     }
 
+    /// A TRL table as a pairs table: `prompt`, `chosen`, `rejected` texts and an `image`
+    /// column — stored images' digests when the table embeds them, else file paths (relative
+    /// to `images:`), which the `images:` step stores as for any table.
+    fn trl_pairs(&self, ctx: &RunContext, df: &DataFrame) -> Result<DataFrame, StageError> {
+        let failed = StageError::Failed;
+        let shown = &self.params.path;
+        let read = crate::data::trl::read_pairs(df, shown).map_err(failed)?;
+        let embedded = read.images.iter().any(|i| matches!(i, Some(TrlImage::Bytes(_))));
+        let mut image: Vec<Option<String>> = Vec::with_capacity(read.images.len());
+        let mut blobs = Vec::new();
+        for (row, item) in read.images.into_iter().enumerate() {
+            match item {
+                None => image.push(None),
+                Some(TrlImage::Path(path)) if embedded => {
+                    return Err(failed(format!(
+                        "{shown}: row {}: image `{path}` is a path while other rows embed theirs; use one or the other",
+                        row + 1
+                    )));
+                }
+                Some(TrlImage::Path(path)) if self.params.images.is_none() => {
+                    return Err(failed(format!(
+                        "{shown}: row {}: image `{path}` is a file path: set `images:` to the folder the paths are relative to (for what `export` writes, the table's folder)",
+                        row + 1
+                    )));
+                }
+                Some(TrlImage::Path(path)) => image.push(Some(path)),
+                Some(TrlImage::Bytes(bytes)) => {
+                    let name = format!("{shown}, row {}", row + 1);
+                    let checked = check_image(bytes, &name, self.max_pixels()).map_err(|(_, why)| failed(why))?;
+                    image.push(Some(String::new()));
+                    blobs.push(checked);
+                }
+            }
+        }
+        if embedded {
+            let slices: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+            let mut digests = ctx.store.put_blobs(&slices)?.into_iter().map(|(digest, _)| digest);
+            for slot in image.iter_mut().flatten() {
+                *slot = digests.next().expect("a digest per stored image");
+            }
+        }
+        DataFrame::new(
+            read.prompt.len(),
+            vec![
+                Column::new("prompt".into(), read.prompt),
+                Column::new("chosen".into(), read.chosen),
+                Column::new("rejected".into(), read.rejected),
+                Column::new("image".into(), image),
+            ],
+        )
+        .map_err(|e| failed(e.to_string()))
+    }
+
     fn max_pixels(&self) -> u64 {
         self.params.max_image_pixels.unwrap_or(DEFAULT_MAX_PIXELS)
     }
@@ -253,9 +319,13 @@ impl Stage for Load {
             Format::Parquet => TableFormat::Parquet,
             Format::Jsonl => TableFormat::Jsonl,
             Format::Csv => TableFormat::Csv,
+            Format::Trl => TableFormat::from_path(self.params.path.as_ref()).unwrap_or(TableFormat::Parquet),
         };
         let path = ctx.workspace.join(&self.params.path);
         let mut df = table::read(&path, format)?;
+        if self.format() == Format::Trl {
+            df = self.trl_pairs(ctx, &df)?;
+        }
         if df.height() == 0 {
             return Err(StageError::Failed(format!("{}: the table has no rows", self.params.path)));
         }
