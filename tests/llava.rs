@@ -382,3 +382,33 @@ fn a_killed_llava_run_resumes_to_the_same_weights() {
     };
     assert_eq!(digest(&resumed.json()), digest(&uninterrupted), "the resumed run ended with other weights");
 }
+
+#[test]
+fn adapters_kept_apart_load_with_peft_and_give_silkies_log_probs() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let again = "  again:
+    kind: dpo
+    needs: [pairs]
+    params: { base: { stage: policy }, lr: 0.001, epochs: 1, batch_size: 2 }
+  export: { kind: export, needs: [policy], params: { path: tuned, format: checkpoint } }
+";
+    let ws = llava_dpo(dir.path(), 4, again);
+    ws.write("pipeline.yaml", &ws.read("pipeline.yaml").replace("seed: 3,", "seed: 3, merge_lora: false,"));
+    ws.run(&[]);
+    let tuned = ws.path().join("tuned");
+    assert!(
+        tuned.join("adapter/adapter_config.json").is_file()
+            && tuned.join("adapter/adapter_model.safetensors").is_file()
+    );
+    let rows: Value = PAIRS
+        .iter()
+        .map(|(p, c, r, i)| serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "image": ws.path().join("img").join(i)}))
+        .collect();
+    // peft applies the adapters to the base weights beside them as silkie does (again's
+    // reference is silkie reading the same folder back).
+    assert_close(&reference_table(&ws, "again"), &transformers_logps(&tuned, &rows), "base + PEFT adapters");
+    // …and they changed the model: the base alone answers otherwise.
+    let base = transformers_logps(dir.path(), &rows);
+    let moved = reference_table(&ws, "again").iter().zip(&base).any(|(a, b)| (a.0 - b.0).abs() > 1e-2);
+    assert!(moved, "the adapters changed nothing");
+}

@@ -85,7 +85,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<(TinyVlm, TinyConfig), Checkp
     let mut store = SafetensorsStore::from_file(dir.join("model.safetensors"));
     model.load_from(&mut store).map_err(|e| format(&e))?;
     if adapter.is_some() {
-        model = model.materialize();
+        // Merged, it is a plain model again: every weight trainable, as a loaded one is.
+        model = model.materialize().set_require_grad(true);
     }
     Ok((model, config))
 }

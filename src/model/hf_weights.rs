@@ -115,18 +115,20 @@ pub fn tensor_names(dir: &Path) -> Result<Vec<String>, WeightsError> {
     Ok(names)
 }
 
-/// Writes `module`'s parameters to `path` as safetensors in PyTorch's layout, each name
-/// renamed by `renames` (regex → replacement, in order), the header's keys sorted so the same
-/// weights always give the same bytes.
+/// Writes `module`'s parameters whose paths `keep` picks to `path` as safetensors in
+/// PyTorch's layout, each name renamed by `renames` (regex → replacement, in order), the
+/// header's keys sorted so the same weights always give the same bytes.
 pub fn save<M: Module + ModuleSnapshot>(
     module: &M,
     path: &Path,
     renames: &[(String, String)],
+    keep: fn(&str, &str) -> bool,
 ) -> Result<(), WeightsError> {
     let failed = |reason: String| WeightsError::Read { path: path.to_path_buf(), reason };
     let remapper =
         KeyRemapper::from_patterns(renames.to_vec()).map_err(|e| failed(format!("internal rename pattern: {e}")))?;
     let mut store = SafetensorsStore::from_file(path)
+        .with_predicate(keep)
         .remap(remapper)
         .with_to_adapter(burn::store::BurnToPyTorchAdapter)
         .overwrite(true);

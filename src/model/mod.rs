@@ -106,11 +106,7 @@ impl Vlm {
     pub fn save(&self, dir: &Path, adapter: Option<&lora::LoraSpec>) -> Result<(), ModelError> {
         match self {
             Vlm::Tiny(m) => checkpoint::save(m, m.config(), adapter, dir).map_err(|e| ModelError::Load(e.to_string())),
-            Vlm::Llava(_) if adapter.is_some() => Err(ModelError::Load(
-                "a llava model's adapters are written merged only so far (no PEFT layout yet): set `merge_lora: true`"
-                    .into(),
-            )),
-            Vlm::Llava(m) => m.save(dir).map_err(|e| ModelError::Load(e.to_string())),
+            Vlm::Llava(m) => m.save(dir, adapter).map_err(|e| ModelError::Load(e.to_string())),
         }
     }
 

@@ -4,7 +4,8 @@ transformers under TRL's rule (see llava_fixture.completion_logps).
     python llava_logps.py CHECKPOINT ROWS.json
 
 ROWS.json: [{"prompt", "image" (a file), "chosen", "rejected"}, …]. Prints
-[{"chosen": logp, "rejected": logp}, …] as JSON.
+[{"chosen": logp, "rejected": logp}, …] as JSON. A checkpoint with an `adapter/` folder (LoRA
+adapters kept apart, in PEFT's layout) is read through `PeftModel.from_pretrained`.
 """
 
 import json
@@ -22,6 +23,11 @@ from llava_fixture import completion_logps  # noqa: E402
 def main():
     checkpoint, rows_file = sys.argv[1], sys.argv[2]
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    adapter = os.path.join(checkpoint, "adapter")
+    if os.path.isdir(adapter):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     with open(rows_file) as f:
         rows = json.load(f)

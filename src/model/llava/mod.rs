@@ -3,6 +3,7 @@
 //! whose `<image>` token positions take the projected image features.
 
 pub mod config;
+mod peft;
 mod policy;
 pub mod processor;
 mod text;

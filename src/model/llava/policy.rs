@@ -100,7 +100,19 @@ impl LlavaPolicy {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let origin = Arc::new(Origin::read(dir)?);
-        Ok(LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor), origin })
+        let policy = LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor), origin };
+        // A checkpoint with its adapters apart: every reader gets them merged.
+        let adapter = dir.join(super::peft::ADAPTER_DIR);
+        if !adapter.join("adapter_config.json").is_file() {
+            return Ok(policy);
+        }
+        let spec = super::peft::read_spec(&adapter)?;
+        let adapted = policy
+            .with_lora(&spec)
+            .map_err(|reason| LoadError::Read { path: adapter.display().to_string(), reason })?;
+        // Merged, it is a plain model again: every weight trainable, as a loaded one is.
+        let model = super::peft::load_factors(adapted.model, &adapter)?.materialize().set_require_grad(true);
+        Ok(LlavaPolicy { model, ..adapted })
     }
 
     /// The same model to train: its vision tower frozen.
@@ -120,8 +132,10 @@ impl LlavaPolicy {
     }
 
     /// Writes the model as a Hugging Face checkpoint folder: the origin's config, tokenizer and
-    /// processor files, and the weights (adapters merged) in f32 under the origin's tensor names.
-    pub fn save(&self, dir: &Path) -> Result<(), LoadError> {
+    /// processor files, and the weights in f32 under the origin's tensor names — with the
+    /// adapters merged, or with `apart` the base's weights as they were and the adapters in
+    /// PEFT's layout under `adapter/` (for `PeftModel.from_pretrained` and vLLM's LoRA serving).
+    pub fn save(&self, dir: &Path, apart: Option<&LoraSpec>) -> Result<(), LoadError> {
         let failed = |path: &Path, e: &dyn std::fmt::Display| LoadError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -132,8 +146,19 @@ impl LlavaPolicy {
             let bytes = if name == "config.json" { f32_config(bytes) } else { bytes.clone() };
             std::fs::write(&path, bytes).map_err(|e| failed(&path, &e))?;
         }
-        let merged = self.model.clone().materialize();
-        crate::model::hf_weights::save(&merged, &dir.join("model.safetensors"), &self.origin.names_back)?;
+        let weights = dir.join("model.safetensors");
+        match apart {
+            None => {
+                let merged = self.model.clone().materialize();
+                crate::model::hf_weights::save(&merged, &weights, &self.origin.names_back, |_, _| true)?;
+            }
+            Some(lora) => {
+                crate::model::hf_weights::save(&self.model, &weights, &self.origin.names_back, |path, _| {
+                    !is_factor(path)
+                })?;
+                super::peft::save(&self.model, lora, &LORA_LAYERS, &dir.join(super::peft::ADAPTER_DIR))?;
+            }
+        }
         Ok(())
     }
 
@@ -255,4 +280,9 @@ fn f32_config(bytes: &[u8]) -> Vec<u8> {
         map.insert("dtype".into(), serde_json::Value::from("float32"));
     }
     serde_json::to_vec_pretty(&config).unwrap_or_else(|_| bytes.to_vec())
+}
+
+/// A LoRA factor's path (Burn names them `….weight.lora.a` / `.b`).
+fn is_factor(path: &str) -> bool {
+    path.contains(".lora.")
 }
