@@ -117,18 +117,7 @@ fn a_killed_run_resumes_from_its_last_save_and_ends_with_the_same_weights() {
     let ws = Workspace::new();
     ws.write("pairs.csv", &pairs_csv(64));
     ws.write("pipeline.yaml", &long_pipeline());
-    let mut child = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
-    let scratch = ws.path().join("cache/scratch");
-    let saved =
-        || std::fs::read_dir(&scratch).ok().into_iter().flatten().flatten().any(|d| d.path().join("latest").is_file());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !saved() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-    assert!(saved(), "no save appeared in {}", scratch.display());
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
+    let scratch = common::kill_after_first_save(&ws);
     // gc keeps the saved progress of the unfinished stage.
     let gc = ws.silkie(&["gc", "--format", "json"]).json();
     assert_eq!(gc["scratch_kept"], 1, "{gc}");

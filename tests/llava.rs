@@ -16,26 +16,25 @@ use silkie::model::llava::Llava;
 use silkie::model::llava::processor::Processor;
 use silkie::model::policy::{Chat, Message, Part, Policy, Role, Sampling, Scored};
 
-/// The largest absolute difference between silkie's logits and transformers', on flex.
-fn logits_gap(args: &[&str]) -> f32 {
-    common::llava::logits_gap(args, None)
+/// silkie's logits on flex within 1e-4 (max abs) of transformers' for the fixture `args` makes.
+fn assert_logits_match(args: &[&str]) {
+    let gap = common::llava::logits_gap(args, None);
+    assert!(gap < 1e-4, "{args:?}: max |silkie − transformers| = {gap}");
 }
 
 #[test]
 fn clip_and_llama_logits_match_transformers() {
-    let gap = logits_gap(&["--vision", "clip", "--text", "llama"]);
-    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+    assert_logits_match(&["--vision", "clip", "--text", "llama"]);
 }
 
 #[test]
 fn siglip_and_qwen2_logits_match_transformers() {
-    let gap = logits_gap(&["--vision", "siglip", "--text", "qwen2"]);
-    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+    assert_logits_match(&["--vision", "siglip", "--text", "qwen2"]);
 }
 
 #[test]
 fn a_transformers_4_config_sharded_in_bf16_loads_to_the_same_logits() {
-    let gap = logits_gap(&[
+    assert_logits_match(&[
         "--vision",
         "clip",
         "--text",
@@ -47,13 +46,11 @@ fn a_transformers_4_config_sharded_in_bf16_loads_to_the_same_logits() {
         "--dtype",
         "bfloat16",
     ]);
-    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
 }
 
 #[test]
 fn llama3_rope_scaling_matches_transformers() {
-    let gap = logits_gap(&["--vision", "clip", "--text", "llama", "--rope", "llama3"]);
-    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+    assert_logits_match(&["--vision", "clip", "--text", "llama", "--rope", "llama3"]);
 }
 
 fn processor_of(dir: &Path) -> Processor {
@@ -274,14 +271,12 @@ fn lora_dpo_on_a_llava_folder_trains_and_its_merged_export_loads_in_transformers
 
 #[test]
 fn mistral_with_a_sliding_window_shorter_than_the_prompt_matches_transformers() {
-    let gap = logits_gap(&["--vision", "clip", "--text", "mistral"]);
-    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+    assert_logits_match(&["--vision", "clip", "--text", "mistral"]);
 }
 
 #[test]
 fn in_memory_tensor_names_and_a_template_in_tokenizer_config_load_too() {
-    let gap = logits_gap(&["--key-layout", "nested", "--template-in", "tokenizer"]);
-    assert!(gap < 1e-4, "max |silkie − transformers| = {gap}");
+    assert_logits_match(&["--key-layout", "nested", "--template-in", "tokenizer"]);
     let (dir, reference) = fixture(&["--template-in", "json", "--pad-to-square"]);
     let messages =
         [Message { role: Role::User, content: vec![Part::Image, Part::Text("What is in the picture?".into())] }];
@@ -362,17 +357,7 @@ fn a_killed_llava_run_resumes_to_the_same_weights() {
     let whole = llava_dpo(dir.path(), 12, "");
     let uninterrupted = whole.run(&[]);
     let ws = llava_dpo(dir.path(), 12, "");
-    let mut child = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
-    let scratch = ws.path().join("cache/scratch");
-    let saved =
-        || std::fs::read_dir(&scratch).ok().into_iter().flatten().flatten().any(|d| d.path().join("latest").is_file());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !saved() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_after_first_save(&ws);
     let resumed = ws.command(&["run", "--format", "json"]).env("SILKIE_LOG", "silkie=info").output().unwrap();
     let resumed: common::Ran = resumed.into();
     assert!(resumed.stderr.contains("resuming after step"), "it started over:\n{}", resumed.stderr);

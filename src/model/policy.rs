@@ -90,6 +90,12 @@ pub struct Scored<'a> {
     pub completion: &'a str,
 }
 
+/// The longest token row a model makes of a batch: `max_length` when set, never more than
+/// the `most` it takes.
+pub fn row_limit(max_length: Option<usize>, most: usize) -> usize {
+    max_length.map_or(most, |n| n.min(most))
+}
+
 /// Why rows or a chat cannot be encoded for a model.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

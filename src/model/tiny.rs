@@ -17,7 +17,7 @@ use super::device::Precision;
 use super::lora::{LoraLayers, LoraSpec};
 use super::policy::{
     Chat, EncodeError, Example, Generation, Policy, Sampling, Scored, TokenBatch, blank_pixels, logps_from_logits,
-    pick_token, pixels, sampler,
+    pick_token, pixels, row_limit, sampler,
 };
 use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD, VOCAB};
 
@@ -287,7 +287,7 @@ impl Policy for TinyVlm {
         max_length: Option<usize>,
         device: &Device,
     ) -> Result<TokenBatch, EncodeError> {
-        let len = max_length.map_or(self.max_tokens, |n| n.min(self.max_tokens));
+        let len = row_limit(max_length, self.max_tokens);
         let prompts: Vec<String> = rows.iter().map(|r| r.chat.plain_text()).collect();
         let examples = rows
             .iter()

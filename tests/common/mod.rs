@@ -122,3 +122,21 @@ stages:
 "
     )
 }
+
+/// Starts `silkie run` in `ws` and kills it (SIGKILL: no chance to clean up) once a training
+/// stage has saved its progress; fails when the run ends first. Returns the scratch folder.
+pub fn kill_after_first_save(ws: &Workspace) -> PathBuf {
+    let mut child = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let scratch = ws.path().join("cache/scratch");
+    let saved =
+        || std::fs::read_dir(&scratch).ok().into_iter().flatten().flatten().any(|d| d.path().join("latest").is_file());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !saved() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+    assert!(saved(), "no save appeared in {}", scratch.display());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    scratch
+}

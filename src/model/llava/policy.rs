@@ -14,6 +14,7 @@ use super::{Llava, LoadError, stop_tokens};
 use crate::model::lora::{LoraLayers, LoraSpec};
 use crate::model::policy::{
     Chat, EncodeError, Generation, Message, Part, Policy, Role, Sampling, Scored, TokenBatch, logps_from_logits,
+    row_limit,
 };
 
 #[derive(Module, Debug)]
@@ -203,8 +204,7 @@ impl Policy for LlavaPolicy {
         max_length: Option<usize>,
         device: &Device,
     ) -> Result<TokenBatch, EncodeError> {
-        let limit = max_length
-            .map_or(self.model.config().text.max_positions, |n| n.min(self.model.config().text.max_positions));
+        let limit = row_limit(max_length, self.model.config().text.max_positions);
         let mut encoded = Vec::with_capacity(rows.len());
         let (mut pixels, mut image_rows) = (Vec::new(), Vec::new());
         for (r, row) in rows.iter().enumerate() {
