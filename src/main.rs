@@ -455,7 +455,7 @@ fn bench_checkpoint(args: &BenchArgs, dir: &Path, precision: Precision, device: 
     };
     let mut model = silkie::model::load(dir, device).map_err(|e| invalid(e.to_string()))?;
     let params = burn::module::Module::num_params(&model);
-    model = model.with_precision(precision).map_err(|e| invalid(e.to_string()))?.for_training();
+    model = model.with_precision(precision).and_then(|m| m.for_training()).map_err(|e| invalid(e.to_string()))?;
     if args.lora > 0 {
         let spec = LoraSpec { r: args.lora, alpha: 2.0 * args.lora as f64, targets: all_targets() };
         model = model.with_lora(&spec).map_err(|e| invalid(e.to_string()))?;

@@ -142,6 +142,12 @@ fn a_llava_folder_answers_in_a_sample_stage_as_transformers_generates() {
     let until_eos: Vec<u32> = greedy.iter().copied().take_while(|&t| t != 2).collect();
     assert_eq!(answer, processor_of(dir.path()).decode(&until_eos).unwrap());
     assert_eq!(rows[0]["finish_reason"], if until_eos.len() < 16 { "stop" } else { "length" });
+    // In bf16 it is another model (its own calls) that still answers.
+    let pipeline = ws.read("pipeline.yaml");
+    ws.write("pipeline.yaml", &format!("{pipeline}    runtime: {{ dtype: bf16 }}\n"));
+    ws.run(&[]);
+    let rows = ws.silkie(&["show", "answers.responses", "--format", "json"]).json();
+    assert_eq!(rows[0]["status"], "ok", "{rows}");
 }
 
 #[test]
@@ -396,4 +402,28 @@ fn adapters_kept_apart_load_with_peft_and_give_silkies_log_probs() {
     let base = transformers_logps(dir.path(), &rows);
     let moved = reference_table(&ws, "again").iter().zip(&base).any(|(a, b)| (a.0 - b.0).abs() > 1e-2);
     assert!(moved, "the adapters changed nothing");
+}
+
+#[test]
+fn bf16_weights_answer_as_transformers_computes_in_bf16() {
+    let (dir, reference) = fixture(&["--vision", "siglip", "--text", "qwen2"]);
+    let device = device::open(None, Precision::F32, false).unwrap();
+    let model = Llava::load(dir.path(), &device).unwrap().in_dtype(burn::tensor::FloatDType::BF16);
+    let ids: Vec<i64> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let n = ids.len();
+    let tokens = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(ids, [1, n]), &device);
+    let [c, h, w] = shape_of(&reference["pixel_shape"])[..] else { panic!("pixel_shape") };
+    let pixels = Tensor::<4>::from_data(TensorData::new(numbers(&reference["pixel_values"]), [1, c, h, w]), &device);
+    let logits = model.forward(tokens, Some(pixels)).unwrap();
+    assert_eq!(logits.dtype(), burn::tensor::DType::F32, "logits come back in f32");
+    let ours = logits.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let gap = |theirs: &[f32]| ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let (theirs_bf16, theirs_f32) = (numbers(&reference["logits_bf16"]), numbers(&reference["logits"]));
+    let (bf16, f32) = (gap(&theirs_bf16), gap(&theirs_f32));
+    // bf16's own error, as transformers makes it: the yardstick for how far two bf16 runs may part.
+    let rounding = theirs_bf16.iter().zip(&theirs_f32).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!(
+        "bf16 logits: max gap {bf16:.3} to transformers' bf16, {f32:.3} to its f32; its own bf16 error {rounding:.3}"
+    );
+    assert!(bf16 < 2.0 * rounding && f32 < 2.0 * rounding, "silkie's bf16 is off by more than bf16 rounding explains");
 }

@@ -77,18 +77,20 @@ impl Vlm {
         match self {
             Vlm::Tiny(m) => Ok(Vlm::Tiny(m.with_precision(precision))),
             Vlm::Llava(m) if precision == device::Precision::F32 => Ok(Vlm::Llava(m)),
-            Vlm::Llava(_) => Err(ModelError::Load(format!(
-                "llava computes in f32 only so far, not {precision}: leave `runtime.dtype` unset"
-            ))),
+            // Its weights themselves in bf16, once: for answering (training refuses it).
+            Vlm::Llava(m) => Ok(Vlm::Llava(m.in_dtype(burn::tensor::FloatDType::BF16))),
         }
     }
 
     /// The same model to train: what its architecture keeps frozen (LLaVA's vision tower)
-    /// frozen.
-    pub fn for_training(self) -> Vlm {
+    /// frozen. LLaVA trains in f32 only so far.
+    pub fn for_training(self) -> Result<Vlm, ModelError> {
         match self {
-            Vlm::Llava(m) => Vlm::Llava(m.for_training()),
-            other => other,
+            Vlm::Llava(m) if m.is_bf16() => Err(ModelError::Load(
+                "llava trains in f32 only so far (bf16 is for answering: sample, evaluate); leave `runtime.dtype` unset".into(),
+            )),
+            Vlm::Llava(m) => Ok(Vlm::Llava(m.for_training())),
+            other => Ok(other),
         }
     }
 

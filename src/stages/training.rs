@@ -142,7 +142,8 @@ impl Base {
         device.seed(seed);
         let model = self.load(ctx, &device)?;
         let model = model.with_precision(precision).map_err(|e| StageError::Failed(e.to_string()))?;
-        Ok((device, model.for_training()))
+        let model = model.for_training().map_err(|e| StageError::Failed(e.to_string()))?;
+        Ok((device, model))
     }
 
     fn load(&self, ctx: &RunContext, device: &Device) -> Result<Vlm, StageError> {

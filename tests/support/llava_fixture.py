@@ -222,6 +222,10 @@ def main():
     square_inputs = processor(images=square, text=prompt, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0]
+        # The same in bf16, weights and activations, as transformers' eager code computes it.
+        half = LlavaForConditionalGeneration.from_pretrained(args.out, dtype=torch.bfloat16).eval()
+        bf16_inputs = dict(inputs, pixel_values=inputs["pixel_values"].to(torch.bfloat16))
+        logits_bf16 = half(**bf16_inputs).logits[0].float()
         # No end-of-sequence: 16 tokens of argmax, however likely EOS becomes.
         model.generation_config.eos_token_id = None
         generated = model.generate(**square_inputs, do_sample=False, max_new_tokens=16)
@@ -239,6 +243,7 @@ def main():
         "pixel_shape": list(inputs["pixel_values"][0].shape),
         "logits": logits.flatten().tolist(),
         "logits_shape": list(logits.shape),
+        "logits_bf16": logits_bf16.flatten().tolist(),
         "greedy": new_tokens,
         "completions": completions,
         "completion_logps": scored,

@@ -12,9 +12,10 @@ mod vision;
 use std::path::Path;
 
 use burn::module::Module;
+use burn::module::{ModuleMapper, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, silu, softmax};
-use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use self::config::{Activation, LlavaConfig};
 use self::text::{KvCache, TextModel};
@@ -167,6 +168,21 @@ impl Llava {
         self.language_model.embedding_weight().device()
     }
 
+    /// The same model with every weight in `dtype`, cast once: what it computes in from now
+    /// on (softmax and norms in f32 inside, as transformers' eager code does; logits in f32).
+    pub fn in_dtype(self, dtype: FloatDType) -> Llava {
+        self.map(&mut CastFloats(dtype))
+    }
+
+    pub fn is_bf16(&self) -> bool {
+        self.float_dtype() == FloatDType::BF16
+    }
+
+    /// The float type the weights are in, for inputs to match.
+    fn float_dtype(&self) -> FloatDType {
+        self.language_model.embedding_weight().dtype().into()
+    }
+
     /// Projected features of `pixels` [images, 3, size, size]: [images, tokens, hidden], one
     /// row per `<image>` token the processor put in the prompt.
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<3> {
@@ -178,7 +194,7 @@ impl Llava {
             .map(|&l| if l < 0 { (hidden_states + l) as usize } else { l as usize })
             .collect();
         let deepest = layers.iter().copied().max().unwrap_or(0);
-        let states = self.vision_tower.hidden_states(pixels, deepest);
+        let states = self.vision_tower.hidden_states(pixels.cast(self.float_dtype()), deepest);
         let picked: Vec<Tensor<3>> = layers
             .iter()
             .map(|&l| {
@@ -203,7 +219,7 @@ impl Llava {
         if let Some(pixels) = pixels {
             embeddings = self.place_images(embeddings, tokens, self.image_features(pixels))?;
         }
-        Ok(self.logits(self.language_model.forward(embeddings)))
+        Ok(self.logits(self.language_model.forward(embeddings)).cast(FloatDType::F32))
     }
 
     /// Up to `sampling.max_new_tokens` tokens after `prompt` (whose `<image>` tokens the
@@ -231,7 +247,7 @@ impl Llava {
         while out.len() < sampling.max_new_tokens {
             let hidden = self.language_model.forward_cached(embeddings, &mut cache);
             let [_, n, d] = hidden.dims();
-            let logits = self.logits(hidden.slice([0..1, n - 1..n, 0..d]));
+            let logits = self.logits(hidden.slice([0..1, n - 1..n, 0..d])).cast(FloatDType::F32);
             let logits: Vec<f32> = logits.into_data().convert::<f32>().try_to_vec().unwrap_or_default();
             let next = pick_token(&logits, sampling, &mut rng);
             if stop.contains(&next) {
@@ -277,6 +293,16 @@ impl Llava {
     }
 }
 
+/// Casts every float weight of a module.
+struct CastFloats(FloatDType);
+
+impl ModuleMapper for CastFloats {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|weights| weights.cast(dtype))
+    }
+}
+
 /// [batch, n, heads·hd] → [batch, heads, n, hd].
 fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, n, d] = x.dims();
@@ -287,12 +313,14 @@ fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
 /// may not see a key.
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, blocked: Option<Tensor<4, Bool>>) -> Tensor<4> {
     let hd = q.dims()[3];
+    let dtype: FloatDType = q.dtype().into();
     let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
     if let Some(blocked) = blocked {
         let [b, h, n, m] = scores.dims();
         scores = scores.mask_fill(blocked.expand([b, h, n, m]), f32::NEG_INFINITY);
     }
-    softmax(scores, 3).matmul(v)
+    // In f32 whatever the weights are, as transformers' eager attention does.
+    softmax(scores.cast(FloatDType::F32), 3).cast(dtype).matmul(v)
 }
 
 fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {

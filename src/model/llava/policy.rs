@@ -116,6 +116,15 @@ impl LlavaPolicy {
         Ok(LlavaPolicy { model, ..adapted })
     }
 
+    /// The same model computing in `dtype` (its weights cast once).
+    pub fn in_dtype(self, dtype: burn::tensor::FloatDType) -> LlavaPolicy {
+        LlavaPolicy { model: self.model.in_dtype(dtype), ..self }
+    }
+
+    pub fn is_bf16(&self) -> bool {
+        self.model.is_bf16()
+    }
+
     /// The same model to train: its vision tower frozen.
     pub fn for_training(self) -> LlavaPolicy {
         LlavaPolicy { model: self.model.with_frozen_vision(), ..self }

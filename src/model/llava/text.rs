@@ -104,7 +104,7 @@ impl TextModel {
         let [_, new, _] = embeddings.dims();
         let device = embeddings.device();
         let past = cache.length;
-        let rotary = Rotary::new(&self.config, past..past + new, &device);
+        let rotary = Rotary::new(&self.config, past..past + new, &device).cast(embeddings.dtype().into());
         let mask = causal_mask(past, new, self.config.sliding_window, &device);
         cache.layers.resize_with(self.layers.len(), || None);
         let mut x = embeddings;
@@ -128,6 +128,11 @@ pub struct KvCache {
 }
 
 impl Rotary {
+    /// The tables in `dtype` (computed in f32, then rounded, as transformers does).
+    fn cast(self, dtype: burn::tensor::FloatDType) -> Rotary {
+        Rotary { cos: self.cos.cast(dtype), sin: self.sin.cast(dtype) }
+    }
+
     /// cos and sin of position × inverse frequency for `positions`, [n, head_dim], computed
     /// in f32 as transformers does.
     fn new(config: &TextConfig, positions: std::ops::Range<usize>, device: &Device) -> Rotary {
