@@ -10,7 +10,6 @@ use serde_json::json;
 
 use silkie::dsl::{Loader, Pipeline, PipelineErrors};
 use silkie::exec::{self, RunOptions};
-use silkie::model::device::Precision;
 use silkie::plan::{self, Assessment, Plan, State};
 use silkie::store::{InstanceStatus, StatCache, Store};
 
@@ -47,19 +46,19 @@ enum Command {
     /// Show which part of a stage's key changed since its last run
     Explain(ExplainArgs),
     /// Print the stage graph
-    Dag(DagArgs),
+    Dag(cli::dag::DagArgs),
     /// Print a table output of a stage
     Show(ShowArgs),
     /// Check a pipeline without running anything
     Validate(PositionalPipeline),
     /// Remove what the last runs of every pipeline no longer reach
-    Gc(GcArgs),
+    Gc(cli::gc::GcArgs),
     /// Score benchmark results that exist already: MME's results layout, or MMHal-Bench answers
     Eval(EvalArgs),
     /// Every evaluate result of one or several pipelines side by side, with relative changes
     Metrics(MetricsArgs),
     /// Measure DPO training throughput on a device (what scripts/gpu-check runs)
-    Bench(BenchArgs),
+    Bench(cli::bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -114,15 +113,6 @@ struct ExplainArgs {
     file: PipelineFile,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-}
-
-#[derive(Args)]
-struct DagArgs {
-    pipeline: Option<PathBuf>,
-    #[command(flatten)]
-    file: PipelineFile,
-    #[arg(long, value_enum, default_value_t = DagFormat::Text)]
-    format: DagFormat,
 }
 
 #[derive(Args)]
@@ -213,72 +203,17 @@ enum MetricsFormat {
     Markdown,
 }
 
-#[derive(Args)]
-struct BenchArgs {
-    /// What to measure
-    #[arg(value_enum)]
-    what: BenchTarget,
-    /// flex, libtorch or libtorch-cuda:N
-    #[arg(long, default_value = "flex")]
-    device: String,
-    /// f32, or bf16 (mixed precision: bf16 compute over f32 weights)
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Timed steps per model size (after one warm-up step)
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// A checkpoint folder (a Hugging Face LLaVA, or silkie's own) to time instead of the
-    /// built-in tiny sizes, on a fixed batch of 8 pairs about one picture
-    #[arg(long, value_name = "DIR")]
-    model: Option<PathBuf>,
-    /// With --model: LoRA of this rank (alpha twice it) on attention and MLP; 0 trains every weight
-    #[arg(long, default_value_t = 16)]
-    lora: usize,
-    /// With --model: the picture file the pairs are about [default: 64×64 gradients]
-    #[arg(long, value_name = "FILE")]
-    image: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BenchTarget {
-    /// Full DPO steps of the tiny VLM at two sizes, batch 8 × 64 tokens
-    Dpo,
-}
-
-#[derive(Args)]
-struct GcArgs {
-    /// Say what would be removed without removing it
-    #[arg(long)]
-    dry_run: bool,
-    /// Runs to keep per pipeline
-    #[arg(long, default_value_t = 1)]
-    keep_runs: usize,
-    /// Also remove the saved progress of unfinished (killed) training stages
-    #[arg(long)]
-    scratch: bool,
-    #[arg(long, value_name = "SECONDS")]
-    lock_timeout: Option<f64>,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DagFormat {
-    Text,
-    Mermaid,
-    Dot,
-}
-
 mod cli {
+    pub mod bench;
+    pub mod dag;
     pub mod eval;
+    pub mod gc;
     pub mod metrics;
     pub mod plot;
     pub mod show;
@@ -400,90 +335,14 @@ fn dispatch(cli: Cli) -> Outcome {
         Command::Run(args) => cmd_run(&ctx, args),
         Command::Status(args) => cmd_status(&ctx, args),
         Command::Explain(args) => cmd_explain(&ctx, args),
-        Command::Dag(args) => cmd_dag(&ctx, args),
+        Command::Dag(args) => cli::dag::run(&ctx, args),
         Command::Show(args) => cli::show::run(&ctx, args),
         Command::Validate(args) => cmd_validate(&ctx, args),
-        Command::Gc(args) => cmd_gc(&ctx, args),
-        Command::Bench(args) => cmd_bench(args),
+        Command::Gc(args) => cli::gc::run(&ctx, args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Eval(args) => cli::eval::run(&ctx, args),
         Command::Metrics(args) => cli::metrics::run(&ctx, args),
     }
-}
-
-fn cmd_bench(args: BenchArgs) -> Outcome {
-    use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
-    let BenchTarget::Dpo = args.what;
-    let precision: Precision = args.dtype.parse().map_err(|e| Failure::Invalid(format!("--dtype: {e}")))?;
-    let device = silkie::model::device::open(Some(&args.device), precision, true)
-        .map_err(|e| Failure::Invalid(format!("--{}: {e}", e.setting())))?;
-    if let Some(dir) = &args.model {
-        return bench_checkpoint(&args, dir, precision, &device);
-    }
-    let mut rows = Vec::new();
-    for (size, (name, _, _)) in SIZES.iter().enumerate() {
-        let t = dpo_steps(&device, precision, size, args.steps.max(1));
-        if args.format == Format::Text {
-            println!(
-                "{} {} tiny VLM {name} ({} patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s",
-                args.device,
-                precision,
-                t.config.patches(),
-                t.ms_per_step,
-                t.tokens_per_second
-            );
-        }
-        rows.push(serde_json::json!({
-            "device": args.device, "dtype": precision.to_string(), "size": name, "batch": BATCH, "tokens": TOKENS,
-            "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second,
-        }));
-    }
-    match args.format {
-        Format::Json => print_json(&serde_json::json!({"runs": rows, "peak_rss_mb": peak_rss_mb()})),
-        Format::Text => println!("peak RSS {:.0} MB", peak_rss_mb()),
-    }
-    Ok(true)
-}
-
-/// `silkie bench dpo --model DIR`: DPO steps of a checkpoint folder.
-fn bench_checkpoint(args: &BenchArgs, dir: &Path, precision: Precision, device: &burn::tensor::Device) -> Outcome {
-    use silkie::model::lora::{LoraSpec, all_targets};
-    use silkie::train::bench::{BATCH, dpo_steps_on, peak_rss_mb, picture};
-    let invalid = |e: String| Failure::Invalid(format!("--model {}: {e}", dir.display()));
-    let image = match &args.image {
-        Some(file) => std::fs::read(file).map_err(|e| Failure::Invalid(format!("--image {}: {e}", file.display())))?,
-        None => picture(),
-    };
-    let mut model = silkie::model::load(dir, device).map_err(|e| invalid(e.to_string()))?;
-    let params = burn::module::Module::num_params(&model);
-    model = model.with_precision(precision).and_then(|m| m.for_training()).map_err(|e| invalid(e.to_string()))?;
-    if args.lora > 0 {
-        let spec = LoraSpec { r: args.lora, alpha: 2.0 * args.lora as f64, targets: all_targets() };
-        model = model.with_lora(&spec).map_err(|e| invalid(e.to_string()))?;
-    }
-    let t = dpo_steps_on(model, &image, args.steps.max(1), device).map_err(invalid)?;
-    // The base's count (without LoRA's factors): what transformers reports for the folder.
-    let t = silkie::train::bench::CheckpointThroughput { params, ..t };
-    let training =
-        if args.lora > 0 { format!("LoRA r{} on attention and MLP", args.lora) } else { "every weight".into() };
-    match args.format {
-        Format::Text => println!(
-            "{} {precision} {} ({} parameters, {} training: {training}), batch {BATCH} pairs, {} tokens a step: {:.1} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
-            args.device,
-            dir.display(),
-            t.params,
-            t.trainable,
-            t.tokens,
-            t.ms_per_step,
-            t.tokens_per_second,
-            peak_rss_mb()
-        ),
-        Format::Json => print_json(&serde_json::json!({
-            "device": args.device, "dtype": precision.to_string(), "model": dir, "lora": args.lora,
-            "params": t.params, "trainable": t.trainable, "batch": BATCH, "tokens": t.tokens,
-            "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second, "peak_rss_mb": peak_rss_mb(),
-        })),
-    }
-    Ok(true)
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -622,45 +481,6 @@ fn cmd_explain(ctx: &Context, args: ExplainArgs) -> Outcome {
     Ok(true)
 }
 
-fn cmd_dag(ctx: &Context, args: DagArgs) -> Outcome {
-    let (_, plan) = ctx.load(pick(args.pipeline.as_ref(), &args.file)?, &args.file.sets)?;
-    let g = &plan.graph;
-    let id = |n: petgraph::graph::NodeIndex| format!("n{}", n.index());
-    match args.format {
-        DagFormat::Text => {
-            for &n in &plan.order {
-                let needs: Vec<&str> = g[n].deps.iter().map(|d| g[*d].name.as_str()).collect();
-                let after = if needs.is_empty() { String::new() } else { format!("  ← {}", needs.join(", ")) };
-                println!("{} ({}){after}", g[n].name, g[n].kind.name);
-            }
-        }
-        DagFormat::Mermaid => {
-            println!("flowchart LR");
-            for &n in &plan.order {
-                println!("  {}[\"{} ({})\"]", id(n), g[n].name.replace('"', "'"), g[n].kind.name);
-            }
-            for e in g.edge_indices() {
-                if let Some((a, b)) = g.edge_endpoints(e) {
-                    println!("  {} --> {}", id(a), id(b));
-                }
-            }
-        }
-        DagFormat::Dot => {
-            println!("digraph silkie {{\n  rankdir=LR;");
-            for &n in &plan.order {
-                println!("  {} [label=\"{}\\n({})\"];", id(n), g[n].name.replace('"', "'"), g[n].kind.name);
-            }
-            for e in g.edge_indices() {
-                if let Some((a, b)) = g.edge_endpoints(e) {
-                    println!("  {} -> {};", id(a), id(b));
-                }
-            }
-            println!("}}");
-        }
-    }
-    Ok(true)
-}
-
 fn cmd_validate(ctx: &Context, args: PositionalPipeline) -> Outcome {
     let (pipeline, plan) = ctx.load(pick(args.pipeline.as_ref(), &args.file)?, &args.file.sets)?;
     if args.format == Format::Json {
@@ -669,50 +489,6 @@ fn cmd_validate(ctx: &Context, args: PositionalPipeline) -> Outcome {
         );
     } else {
         println!("{}: valid ({} stages, {} instances)", pipeline.label, pipeline.stages.len(), plan.order.len());
-    }
-    Ok(true)
-}
-
-fn cmd_gc(ctx: &Context, args: GcArgs) -> Outcome {
-    let store = ctx.store()?;
-    let options = silkie::store::GcOptions {
-        keep_runs: args.keep_runs,
-        dry_run: args.dry_run,
-        scratch: args.scratch,
-        lock_timeout: args.lock_timeout.map(|s| seconds("--lock-timeout", s)).transpose()?,
-    };
-    let report = store.gc(&options).map_err(|e| Failure::Runtime(e.to_string()))?;
-    if args.format == Format::Json {
-        print_json(&report);
-        return Ok(true);
-    }
-    let verb = if args.dry_run { "would free" } else { "freed" };
-    println!(
-        "gc: {verb} {:.1} MB ({} blobs, {} stage records, {} old runs, {} scratch spaces); kept {} runs",
-        report.bytes_freed as f64 / 1e6,
-        report.blobs_removed,
-        report.records_removed,
-        report.runs_removed,
-        report.scratch_removed,
-        report.runs_kept
-    );
-    if report.scratch_kept > 0 {
-        println!(
-            "kept the saved progress of {} unfinished stage(s), {:.1} MB, which a rerun with the same key resumes; \
-             `silkie gc --scratch` removes it:",
-            report.scratch_kept,
-            report.scratch_bytes_kept as f64 / 1e6
-        );
-        let now = silkie::store::now_ms();
-        for space in &report.scratch {
-            let hours = now.saturating_sub(space.modified_unix_ms) as f64 / 3.6e6;
-            let owner = space.instance.as_deref().unwrap_or("an unknown stage");
-            println!(
-                "  scratch/{} ({owner}): {:.1} MB, last saved {hours:.1} h ago",
-                space.key,
-                space.bytes as f64 / 1e6
-            );
-        }
     }
     Ok(true)
 }

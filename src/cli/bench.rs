@@ -1,0 +1,119 @@
+//! `silkie bench dpo`: a DPO training step timed — the tiny model at two sizes, or with
+//! `--model DIR` a checkpoint folder on a fixed batch of pairs about one picture.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use crate::{Failure, Format, Outcome, print_json};
+use silkie::model::device::Precision;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum)]
+    pub what: BenchTarget,
+    /// flex, libtorch or libtorch-cuda:N
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+    /// f32, or bf16 (mixed precision: bf16 compute over f32 weights)
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Timed steps per model size (after one warm-up step)
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// A checkpoint folder (a Hugging Face LLaVA, or silkie's own) to time instead of the
+    /// built-in tiny sizes, on a fixed batch of 8 pairs about one picture
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// With --model: LoRA of this rank (alpha twice it) on attention and MLP; 0 trains every weight
+    #[arg(long, default_value_t = 16)]
+    pub lora: usize,
+    /// With --model: the picture file the pairs are about [default: 64×64 gradients]
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// Full DPO steps of the tiny VLM at two sizes, batch 8 × 64 tokens
+    Dpo,
+}
+
+pub fn run(args: BenchArgs) -> Outcome {
+    use silkie::train::bench::{BATCH, SIZES, TOKENS, dpo_steps, peak_rss_mb};
+    let BenchTarget::Dpo = args.what;
+    let precision: Precision = args.dtype.parse().map_err(|e| Failure::Invalid(format!("--dtype: {e}")))?;
+    let device = silkie::model::device::open(Some(&args.device), precision, true)
+        .map_err(|e| Failure::Invalid(format!("--{}: {e}", e.setting())))?;
+    if let Some(dir) = &args.model {
+        return bench_checkpoint(&args, dir, precision, &device);
+    }
+    let mut rows = Vec::new();
+    for (size, (name, _, _)) in SIZES.iter().enumerate() {
+        let t = dpo_steps(&device, precision, size, args.steps.max(1));
+        if args.format == Format::Text {
+            println!(
+                "{} {} tiny VLM {name} ({} patches + {TOKENS} tokens, batch {BATCH}): {:.1} ms per step, {:.0} tokens/s",
+                args.device,
+                precision,
+                t.config.patches(),
+                t.ms_per_step,
+                t.tokens_per_second
+            );
+        }
+        rows.push(serde_json::json!({
+            "device": args.device, "dtype": precision.to_string(), "size": name, "batch": BATCH, "tokens": TOKENS,
+            "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second,
+        }));
+    }
+    match args.format {
+        Format::Json => print_json(&serde_json::json!({"runs": rows, "peak_rss_mb": peak_rss_mb()})),
+        Format::Text => println!("peak RSS {:.0} MB", peak_rss_mb()),
+    }
+    Ok(true)
+}
+
+/// `silkie bench dpo --model DIR`: DPO steps of a checkpoint folder.
+fn bench_checkpoint(args: &BenchArgs, dir: &Path, precision: Precision, device: &burn::tensor::Device) -> Outcome {
+    use silkie::model::lora::{LoraSpec, all_targets};
+    use silkie::train::bench::{BATCH, dpo_steps_on, peak_rss_mb, picture};
+    let invalid = |e: String| Failure::Invalid(format!("--model {}: {e}", dir.display()));
+    let image = match &args.image {
+        Some(file) => std::fs::read(file).map_err(|e| Failure::Invalid(format!("--image {}: {e}", file.display())))?,
+        None => picture(),
+    };
+    let mut model = silkie::model::load(dir, device).map_err(|e| invalid(e.to_string()))?;
+    let params = burn::module::Module::num_params(&model);
+    model = model.with_precision(precision).and_then(|m| m.for_training()).map_err(|e| invalid(e.to_string()))?;
+    if args.lora > 0 {
+        let spec = LoraSpec { r: args.lora, alpha: 2.0 * args.lora as f64, targets: all_targets() };
+        model = model.with_lora(&spec).map_err(|e| invalid(e.to_string()))?;
+    }
+    let t = dpo_steps_on(model, &image, args.steps.max(1), device).map_err(invalid)?;
+    // The base's count (without LoRA's factors): what transformers reports for the folder.
+    let t = silkie::train::bench::CheckpointThroughput { params, ..t };
+    let training =
+        if args.lora > 0 { format!("LoRA r{} on attention and MLP", args.lora) } else { "every weight".into() };
+    match args.format {
+        Format::Text => println!(
+            "{} {precision} {} ({} parameters, {} training: {training}), batch {BATCH} pairs, {} tokens a step: {:.1} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
+            args.device,
+            dir.display(),
+            t.params,
+            t.trainable,
+            t.tokens,
+            t.ms_per_step,
+            t.tokens_per_second,
+            peak_rss_mb()
+        ),
+        Format::Json => print_json(&serde_json::json!({
+            "device": args.device, "dtype": precision.to_string(), "model": dir, "lora": args.lora,
+            "params": t.params, "trainable": t.trainable, "batch": BATCH, "tokens": t.tokens,
+            "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second, "peak_rss_mb": peak_rss_mb(),
+        })),
+    }
+    Ok(true)
+}
