@@ -1,11 +1,11 @@
 //! `evaluate`: runs a policy over a benchmark and scores it (DESIGN §7). The policy is a model
 //! reference — a stage's checkpoint (`{ stage: NAME }`) or a checkpoint folder (`{ path: DIR }`),
-//! generated in-process by provider `local`, or a `models:` entry — and every answer goes through the call memo, so scoring
-//! again never generates again. `benchmark: mme` reads questions in MME's results layout and
+//! generated in-process by provider `local`, or a `models:` entry — and every answer goes
+//! through the call memo, so scoring again never generates again. `benchmark: mme` reads questions in MME's results layout and
 //! scores them with the official rules (`categories` maps subtasks to totals, for other
 //! benchmarks in that layout); `mmhal` reads MMHal-Bench's JSON and has a `judge` rate every
 //! answer 0–6. `baseline: STAGE` (another evaluate stage) adds its values and the relative
-//! change. Outputs `predictions` and `results`.
+//! change. Outputs `predictions` and `results`. Where the questions come from is `questions.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use super::{
     Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
-use crate::data::frame::{frame, optional_strings, str_col, strings};
+use crate::data::frame::{frame, str_col};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, ModelRef, did_you_mean};
 use crate::eval::mme::{self, Categories, Line};
@@ -27,6 +27,10 @@ use crate::eval::mmhal::{self, Question};
 use crate::eval::results::{self, Metric};
 use crate::model::device::Precision;
 use crate::providers;
+
+mod questions;
+
+use questions::check_pairs;
 
 pub const KIND: Kind = Kind {
     name: "evaluate",
@@ -261,32 +265,6 @@ impl Evaluate {
         keyed(&specs, &results)
     }
 
-    /// MME-style questions (subtask, line) with their stored images, in file / table order.
-    fn mme_questions(&self, ctx: &RunContext) -> Result<Vec<(String, Line, String)>, StageError> {
-        if self.params.benchmark.reads_input() {
-            return table_mme_questions(&ctx.read_table("benchmark")?);
-        }
-        let data = ctx.workspace.join(self.data());
-        let images = self.images_dir();
-        let mut stored = StoredImages::new(ctx);
-        let mut out = Vec::new();
-        for subtask in self.categories.subtasks() {
-            let path = data.join(format!("{subtask}.txt"));
-            for line in mme::read_subtask(&path, false).map_err(|e| StageError::Failed(e.to_string()))? {
-                let candidates = [
-                    images.join(subtask).join("images").join(&line.image),
-                    images.join(subtask).join(&line.image),
-                    images.join(&line.image),
-                ];
-                let image = stored.put(&candidates).map_err(|e| {
-                    StageError::Failed(format!("{}/{subtask}.txt, image `{}`: {e}", self.data().display(), line.image))
-                })?;
-                out.push((subtask.to_string(), line, image));
-            }
-        }
-        Ok(out)
-    }
-
     fn run_mme(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
         let listed = self.mme_questions(ctx)?;
         if self.params.benchmark.reads_input() {
@@ -323,35 +301,6 @@ impl Evaluate {
         )
         .map_err(|e| StageError::Failed(e.to_string()))?;
         Ok((df, results::mme_metrics(self.params.benchmark.name(), &scores)))
-    }
-
-    /// MMHal-style questions with their stored images.
-    fn hal_questions(&self, ctx: &RunContext) -> Result<Vec<(Question, String)>, StageError> {
-        if self.params.benchmark.reads_input() {
-            return table_hal_questions(&ctx.read_table("benchmark")?);
-        }
-        let questions = mmhal::read_questions(&ctx.workspace.join(self.data())).map_err(StageError::Failed)?;
-        let images = self.images_dir();
-        let mut stored = StoredImages::new(ctx);
-        let mut out = Vec::with_capacity(questions.len());
-        for (i, q) in questions.into_iter().enumerate() {
-            let mut candidates = Vec::new();
-            if let Some(src) = &q.image_src {
-                candidates.extend(src.rsplit('/').next().map(|name| images.join(name)));
-            }
-            if let Some(id) = &q.image_id {
-                candidates.extend([
-                    images.join(id),
-                    images.join(format!("{id}.jpg")),
-                    images.join(format!("{id}.png")),
-                ]);
-            }
-            let image = stored
-                .put(&candidates)
-                .map_err(|e| StageError::Failed(format!("{}, question {}: {e}", self.data().display(), i + 1)))?;
-            out.push((q, image));
-        }
-        Ok(out)
     }
 
     fn run_mmhal(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
@@ -443,36 +392,6 @@ impl Evaluate {
     }
 }
 
-/// Benchmark images put into the store, each file once (an MME image has two questions).
-struct StoredImages<'a> {
-    ctx: &'a RunContext<'a>,
-    digests: HashMap<PathBuf, String>,
-}
-
-impl<'a> StoredImages<'a> {
-    fn new(ctx: &'a RunContext<'a>) -> Self {
-        StoredImages { ctx, digests: HashMap::new() }
-    }
-
-    /// The digest of the first of `candidates` (workspace paths) that exists.
-    fn put(&mut self, candidates: &[PathBuf]) -> Result<String, StageError> {
-        let found = candidates.iter().map(|c| self.ctx.workspace.join(c)).find(|p| p.is_file());
-        let Some(path) = found else {
-            if candidates.is_empty() {
-                return Err(StageError::Failed("the question names no image (no `image_src` or `image_id`)".into()));
-            }
-            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-            return Err(StageError::Failed(format!("image not found (looked at {})", tried.join(", "))));
-        };
-        if let Some(digest) = self.digests.get(&path) {
-            return Ok(digest.clone());
-        }
-        let digest = self.ctx.store.put_file(&path)?.0;
-        self.digests.insert(path, digest.clone());
-        Ok(digest)
-    }
-}
-
 /// Each spec's result, in the specs' order.
 fn keyed(specs: &[CallSpec], results: &HashMap<String, CallResult>) -> Result<Vec<(String, CallResult)>, StageError> {
     specs
@@ -484,33 +403,6 @@ fn keyed(specs: &[CallSpec], results: &HashMap<String, CallResult>) -> Result<Ve
                 .ok_or_else(|| StageError::Failed(format!("internal: no result for call {}", s.key)))
         })
         .collect()
-}
-
-/// A benchmark table must hold every subtask the categories name, only those, and each
-/// image's two questions on consecutive rows — what acc+ counts on.
-fn check_pairs(listed: &[(String, Line, String)], categories: &Categories) -> Result<(), StageError> {
-    let known: Vec<&str> = categories.subtasks().collect();
-    if let Some((subtask, _, _)) = listed.iter().find(|(s, _, _)| !known.contains(&s.as_str())) {
-        return Err(StageError::Failed(format!(
-            "input `benchmark` has subtask `{subtask}`, which `params.categories` does not list ({})",
-            known.join(", ")
-        )));
-    }
-    for subtask in known {
-        let rows: Vec<&Line> = listed.iter().filter(|(s, _, _)| s == subtask).map(|(_, l, _)| l).collect();
-        if rows.is_empty() {
-            return Err(StageError::Failed(format!(
-                "input `benchmark` has no questions of subtask `{subtask}`: give the world more scenes (or \
-                 colours), or leave `{subtask}` out of `params.categories`"
-            )));
-        }
-        if !rows.len().is_multiple_of(2) || rows.chunks(2).any(|pair| pair[0].image != pair[1].image) {
-            return Err(StageError::Failed(format!(
-                "input `benchmark`, subtask `{subtask}`: every image needs its two questions on consecutive rows"
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Stage for Evaluate {
@@ -575,70 +467,4 @@ impl Stage for Evaluate {
             ("report".to_string(), ctx.put_report(&report)?),
         ]))
     }
-}
-
-/// A column of a `benchmark` input table with no empty cell.
-fn required(table: &DataFrame, name: &str) -> Result<Vec<String>, StageError> {
-    let values = strings(table, "benchmark", name).map_err(StageError::Failed)?;
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.map(String::from)
-                .ok_or_else(|| StageError::Failed(format!("table `benchmark`, row {}: `{name}` is empty", i + 1)))
-        })
-        .collect()
-}
-
-/// The synthetic MME-style table (`subtask`, `image`, `question`, `ground_truth`, optional
-/// `image_name`) as questions with their images.
-fn table_mme_questions(table: &DataFrame) -> Result<Vec<(String, Line, String)>, StageError> {
-    let (subtasks, images, questions, truths) = (
-        required(table, "subtask")?,
-        required(table, "image")?,
-        required(table, "question")?,
-        required(table, "ground_truth")?,
-    );
-    let names = optional_strings(table, "benchmark", "image_name").map_err(StageError::Failed)?;
-    let mut out = Vec::with_capacity(table.height());
-    for i in 0..table.height() {
-        let Some(truth) = mme::Answer::from_truth(&truths[i]) else {
-            return Err(StageError::Failed(format!(
-                "table `benchmark`, row {}: ground truth `{}` is not yes or no",
-                i + 1,
-                truths[i].to_lowercase()
-            )));
-        };
-        let name = names.as_ref().and_then(|n| n[i]).unwrap_or(&images[i]).to_string();
-        let line = Line { image: name, question: questions[i].clone(), truth, prediction: String::new() };
-        out.push((subtasks[i].clone(), line, images[i].clone()));
-    }
-    Ok(out)
-}
-
-/// The synthetic description table (`question_type`, `question`, `image`, `gt_answer`,
-/// `image_content` as a JSON list) as questions with their images.
-fn table_hal_questions(table: &DataFrame) -> Result<Vec<(Question, String)>, StageError> {
-    let (types, questions, images) =
-        (required(table, "question_type")?, required(table, "question")?, required(table, "image")?);
-    let truths = optional_strings(table, "benchmark", "gt_answer").map_err(StageError::Failed)?;
-    let contents = optional_strings(table, "benchmark", "image_content").map_err(StageError::Failed)?;
-    let mut out = Vec::with_capacity(table.height());
-    for i in 0..table.height() {
-        let content = contents.as_ref().and_then(|c| c[i]);
-        let labels =
-            content.map(|c| serde_json::from_str(c).unwrap_or_else(|_| vec![c.to_string()])).unwrap_or_default();
-        let question = Question {
-            question_type: types[i].clone(),
-            question_topic: None,
-            image_id: None,
-            image_src: None,
-            image_content: labels,
-            question: questions[i].clone(),
-            gt_answer: truths.as_ref().and_then(|t| t[i]).unwrap_or_default().to_string(),
-            model_answer: None,
-        };
-        out.push((question, images[i].clone()));
-    }
-    Ok(out)
 }
