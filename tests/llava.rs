@@ -244,27 +244,33 @@ stages:
     ws
 }
 
-#[test]
-fn lora_dpo_on_a_llava_folder_trains_and_its_merged_export_loads_in_transformers() {
-    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
-    let again = "  again:
+/// Stages after `policy`: `again` trains further from its checkpoint (so its reference table
+/// is silkie's log-probs of the trained model), `export` writes the checkpoint to `tuned`.
+const TRAIN_FURTHER_AND_EXPORT: &str = "  again:
     kind: dpo
     needs: [pairs]
     params: { base: { stage: policy }, lr: 0.001, epochs: 1, batch_size: 2 }
   export: { kind: export, needs: [policy], params: { path: tuned, format: checkpoint } }
 ";
-    let ws = llava_dpo(dir.path(), 4, again);
+
+/// [`PAIRS`] as the log-prob script reads them, images by their workspace paths.
+fn pair_rows(ws: &common::Workspace) -> Value {
+    PAIRS
+        .iter()
+        .map(|(p, c, r, i)| serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "image": ws.path().join("img").join(i)}))
+        .collect()
+}
+
+#[test]
+fn lora_dpo_on_a_llava_folder_trains_and_its_merged_export_loads_in_transformers() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let ws = llava_dpo(dir.path(), 4, TRAIN_FURTHER_AND_EXPORT);
     ws.run(&[]);
     let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
     let losses: Vec<f64> = training.as_array().unwrap().iter().map(|r| r["loss"].as_f64().unwrap()).collect();
     assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-5, "step 0 is ln 2: {losses:?}");
     assert!(losses.last().unwrap() < &(losses[0] - 0.05), "the loss did not fall: {losses:?}");
-    let rows: Value = PAIRS
-        .iter()
-        .map(|(p, c, r, i)| {
-            serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "image": ws.path().join("img").join(i)})
-        })
-        .collect();
+    let rows = pair_rows(&ws);
     // The base's log-probs (policy's reference) are transformers'; so are the tuned model's
     // (again's reference), read by transformers from the exported folder.
     assert_close(&reference_table(&ws, "policy"), &transformers_logps(dir.path(), &rows), "the base");
@@ -377,13 +383,7 @@ fn a_killed_llava_run_resumes_to_the_same_weights() {
 #[test]
 fn adapters_kept_apart_load_with_peft_and_give_silkies_log_probs() {
     let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
-    let again = "  again:
-    kind: dpo
-    needs: [pairs]
-    params: { base: { stage: policy }, lr: 0.001, epochs: 1, batch_size: 2 }
-  export: { kind: export, needs: [policy], params: { path: tuned, format: checkpoint } }
-";
-    let ws = llava_dpo(dir.path(), 4, again);
+    let ws = llava_dpo(dir.path(), 4, TRAIN_FURTHER_AND_EXPORT);
     ws.write("pipeline.yaml", &ws.read("pipeline.yaml").replace("seed: 3,", "seed: 3, merge_lora: false,"));
     ws.run(&[]);
     let tuned = ws.path().join("tuned");
@@ -391,10 +391,7 @@ fn adapters_kept_apart_load_with_peft_and_give_silkies_log_probs() {
         tuned.join("adapter/adapter_config.json").is_file()
             && tuned.join("adapter/adapter_model.safetensors").is_file()
     );
-    let rows: Value = PAIRS
-        .iter()
-        .map(|(p, c, r, i)| serde_json::json!({"prompt": p, "chosen": c, "rejected": r, "image": ws.path().join("img").join(i)}))
-        .collect();
+    let rows = pair_rows(&ws);
     // peft applies the adapters to the base weights beside them as silkie does (again's
     // reference is silkie reading the same folder back).
     assert_close(&reference_table(&ws, "again"), &transformers_logps(&tuned, &rows), "base + PEFT adapters");
