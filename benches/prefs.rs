@@ -225,9 +225,6 @@ fn end_to_end(jsonl: &str, images: bool) {
     } else {
         "without images".to_string()
     };
-    // The input written back to disk now, so that neither side's first run pays for it.
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
     // Every run writes where none did before, and nothing is deleted until the end: on a
     // filesystem without a journal, ext4 skips the inodes of files deleted in the last minutes
     // when it makes new ones, which would charge one run for its predecessor's clean-up.
@@ -256,11 +253,19 @@ fn end_to_end(jsonl: &str, images: bool) {
     };
     // Taken in turns, silkie then Python, so that a machine slowing down or speeding up
     // during the bench moves both alike.
+    // Each starts with nothing of the run before it still to be written back: silkie makes
+    // its blobs durable with one filesystem sync per batch, which would otherwise also write
+    // out the output the Python run before it left in memory.
+    let settled = |command: &mut Command| {
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        timed(command)
+    };
     let (mut silkie_runs, mut polars_runs) = (Vec::new(), Vec::new());
     for _ in 0..END_TO_END_RUNS {
-        silkie_runs.push(timed(&mut silkie()));
+        silkie_runs.push(settled(&mut silkie()));
         if let Some(python) = &python {
-            polars_runs.push(timed(&mut polars(python)));
+            polars_runs.push(settled(&mut polars(python)));
         }
     }
     let silkie = median_run(silkie_runs);
@@ -271,9 +276,11 @@ fn end_to_end(jsonl: &str, images: bool) {
     );
     if polars_runs.is_empty() {
         println!("end to end {what}, Python polars: polars (or Pillow) is not installed in the test venv, skipped");
+        keep_if_asked(dir);
         return;
     }
     let polars = median_run(polars_runs);
+    keep_if_asked(dir);
     let anchor = if images { "Python polars + Pillow" } else { "Python polars" };
     println!(
         "end to end {what}, {anchor}: {:.2} s, peak {:.0} MB; silkie is {:.2}× as fast and takes {:.2}× its memory",
@@ -282,6 +289,14 @@ fn end_to_end(jsonl: &str, images: bool) {
         polars.0.as_secs_f64() / silkie.0.as_secs_f64(),
         silkie.1 / polars.1
     );
+}
+
+/// With `PREFS_BENCH_KEEP` set, the end-to-end folder (input, caches, outputs) stays for a
+/// profiler to rerun a step on; it is deleted otherwise.
+fn keep_if_asked(dir: tempfile::TempDir) {
+    if std::env::var_os("PREFS_BENCH_KEEP").is_some() {
+        println!("kept {}", dir.keep().display());
+    }
 }
 
 /// The run of median wall time, with its peak memory.

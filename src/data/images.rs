@@ -80,10 +80,14 @@ pub fn store_images(files: &[PathBuf], max_pixels: u64, put: &mut PutBlobs) -> R
     };
     let mut checked: Option<Vec<Result<Vec<u8>, BadImage>>> = None;
     for batch in batches(files) {
-        let (was_stored, next) = rayon::join(
-            || checked.take().map_or(Ok(()), &mut store),
-            || batch.par_iter().map(|f| read_image(f, max_pixels)).collect(),
-        );
+        // Storing waits on the filesystem on a thread of its own, so that every core of the
+        // pool decodes meanwhile.
+        let (was_stored, next) = std::thread::scope(|scope| {
+            let storing = checked.take().map(|read| scope.spawn(|| store(read)));
+            let next: Vec<_> = batch.par_iter().map(|f| read_image(f, max_pixels)).collect();
+            let stored = storing.map_or(Ok(()), |s| s.join().unwrap_or_else(|_| Err("storing images panicked".into())));
+            (stored, next)
+        });
         was_stored?;
         checked = Some(next);
     }
