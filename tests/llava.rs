@@ -113,11 +113,46 @@ fn greedy_generation_gives_the_tokens_transformers_generates() {
     let greedy = Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens: 16, seed: 0 };
     assert_eq!(stop, [2], "generation_config.json's eos_token_id");
     // The reference ran without an end-of-sequence token: 16 argmax steps each.
-    let (tokens, stopped) = model.generate(&prompt, Some(pixels), &greedy, &[]).unwrap();
-    let expected: Vec<u32> =
-        reference["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    assert!(!stopped);
-    assert_eq!(tokens, expected);
+    let generated = model.generate(&[prompt], Some(pixels), &[greedy], &[]).unwrap();
+    assert_eq!(generated, [(token_ids(&reference["greedy"]), false)]);
+}
+
+/// A reference's token list.
+fn token_ids(value: &Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn a_batch_of_requests_generates_what_transformers_generates_for_each_alone() {
+    // Mistral's sliding window (16) is shorter than the padded prompts.
+    for text in ["llama", "qwen2", "mistral"] {
+        let vision = if text == "qwen2" { "siglip" } else { "clip" };
+        let (dir, reference) = fixture(&["--vision", vision, "--text", text]);
+        let device = device::open(None, Precision::F32, false).unwrap();
+        let model = silkie::model::load(dir.path(), &device).unwrap();
+        let processor = processor_of(dir.path());
+        let square = std::fs::read(dir.path().join("square.png")).unwrap();
+        let greedy = |max_new_tokens| Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens, seed: 0 };
+        let questions = reference["batch_greedy"].as_array().unwrap();
+        let ask = |q: &Value| {
+            let image = q["image"].as_bool().unwrap().then_some(square.as_slice());
+            Chat::user(None, image, q["question"].as_str().unwrap())
+        };
+        // Each question with room for 16 tokens, and the first again with room for 5: it
+        // leaves the batch early.
+        let mut wanted: Vec<(&Value, usize)> = questions.iter().map(|q| (q, 16)).collect();
+        wanted.push((&questions[0], 5));
+        let asks: Vec<(Chat, Sampling)> = wanted.iter().map(|&(q, room)| (ask(q), greedy(room))).collect();
+        let answers = model.generate_batch(&asks);
+        assert_eq!(answers.len(), asks.len());
+        for (i, (answer, (q, room))) in answers.into_iter().zip(wanted).enumerate() {
+            let theirs: Vec<u32> = token_ids(&q["greedy"]).into_iter().take(room).take_while(|&t| t != 2).collect();
+            let answer = answer.unwrap_or_else(|e| panic!("{text}, request {i}: {e}"));
+            assert_eq!(answer.text, processor.decode(&theirs).unwrap(), "{text}, request {i}: {q}");
+            assert_eq!(answer.stopped, theirs.len() < room, "{text}, request {i}");
+            assert_eq!(answer.tokens_out, theirs.len(), "{text}, request {i}");
+        }
+    }
 }
 
 #[test]
@@ -127,7 +162,15 @@ fn a_llava_folder_answers_in_a_sample_stage_as_transformers_generates() {
     let checkpoint = dir.path().display().to_string();
     std::fs::create_dir_all(ws.path().join("img")).unwrap();
     std::fs::copy(dir.path().join("square.png"), ws.path().join("img/photo.png")).unwrap();
-    ws.write("instructions.csv", "id,prompt,image\nq1,What is in the picture?,photo.png\n");
+    // The fixture's questions, each answered by transformers alone; here they reach the
+    // model together, and it answers them as one batch.
+    let questions = reference["batch_greedy"].as_array().unwrap();
+    let mut csv = "id,prompt,image\n".to_string();
+    for (i, q) in questions.iter().enumerate() {
+        let image = if q["image"].as_bool().unwrap() { "photo.png" } else { "" };
+        csv += &format!("q{i},\"{}\",{image}\n", q["question"].as_str().unwrap());
+    }
+    ws.write("instructions.csv", &csv);
     ws.write(
         "pipeline.yaml",
         &format!(
@@ -136,12 +179,14 @@ fn a_llava_folder_answers_in_a_sample_stage_as_transformers_generates() {
     );
     ws.run(&[]);
     let rows = ws.silkie(&["show", "answers.responses", "--format", "json"]).json();
-    let answer = rows[0]["response"].as_str().unwrap().to_string();
-    // transformers' 16 greedy tokens, up to the first end of sequence, as text.
-    let greedy: Vec<u32> = reference["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let until_eos: Vec<u32> = greedy.iter().copied().take_while(|&t| t != 2).collect();
-    assert_eq!(answer, processor_of(dir.path()).decode(&until_eos).unwrap());
-    assert_eq!(rows[0]["finish_reason"], if until_eos.len() < 16 { "stop" } else { "length" });
+    let processor = processor_of(dir.path());
+    for (i, q) in questions.iter().enumerate() {
+        let row = rows.as_array().unwrap().iter().find(|r| r["instruction_id"] == format!("q{i}")).unwrap();
+        // transformers' 16 greedy tokens, up to the first end of sequence, as text.
+        let until_eos: Vec<u32> = token_ids(&q["greedy"]).into_iter().take_while(|&t| t != 2).collect();
+        assert_eq!(row["response"].as_str().unwrap(), processor.decode(&until_eos).unwrap(), "{q}");
+        assert_eq!(row["finish_reason"], if until_eos.len() < 16 { "stop" } else { "length" });
+    }
     // In bf16 it is another model (its own calls) that still answers.
     let pipeline = ws.read("pipeline.yaml");
     ws.write("pipeline.yaml", &format!("{pipeline}    runtime: {{ dtype: bf16 }}\n"));

@@ -148,4 +148,8 @@ impl Policy for Vlm {
     fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError> {
         each!(self, m => m.generate(chat, sampling))
     }
+
+    fn generate_batch(&self, requests: &[(Chat<'_>, Sampling)]) -> Vec<Result<Generation, EncodeError>> {
+        each!(self, m => m.generate_batch(requests))
+    }
 }

@@ -153,6 +153,12 @@ pub trait Policy {
     fn completion_logps(&self, batch: &TokenBatch) -> (Tensor<1>, Tensor<1>);
     /// A completion of `chat`.
     fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError>;
+    /// A completion of each chat, by its own sampling; a model that can computes them together
+    /// (one forward pass per token for all), which may move the last bits of a logit and so,
+    /// rarely, a token, as batched generation in transformers or vLLM does.
+    fn generate_batch(&self, requests: &[(Chat<'_>, Sampling)]) -> Vec<Result<Generation, EncodeError>> {
+        requests.iter().map(|(chat, sampling)| self.generate(chat, sampling)).collect()
+    }
 }
 
 /// What [`Policy::generate`] produced.

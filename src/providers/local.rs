@@ -4,7 +4,7 @@
 //! part of every call key and a retrained policy is never answered from an old one's memo.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ImageUrls;
@@ -16,21 +16,32 @@ use crate::model::{self, Vlm};
 use crate::store::Store;
 
 pub struct Local {
-    /// One model answers one request at a time: generation is CPU- (or GPU-) bound.
-    model: Mutex<Vlm>,
-    images: Arc<ImageUrls>,
+    /// Requests for the model's thread, which answers those waiting together, as one batch.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
+
+/// A request waiting for the model, and where its answer goes.
+struct Job {
+    request: ChatRequest,
+    reply: tokio::sync::oneshot::Sender<Result<CallResult, CallError>>,
+}
+
+/// How long the model's thread waits for more requests to join a batch that is not full:
+/// nothing beside a generation's seconds, enough for requests sent together to arrive.
+const GATHER: Duration = Duration::from_millis(5);
 
 impl Local {
     /// Loads checkpoint `digest` onto `runtime.device` (flex when unset), to compute in
     /// `runtime.dtype`: from `folder` when the checkpoint is a folder in the workspace, else
-    /// from `store`.
+    /// from `store`. Up to `batch` requests are answered together.
     pub fn open(
         digest: &str,
         folder: Option<&Path>,
         store: &Store,
         runtime: &Runtime,
         images: Arc<ImageUrls>,
+        batch: usize,
     ) -> Result<Local, String> {
         let precision = runtime.dtype.unwrap_or_default();
         let device = device::open(runtime.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
@@ -44,42 +55,99 @@ impl Local {
                 loaded
             }
         };
-        let model = loaded.and_then(|m| m.with_precision(precision)).map_err(|e| e.to_string())?;
-        Ok(Local { model: Mutex::new(model.for_inference()), images })
+        let model = loaded.and_then(|m| m.with_precision(precision)).map_err(|e| e.to_string())?.for_inference();
+        let (jobs, waiting) = std::sync::mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("local-model".into())
+            .spawn(move || serve(&model, &images, &waiting, batch.max(1)))
+            .map_err(|e| format!("cannot start the model's thread: {e}"))?;
+        Ok(Local { jobs: Some(jobs), worker: Some(worker) })
     }
+}
 
-    fn answer(&self, request: &ChatRequest) -> Result<CallResult, CallError> {
-        let start = Instant::now();
-        let images = self.image_files(request)?;
-        let chat = chat(request, &images);
-        let sampling = sampling(request);
-        let model = self.model.lock().map_err(|_| CallError::Fatal("the local model panicked earlier".into()))?;
-        // A request the model cannot read is this request's fault, not the model's.
-        let generation = model.generate(&chat, &sampling).map_err(|e| CallError::Fatal(e.to_string()))?;
-        Ok(CallResult {
-            status: CallStatus::Ok,
-            text: Some(generation.text),
-            finish_reason: Some(if generation.stopped { "stop" } else { "length" }.to_string()),
-            tokens_in: Some(generation.tokens_in as u64),
-            tokens_out: Some(generation.tokens_out as u64),
-            latency_ms: start.elapsed().as_millis() as u64,
-            detail: None,
-        })
+impl Drop for Local {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the batch it is on; the model's memory is
+        // free once this returns.
+        self.jobs.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
+}
 
-    /// The request's images, each its stored file's bytes, in the order they appear.
-    fn image_files(&self, request: &ChatRequest) -> Result<Vec<Vec<u8>>, CallError> {
-        request
-            .messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .filter_map(|p| match p {
-                crate::calls::Part::Image { digest } => Some(self.images.blob_path(digest)),
-                crate::calls::Part::Text { .. } => None,
+/// The model's thread: takes what is waiting (at most `most` requests) and answers it as one
+/// batch, until the queue closes.
+fn serve(model: &Vlm, images: &ImageUrls, waiting: &std::sync::mpsc::Receiver<Job>, most: usize) {
+    while let Ok(first) = waiting.recv() {
+        let mut batch = vec![first];
+        while batch.len() < most {
+            match waiting.recv_timeout(GATHER) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        tracing::debug!("local model: answering {} requests as one batch", batch.len());
+        let answers = answer(model, images, batch.iter().map(|job| &job.request));
+        for (job, result) in batch.into_iter().zip(answers) {
+            // A caller that gave up no longer needs its answer.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Each request's answer, those the model can read generated together.
+fn answer<'r>(
+    model: &Vlm,
+    urls: &ImageUrls,
+    requests: impl Iterator<Item = &'r ChatRequest>,
+) -> Vec<Result<CallResult, CallError>> {
+    let start = Instant::now();
+    let requests: Vec<&ChatRequest> = requests.collect();
+    let images: Vec<Result<Vec<Vec<u8>>, CallError>> = requests.iter().map(|r| image_files(urls, r)).collect();
+    let readable: Vec<usize> = (0..requests.len()).filter(|&i| images[i].is_ok()).collect();
+    let asks: Vec<(Chat, Sampling)> = readable
+        .iter()
+        .map(|&i| (chat(requests[i], images[i].as_deref().unwrap_or_default()), sampling(requests[i])))
+        .collect();
+    let mut generated = model.generate_batch(&asks).into_iter();
+    let latency_ms = start.elapsed().as_millis() as u64;
+    images
+        .into_iter()
+        .map(|files| {
+            files?;
+            // A request the model cannot read is this request's fault, not the model's.
+            let generation = generated
+                .next()
+                .ok_or_else(|| {
+                    CallError::Fatal("internal: the model answered fewer requests than it was asked".into())
+                })?
+                .map_err(|e| CallError::Fatal(e.to_string()))?;
+            Ok(CallResult {
+                status: CallStatus::Ok,
+                text: Some(generation.text),
+                finish_reason: Some(if generation.stopped { "stop" } else { "length" }.to_string()),
+                tokens_in: Some(generation.tokens_in as u64),
+                tokens_out: Some(generation.tokens_out as u64),
+                latency_ms,
+                detail: None,
             })
-            .map(|path| std::fs::read(&path).map_err(|e| CallError::Fatal(format!("{}: {e}", path.display()))))
-            .collect()
-    }
+        })
+        .collect()
+}
+
+/// The request's images, each its stored file's bytes, in the order they appear.
+fn image_files(urls: &ImageUrls, request: &ChatRequest) -> Result<Vec<Vec<u8>>, CallError> {
+    request
+        .messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter_map(|p| match p {
+            crate::calls::Part::Image { digest } => Some(urls.blob_path(digest)),
+            crate::calls::Part::Text { .. } => None,
+        })
+        .map(|path| std::fs::read(&path).map_err(|e| CallError::Fatal(format!("{}: {e}", path.display()))))
+        .collect()
 }
 
 /// A request as the model's chat: its messages, with `images` (the request's, in order).
@@ -108,8 +176,13 @@ fn chat<'a>(request: &ChatRequest, images: &'a [Vec<u8>]) -> Chat<'a> {
 
 impl Provider for Local {
     fn send<'a>(&'a self, request: &'a ChatRequest, _timeout: Duration) -> CallFuture<'a> {
-        // Generation blocks; the runner's other models go on on the remaining workers.
-        Box::pin(async move { tokio::task::block_in_place(|| self.answer(request)) })
+        Box::pin(async move {
+            let stopped = || CallError::Fatal("the local model stopped (it panicked earlier)".into());
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+            jobs.send(Job { request: request.clone(), reply }).map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        })
     }
 }
 

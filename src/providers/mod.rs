@@ -38,6 +38,9 @@ pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
     }
 }
 
+/// How long a `local` call may take unless its `runtime.timeout` says otherwise.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Builds the provider and limits for one `models:` entry. Fails (naming the model) when
 /// the entry cannot work: no base URL, or an API key variable that is not set.
 /// A `local` entry's `model` is the digest of the checkpoint it loads from `store`.
@@ -47,6 +50,20 @@ pub fn endpoint(
     images: Arc<ImageUrls>,
     store: &crate::store::Store,
 ) -> Result<(Arc<dyn Provider>, Limits), String> {
+    let r = &def.runtime;
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_in_flight: r.max_in_flight.map_or(defaults.max_in_flight, |n| n as usize),
+        requests_per_minute: r.requests_per_minute,
+        tokens_per_minute: r.tokens_per_minute,
+        // A local generation queues behind the batches before it and cannot be cut short: a
+        // timeout would only send it again.
+        timeout: r
+            .timeout
+            .map_or(if def.provider == "local" { LOCAL_TIMEOUT } else { defaults.timeout }, Duration::from_secs_f64),
+        max_retries: r.max_retries.unwrap_or(defaults.max_retries),
+        backoff: r.retry_backoff.map_or(defaults.backoff, Duration::from_secs_f64),
+    };
     let provider: Arc<dyn Provider> = match def.provider.as_str() {
         "openai" => Arc::new(OpenAi::new(name, def, images)?),
         "oracle" => Arc::new(Oracle::new(images)),
@@ -55,7 +72,8 @@ pub fn endpoint(
                 def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
             let folder = def.checkpoint_dir.as_deref();
             Arc::new(
-                Local::open(digest, folder, store, &def.runtime, images).map_err(|e| format!("model `{name}`: {e}"))?,
+                Local::open(digest, folder, store, &def.runtime, images, limits.max_in_flight)
+                    .map_err(|e| format!("model `{name}`: {e}"))?,
             )
         }
         other => {
@@ -64,16 +82,6 @@ pub fn endpoint(
                 PROVIDERS.join(", ")
             ));
         }
-    };
-    let r = &def.runtime;
-    let defaults = Limits::default();
-    let limits = Limits {
-        max_in_flight: r.max_in_flight.map_or(defaults.max_in_flight, |n| n as usize),
-        requests_per_minute: r.requests_per_minute,
-        tokens_per_minute: r.tokens_per_minute,
-        timeout: r.timeout.map_or(defaults.timeout, Duration::from_secs_f64),
-        max_retries: r.max_retries.unwrap_or(defaults.max_retries),
-        backoff: r.retry_backoff.map_or(defaults.backoff, Duration::from_secs_f64),
     };
     Ok((provider, limits))
 }

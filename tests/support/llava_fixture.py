@@ -229,6 +229,7 @@ def main():
         # No end-of-sequence: 16 tokens of argmax, however likely EOS becomes.
         model.generation_config.eos_token_id = None
         generated = model.generate(**square_inputs, do_sample=False, max_new_tokens=16)
+        batch = [one_at_a_time_greedy(model, processor, square, q, image) for q, image in BATCH_QUESTIONS]
     new_tokens = generated[0, square_inputs["input_ids"].shape[1] :].tolist()
     completions = {"chosen": "A red square on a blue field.", "rejected": "There are three circles."}
     scored = {name: completion_logps(model, processor, square, messages, text) for name, text in completions.items()}
@@ -245,11 +246,32 @@ def main():
         "logits_shape": list(logits.shape),
         "logits_bf16": logits_bf16.flatten().tolist(),
         "greedy": new_tokens,
+        "batch_greedy": batch,
         "completions": completions,
         "completion_logps": scored,
     }
     with open(os.path.join(args.out, "reference.json"), "w") as f:
         json.dump(reference, f)
+
+
+# Questions of different lengths, with and without the picture: what a batch of requests
+# holds, each answered by transformers on its own.
+BATCH_QUESTIONS = [
+    ("What is in the picture?", True),
+    ("Say hello.", False),
+    ("Describe the colours you see and where each one is, in as much detail as you can.", True),
+]
+
+
+def one_at_a_time_greedy(model, processor, image, question, with_image):
+    """16 greedy tokens (no end-of-sequence) for one user question, the picture first when
+    `with_image`; the model's generation config must have no EOS."""
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=image if with_image else None, text=prompt, return_tensors="pt")
+    generated = model.generate(**inputs, do_sample=False, max_new_tokens=16)
+    tokens = generated[0, inputs["input_ids"].shape[1] :].tolist()
+    return {"question": question, "image": with_image, "greedy": tokens}
 
 
 def completion_logps(model, processor, image, messages, completion):

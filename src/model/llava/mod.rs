@@ -222,41 +222,76 @@ impl Llava {
         Ok(self.logits(self.language_model.forward(embeddings)).cast(FloatDType::F32))
     }
 
-    /// Up to `sampling.max_new_tokens` tokens after `prompt` (whose `<image>` tokens the
-    /// images in `pixels` fill), each computed through the key/value cache; ends early at one
-    /// of `stop` (not returned). Says whether it stopped so.
+    /// For each prompt, up to its sampling's `max_new_tokens` tokens after it (its `<image>`
+    /// tokens filled by the images in `pixels`, in the prompts' order), each computed through
+    /// the key/value cache for all prompts at once: left-padded to one length, a row leaving
+    /// the batch when it ends at one of `stop` (not returned) or its limit. Per prompt: the
+    /// tokens, and whether it stopped at `stop`.
     pub fn generate(
         &self,
-        prompt: &[u32],
+        prompts: &[Vec<u32>],
         pixels: Option<Tensor<4>>,
-        sampling: &Sampling,
+        samplings: &[Sampling],
         stop: &[u32],
-    ) -> Result<(Vec<u32>, bool), InputError> {
+    ) -> Result<Vec<(Vec<u32>, bool)>, InputError> {
         let device = self.device();
-        let ids = |tokens: &[u32]| {
-            let data: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-            Tensor::<2, Int>::from_data(TensorData::new(data, [1, tokens.len()]), &device)
+        let ids = |rows: Vec<i64>, count: usize| {
+            let len = rows.len() / count.max(1);
+            Tensor::<2, Int>::from_data(TensorData::new(rows, [count, len]), &device)
         };
-        let mut embeddings = self.language_model.embed(ids(prompt));
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        // Any token but the image token: padding is never seen.
+        let filler = i64::from(self.config.image_token_id == 0);
+        let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let padded: Vec<i64> = prompts
+            .iter()
+            .zip(&padding)
+            .flat_map(|(p, &pad)| std::iter::repeat_n(filler, pad).chain(p.iter().map(|&t| i64::from(t))))
+            .collect();
+        let tokens = ids(padded, prompts.len());
+        let mut embeddings = self.language_model.embed(tokens.clone());
         if let Some(pixels) = pixels {
-            embeddings = self.place_images(embeddings, ids(prompt), self.image_features(pixels))?;
+            embeddings = self.place_images(embeddings, tokens, self.image_features(pixels))?;
         }
-        let mut cache = KvCache::default();
-        let mut rng = sampler(sampling);
-        let mut out = Vec::new();
-        while out.len() < sampling.max_new_tokens {
+        let mut cache = KvCache::padded(padding);
+        let mut rngs: Vec<_> = samplings.iter().map(sampler).collect();
+        let mut outs: Vec<(Vec<u32>, bool)> = vec![(Vec::new(), false); prompts.len()];
+        // The prompts still generating, in the order of the batch's rows.
+        let mut active: Vec<usize> = (0..prompts.len()).filter(|&i| samplings[i].max_new_tokens > 0).collect();
+        if active.len() < prompts.len() {
+            cache.retain_rows(&active);
+            embeddings = select_rows(embeddings, &active);
+        }
+        while !active.is_empty() {
             let hidden = self.language_model.forward_cached(embeddings, &mut cache);
-            let [_, n, d] = hidden.dims();
-            let logits = self.logits(hidden.slice([0..1, n - 1..n, 0..d])).cast(FloatDType::F32);
+            let [rows, n, d] = hidden.dims();
+            let logits = self.logits(hidden.slice([0..rows, n - 1..n, 0..d])).cast(FloatDType::F32);
             let logits: Vec<f32> = logits.into_data().convert::<f32>().try_to_vec().unwrap_or_default();
-            let next = pick_token(&logits, sampling, &mut rng);
-            if stop.contains(&next) {
-                return Ok((out, true));
+            let vocab = logits.len() / rows;
+            let (mut kept, mut next) = (Vec::new(), Vec::new());
+            for (row, &i) in active.iter().enumerate() {
+                let token = pick_token(&logits[row * vocab..(row + 1) * vocab], &samplings[i], &mut rngs[i]);
+                let out = &mut outs[i];
+                if stop.contains(&token) {
+                    out.1 = true;
+                    continue;
+                }
+                out.0.push(token);
+                if out.0.len() < samplings[i].max_new_tokens {
+                    kept.push(row);
+                    next.push(i64::from(token));
+                }
             }
-            out.push(next);
-            embeddings = self.language_model.embed(ids(&[next]));
+            if kept.len() < active.len() {
+                cache.retain_rows(&kept);
+                active = kept.iter().map(|&row| active[row]).collect();
+            }
+            if active.is_empty() {
+                break;
+            }
+            embeddings = self.language_model.embed(ids(next, active.len()));
         }
-        Ok((out, false))
+        Ok(outs)
     }
 
     /// The output projection: the head, or the embedding matrix when tied.
@@ -291,6 +326,13 @@ impl Llava {
         let change = rows - flat.clone().select(0, slots.clone());
         Ok(flat.select_assign(0, slots, change, IndexingUpdateOp::Add).reshape([b, n, d]))
     }
+}
+
+/// The rows `keep` of a batch, in that order.
+fn select_rows(x: Tensor<3>, keep: &[usize]) -> Tensor<3> {
+    let index: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [keep.len()]), &x.device());
+    x.select(0, index)
 }
 
 /// Casts every float weight of a module.

@@ -261,23 +261,74 @@ impl Policy for LlavaPolicy {
     }
 
     fn generate(&self, chat: &Chat<'_>, sampling: &Sampling) -> Result<Generation, EncodeError> {
+        let mut one = self.generate_batch(&[(chat.clone(), *sampling)]);
+        one.pop().unwrap_or_else(|| Err(EncodeError::Text("internal: no generation for the one chat".into())))
+    }
+
+    fn generate_batch(&self, requests: &[(Chat<'_>, Sampling)]) -> Vec<Result<Generation, EncodeError>> {
+        let mut results: Vec<Option<Result<Generation, EncodeError>>> = (0..requests.len()).map(|_| None).collect();
+        let (mut prompts, mut samplings, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pixels, mut images) = (Vec::new(), 0);
+        for (i, (chat, sampling)) in requests.iter().enumerate() {
+            match self.prompt(chat, &mut pixels) {
+                Ok((tokens, count, room)) => {
+                    images += count;
+                    samplings.push(Sampling { max_new_tokens: sampling.max_new_tokens.min(room), ..*sampling });
+                    prompts.push(tokens);
+                    rows.push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !prompts.is_empty() {
+            let (height, width) = self.processor.pixel_size();
+            let pixels = (images > 0)
+                .then(|| Tensor::<4>::from_data(TensorData::new(pixels, [images, 3, height, width]), &self.device()));
+            match self.model.generate(&prompts, pixels, &samplings, &self.stop) {
+                Ok(outs) => {
+                    for ((i, prompt), (out, stopped)) in rows.iter().zip(&prompts).zip(outs) {
+                        let text = self.processor.decode(&out).map_err(EncodeError::Text);
+                        results[*i] = Some(text.map(|text| Generation {
+                            text,
+                            tokens_in: prompt.len(),
+                            tokens_out: out.len(),
+                            stopped,
+                        }));
+                    }
+                }
+                Err(e) => rows.iter().for_each(|&i| results[i] = Some(Err(EncodeError::Text(e.to_string())))),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(EncodeError::Text("internal: not generated".into()))))
+            .collect()
+    }
+}
+
+impl LlavaPolicy {
+    /// One chat's prompt tokens (the template with the generation prompt), its images' pixels
+    /// appended to `pixels` (only when the whole chat encodes), their count, and how many
+    /// tokens the model has room for after the prompt.
+    fn prompt(&self, chat: &Chat<'_>, pixels: &mut Vec<f32>) -> Result<(Vec<u32>, usize, usize), EncodeError> {
         let prompt = self.processor.render(&chat.messages, true).map_err(EncodeError::Text)?;
         let tokens = self.tokens(&prompt)?;
         let limit = self.model.config().text.max_positions;
         if tokens.len() >= limit {
             return Err(EncodeError::TooLong { tokens: tokens.len(), limit });
         }
-        let mut pixels = Vec::new();
-        let images = self.pixels(chat, 0, &mut pixels)?;
-        let device = self.device();
-        let (height, width) = self.processor.pixel_size();
-        let pixels =
-            (images > 0).then(|| Tensor::<4>::from_data(TensorData::new(pixels, [images, 3, height, width]), &device));
-        let room = Sampling { max_new_tokens: sampling.max_new_tokens.min(limit - tokens.len()), ..*sampling };
-        let (out, stopped) =
-            self.model.generate(&tokens, pixels, &room, &self.stop).map_err(|e| EncodeError::Text(e.to_string()))?;
-        let text = self.processor.decode(&out).map_err(EncodeError::Text)?;
-        Ok(Generation { text, tokens_in: tokens.len(), tokens_out: out.len(), stopped })
+        let config = self.model.config();
+        let slots = tokens.iter().filter(|&&t| i64::from(t) == config.image_token_id).count();
+        let (images, per_image) = (chat.images.len(), config.image_tokens());
+        if slots != images * per_image {
+            let mismatch = super::InputError::ImageTokens { tokens: slots, images, per_image };
+            return Err(EncodeError::Text(mismatch.to_string()));
+        }
+        let mut own = Vec::new();
+        let images = self.pixels(chat, 0, &mut own)?;
+        pixels.extend(own);
+        let room = limit - tokens.len();
+        Ok((tokens, images, room))
     }
 }
 

@@ -99,13 +99,15 @@ impl TextModel {
     }
 
     /// The final hidden states of `embeddings` [batch, new, hidden] coming after the positions
-    /// `cache` holds; their keys and values join the cache.
+    /// `cache` holds; their keys and values join the cache. Rows the cache says are padded on
+    /// the left have their positions counted from their first real token, and no position
+    /// sees their padding.
     pub fn forward_cached(&self, embeddings: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
         let [_, new, _] = embeddings.dims();
         let device = embeddings.device();
         let past = cache.length;
-        let rotary = Rotary::new(&self.config, past..past + new, &device).cast(embeddings.dtype().into());
-        let mask = causal_mask(past, new, self.config.sliding_window, &device);
+        let rotary = Rotary::new(&self.config, past, new, &cache.padding, &device).cast(embeddings.dtype().into());
+        let mask = causal_mask(past, new, self.config.sliding_window, &cache.padding, &device);
         cache.layers.resize_with(self.layers.len(), || None);
         let mut x = embeddings;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -125,6 +127,33 @@ impl TextModel {
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     length: usize,
+    /// Per row, how many positions at its start are padding (empty: none in any row).
+    padding: Vec<usize>,
+}
+
+impl KvCache {
+    /// A cache for rows left-padded by `padding` positions each.
+    pub fn padded(padding: Vec<usize>) -> KvCache {
+        let padding = if padding.iter().all(|&p| p == 0) { Vec::new() } else { padding };
+        KvCache { padding, ..KvCache::default() }
+    }
+
+    /// Only the rows `keep` (indices, in order) from now on: finished rows of a batch stop
+    /// costing compute.
+    pub fn retain_rows(&mut self, keep: &[usize]) {
+        if !self.padding.is_empty() {
+            self.padding = keep.iter().map(|&r| self.padding[r]).collect();
+        }
+        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device()) else { return };
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
+            &device,
+        );
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, index.clone());
+            *v = v.clone().select(0, index.clone());
+        }
+    }
 }
 
 impl Rotary {
@@ -133,24 +162,29 @@ impl Rotary {
         Rotary { cos: self.cos.cast(dtype), sin: self.sin.cast(dtype) }
     }
 
-    /// cos and sin of position × inverse frequency for `positions`, [n, head_dim], computed
-    /// in f32 as transformers does.
-    fn new(config: &TextConfig, positions: std::ops::Range<usize>, device: &Device) -> Rotary {
+    /// cos and sin of position × inverse frequency for the `new` columns after `past`, computed
+    /// in f32 as transformers does: [1, 1, new, head_dim] when no row is padded, else
+    /// [rows, 1, new, head_dim], each row's positions counted from its first real token.
+    fn new(config: &TextConfig, past: usize, new: usize, padding: &[usize], device: &Device) -> Rotary {
         let inv_freq = inverse_frequencies(config);
         let half = inv_freq.len();
-        let n = positions.len();
-        let mut cos = Vec::with_capacity(n * half * 2);
-        let mut sin = Vec::with_capacity(n * half * 2);
-        for position in positions {
-            let angles: Vec<f32> = inv_freq.iter().map(|f| position as f32 * f).collect();
-            // transformers concatenates the frequencies with themselves: [f, f].
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
+        let rows = padding.len().max(1);
+        let mut cos = Vec::with_capacity(rows * new * half * 2);
+        let mut sin = Vec::with_capacity(rows * new * half * 2);
+        for row in 0..rows {
+            let pad = padding.get(row).copied().unwrap_or(0);
+            for column in past..past + new {
+                let position = column.saturating_sub(pad);
+                let angles: Vec<f32> = inv_freq.iter().map(|f| position as f32 * f).collect();
+                // transformers concatenates the frequencies with themselves: [f, f].
+                for _ in 0..2 {
+                    cos.extend(angles.iter().map(|a| a.cos()));
+                    sin.extend(angles.iter().map(|a| a.sin()));
+                }
             }
         }
         let table = |v: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(v, [n, half * 2]), device).reshape([1, 1, n, half * 2])
+            Tensor::<2>::from_data(TensorData::new(v, [rows * new, half * 2]), device).reshape([rows, 1, new, half * 2])
         };
         Rotary { cos: table(cos), sin: table(sin) }
     }
@@ -187,13 +221,21 @@ fn inverse_frequencies(config: &TextConfig) -> Vec<f32> {
 }
 
 /// True where one of `new` query positions (after `past` earlier ones) may not see a key
-/// position: the future, and (with a sliding window) keys a window or more behind.
-/// [1, 1, new, past + new].
-fn causal_mask(past: usize, new: usize, window: Option<usize>, device: &Device) -> Tensor<4, Bool> {
+/// position: the future, (with a sliding window) keys a window or more behind, and a row's
+/// left padding — which a padding position itself still sees, so that no query is left with
+/// nothing to attend to. [1 or rows, 1, new, past + new].
+fn causal_mask(past: usize, new: usize, window: Option<usize>, padding: &[usize], device: &Device) -> Tensor<4, Bool> {
     let keys = past + new;
-    let blocked: Vec<bool> =
-        (past..keys).flat_map(|q| (0..keys).map(move |k| k > q || window.is_some_and(|w| q - k.min(q) >= w))).collect();
-    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [new, keys]), device).reshape([1, 1, new, keys])
+    let rows = padding.len().max(1);
+    let blocked: Vec<bool> = (0..rows)
+        .flat_map(|row| {
+            let pad = padding.get(row).copied().unwrap_or(0);
+            (past..keys).flat_map(move |q| {
+                (0..keys).map(move |k| k > q || window.is_some_and(|w| q - k.min(q) >= w) || (k < pad && k != q))
+            })
+        })
+        .collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(blocked, [rows * new, keys]), device).reshape([rows, 1, new, keys])
 }
 
 impl Attention {
