@@ -469,3 +469,63 @@ fn bf16_weights_answer_as_transformers_computes_in_bf16() {
     );
     assert!(bf16 < 2.0 * rounding && f32 < 2.0 * rounding, "silkie's bf16 is off by more than bf16 rounding explains");
 }
+
+/// Which of the checkpoint parts `prefixes` name differ between two folders' weights, as
+/// safetensors reads them (names as the base lays them out).
+fn changed_parts(base: &Path, tuned: &Path, prefixes: &[&str]) -> Vec<String> {
+    let script = "import json, sys, torch
+from safetensors.torch import load_file
+def load(d):
+    import glob
+    out = {}
+    for f in glob.glob(d + '/*.safetensors'):
+        out.update(load_file(f))
+    return out
+base, tuned = load(sys.argv[1]), load(sys.argv[2])
+changed = set()
+for prefix in sys.argv[3:]:
+    for name, t in base.items():
+        if name.startswith(prefix) and not torch.equal(t.float(), tuned[name].float()):
+            changed.add(prefix)
+print(json.dumps(sorted(changed)))";
+    let out =
+        Command::new(reference_python()).arg("-c").arg(script).arg(base).arg(tuned).args(prefixes).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_projector_trains_on_request_and_the_vision_tower_stays_frozen() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let checkpoint = dir.path().display().to_string();
+    let extra = format!(
+        "  projector:
+    kind: dpo
+    needs: [pairs]
+    params: {{ base: {{ path: \"{checkpoint}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention] }}, train_projector: true, lr: 0.01, epochs: 1, batch_size: 2 }}
+  plain_out: {{ kind: export, needs: [policy], params: {{ path: plain, format: checkpoint }} }}
+  projector_out: {{ kind: export, needs: [projector], params: {{ path: projector, format: checkpoint }} }}
+"
+    );
+    let ws = llava_dpo(dir.path(), 1, &extra);
+    ws.run(&[]);
+    let parts = ["multi_modal_projector.", "vision_tower.", "language_model."];
+    // LoRA alone trains the language model; asked, the projector trains with it; the tower
+    // stays as it was either way.
+    assert_eq!(changed_parts(dir.path(), &ws.path().join("plain"), &parts), ["language_model."]);
+    assert_eq!(
+        changed_parts(dir.path(), &ws.path().join("projector"), &parts),
+        ["language_model.", "multi_modal_projector."]
+    );
+    // A PEFT adapter kept apart could not carry the projector: refused, naming the key.
+    let pipeline =
+        ws.read("pipeline.yaml").replace("train_projector: true,", "train_projector: true, merge_lora: false,");
+    ws.write("pipeline.yaml", &pipeline);
+    let refused = ws.silkie(&["validate"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("train_projector") && refused.stderr.contains("merge_lora: true"),
+        "{}",
+        refused.stderr
+    );
+}

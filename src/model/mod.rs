@@ -43,6 +43,13 @@ pub enum Vlm {
     Llava(LlavaPolicy),
 }
 
+/// Which parts of a vision-language model train beside its language model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainedParts {
+    pub vision: bool,
+    pub projector: bool,
+}
+
 /// Why a folder does not load as a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -91,6 +98,18 @@ impl Vlm {
             )),
             Vlm::Llava(m) => Ok(Vlm::Llava(m.for_training())),
             other => Ok(other),
+        }
+    }
+
+    /// The same model with `parts` (a LLaVA's vision tower and projector) trained or frozen
+    /// as they say; after [`Vlm::with_lora`], which freezes them.
+    pub fn with_trained_parts(self, parts: TrainedParts) -> Result<Vlm, ModelError> {
+        match self {
+            Vlm::Llava(m) => Ok(Vlm::Llava(m.with_trained_parts(parts))),
+            Vlm::Tiny(_) => Err(ModelError::Load(
+                "`train_vision` and `train_projector` apply to LLaVA checkpoints; the tiny model has no tower apart"
+                    .into(),
+            )),
         }
     }
 

@@ -15,15 +15,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint, resume_or_start,
+    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint,
+    resume_or_start, trained_parts, with_trained_parts,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::dsl::{Issue, Range};
-use crate::model::Vlm;
 use crate::model::device::Precision;
 use crate::model::lora::LoraSpec;
 use crate::model::policy::{Chat, Policy, Scored};
+use crate::model::{TrainedParts, Vlm};
 use crate::store::OutputRef;
 use crate::train::dpo::{self, Batch, Reference};
 use crate::train::fit::{Schedule, seeded_order};
@@ -90,6 +91,12 @@ struct Params {
     /// Weight of an NLL term on the chosen response (RPO); 0 is plain DPO.
     #[serde(default)]
     sft_weight: f64,
+    /// Train the vision tower too (frozen by default, as the paper trains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train_vision: Option<bool>,
+    /// Train the projector too (by default it trains unless LoRA adapts the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train_projector: Option<bool>,
     #[serde(default)]
     seed: u64,
     /// Longest token row (prompt + completion); longer rows lose their start. The model's
@@ -109,6 +116,7 @@ struct Params {
 struct Dpo {
     params: Params,
     precision: Precision,
+    parts: Option<TrainedParts>,
 }
 
 fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
@@ -128,7 +136,14 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     // TRL's conservative DPO: a share of flipped labels, at most a half.
     Range::at_least(0.0).at_most(0.5).check("params.label_smoothing", params.label_smoothing)?;
     Range::at_least(0.0).check("params.sft_weight", params.sft_weight)?;
-    Ok(Box::new(Dpo { params, precision: precision(config, true)? }))
+    let parts = trained_parts(
+        &params.base,
+        params.train_vision,
+        params.train_projector,
+        params.lora.is_some(),
+        !params.merge_lora,
+    )?;
+    Ok(Box::new(Dpo { params, precision: precision(config, true)?, parts }))
 }
 
 impl Dpo {
@@ -261,9 +276,12 @@ impl Stage for Dpo {
         let batches = self.batches(ctx, &base, &device)?;
         let settings = self.settings();
         let scratch = ctx.scratch_dir()?;
-        let adapt = |model: Vlm| match &self.params.lora {
-            Some(lora) => model.with_lora(lora).map_err(|e| StageError::Failed(format!("params.lora: {e}"))),
-            None => Ok(model),
+        let adapt = |model: Vlm| {
+            let model = match &self.params.lora {
+                Some(lora) => model.with_lora(lora).map_err(|e| StageError::Failed(format!("params.lora: {e}")))?,
+                None => model,
+            };
+            with_trained_parts(model, self.parts)
         };
         let reference = if self.params.precompute_ref {
             Reference::Logps(precomputed_reference(&dpo::frozen(&base).for_inference(), &batches, &scratch, &device)?)

@@ -15,15 +15,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint, resume_or_start,
+    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint,
+    resume_or_start, trained_parts, with_trained_parts,
 };
 use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, Range};
-use crate::model::Vlm;
 use crate::model::device::Precision;
 use crate::model::policy::{Chat, Policy, Scored, TokenBatch};
+use crate::model::{TrainedParts, Vlm};
 use crate::store::OutputRef;
 use crate::train::fit::{Schedule, seeded_order};
 use crate::train::optim::AdamW;
@@ -74,6 +75,12 @@ struct Params {
     adamw: AdamW,
     #[serde(default = "one")]
     grad_accum: usize,
+    /// Train the vision tower too (frozen by default, as the paper trains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train_vision: Option<bool>,
+    /// Train the projector too (by default it trains unless LoRA adapts the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train_projector: Option<bool>,
     #[serde(default)]
     seed: u64,
     #[serde(default)]
@@ -101,6 +108,7 @@ struct Params {
 struct Sft {
     params: Params,
     precision: Precision,
+    parts: Option<TrainedParts>,
 }
 
 fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
@@ -117,7 +125,8 @@ fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
     }
     params.snapshots.sort_unstable();
     params.snapshots.dedup();
-    Ok(Box::new(Sft { params, precision: precision(config, true)? }))
+    let parts = trained_parts(&params.base, params.train_vision, params.train_projector, false, false)?;
+    Ok(Box::new(Sft { params, precision: precision(config, true)?, parts }))
 }
 
 /// One training row.
@@ -262,6 +271,7 @@ impl Stage for Sft {
             return Err(StageError::Failed(format!("snapshot at step {past}, but the run has only {total} steps")));
         }
         let scratch = ctx.scratch_dir()?;
+        let base = with_trained_parts(base, self.parts)?;
         let state = resume_or_start::<SftMetrics>(ctx, &scratch, base, &schedule.optimizer)?;
         // Snapshots taken so far (kept across a resume).
         let saved = scratch.join("snapshots.json");

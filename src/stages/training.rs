@@ -12,14 +12,52 @@ use serde::{Deserialize, Serialize};
 
 use super::{RunContext, StageError, StageProgress, model_role};
 use crate::dsl::{Issue, ModelRef, Range};
-use crate::model::Vlm;
 use crate::model::device::Precision;
 use crate::model::lora::LoraSpec;
 use crate::model::tiny::TinyConfig;
+use crate::model::{TrainedParts, Vlm};
 use crate::store::{OutputKind, OutputRef};
 use crate::train::fit::{StepRecord, TrainState};
 use crate::train::optim::AdamW;
 use crate::train::resume;
+
+/// `train_vision` / `train_projector` as a trainer's params give them: `None` when neither is
+/// set (the model's own default: a LLaVA's tower frozen, its projector trained unless LoRA
+/// adapts the model). A PEFT adapter kept apart carries adapters only, so trained parts need
+/// `merge_lora: true`.
+pub fn trained_parts(
+    base: &Base,
+    vision: Option<bool>,
+    projector: Option<bool>,
+    lora: bool,
+    adapters_apart: bool,
+) -> Result<Option<TrainedParts>, Issue> {
+    if vision.is_none() && projector.is_none() {
+        return Ok(None);
+    }
+    if matches!(base, Base::Fresh(_)) {
+        let key = if vision.is_some() { "params.train_vision" } else { "params.train_projector" };
+        return Err(Issue::new(key, "applies to LLaVA checkpoints; the tiny model has no vision tower apart"));
+    }
+    let parts = TrainedParts { vision: vision.unwrap_or(false), projector: projector.unwrap_or(!lora) };
+    if lora && adapters_apart && (parts.vision || parts.projector) {
+        let key = if parts.projector { "params.train_projector" } else { "params.train_vision" };
+        return Err(Issue::new(
+            key,
+            "with `merge_lora: false` the checkpoint keeps the base's weights and a PEFT adapter, which would not \
+             carry a trained tower or projector; set `merge_lora: true`",
+        ));
+    }
+    Ok(Some(parts))
+}
+
+/// The model with `parts` trained or frozen, when the params say.
+pub fn with_trained_parts(model: Vlm, parts: Option<TrainedParts>) -> Result<Vlm, StageError> {
+    match parts {
+        None => Ok(model),
+        Some(parts) => model.with_trained_parts(parts).map_err(|e| StageError::Failed(e.to_string())),
+    }
+}
 
 /// What training starts from.
 #[derive(Debug, Clone, Serialize)]

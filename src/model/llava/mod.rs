@@ -164,6 +164,13 @@ impl Llava {
         self
     }
 
+    /// The same model with its vision tower and projector trainable or frozen as `parts` says.
+    pub fn with_trained_parts(mut self, parts: crate::model::TrainedParts) -> Llava {
+        self.vision_tower = self.vision_tower.set_require_grad(parts.vision);
+        self.multi_modal_projector = self.multi_modal_projector.set_require_grad(parts.projector);
+        self
+    }
+
     pub fn device(&self) -> Device {
         self.language_model.embedding_weight().device()
     }

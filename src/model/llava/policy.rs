@@ -130,6 +130,11 @@ impl LlavaPolicy {
         LlavaPolicy { model: self.model.with_frozen_vision(), ..self }
     }
 
+    /// The same model with its vision tower and projector trainable or frozen as `parts` says.
+    pub fn with_trained_parts(self, parts: crate::model::TrainedParts) -> LlavaPolicy {
+        LlavaPolicy { model: self.model.with_trained_parts(parts), ..self }
+    }
+
     /// LoRA adapters on the language model's layers `lora` targets (attention: q/k/v/o
     /// projections; mlp: gate/up/down), every other weight frozen — the vision tower and the
     /// projector included, as the paper trains.
