@@ -222,10 +222,15 @@ fn completion_log_probs_follow_trls_rule_as_transformers_computes_them() {
 /// transformers' summed completion log-probs of `rows` (prompt, image file, chosen, rejected)
 /// under the checkpoint in `dir`.
 fn transformers_logps(dir: &Path, rows: &Value) -> Vec<(f64, f64)> {
+    transformers_logps_with(dir, rows, None)
+}
+
+/// [`transformers_logps`], with `adapter` (a PEFT adapter folder) applied to `dir`'s model.
+fn transformers_logps_with(dir: &Path, rows: &Value, adapter: Option<&Path>) -> Vec<(f64, f64)> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), rows.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llava_logps.py");
-    let out = Command::new(reference_python()).arg(script).arg(dir).arg(file.path()).output().unwrap();
+    let out = Command::new(reference_python()).arg(script).arg(dir).arg(file.path()).args(adapter).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sums: Value = serde_json::from_slice(&out.stdout).unwrap();
     sums.as_array().unwrap().iter().map(|s| (s["chosen"].as_f64().unwrap(), s["rejected"].as_f64().unwrap())).collect()
@@ -428,7 +433,12 @@ fn a_killed_llava_run_resumes_to_the_same_weights() {
 #[test]
 fn adapters_kept_apart_load_with_peft_and_give_silkies_log_probs() {
     let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
-    let ws = llava_dpo(dir.path(), 4, TRAIN_FURTHER_AND_EXPORT);
+    let extra = format!(
+        "{TRAIN_FURTHER_AND_EXPORT}  adapter_out: {{ kind: export, needs: [policy], params: {{ path: lora, format: peft }} }}
+  hf_out: {{ kind: export, needs: [policy], params: {{ path: hf, format: hf }} }}
+"
+    );
+    let ws = llava_dpo(dir.path(), 4, &extra);
     ws.write("pipeline.yaml", &ws.read("pipeline.yaml").replace("seed: 3,", "seed: 3, merge_lora: false,"));
     ws.run(&[]);
     let tuned = ws.path().join("tuned");
@@ -444,6 +454,26 @@ fn adapters_kept_apart_load_with_peft_and_give_silkies_log_probs() {
     let base = transformers_logps(dir.path(), &rows);
     let moved = reference_table(&ws, "again").iter().zip(&base).any(|(a, b)| (a.0 - b.0).abs() > 1e-2);
     assert!(moved, "the adapters changed nothing");
+    // `format: peft` writes the adapter alone, which peft applies to the base it came from;
+    // `format: hf` the whole folder.
+    let lora = ws.path().join("lora");
+    assert!(lora.join("adapter_config.json").is_file() && !lora.join("config.json").exists());
+    let peft = transformers_logps_with(dir.path(), &rows, Some(&lora));
+    assert_close(&reference_table(&ws, "again"), &peft, "the base + the exported PEFT adapter");
+    assert!(ws.path().join("hf/config.json").is_file() && ws.path().join("hf/adapter").is_dir());
+    // A merged checkpoint has no adapter to export: said, with what to do instead.
+    let pipeline = ws.read("pipeline.yaml");
+    ws.write(
+        "pipeline.yaml",
+        &format!("{pipeline}  merged_out: {{ kind: export, needs: [again], params: {{ path: m, format: peft }} }}\n"),
+    );
+    let refused = ws.silkie(&["run"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("holds no PEFT adapter") && refused.stderr.contains("merge_lora: false"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]

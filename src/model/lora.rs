@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The folder, inside a checkpoint, that holds its adapters kept apart in PEFT's layout
+/// (`adapter_config.json`, `adapter_model.safetensors`).
+pub const ADAPTER_DIR: &str = "adapter";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraSpec {

@@ -1,7 +1,8 @@
 //! `export`: writes the table it needs to a workspace path as Parquet, JSONL or CSV — or,
 //! with `format: trl`, pairs as TRL's DPO trainer reads them (Parquet or JSONL by extension),
 //! or with `format: checkpoint` a training stage's checkpoint folder as it is stored (what a
-//! `{ path: DIR }` model reference reads back).
+//! `{ path: DIR }` model reference reads back) — `format: hf` the same, checked to be a
+//! Hugging Face checkpoint, and `format: peft` only its LoRA adapter in PEFT's layout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,17 @@ enum Format {
     Csv,
     Trl,
     Checkpoint,
+    /// A checkpoint that is a Hugging Face model folder (`from_pretrained` reads it).
+    Hf,
+    /// A checkpoint's adapter kept apart (`merge_lora: false`), alone: what
+    /// `PeftModel.from_pretrained` and vLLM's LoRA serving read.
+    Peft,
+}
+
+impl Format {
+    fn is_folder(self) -> bool {
+        matches!(self, Format::Checkpoint | Format::Hf | Format::Peft)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,7 +72,7 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
     if params.path.split(['/', '\\']).any(|part| part == "..") {
         return Err(Issue::new("params.path", format!("`{}` leaves the workspace; export inside it", params.path)));
     }
-    if params.format == Some(Format::Checkpoint) {
+    if params.format.is_some_and(Format::is_folder) {
         if let Some(key) = ["style", "images", "images_dir"].iter().find(|k| canonical(&params).get(**k).is_some()) {
             return Err(Issue::new(format!("params.{key}"), format!("`{key}` applies to `format: trl` only")));
         }
@@ -72,7 +84,7 @@ fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
             Some(Format::Parquet) => Some(TableFormat::Parquet),
             Some(Format::Jsonl) => Some(TableFormat::Jsonl),
             Some(Format::Csv) => Some(TableFormat::Csv),
-            Some(Format::Trl | Format::Checkpoint) | None => None,
+            Some(Format::Trl | Format::Checkpoint | Format::Hf | Format::Peft) | None => None,
         },
     )?;
     params.format.get_or_insert(match file_format {
@@ -177,17 +189,36 @@ impl Export {
 const CHECKPOINT: &str = "checkpoint";
 
 impl Export {
-    /// The checkpoint folder, written to `path` as it is stored (its digest stays its own).
+    /// The checkpoint folder, written to `path`: as it is stored (its digest stays its own),
+    /// checked to be a Hugging Face model folder for `hf`, or for `peft` its adapter alone.
     fn export_checkpoint(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
         let input = ctx.input(CHECKPOINT)?;
         if input.output.kind != OutputKind::Dir {
             return Err(StageError::Failed(format!(
-                "{} is not a checkpoint folder; `format: checkpoint` exports what `dpo` or `sft` outputs as `checkpoint`",
-                input.from
+                "{} is not a checkpoint folder; `format: {}` exports what `dpo` or `sft` outputs as `checkpoint`",
+                input.from,
+                self.format_name()
             )));
         }
-        workspace_files::place(ctx, &self.params.path, &input.output)?;
-        Ok(BTreeMap::from([(CHECKPOINT.to_string(), input.output.clone())]))
+        let manifest = ctx.store.read_dir_manifest(&input.output.digest)?;
+        let (name, output) = match self.params.format {
+            Some(Format::Peft) => (ADAPTER, adapter_alone(ctx, &manifest, &input.from)?),
+            Some(Format::Hf) => {
+                require_hugging_face(ctx, &manifest, &input.from)?;
+                (CHECKPOINT, input.output.clone())
+            }
+            _ => (CHECKPOINT, input.output.clone()),
+        };
+        workspace_files::place(ctx, &self.params.path, &output)?;
+        Ok(BTreeMap::from([(name.to_string(), output)]))
+    }
+
+    fn format_name(&self) -> &'static str {
+        match self.params.format {
+            Some(Format::Hf) => "hf",
+            Some(Format::Peft) => "peft",
+            _ => "checkpoint",
+        }
     }
 
     fn trl_report(&self, pairs: &polars::prelude::DataFrame) -> DataReport {
@@ -203,6 +234,44 @@ impl Export {
         report.note("rows_without_image", pairs.height() as u64 - with_image);
         report
     }
+}
+
+/// The output of `format: peft`.
+const ADAPTER: &str = "adapter";
+
+/// The checkpoint's `adapter/` folder as a folder of its own, stored.
+fn adapter_alone(ctx: &RunContext, checkpoint: &DirManifest, from: &str) -> Result<OutputRef, StageError> {
+    let prefix = format!("{}/", crate::model::lora::ADAPTER_DIR);
+    let mut adapter = DirManifest::default();
+    for (name, entry) in &checkpoint.files {
+        if let Some(inside) = name.strip_prefix(&prefix) {
+            adapter.files.insert(inside.to_string(), entry.clone());
+        }
+    }
+    if !adapter.files.contains_key("adapter_config.json") {
+        return Err(StageError::Failed(format!(
+            "{from} holds no PEFT adapter (no {prefix}adapter_config.json): train it with `lora` and \
+             `merge_lora: false`, or export the whole model with `format: hf`"
+        )));
+    }
+    let (digest, bytes) = ctx.store.put_manifest(&adapter)?;
+    Ok(OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None })
+}
+
+/// Fails unless the checkpoint's config.json names a `model_type`, as every Hugging Face
+/// model folder's does.
+fn require_hugging_face(ctx: &RunContext, checkpoint: &DirManifest, from: &str) -> Result<(), StageError> {
+    let config = checkpoint.files.get("config.json").and_then(|entry| {
+        let bytes = std::fs::read(ctx.store.blob_path(&entry.digest)).ok()?;
+        serde_json::from_slice::<Value>(&bytes).ok()
+    });
+    if config.as_ref().and_then(|c| c.get("model_type")).and_then(Value::as_str).is_some() {
+        return Ok(());
+    }
+    Err(StageError::Failed(format!(
+        "{from} is not a Hugging Face model folder (its config.json names no `model_type`: silkie's tiny \
+         model keeps a layout of its own); export it with `format: checkpoint`"
+    )))
 }
 
 /// A stored image's file name, `<digest>.<ext>` with the extension from its own bytes, and
@@ -225,7 +294,8 @@ impl Stage for Export {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         if self.file_format.is_none() {
-            return vec![OutputDecl { name: CHECKPOINT.into(), table: false }];
+            let name = if self.params.format == Some(Format::Peft) { ADAPTER } else { CHECKPOINT };
+            return vec![OutputDecl { name: name.into(), table: false }];
         }
         let mut outs = vec![OutputDecl { name: "file".into(), table: true }];
         if self.images_dir().is_some() {
@@ -289,7 +359,7 @@ impl Stage for Export {
     }
 
     fn restore(&self, ctx: &RunContext, outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
-        if let Some(folder) = outputs.get(CHECKPOINT) {
+        if let Some(folder) = outputs.get(CHECKPOINT).or_else(|| outputs.get(ADAPTER)) {
             workspace_files::restore(ctx, &self.params.path, folder)?;
         }
         if let Some(file) = outputs.get("file") {

@@ -1,11 +1,12 @@
 """Summed completion log-probs of preference rows under a LLaVA checkpoint, computed by
 transformers under TRL's rule (see llava_fixture.completion_logps).
 
-    python llava_logps.py CHECKPOINT ROWS.json
+    python llava_logps.py CHECKPOINT ROWS.json [ADAPTER]
 
 ROWS.json: [{"prompt", "image" (a file), "chosen", "rejected"}, …]. Prints
 [{"chosen": logp, "rejected": logp}, …] as JSON. A checkpoint with an `adapter/` folder (LoRA
-adapters kept apart, in PEFT's layout) is read through `PeftModel.from_pretrained`.
+adapters kept apart, in PEFT's layout) is read through `PeftModel.from_pretrained`, as is
+ADAPTER (a PEFT adapter folder of its own) on CHECKPOINT.
 """
 
 import json
@@ -23,7 +24,7 @@ from llava_fixture import completion_logps  # noqa: E402
 def main():
     checkpoint, rows_file = sys.argv[1], sys.argv[2]
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    adapter = os.path.join(checkpoint, "adapter")
+    adapter = sys.argv[3] if len(sys.argv) > 3 else os.path.join(checkpoint, "adapter")
     if os.path.isdir(adapter):
         from peft import PeftModel
 

@@ -12,10 +12,8 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
 use super::{Llava, LoadError};
+pub use crate::model::lora::ADAPTER_DIR;
 use crate::model::lora::{LoraLayers, LoraSpec, LoraTarget};
-
-/// The folder, inside a checkpoint, that holds its adapters.
-pub const ADAPTER_DIR: &str = "adapter";
 
 /// Where PEFT puts the model's modules: under its wrapper, by transformers 5's in-memory names.
 const PEFT_PREFIX: &str = "base_model.model.model.";
