@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod device;
 mod hf_weights;
 pub mod llava;
+pub mod logps;
 pub mod lora;
 pub mod policy;
 pub mod tiny;

@@ -11,8 +11,8 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::logps::completion_logps;
 use super::tokenizer::{BOS, ByteTokenizer, EOS, PAD};
-use crate::train::logps::completion_logps;
 
 /// Who says a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

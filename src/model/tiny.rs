@@ -314,9 +314,9 @@ impl Policy for TinyVlm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::logps::completion_logps;
     use crate::model::lora::all_targets;
     use crate::model::tokenizer::{BOS, ByteTokenizer, EOS};
-    use crate::train::logps::completion_logps;
     use crate::train::losses::{LossConfig, LossType, dpo_loss};
     use crate::train::optim::AdamW;
     use burn::optim::GradientsParams;

@@ -5,7 +5,6 @@ pub mod bench;
 pub mod clip;
 pub mod dpo;
 pub mod fit;
-pub mod logps;
 pub mod losses;
 pub mod optim;
 pub mod resume;

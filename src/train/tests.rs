@@ -4,8 +4,8 @@
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 use serde_json::Value;
 
-use super::logps::completion_logps;
 use super::losses::{LossConfig, LossType, dpo_loss};
+use crate::model::logps::completion_logps;
 
 fn vectors() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/dpo-loss-trl.json");
