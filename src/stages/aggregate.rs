@@ -1,7 +1,6 @@
 //! `aggregate`: one score per response from its aspect ratings (the paper: the plain mean).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -118,10 +117,6 @@ impl Stage for Aggregate {
 
     fn roles(&self) -> Roles {
         Roles::Named(&["responses", "ratings"])
-    }
-
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {

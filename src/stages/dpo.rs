@@ -6,7 +6,7 @@
 //! steps the run's state is saved in the instance's scratch space; a killed run resumes there.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -265,10 +265,6 @@ impl Stage for Dpo {
 
     fn roles(&self) -> Roles {
         Roles::Named(&["pairs"])
-    }
-
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {

@@ -311,10 +311,6 @@ impl Stage for Export {
         Roles::Named(if self.file_format.is_none() { &[CHECKPOINT] } else { &["table"] })
     }
 
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
     fn workspace_outputs(&self) -> Vec<String> {
         let mut paths = vec![self.params.path.clone()];
         paths.extend(self.images_dir().map(String::from));

@@ -97,8 +97,11 @@ pub trait Stage: Send + Sync {
     fn canonical_params(&self) -> Value;
     fn outputs(&self) -> Vec<OutputDecl>;
     fn roles(&self) -> Roles;
-    /// Workspace files (or directories) whose bytes enter the key.
-    fn key_files(&self) -> Vec<PathBuf>;
+    /// Workspace files (or directories) whose bytes enter the key: none unless the kind
+    /// reads the workspace.
+    fn key_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError>;
     /// Workspace paths this stage writes; runs lock them so two never write one at once.
     fn workspace_outputs(&self) -> Vec<String> {

@@ -2,7 +2,6 @@
 //! released recipe; the other strategies are the paper's baselines and common variants.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -89,10 +88,6 @@ impl Stage for Pair {
 
     fn roles(&self) -> Roles {
         Roles::Named(&["instructions", "scores"])
-    }
-
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {

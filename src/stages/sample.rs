@@ -6,7 +6,6 @@
 //! goes through the call memo: a rerun sends only what is missing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -246,10 +245,6 @@ impl Stage for Sample {
 
     fn roles(&self) -> Roles {
         Roles::Named(&["instructions"])
-    }
-
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, crate::store::OutputRef>, StageError> {

@@ -6,7 +6,6 @@
 //! step N as output `stepN`: one run yields policies of several training lengths.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -253,10 +252,6 @@ impl Stage for Sft {
 
     fn roles(&self) -> Roles {
         Roles::Named(&["examples"])
-    }
-
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {

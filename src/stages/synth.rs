@@ -6,7 +6,6 @@
 //! truth and contents), plus the `images` they use.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -113,10 +112,6 @@ impl Stage for Synth {
 
     fn roles(&self) -> Roles {
         Roles::Named(&[])
-    }
-
-    fn key_files(&self) -> Vec<PathBuf> {
-        Vec::new()
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
