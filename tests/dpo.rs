@@ -409,3 +409,29 @@ fn an_exported_checkpoint_folder_is_the_same_model_by_path() {
         "{text}"
     );
 }
+
+#[test]
+fn runtime_threads_gives_the_stage_a_pool_of_that_size() {
+    // A batch's pairs are split over the pool's threads, so their number reaches the weights'
+    // last bits: `runtime.threads` pins it, as RAYON_NUM_THREADS does for a whole run.
+    let digest = |runtime: Option<usize>, rayon_threads: Option<usize>| {
+        let ws = Workspace::new();
+        ws.write("pairs.csv", &pairs_csv(16));
+        let mut pipeline = pipeline();
+        if let Some(n) = runtime {
+            pipeline += &format!("    runtime: {{ threads: {n} }}\n");
+        }
+        ws.write("pipeline.yaml", &pipeline);
+        let mut run = ws.command(&["run", "--format", "json"]);
+        if let Some(n) = rayon_threads {
+            run.env("RAYON_NUM_THREADS", n.to_string());
+        }
+        let out = run.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        output_digest(&serde_json::from_slice(&out.stdout).unwrap(), "policy", "checkpoint")
+    };
+    for n in [1, 2] {
+        assert_eq!(digest(Some(n), Some(3)), digest(None, Some(n)), "threads: {n}");
+    }
+    assert_ne!(digest(None, Some(1)), digest(None, Some(2)), "the thread count reaches the weights");
+}

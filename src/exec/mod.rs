@@ -370,7 +370,15 @@ fn compute(
         return Ok(hit);
     }
     let start = Instant::now();
-    let outputs = inst.stage_impl.run(&ctx)?;
+    let outputs = match inst.runtime.threads {
+        // The stage's compute (flex's kernels, decoding, hashing) on a pool of its own size.
+        Some(threads) => rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| StageError::Failed(format!("runtime.threads: cannot start {threads} threads: {e}")))?
+            .install(|| inst.stage_impl.run(&ctx))?,
+        None => inst.stage_impl.run(&ctx)?,
+    };
     let record = StageRecord {
         key,
         kind: inst.kind.name.to_string(),
