@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use crate::{Failure, Format, Outcome, print_json};
+use super::{Failure, Format, Outcome, print_json};
 use silkie::model::device::Precision;
 
 #[derive(Args)]

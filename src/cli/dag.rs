@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::{Context, Outcome, PipelineFile, pick};
+use super::{Context, Outcome, PipelineFile, pick};
 
 #[derive(Args)]
 pub struct DagArgs {

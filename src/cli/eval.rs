@@ -2,15 +2,45 @@
 //! already, outside any pipeline — the same scorers the `evaluate` stage runs.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::{Context, EvalArgs, EvalBenchmark, Failure, Format, Outcome, print_json};
+use clap::{Args, ValueEnum};
+
+use super::{Context, Failure, Format, Outcome, PipelineFile, print_json};
 use silkie::calls::{self, CallSpec, ChatRequest};
 use silkie::eval::mme::{self, Categories};
 use silkie::eval::mmhal;
 use silkie::stages::{DEFAULT_PROGRESS_INTERVAL, StageProgress};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Which benchmark's rules
+    #[arg(value_enum)]
+    benchmark: EvalBenchmark,
+    /// mme: a results directory (<subtask>.txt files); mmhal: the benchmark JSON with `model_answer`s
+    path: PathBuf,
+    /// mmhal: the judge, a `models:` entry of the pipeline (-f)
+    #[arg(long)]
+    judge: Option<String>,
+    /// mmhal: the judge's prompt template instead of silkie's
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    #[command(flatten)]
+    file: PipelineFile,
+    /// Send no judge call: answer from the memo only
+    #[arg(long)]
+    offline: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalBenchmark {
+    Mme,
+    Mmhal,
+}
 
 pub fn run(ctx: &Context, args: EvalArgs) -> Outcome {
     match args.benchmark {

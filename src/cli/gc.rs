@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::{Context, Failure, Format, Outcome, print_json, seconds};
+use super::{Context, Failure, Format, Outcome, print_json, seconds};
 
 #[derive(Args)]
 pub struct GcArgs {

@@ -3,15 +3,47 @@
 //! to a baseline: each stage's own `baseline:`, or one chosen with `--baseline INSTANCE`.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
+use clap::{Args, ValueEnum};
+
 use super::plot::Bar;
-use crate::{Context, Failure, MetricsArgs, MetricsFormat, Outcome, assess, print_json};
+use super::{Context, Failure, Outcome, assess, print_json};
 use silkie::eval::results::{Metric, read_results, relative_change};
 use silkie::plan::State;
 use silkie::store::{OutputRef, RunRecord, Store};
 use silkie::table::{self, TableFormat};
+
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// Pipelines whose evaluate stages to read [default: pipeline.yaml in the workspace]
+    pipelines: Vec<PathBuf>,
+    /// Compare every row with this evaluate instance (NAME or PIPELINE:NAME) instead of each
+    /// stage's own `baseline:`
+    #[arg(long, value_name = "INSTANCE")]
+    baseline: Option<String>,
+    /// Include per-subtask and per-type metrics
+    #[arg(long)]
+    all: bool,
+    /// Override a value in every pipeline read (as `run --set`)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Draw the metrics as bars into this PNG file
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = MetricsFormat::Text)]
+    format: MetricsFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsFormat {
+    Text,
+    Json,
+    Csv,
+    Markdown,
+}
 
 /// One metric of one evaluate instance.
 #[derive(Debug, Clone, Serialize)]

@@ -6,12 +6,45 @@ use std::path::Path;
 use petgraph::Direction;
 use polars::prelude::DataFrame;
 
-use crate::{Context, Failure, Format, GroupBy, Outcome, ShowArgs, assess, print_json};
+use clap::{Args, ValueEnum};
+
+use super::{Context, Failure, Format, Outcome, PipelineFile, assess, print_json};
 use silkie::data::report::DataReport;
 use silkie::data::stats;
 use silkie::plan::{Plan, State};
 use silkie::store::{OutputKind, OutputRef, StageRecord, Store};
 use silkie::table::{self, TableFormat};
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// STAGE or STAGE.OUTPUT
+    stage: String,
+    #[command(flatten)]
+    file: PipelineFile,
+    /// Rows to print
+    #[arg(long, default_value_t = 10)]
+    rows: usize,
+    /// Print the stage's data report (rows in, rows out, drops by reason) instead
+    #[arg(long, conflicts_with = "by")]
+    report: bool,
+    /// Per-model statistics of a scores table: mean score per aspect, and win rate in the pairs
+    #[arg(long, value_enum)]
+    by: Option<GroupBy>,
+    /// Draw a `training` table's loss and reward curves into this PNG file
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["report", "by"])]
+    plot: Option<std::path::PathBuf>,
+    /// With --plot: weight of the moving average drawn over each raw curve, in [0, 1)
+    /// (TensorBoard's smoothing; 0 draws the raw values only)
+    #[arg(long, value_name = "WEIGHT", default_value_t = 0.9, requires = "plot")]
+    smoothing: f64,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    Model,
+}
 
 pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
     let (pipeline, plan) = ctx.load(args.file.file.as_deref(), &args.file.sets)?;

@@ -1,0 +1,131 @@
+//! The commands, one file each with its arguments, and what they share: the workspace and
+//! cache a command works in ([`Context`]), how it fails ([`Failure`], the exit codes) and how
+//! it prints.
+
+pub mod bench;
+pub mod dag;
+pub mod eval;
+pub mod explain;
+pub mod gc;
+pub mod metrics;
+pub mod plot;
+pub mod run;
+pub mod show;
+pub mod status;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use silkie::dsl::{Loader, Pipeline, PipelineErrors};
+use silkie::plan::{self, Assessment, Plan};
+use silkie::store::{StatCache, Store};
+
+#[derive(Args, Clone)]
+pub struct PipelineFile {
+    /// The pipeline file [default: pipeline.yaml in the workspace]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Override a value: stages.NAME.params.KEY=VALUE, vars.X=VALUE, models.M.FIELD=VALUE
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PositionalPipeline {
+    /// The pipeline file (same as -f)
+    pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    file: PipelineFile,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Exit codes: 0 success, 1 a stage or the store failed, 2 bad input (pipeline, arguments).
+pub enum Failure {
+    Invalid(String),
+    Pipeline(PipelineErrors),
+    Runtime(String),
+}
+
+pub type Outcome = Result<bool, Failure>;
+
+/// Where the command works: the workspace and its cache.
+pub struct Context {
+    workspace: PathBuf,
+    cache: PathBuf,
+    max_instances: usize,
+}
+
+impl Context {
+    /// The workspace and cache the global flags name (relative to the current directory).
+    pub fn new(workspace: Option<&Path>, cache: Option<&Path>, max_instances: usize) -> Result<Context, Failure> {
+        let cwd =
+            std::env::current_dir().map_err(|e| Failure::Runtime(format!("cannot read the current directory: {e}")))?;
+        let workspace = workspace.map_or(cwd.clone(), |w| cwd.join(w));
+        if !workspace.is_dir() {
+            return Err(Failure::Invalid(format!("the workspace {} is not a directory", workspace.display())));
+        }
+        let cache = cache.map_or_else(|| workspace.join("cache"), |c| cwd.join(c));
+        Ok(Context { workspace, cache, max_instances })
+    }
+
+    fn store(&self) -> Result<Store, Failure> {
+        Store::open(&self.cache).map_err(|e| Failure::Runtime(e.to_string()))
+    }
+
+    /// A pipeline path from the command line: relative to the current directory when it
+    /// exists there, else to the workspace; `pipeline.yaml` in the workspace by default.
+    fn pipeline_path(&self, given: Option<&Path>) -> PathBuf {
+        match given {
+            None => self.workspace.join("pipeline.yaml"),
+            Some(p) if p.is_absolute() => p.to_path_buf(),
+            Some(p) => {
+                let here = std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf());
+                if here.exists() { here } else { self.workspace.join(p) }
+            }
+        }
+    }
+
+    fn load(&self, given: Option<&Path>, sets: &[String]) -> Result<(Pipeline, Plan), Failure> {
+        let path = self.pipeline_path(given);
+        let pipeline = Loader { workspace: &self.workspace }.load(&path, sets).map_err(Failure::Pipeline)?;
+        let plan = plan::build(&pipeline, self.max_instances).map_err(Failure::Pipeline)?;
+        Ok((pipeline, plan))
+    }
+}
+
+pub fn pick<'a>(positional: Option<&'a PathBuf>, file: &'a PipelineFile) -> Result<Option<&'a Path>, Failure> {
+    match (positional, &file.file) {
+        (Some(_), Some(_)) => {
+            Err(Failure::Invalid("give the pipeline either as an argument or with -f, not both".into()))
+        }
+        (p, f) => Ok(p.or(f.as_ref()).map(PathBuf::as_path)),
+    }
+}
+
+pub fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// A `--flag SECONDS` value as a duration.
+pub fn seconds(flag: &str, s: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| Failure::Invalid(format!("{flag} {s}: expected a non-negative number of seconds")))
+}
+
+pub fn assess(ctx: &Context, pipeline: &Pipeline, plan: &Plan) -> Result<Vec<Assessment>, Failure> {
+    let store = ctx.store()?;
+    let stat_cache = StatCache::load(&store);
+    let states = plan::assess(plan, &store, &stat_cache, &ctx.workspace, &pipeline.label);
+    let _ = stat_cache.save(&store);
+    Ok(states)
+}
