@@ -85,7 +85,7 @@ pub fn local_def() -> ModelDef {
         base_url: None,
         api_key_env: None,
         params: serde_json::Map::new(),
-        runtime: crate::dsl::Runtime { max_in_flight: Some(1), ..Default::default() },
+        runtime: crate::dsl::Runtime::default(),
         checkpoint_dir: None,
     }
 }
@@ -111,9 +111,11 @@ pub fn folder_model(ctx: &RunContext, dir: &str) -> Result<(ModelDef, ModelIdent
 
 fn local_model(ctx: &RunContext, digest: String, dir: Option<std::path::PathBuf>) -> (ModelDef, ModelIdentity) {
     let mut def = local_def();
-    // The stage's `runtime.device` and `runtime.dtype` also place its local models.
+    // The stage's `runtime.device` and `runtime.dtype` also place its local models, and its
+    // `max_in_flight` bounds how many requests one generates as a batch.
     def.runtime.device = ctx.runtime.device.clone();
     def.runtime.dtype = ctx.runtime.dtype;
+    def.runtime.max_in_flight = ctx.runtime.max_in_flight;
     def.checkpoint_dir = dir;
     let identity = providers::identity(&digest, &def);
     def.model = Some(digest);
