@@ -435,3 +435,27 @@ fn runtime_threads_gives_the_stage_a_pool_of_that_size() {
     }
     assert_ne!(digest(None, Some(1)), digest(None, Some(2)), "the thread count reaches the weights");
 }
+
+#[test]
+fn gradient_checkpointing_trains_the_same_weights_and_only_training_stages_take_it() {
+    // Recomputing activations in the backward pass changes memory, not numbers.
+    let digest = |runtime: &str| {
+        let ws = Workspace::new();
+        ws.write("pairs.csv", &pairs_csv(16));
+        ws.write("pipeline.yaml", &format!("{}{runtime}", pipeline()));
+        let out = ws.command(&["run", "--format", "json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        output_digest(&serde_json::from_slice(&out.stdout).unwrap(), "policy", "checkpoint")
+    };
+    assert_eq!(digest("    runtime: { gradient_checkpointing: true }\n"), digest(""));
+    let ws = Workspace::new();
+    ws.write("pairs.csv", &pairs_csv(4));
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  pairs: { kind: load, params: { path: pairs.csv }, runtime: { gradient_checkpointing: true } }\n",
+    );
+    let out = ws.silkie(&["validate"]);
+    assert_ne!(out.code, 0);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("stages.pairs.runtime.gradient_checkpointing") && text.contains("trains none"), "{text}");
+}

@@ -501,7 +501,8 @@ fn bf16_weights_answer_as_transformers_computes_in_bf16() {
 }
 
 /// Which of the checkpoint parts `prefixes` name differ between two folders' weights, as
-/// safetensors reads them (names as the base lays them out).
+/// safetensors reads them (names as the base lays them out), the base's rounded to the
+/// tuned one's type (a bf16 run keeps its frozen parts as the base in bf16).
 fn changed_parts(base: &Path, tuned: &Path, prefixes: &[&str]) -> Vec<String> {
     let script = "import json, sys, torch
 from safetensors.torch import load_file
@@ -515,7 +516,7 @@ base, tuned = load(sys.argv[1]), load(sys.argv[2])
 changed = set()
 for prefix in sys.argv[3:]:
     for name, t in base.items():
-        if name.startswith(prefix) and not torch.equal(t.float(), tuned[name].float()):
+        if name.startswith(prefix) and not torch.equal(t.to(tuned[name].dtype), tuned[name]):
             changed.add(prefix)
 print(json.dumps(sorted(changed)))";
     let out =
@@ -558,4 +559,84 @@ fn the_projector_trains_on_request_and_the_vision_tower_stays_frozen() {
         "{}",
         refused.stderr
     );
+}
+
+/// Each tensor's dtype in a safetensors file's header.
+fn safetensors_dtypes(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let tensors = header.as_object().unwrap().iter().filter(|(name, _)| *name != "__metadata__");
+    tensors.map(|(_, t)| t["dtype"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn in_bf16_a_llava_trains_f32_adapters_and_masters_over_its_bf16_weights() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let checkpoint = dir.path().display().to_string();
+    // `projector` trains the projector in full beside LoRA: its weights get f32 masters.
+    let extra = format!(
+        "  projector:
+    kind: dpo
+    needs: [pairs]
+    runtime: {{ dtype: bf16 }}
+    params: {{ base: {{ path: \"{checkpoint}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention] }}, train_projector: true, lr: 0.01, epochs: 1, batch_size: 2 }}
+  projector_out: {{ kind: export, needs: [projector], params: {{ path: projector, format: checkpoint }} }}
+{TRAIN_FURTHER_AND_EXPORT}"
+    );
+    let ws = llava_dpo(dir.path(), 4, &extra);
+    let policy_params = "    needs: [pairs]\n    params: { base: { path:";
+    let bf16_policy = ws.read("pipeline.yaml").replacen(
+        policy_params,
+        "    needs: [pairs]\n    runtime: { dtype: bf16 }\n    params: { base: { path:",
+        1,
+    );
+    ws.write("pipeline.yaml", &bf16_policy);
+    ws.run(&[]);
+    let training = ws.silkie(&["show", "policy.training", "--rows", "100", "--format", "json"]).json();
+    let losses: Vec<f64> = training.as_array().unwrap().iter().map(|r| r["loss"].as_f64().unwrap()).collect();
+    // The policy and its reference are one bf16 computation until the first update.
+    assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-5, "step 0 is ln 2: {losses:?}");
+    assert!(losses.last().unwrap() < &(losses[0] - 0.05), "the loss did not fall: {losses:?}");
+    // The export is a bf16 checkpoint, as transformers saves a model loaded in bf16 …
+    let tuned = ws.path().join("tuned");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(tuned.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    let dtypes = safetensors_dtypes(&tuned.join("model.safetensors"));
+    assert!(!dtypes.is_empty() && dtypes.iter().all(|d| d == "BF16"), "{dtypes:?}");
+    // … whose numbers transformers reads as silkie does (again reads it in f32).
+    assert_close(&reference_table(&ws, "again"), &transformers_logps(&tuned, &pair_rows(&ws)), "the bf16 export");
+    // A part trained in full moves in bf16 too: its f32 master took the small updates.
+    let parts = ["multi_modal_projector.", "vision_tower.", "language_model."];
+    assert_eq!(
+        changed_parts(dir.path(), &ws.path().join("projector"), &parts),
+        ["language_model.", "multi_modal_projector."]
+    );
+}
+
+#[test]
+fn a_config_alone_times_a_dpo_step_of_its_shape_with_random_weights() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let ws = common::Workspace::new();
+    let config = dir.path().join("config.json");
+    let bench = |source: &[&str], extra: &[&str]| -> Value {
+        let mut args = vec!["bench", "dpo", "--steps", "1", "--lora", "4", "--format", "json"];
+        args.extend(source);
+        args.extend(extra);
+        let out = ws.silkie(&args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.json()
+    };
+    let checkpoint = bench(&["--model", dir.path().to_str().unwrap()], &[]);
+    for extra in [&[][..], &["--dtype", "bf16", "--gradient-checkpointing"]] {
+        let random = bench(&["--config", config.to_str().unwrap()], extra);
+        // The checkpoint's shape: as many weights, as many trained.
+        assert_eq!(random["params"], checkpoint["params"], "{extra:?}");
+        assert_eq!(random["trainable"], checkpoint["trainable"], "{extra:?}");
+        assert!(random["tokens"].as_u64().unwrap() > 8 * 16, "every row holds the image's tokens: {random}");
+        assert!(random["tokens_per_second"].as_f64().unwrap() > 0.0);
+    }
+    let missing = ws.silkie(&["bench", "dpo", "--config", "nowhere.json"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("--config nowhere.json"), "{}", missing.stderr);
 }

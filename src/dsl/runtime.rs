@@ -5,8 +5,9 @@ use serde::Deserialize;
 
 use super::{Issue, Range};
 
-/// What models compute in (`runtime.dtype`). `bf16`: each forward pass runs in bf16 on a copy
-/// of the f32 weights, which stay f32 with their gradients and optimiser state.
+/// What models compute in (`runtime.dtype`). `bf16`: forward passes run in bf16 while what
+/// trains keeps f32 weights, gradients and optimiser state (a bf16 copy per pass of the tiny
+/// model; a LLaVA's frozen weights in bf16 once, its trained ones as f32 masters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -31,6 +32,9 @@ pub struct Runtime {
     pub device: Option<String>,
     pub dtype: Option<Precision>,
     pub threads: Option<usize>,
+    /// Training recomputes activations in the backward pass rather than keeping them all
+    /// (Burn's balanced checkpointing): less memory, more compute, the same numbers.
+    pub gradient_checkpointing: Option<bool>,
     /// Seconds the first retry of a failed call waits (each next one twice as long).
     pub retry_backoff: Option<f64>,
     /// Dollars per million input tokens, for the cost estimate in reports.

@@ -9,6 +9,7 @@ mod hf_weights;
 pub mod llava;
 pub mod logps;
 pub mod lora;
+pub mod master;
 pub mod policy;
 pub mod tiny;
 pub mod tokenizer;
@@ -29,6 +30,10 @@ pub trait Architecture: Sync {
     fn holds(&self, dir: &Path) -> bool;
     /// The checkpoint in `dir`, on `device`.
     fn load(&self, dir: &Path, device: &Device) -> Result<Vlm, String>;
+    /// A model of the shape `dir`'s config.json gives, with random weights, to time where
+    /// nothing can be downloaded; what else it needs to encode a batch (a tokenizer, say) is
+    /// stood in for by files written to `dir` where missing.
+    fn random(&self, dir: &Path, device: &Device) -> Result<Vlm, String>;
 }
 
 /// Every architecture silkie runs, in the order a folder is tried against them.
@@ -62,6 +67,17 @@ pub enum ModelError {
 
 /// The checkpoint in `dir`, by the first architecture that holds it.
 pub fn load(dir: &Path, device: &Device) -> Result<Vlm, ModelError> {
+    architecture_of(dir)?.load(dir, device).map_err(ModelError::Load)
+}
+
+/// A model of the shape `dir`'s config.json gives, with random weights (see
+/// [`Architecture::random`]).
+pub fn random(dir: &Path, device: &Device) -> Result<Vlm, ModelError> {
+    architecture_of(dir)?.random(dir, device).map_err(ModelError::Load)
+}
+
+/// The first architecture that holds `dir`, or why none does.
+fn architecture_of(dir: &Path) -> Result<&'static dyn Architecture, ModelError> {
     let Some(architecture) = ARCHITECTURES.iter().find(|a| a.holds(dir)) else {
         let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name()).collect();
         let why = match std::fs::read(dir.join("config.json")) {
@@ -76,7 +92,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Vlm, ModelError> {
         };
         return Err(ModelError::Unknown { dir: dir.display().to_string(), known: known.join(", "), why });
     };
-    architecture.load(dir, device).map_err(ModelError::Load)
+    Ok(*architecture)
 }
 
 impl Vlm {
@@ -85,18 +101,16 @@ impl Vlm {
         match self {
             Vlm::Tiny(m) => Ok(Vlm::Tiny(m.with_precision(precision))),
             Vlm::Llava(m) if precision == device::Precision::F32 => Ok(Vlm::Llava(m)),
-            // Its weights themselves in bf16, once: for answering (training refuses it).
+            // Its weights themselves in bf16, once: the frozen ones stay so in training.
             Vlm::Llava(m) => Ok(Vlm::Llava(m.in_dtype(burn::tensor::FloatDType::BF16))),
         }
     }
 
     /// The same model to train: what its architecture keeps frozen (LLaVA's vision tower)
-    /// frozen. LLaVA trains in f32 only so far.
+    /// frozen. A LLaVA in bf16 trains with its weights in bf16 once: once it is adapted,
+    /// [`master::f32_masters`] gives what trains an f32 master copy.
     pub fn for_training(self) -> Result<Vlm, ModelError> {
         match self {
-            Vlm::Llava(m) if m.is_bf16() => Err(ModelError::Load(
-                "llava trains in f32 only so far (bf16 is for answering: sample, evaluate); leave `runtime.dtype` unset".into(),
-            )),
             Vlm::Llava(m) => Ok(Vlm::Llava(m.for_training())),
             other => Ok(other),
         }

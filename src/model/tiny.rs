@@ -85,6 +85,13 @@ impl super::Architecture for TinyArchitecture {
     fn load(&self, dir: &std::path::Path, device: &Device) -> Result<super::Vlm, String> {
         super::checkpoint::load(dir, device).map(|(model, _)| super::Vlm::Tiny(model)).map_err(|e| e.to_string())
     }
+
+    fn random(&self, dir: &std::path::Path, device: &Device) -> Result<super::Vlm, String> {
+        let path = dir.join("config.json");
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: TinyConfig = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(super::Vlm::Tiny(config.init(device)))
+    }
 }
 
 #[derive(Module, Debug)]
@@ -117,12 +124,10 @@ impl TinyVlm {
         &self.config
     }
 
-    /// Adds LoRA adapters (rank `r`, scale `alpha / r`) to the targeted weights and freezes
-    /// every other parameter: only the adapters train. [`Module::materialize`] merges them.
+    /// LoRA adapters on the targeted weights, every other parameter frozen.
     pub fn with_lora(self, lora: &LoraSpec) -> Result<Self, String> {
         let paths = lora.modules(&LORA_LAYERS, "tiny")?;
-        let group = burn::module::ParamGroup::from_any_predicates(paths);
-        Ok(self.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group)))
+        Ok(lora.attach(self, burn::module::ParamGroup::from_any_predicates(paths)))
     }
 
     /// The same model computing in `precision` from now on; its weights stay as they are.

@@ -263,6 +263,10 @@ impl Stage for Dpo {
         outputs
     }
 
+    fn trains(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&["pairs"])
     }

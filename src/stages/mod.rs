@@ -107,6 +107,10 @@ pub trait Stage: Send + Sync {
     fn workspace_outputs(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether it trains a model (so `runtime.gradient_checkpointing` applies).
+    fn trains(&self) -> bool {
+        false
+    }
     /// Called on a cache hit: puts workspace files the stage owns back in place.
     fn restore(&self, _ctx: &RunContext, _outputs: &BTreeMap<String, OutputRef>) -> Result<(), StageError> {
         Ok(())

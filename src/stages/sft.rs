@@ -250,6 +250,10 @@ impl Stage for Sft {
         outputs
     }
 
+    fn trains(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&["examples"])
     }

@@ -175,8 +175,11 @@ impl Base {
     /// computing in `precision` — freshly initialised from that seed, or the referenced
     /// checkpoint.
     pub fn open(&self, ctx: &RunContext, seed: u64, precision: Precision) -> Result<(Device, Vlm), StageError> {
-        let device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
+        let mut device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
             .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
+        if ctx.runtime.gradient_checkpointing == Some(true) {
+            device = device.gradient_checkpointing();
+        }
         device.seed(seed);
         let model = self.load(ctx, &device)?;
         let model = model.with_precision(precision).map_err(|e| StageError::Failed(e.to_string()))?;
@@ -284,6 +287,8 @@ pub fn resume_or_start<R: StepRecord>(
     fresh: Vlm,
     optimizer: &AdamW,
 ) -> Result<TrainState<Vlm, R>, StageError> {
+    // What trains in bf16 keeps f32 masters, made before a resume so the saved state fits.
+    let fresh = crate::model::master::f32_masters(fresh);
     let resumed = resume::load(scratch, fresh.clone(), optimizer).map_err(|e| StageError::Failed(e.to_string()))?;
     Ok(match resumed {
         Some(state) => {

@@ -6,6 +6,7 @@ pub mod config;
 mod peft;
 mod policy;
 pub mod processor;
+mod stand_in;
 mod text;
 mod vision;
 
@@ -93,6 +94,10 @@ impl super::Architecture for LlavaArchitecture {
     fn load(&self, dir: &Path, device: &Device) -> Result<super::Vlm, String> {
         LlavaPolicy::load(dir, device).map(super::Vlm::Llava).map_err(|e| e.to_string())
     }
+
+    fn random(&self, dir: &Path, device: &Device) -> Result<super::Vlm, String> {
+        LlavaPolicy::random(dir, device).map(super::Vlm::Llava).map_err(|e| e.to_string())
+    }
 }
 
 /// The tokens that end a generation: `generation_config.json`'s `eos_token_id` (one or a
@@ -120,15 +125,20 @@ pub fn stop_tokens(dir: &Path, config: &serde_json::Value) -> Result<Vec<u32>, L
     Ok(ids(config.get("text_config").and_then(|t| t.get("eos_token_id"))))
 }
 
+/// `dir`'s config.json, read as transformers' config classes read it.
+pub fn read_config(dir: &Path) -> Result<LlavaConfig, LoadError> {
+    let path = dir.join("config.json");
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(&path).map_err(|e| LoadError::Read { path: shown.clone(), reason: e.to_string() })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| LoadError::Read { path: shown.clone(), reason: format!("not JSON: {e}") })?;
+    config::parse(&value).map_err(|source| LoadError::Config { path: shown, source })
+}
+
 impl Llava {
     /// Loads the checkpoint in `dir` (its `config.json` and safetensors weights) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Llava, LoadError> {
-        let path = dir.join("config.json");
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(|e| LoadError::Read { path: shown.clone(), reason: e.to_string() })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| LoadError::Read { path: shown.clone(), reason: format!("not JSON: {e}") })?;
-        let config = config::parse(&value).map_err(|source| LoadError::Config { path: shown, source })?;
+        let config = read_config(dir)?;
         let mut model = Llava::new(&config, device);
         let unneeded: Vec<&str> =
             UNNEEDED.iter().copied().chain(config.text.tie_word_embeddings.then_some("lm_head.")).collect();
@@ -183,6 +193,12 @@ impl Llava {
 
     pub fn is_bf16(&self) -> bool {
         self.float_dtype() == FloatDType::BF16
+    }
+
+    /// The type its weights are saved in, as config.json's `dtype` names it: the one the
+    /// model computes in (f32 masters of trained weights are cast to it on saving).
+    pub fn saved_dtype(&self) -> &'static str {
+        if self.is_bf16() { "bfloat16" } else { "float32" }
     }
 
     /// The float type the weights are in, for inputs to match.
@@ -348,7 +364,12 @@ struct CastFloats(FloatDType);
 impl ModuleMapper for CastFloats {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let dtype = self.0;
-        param.map(|weights| weights.cast(dtype))
+        // A weight of its own (not a step in the f32 weight's graph), trainable as before.
+        param.map(|weights| {
+            let trainable = weights.is_require_grad();
+            let cast = weights.cast(dtype).detach();
+            if trainable { cast.require_grad() } else { cast }
+        })
     }
 }
 

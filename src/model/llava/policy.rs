@@ -116,6 +116,23 @@ impl LlavaPolicy {
         Ok(LlavaPolicy { model, ..adapted })
     }
 
+    /// A model of the shape `dir`'s config.json gives, with random weights; the tokenizer,
+    /// template and image processor files `dir` lacks are written there as stand-ins.
+    pub fn random(dir: &Path, device: &Device) -> Result<LlavaPolicy, LoadError> {
+        let config = super::read_config(dir)?;
+        super::stand_in::write_missing(dir, &config)
+            .map_err(|e| LoadError::Read { path: dir.display().to_string(), reason: e.to_string() })?;
+        let processor = Processor::load(dir, config.image_tokens())
+            .map_err(|e| LoadError::Read { path: e.file.clone(), reason: e.reason.clone() })?;
+        let value: serde_json::Value = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let origin = Arc::new(Origin { files: Vec::new(), names_back: Vec::new() });
+        let model = Llava::new(&config, device);
+        Ok(LlavaPolicy { stop: stop_tokens(dir, &value)?, model, processor: Arc::new(processor), origin })
+    }
+
     /// The same model computing in `dtype` (its weights cast once).
     pub fn in_dtype(self, dtype: burn::tensor::FloatDType) -> LlavaPolicy {
         LlavaPolicy { model: self.model.in_dtype(dtype), ..self }
@@ -142,12 +159,13 @@ impl LlavaPolicy {
         let names = lora.modules(&LORA_LAYERS, "llava")?;
         let pattern = format!(r"language_model\.layers\.\d+\.(self_attn|mlp)\.({})\.weight", names.join("|"));
         let group = burn::module::ParamGroup::from_regex(&pattern).map_err(|e| format!("LoRA targets: {e:?}"))?;
-        let model = self.model.apply_lora(burn::module::Lora::new(lora.r, lora.alpha).set_param_group(group));
+        let model = lora.attach(self.model, group);
         Ok(LlavaPolicy { model, ..self })
     }
 
     /// Writes the model as a Hugging Face checkpoint folder: the origin's config, tokenizer and
-    /// processor files, and the weights in f32 under the origin's tensor names — with the
+    /// processor files, and the weights in the type it computes in (f32, or bf16 after a bf16
+    /// run, as transformers saves a model loaded in bf16) under the origin's tensor names — with the
     /// adapters merged, or with `apart` the base's weights as they were and the adapters in
     /// PEFT's layout under `adapter/` (for `PeftModel.from_pretrained` and vLLM's LoRA serving).
     pub fn save(&self, dir: &Path, apart: Option<&LoraSpec>) -> Result<(), LoadError> {
@@ -158,7 +176,7 @@ impl LlavaPolicy {
         std::fs::create_dir_all(dir).map_err(|e| failed(dir, &e))?;
         for (name, bytes) in &self.origin.files {
             let path = dir.join(name);
-            let bytes = if name == "config.json" { f32_config(bytes) } else { bytes.clone() };
+            let bytes = if name == "config.json" { config_in(bytes, self.model.saved_dtype()) } else { bytes.clone() };
             std::fs::write(&path, bytes).map_err(|e| failed(&path, &e))?;
         }
         let weights = dir.join("model.safetensors");
@@ -337,12 +355,12 @@ impl LlavaPolicy {
     }
 }
 
-/// The origin's config.json, saying the weights are f32 now.
-fn f32_config(bytes: &[u8]) -> Vec<u8> {
+/// The origin's config.json, saying which type the weights are in now.
+fn config_in(bytes: &[u8], dtype: &str) -> Vec<u8> {
     let Ok(mut config) = serde_json::from_slice::<serde_json::Value>(bytes) else { return bytes.to_vec() };
     if let Some(map) = config.as_object_mut() {
         map.remove("torch_dtype");
-        map.insert("dtype".into(), serde_json::Value::from("float32"));
+        map.insert("dtype".into(), serde_json::Value::from(dtype));
     }
     serde_json::to_vec_pretty(&config).unwrap_or_else(|_| bytes.to_vec())
 }
