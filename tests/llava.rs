@@ -640,3 +640,14 @@ fn a_config_alone_times_a_dpo_step_of_its_shape_with_random_weights() {
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("--config nowhere.json"), "{}", missing.stderr);
 }
+
+#[test]
+fn the_gpu_checks_7b_config_is_llava_1_5_7b_to_the_parameter() {
+    // Burn initialises weights on first use, so counting them allocates nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/configs/llava-1.5-7b.json");
+    std::fs::copy(config, dir.path().join("config.json")).unwrap();
+    let model = silkie::model::random(dir.path(), &burn::tensor::Device::flex()).unwrap();
+    // llava-hf/llava-1.5-7b-hf as transformers counts it.
+    assert_eq!(burn::module::Module::num_params(&model), 7_063_427_072);
+}

@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// With --model or --config: LoRA of this rank (alpha twice it) on attention and MLP; 0 trains every weight
     #[arg(long, default_value_t = 16)]
     pub lora: usize,
+    /// With --model or --config: preference pairs per step (each a chosen and a rejected row)
+    #[arg(long, default_value_t = 8)]
+    pub pairs: usize,
     /// With --model or --config: the picture file the pairs are about [default: 64×64 gradients]
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
@@ -119,7 +122,7 @@ fn bench_checkpoint(
     device: &burn::tensor::Device,
 ) -> Outcome {
     use silkie::model::lora::{LoraSpec, all_targets};
-    use silkie::train::bench::{BATCH, dpo_steps_on, peak_rss_mb, picture};
+    use silkie::train::bench::{dpo_steps_on, peak_rss_mb, picture};
     let invalid = |e: String| Failure::Invalid(format!("{}: {e}", from.display()));
     let image = match &args.image {
         Some(file) => std::fs::read(file).map_err(|e| Failure::Invalid(format!("--image {}: {e}", file.display())))?,
@@ -131,19 +134,20 @@ fn bench_checkpoint(
         let spec = LoraSpec { r: args.lora, alpha: 2.0 * args.lora as f64, targets: all_targets() };
         model = model.with_lora(&spec).map_err(|e| invalid(e.to_string()))?;
     }
-    let t =
-        dpo_steps_on(silkie::model::master::f32_masters(model), &image, args.steps.max(1), device).map_err(invalid)?;
+    let t = dpo_steps_on(silkie::model::master::f32_masters(model), &image, args.pairs, args.steps.max(1), device)
+        .map_err(invalid)?;
     // The base's count (without LoRA's factors): what transformers reports for the folder.
     let t = silkie::train::bench::CheckpointThroughput { params, ..t };
     let training =
         if args.lora > 0 { format!("LoRA r{} on attention and MLP", args.lora) } else { "every weight".into() };
     match args.format {
         Format::Text => println!(
-            "{} {precision} {} ({} parameters, {} training: {training}), batch {BATCH} pairs, {} tokens a step: {:.1} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
+            "{} {precision} {} ({} parameters, {} training: {training}), batch {} pairs, {} tokens a step: {:.1} ms per step, {:.0} tokens/s; peak RSS {:.0} MB",
             args.device,
             from.display(),
             t.params,
             t.trainable,
+            args.pairs,
             t.tokens,
             t.ms_per_step,
             t.tokens_per_second,
@@ -151,7 +155,7 @@ fn bench_checkpoint(
         ),
         Format::Json => print_json(&serde_json::json!({
             "device": args.device, "dtype": precision.to_string(), "model": from, "gradient_checkpointing": args.gradient_checkpointing, "lora": args.lora,
-            "params": t.params, "trainable": t.trainable, "batch": BATCH, "tokens": t.tokens,
+            "params": t.params, "trainable": t.trainable, "batch": args.pairs, "tokens": t.tokens,
             "ms_per_step": t.ms_per_step, "tokens_per_second": t.tokens_per_second, "peak_rss_mb": peak_rss_mb(),
         })),
     }

@@ -79,13 +79,18 @@ pub const CHECKPOINT_ROWS: [(&str, &str, &str); 4] = [
     ("What colour is the square?", "The square is red.", "The lazy dog sleeps."),
 ];
 
-/// `steps` timed DPO steps (after one warm-up step) of `model` on one batch of
-/// [`CHECKPOINT_ROWS`] about `image` (an encoded picture file), each row's prompt repeated to
-/// `BATCH` rows.
-pub fn dpo_steps_on(model: Vlm, image: &[u8], steps: usize, device: &Device) -> Result<CheckpointThroughput, String> {
+/// `steps` timed DPO steps (after one warm-up step) of `model` on one batch of `pairs` pairs
+/// from [`CHECKPOINT_ROWS`] (repeated as needed), each about `image` (an encoded picture file).
+pub fn dpo_steps_on(
+    model: Vlm,
+    image: &[u8],
+    pairs: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<CheckpointThroughput, String> {
     let params = model.num_params();
     let rows = |side: usize| -> Vec<Scored<'_>> {
-        (0..BATCH)
+        (0..pairs.max(1))
             .map(|i| {
                 let (prompt, chosen, rejected) = CHECKPOINT_ROWS[i % CHECKPOINT_ROWS.len()];
                 Scored {
