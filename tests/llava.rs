@@ -416,18 +416,29 @@ fn broken_checkpoints_are_named_with_the_file_and_the_key() {
 #[test]
 fn a_killed_llava_run_resumes_to_the_same_weights() {
     let (dir, _) = fixture(&["--vision", "siglip", "--text", "qwen2"]);
-    let whole = llava_dpo(dir.path(), 12, "");
-    let uninterrupted = whole.run(&[]);
-    let ws = llava_dpo(dir.path(), 12, "");
-    common::kill_after_first_save(&ws);
-    let resumed = ws.command(&["run", "--format", "json"]).env("SILKIE_LOG", "silkie=info").output().unwrap();
-    let resumed: common::Ran = resumed.into();
-    assert!(resumed.stderr.contains("resuming after step"), "it started over:\n{}", resumed.stderr);
-    let digest = |record: &Value| {
-        let policy = record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "policy").unwrap();
-        policy["outputs"]["checkpoint"]["digest"].as_str().unwrap().to_string()
-    };
-    assert_eq!(digest(&resumed.json()), digest(&uninterrupted), "the resumed run ended with other weights");
+    // In f32, and in bf16 with the projector trained in full (f32 factors and masters saved
+    // and read back).
+    for bf16 in [false, true] {
+        let workspace = || {
+            let ws = llava_dpo(dir.path(), 12, "");
+            if bf16 {
+                let pipeline = ws.read("pipeline.yaml").replace("seed: 3,", "seed: 3, train_projector: true,");
+                ws.write("pipeline.yaml", &format!("{pipeline}    runtime: {{ dtype: bf16 }}\n"));
+            }
+            ws
+        };
+        let uninterrupted = workspace().run(&[]);
+        let ws = workspace();
+        common::kill_after_first_save(&ws);
+        let resumed = ws.command(&["run", "--format", "json"]).env("SILKIE_LOG", "silkie=info").output().unwrap();
+        let resumed: common::Ran = resumed.into();
+        assert!(resumed.stderr.contains("resuming after step"), "bf16 {bf16}: it started over:\n{}", resumed.stderr);
+        let digest = |record: &Value| {
+            let policy = record["instances"].as_array().unwrap().iter().find(|i| i["name"] == "policy").unwrap();
+            policy["outputs"]["checkpoint"]["digest"].as_str().unwrap().to_string()
+        };
+        assert_eq!(digest(&resumed.json()), digest(&uninterrupted), "bf16 {bf16}: the resumed run ended elsewhere");
+    }
 }
 
 #[test]
