@@ -536,18 +536,27 @@ print(json.dumps(sorted(changed)))";
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn the_projector_trains_on_request_and_the_vision_tower_stays_frozen() {
-    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
-    let checkpoint = dir.path().display().to_string();
-    let extra = format!(
+/// A stage `projector`: one epoch of LoRA DPO on `checkpoint` that trains the projector in
+/// full beside the adapters, with `runtime` (a YAML line, or nothing).
+fn projector_stage(checkpoint: &Path, runtime: &str) -> String {
+    format!(
         "  projector:
     kind: dpo
     needs: [pairs]
-    params: {{ base: {{ path: \"{checkpoint}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention] }}, train_projector: true, lr: 0.01, epochs: 1, batch_size: 2 }}
-  plain_out: {{ kind: export, needs: [policy], params: {{ path: plain, format: checkpoint }} }}
+{runtime}    params: {{ base: {{ path: \"{}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention] }}, train_projector: true, lr: 0.01, epochs: 1, batch_size: 2 }}
+",
+        checkpoint.display()
+    )
+}
+
+#[test]
+fn the_projector_trains_on_request_and_the_vision_tower_stays_frozen() {
+    let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
+    let extra = format!(
+        "{}  plain_out: {{ kind: export, needs: [policy], params: {{ path: plain, format: checkpoint }} }}
   projector_out: {{ kind: export, needs: [projector], params: {{ path: projector, format: checkpoint }} }}
-"
+",
+        projector_stage(dir.path(), "")
     );
     let ws = llava_dpo(dir.path(), 1, &extra);
     ws.run(&[]);
@@ -584,16 +593,11 @@ fn safetensors_dtypes(file: &Path) -> Vec<String> {
 #[test]
 fn in_bf16_a_llava_trains_f32_adapters_and_masters_over_its_bf16_weights() {
     let (dir, _) = fixture(&["--vision", "clip", "--text", "llama"]);
-    let checkpoint = dir.path().display().to_string();
     // `projector` trains the projector in full beside LoRA: its weights get f32 masters.
     let extra = format!(
-        "  projector:
-    kind: dpo
-    needs: [pairs]
-    runtime: {{ dtype: bf16 }}
-    params: {{ base: {{ path: \"{checkpoint}\" }}, lora: {{ r: 4, alpha: 8, targets: [attention] }}, train_projector: true, lr: 0.01, epochs: 1, batch_size: 2 }}
-  projector_out: {{ kind: export, needs: [projector], params: {{ path: projector, format: checkpoint }} }}
-{TRAIN_FURTHER_AND_EXPORT}"
+        "{}  projector_out: {{ kind: export, needs: [projector], params: {{ path: projector, format: checkpoint }} }}
+{TRAIN_FURTHER_AND_EXPORT}",
+        projector_stage(dir.path(), "    runtime: { dtype: bf16 }\n")
     );
     let ws = llava_dpo(dir.path(), 4, &extra);
     let policy_params = "    needs: [pairs]\n    params: { base: { path:";

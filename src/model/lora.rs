@@ -94,6 +94,9 @@ impl Reparameterization for F32Adapter {
 
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
         let delta = self.a.val().matmul(self.b.val()).mul_scalar(self.scale).reshape(base.shape());
+        if delta.dtype() == base.dtype() {
+            return base + delta;
+        }
         let dtype: FloatDType = base.dtype().into();
         base + delta.cast(dtype)
     }
