@@ -370,7 +370,7 @@ fn compute(
         return Ok(hit);
     }
     let start = Instant::now();
-    let outputs = match inst.runtime.threads {
+    let outputs = match inst.runtime.compute.threads {
         // The stage's compute (flex's kernels, decoding, hashing) on a pool of its own size.
         Some(threads) => rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

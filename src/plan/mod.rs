@@ -314,7 +314,7 @@ fn instantiate(
         i.path = format!("{base}.{}", i.path);
         vec![i]
     })?;
-    if stage.runtime.gradient_checkpointing.is_some() && !stage_impl.trains() {
+    if stage.runtime.compute.gradient_checkpointing.is_some() && !stage_impl.trains() {
         let why = format!("applies to stages that train a model (dpo, sft); a `{}` stage trains none", kind.name);
         return Err(vec![Issue::new(format!("{base}.runtime.gradient_checkpointing"), why)]);
     }

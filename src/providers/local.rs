@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::ImageUrls;
 use crate::calls::{CallError, CallFuture, CallResult, CallStatus, ChatRequest, Provider};
-use crate::dsl::Runtime;
+use crate::dsl::Compute;
 use crate::model::device;
 use crate::model::policy::{Chat, Message, Part, Policy, Role, Sampling};
 use crate::model::{self, Vlm};
@@ -39,12 +39,12 @@ impl Local {
         digest: &str,
         folder: Option<&Path>,
         store: &Store,
-        runtime: &Runtime,
+        compute: &Compute,
         images: Arc<ImageUrls>,
         batch: usize,
     ) -> Result<Local, String> {
-        let precision = runtime.dtype.unwrap_or_default();
-        let device = device::open(runtime.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
+        let precision = compute.dtype.unwrap_or_default();
+        let device = device::open(compute.device.as_deref(), precision, false).map_err(|e| e.to_string())?;
         let loaded = match folder {
             Some(dir) => model::load(dir, &device),
             None => {

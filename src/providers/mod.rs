@@ -29,7 +29,7 @@ pub fn identity(name: &str, def: &ModelDef) -> crate::calls::ModelIdentity {
     let mut params: std::collections::BTreeMap<String, serde_json::Value> =
         def.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if def.provider == "local" {
-        def.runtime.dtype.unwrap_or_default().add_to_key(&mut params);
+        def.runtime.compute.dtype.unwrap_or_default().add_to_key(&mut params);
     }
     crate::calls::ModelIdentity {
         provider: def.provider.clone(),
@@ -50,7 +50,7 @@ pub fn endpoint(
     images: Arc<ImageUrls>,
     store: &crate::store::Store,
 ) -> Result<(Arc<dyn Provider>, Limits), String> {
-    let r = &def.runtime;
+    let r = &def.runtime.calls;
     let defaults = Limits::default();
     let limits = Limits {
         max_in_flight: r.max_in_flight.map_or(defaults.max_in_flight, |n| n as usize),
@@ -72,7 +72,7 @@ pub fn endpoint(
                 def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
             let folder = def.checkpoint_dir.as_deref();
             Arc::new(
-                Local::open(digest, folder, store, &def.runtime, images, limits.max_in_flight)
+                Local::open(digest, folder, store, &def.runtime.compute, images, limits.max_in_flight)
                     .map_err(|e| format!("model `{name}`: {e}"))?,
             )
         }

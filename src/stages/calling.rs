@@ -69,7 +69,7 @@ fn account(
         }
     }
     for (model, usage) in report.calls.iter_mut() {
-        let runtime = models.iter().find(|(name, _)| name == model).map(|(_, def)| &def.runtime);
+        let runtime = models.iter().find(|(name, _)| name == model).map(|(_, def)| &def.runtime.calls);
         let prices = runtime.and_then(|r| r.price_input_per_million.zip(r.price_output_per_million));
         usage.cost_usd =
             prices.map(|(pin, pout)| (usage.tokens_in as f64 * pin + usage.tokens_out as f64 * pout) / 1e6);
@@ -113,9 +113,9 @@ fn local_model(ctx: &RunContext, digest: String, dir: Option<std::path::PathBuf>
     let mut def = local_def();
     // The stage's `runtime.device` and `runtime.dtype` also place its local models, and its
     // `max_in_flight` bounds how many requests one generates as a batch.
-    def.runtime.device = ctx.runtime.device.clone();
-    def.runtime.dtype = ctx.runtime.dtype;
-    def.runtime.max_in_flight = ctx.runtime.max_in_flight;
+    def.runtime.compute.device = ctx.runtime.compute.device.clone();
+    def.runtime.compute.dtype = ctx.runtime.compute.dtype;
+    def.runtime.calls.max_in_flight = ctx.runtime.calls.max_in_flight;
     def.checkpoint_dir = dir;
     let identity = providers::identity(&digest, &def);
     def.model = Some(digest);

@@ -317,7 +317,7 @@ pub(crate) fn table_format(path: &str, format: Option<TableFormat>) -> Result<Ta
 /// `runtime.dtype` of a stage: it applies to the checkpoints the stage runs, so a bf16 stage
 /// that runs none is told so rather than ignored.
 pub fn precision(config: &Config, runs_checkpoints: bool) -> Result<Precision, Issue> {
-    let precision = config.runtime.dtype.unwrap_or_default();
+    let precision = config.runtime.compute.dtype.unwrap_or_default();
     if precision != Precision::F32 && !runs_checkpoints {
         return Err(Issue::new(
             "runtime.dtype",

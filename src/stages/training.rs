@@ -175,9 +175,9 @@ impl Base {
     /// computing in `precision` — freshly initialised from that seed, or the referenced
     /// checkpoint.
     pub fn open(&self, ctx: &RunContext, seed: u64, precision: Precision) -> Result<(Device, Vlm), StageError> {
-        let mut device = crate::model::device::open(ctx.runtime.device.as_deref(), precision, true)
+        let mut device = crate::model::device::open(ctx.runtime.compute.device.as_deref(), precision, true)
             .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
-        if ctx.runtime.gradient_checkpointing == Some(true) {
+        if ctx.runtime.compute.gradient_checkpointing == Some(true) {
             device = device.gradient_checkpointing();
         }
         device.seed(seed);
