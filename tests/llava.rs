@@ -581,13 +581,33 @@ fn the_projector_trains_on_request_and_the_vision_tower_stays_frozen() {
     );
 }
 
-/// Each tensor's dtype in a safetensors file's header.
-fn safetensors_dtypes(file: &Path) -> Vec<String> {
+/// A safetensors file's tensors: name → header entry (dtype, shape, offsets).
+fn safetensors_header(file: &Path) -> serde_json::Map<String, Value> {
     let bytes = std::fs::read(file).unwrap();
     let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    let tensors = header.as_object().unwrap().iter().filter(|(name, _)| *name != "__metadata__");
-    tensors.map(|(_, t)| t["dtype"].as_str().unwrap().to_string()).collect()
+    let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header.remove("__metadata__");
+    header
+}
+
+/// Each tensor's dtype in a safetensors file's header.
+fn safetensors_dtypes(file: &Path) -> Vec<String> {
+    safetensors_header(file).values().map(|t| t["dtype"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_saved_siglip_llava_has_every_tensor_its_base_had() {
+    // SigLIP's pooling head, which LLaVA never runs, is carried over as the base held it.
+    let (dir, _) = fixture(&["--vision", "siglip", "--text", "qwen2"]);
+    let export = "  export: { kind: export, needs: [policy], params: { path: tuned, format: checkpoint } }\n";
+    let ws = llava_dpo(dir.path(), 1, export);
+    ws.run(&[]);
+    let tuned = ws.path().join("tuned");
+    let names = |d: &Path| safetensors_header(&d.join("model.safetensors")).keys().cloned().collect::<Vec<_>>();
+    let base = names(dir.path());
+    assert!(base.iter().any(|n| n.contains("vision_tower.head.")), "the fixture has a pooling head: {base:?}");
+    assert_eq!(names(&tuned), base);
+    assert!(changed_parts(dir.path(), &tuned, &["vision_tower.", "model.vision_tower."]).is_empty());
 }
 
 #[test]

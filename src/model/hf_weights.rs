@@ -99,17 +99,9 @@ pub fn load_into<M: Module + ModuleSnapshot>(
 pub fn tensor_names(dir: &Path) -> Result<Vec<String>, WeightsError> {
     let mut names = Vec::new();
     for file in weight_files(dir)? {
-        let read = |reason: String| WeightsError::Read { path: file.clone(), reason };
-        let mut handle = std::fs::File::open(&file).map_err(|e| read(e.to_string()))?;
-        let mut len = [0u8; 8];
-        std::io::Read::read_exact(&mut handle, &mut len).map_err(|e| read(format!("no safetensors header: {e}")))?;
-        let len = u64::from_le_bytes(len);
-        if len > 100_000_000 {
-            return Err(read(format!("a header of {len} bytes is not a safetensors header")));
-        }
-        let mut header = vec![0u8; len as usize];
-        std::io::Read::read_exact(&mut handle, &mut header).map_err(|e| read(format!("a cut-off header: {e}")))?;
-        let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| read(format!("header: {e}")))?;
+        let mut handle =
+            std::fs::File::open(&file).map_err(|e| WeightsError::Read { path: file.clone(), reason: e.to_string() })?;
+        let (_, header) = read_header(&mut handle, &file)?;
         names.extend(header.as_object().into_iter().flatten().map(|(k, _)| k.clone()).filter(|k| k != "__metadata__"));
     }
     Ok(names)
@@ -154,4 +146,100 @@ fn describe(error: &ApplyError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// A tensor as a safetensors file holds it: its name, dtype (`"BF16"`, …), shape and bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// A safetensors file's header: its length and its JSON.
+fn read_header(file: &mut std::fs::File, path: &Path) -> Result<(u64, serde_json::Value), WeightsError> {
+    use std::io::Read;
+    let read = |reason: String| WeightsError::Read { path: path.to_path_buf(), reason };
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| read(format!("no safetensors header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(read(format!("a header of {len} bytes is not a safetensors header")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| read(format!("a cut-off header: {e}")))?;
+    Ok((len, serde_json::from_slice(&header).map_err(|e| read(format!("header: {e}")))?))
+}
+
+/// The tensors of the checkpoint in `dir` whose names `wanted` picks, as stored: only their
+/// bytes are read, however large the shards around them.
+pub fn raw_tensors(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<RawTensor>, WeightsError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    for path in weight_files(dir)? {
+        let read = |reason: String| WeightsError::Read { path: path.clone(), reason };
+        let mut file = std::fs::File::open(&path).map_err(|e| read(e.to_string()))?;
+        let (len, header) = read_header(&mut file, &path)?;
+        for (name, entry) in header.as_object().into_iter().flatten().filter(|(name, _)| wanted(name)) {
+            let bad = || read(format!("tensor `{name}`: a malformed header entry"));
+            let dtype = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
+            let shape: Vec<u64> = entry
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .ok_or_else(bad)?
+                .iter()
+                .map(|n| n.as_u64().ok_or_else(bad))
+                .collect::<Result<_, _>>()?;
+            let offsets = entry.get("data_offsets").and_then(|o| o.as_array()).ok_or_else(bad)?;
+            let (start, end) = match offsets.as_slice() {
+                [a, b] => (a.as_u64().ok_or_else(bad)?, b.as_u64().ok_or_else(bad)?),
+                _ => return Err(bad()),
+            };
+            let mut bytes = vec![0u8; end.checked_sub(start).ok_or_else(bad)? as usize];
+            file.seek(SeekFrom::Start(8 + len + start)).map_err(|e| read(e.to_string()))?;
+            file.read_exact(&mut bytes).map_err(|e| read(format!("tensor `{name}`: {e}")))?;
+            out.push(RawTensor { name: name.clone(), dtype, shape, bytes });
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `tensors` to the safetensors file at `path` (written by [`save`]), its header's keys
+/// kept sorted; the file's own data is copied through, never held whole in memory.
+pub fn append(path: &Path, tensors: &[RawTensor]) -> Result<(), WeightsError> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    let failed = |reason: String| WeightsError::Read { path: path.to_path_buf(), reason };
+    let mut file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+    let (_, mut header) = read_header(&mut file, path)?;
+    let end_of = |entry: &serde_json::Value| entry.get("data_offsets").and_then(|o| o.get(1)).and_then(|e| e.as_u64());
+    let map = header.as_object_mut().ok_or_else(|| failed("the header is not a map".into()))?;
+    let mut end = map.values().filter_map(end_of).max().unwrap_or(0);
+    for tensor in tensors {
+        let entry = serde_json::json!({
+            "dtype": tensor.dtype, "shape": tensor.shape, "data_offsets": [end, end + tensor.bytes.len() as u64],
+        });
+        end += tensor.bytes.len() as u64;
+        map.insert(tensor.name.clone(), entry);
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| failed(e.to_string()))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    let mut write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        out.write_all(&(json.len() as u64).to_le_bytes())?;
+        out.write_all(&json)?;
+        std::io::copy(&mut file, &mut out)?;
+        for tensor in tensors {
+            out.write_all(&tensor.bytes)?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().map_err(|e| failed(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| failed(e.to_string()))
 }

@@ -75,6 +75,14 @@ const RENAMES: &[(&str, &str)] = &[
 /// Parts of the vision model LLaVA never runs nor keeps: SigLIP's pooling head.
 const UNNEEDED: &[&str] = &["vision_tower.head."];
 
+/// Whether a checkpoint tensor (by the checkpoint's own name, in either layout) is in a part
+/// [`UNNEEDED`] names: one a saved checkpoint carries over unread.
+fn is_unused_part(name: &str) -> bool {
+    let Some((_, rest)) = name.split_once("vision_tower.") else { return false };
+    let within = rest.strip_prefix("vision_model.").unwrap_or(rest);
+    UNNEEDED.iter().filter_map(|u| u.strip_prefix("vision_tower.")).any(|part| within.starts_with(part))
+}
+
 /// LLaVA in the architecture registry: a folder whose config.json says `model_type: llava`.
 pub struct LlavaArchitecture;
 pub const ARCHITECTURE: LlavaArchitecture = LlavaArchitecture;

@@ -35,6 +35,9 @@ struct Origin {
     files: Vec<(String, Vec<u8>)>,
     /// The module's tensor names → the checkpoint's (regex → replacement, in order).
     names_back: Vec<(String, String)>,
+    /// Tensors the model never runs but the checkpoint holds (SigLIP's pooling head), as they
+    /// were: written back, so a saved checkpoint has every tensor its base had.
+    kept: Vec<crate::model::hf_weights::RawTensor>,
 }
 
 /// The language model's LoRA-able layers, by the checkpoint's module names.
@@ -87,7 +90,8 @@ impl Origin {
                 pair(r"^vision_tower\.", format!("vision_tower.{vision_model}")),
             ]
         };
-        Ok(Origin { files, names_back })
+        let kept = crate::model::hf_weights::raw_tensors(dir, super::is_unused_part)?;
+        Ok(Origin { files, names_back, kept })
     }
 }
 
@@ -128,7 +132,7 @@ impl LlavaPolicy {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let origin = Arc::new(Origin { files: Vec::new(), names_back: Vec::new() });
+        let origin = Arc::new(Origin { files: Vec::new(), names_back: Vec::new(), kept: Vec::new() });
         let model = Llava::new(&config, device);
         Ok(LlavaPolicy { stop: stop_tokens(dir, &value)?, model, processor: Arc::new(processor), origin })
     }
@@ -180,16 +184,25 @@ impl LlavaPolicy {
             std::fs::write(&path, bytes).map_err(|e| failed(&path, &e))?;
         }
         let weights = dir.join("model.safetensors");
+        self.write_weights(&weights, apart)?;
+        crate::model::hf_weights::append(&weights, &self.origin.kept)?;
+        if let Some(lora) = apart {
+            super::peft::save(&self.model, lora, &LORA_LAYERS, &dir.join(super::peft::ADAPTER_DIR))?;
+        }
+        Ok(())
+    }
+
+    /// The model's own weights, merged or (with `apart`) without the adapters, into `weights`.
+    fn write_weights(&self, weights: &Path, apart: Option<&LoraSpec>) -> Result<(), LoadError> {
         match apart {
             None => {
                 let merged = self.model.clone().materialize();
-                crate::model::hf_weights::save(&merged, &weights, &self.origin.names_back, |_, _| true)?;
+                crate::model::hf_weights::save(&merged, weights, &self.origin.names_back, |_, _| true)?;
             }
-            Some(lora) => {
-                crate::model::hf_weights::save(&self.model, &weights, &self.origin.names_back, |path, _| {
+            Some(_) => {
+                crate::model::hf_weights::save(&self.model, weights, &self.origin.names_back, |path, _| {
                     !is_factor(path)
                 })?;
-                super::peft::save(&self.model, lora, &LORA_LAYERS, &dir.join(super::peft::ADAPTER_DIR))?;
             }
         }
         Ok(())
