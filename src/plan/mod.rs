@@ -309,11 +309,12 @@ fn instantiate(
     let base = format!("stages.{}", stage.name);
     let scope = Scope { vars: &pipeline.vars, models: Some(models), matrix: Some(&bindings), keep_escapes: false };
     let params = resolve(&stage.params, &scope, &format!("{base}.params")).map_err(|i| vec![i])?;
-    let stage_impl = (kind.configure)(&params, &stages::Config { models: &pipeline.models, runtime: &stage.runtime })
-        .map_err(|mut i| {
-        i.path = format!("{base}.{}", i.path);
-        vec![i]
-    })?;
+    let stage_impl =
+        (kind.configure)(&params, &stages::ConfigureContext { models: &pipeline.models, runtime: &stage.runtime })
+            .map_err(|mut i| {
+                i.path = format!("{base}.{}", i.path);
+                vec![i]
+            })?;
     if stage.runtime.compute.gradient_checkpointing.is_some() && !stage_impl.trains() {
         let why = format!("applies to stages that train a model (dpo, sft); a `{}` stage trains none", kind.name);
         return Err(vec![Issue::new(format!("{base}.runtime.gradient_checkpointing"), why)]);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::data::aggregate::{self, Method, Missing};
 use crate::data::frame::strings;
 use crate::data::rating::ASPECTS;
@@ -49,7 +49,7 @@ struct Aggregate {
     params: Params,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     if let Aspects::Some(list) = &params.aspects {
         if list.is_empty() {

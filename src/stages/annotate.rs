@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::calling::Decoding;
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Message, ModelIdentity, Part};
 use crate::data::frame::{ResponseKeys, f64_col, frame, i64_col, str_col, strings};
 use crate::data::judge::{self, Judgement, PlaceholderStyle};
@@ -79,7 +79,7 @@ struct Annotate {
     identity: ModelIdentity,
 }
 
-fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     let Some(def) = config.models.get(&params.judge) else {
         let names = config.models.keys().map(String::as_str);

@@ -12,7 +12,9 @@ use std::process::Command as Process;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, workspace_files};
+use super::{
+    ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, workspace_files,
+};
 use crate::dsl::{Issue, elide, shorten};
 use crate::store::{OutputKind, OutputRef};
 use crate::table::TableFormat;
@@ -36,7 +38,7 @@ struct CommandStage {
     params: Params,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     if params.cmd.trim().is_empty() {
         return Err(Issue::new("params.cmd", "the command is empty"));

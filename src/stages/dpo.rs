@@ -18,7 +18,7 @@ use super::training::{
     Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint,
     resume_or_start, trained_parts, with_trained_parts,
 };
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
+use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::dsl::{Issue, Range};
 use crate::model::device::Precision;
@@ -119,7 +119,7 @@ struct Dpo {
     parts: Option<TrainedParts>,
 }
 
-fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     params.base.settle()?;
     if let Some(lora) = &params.lora

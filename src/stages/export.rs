@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format,
+    ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format,
     workspace_files,
 };
 use crate::data::report::DataReport;
@@ -67,7 +67,7 @@ struct Export {
     file_format: Option<TableFormat>,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     if params.path.split(['/', '\\']).any(|part| part == "..") {
         return Err(Issue::new("params.path", format!("`{}` leaves the workspace; export inside it", params.path)));

@@ -15,7 +15,9 @@ use polars::prelude::{BooleanChunked, Column, DataFrame, NewChunkedArray};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format};
+use super::{
+    ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format,
+};
 use crate::data::frame::strings;
 use crate::data::images::{DEFAULT_MAX_PIXELS, check_image, store_images};
 use crate::data::report::DataReport;
@@ -72,7 +74,7 @@ struct Load {
     params: Params,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     let format = match params.format {
         Some(f) => f,

@@ -47,10 +47,10 @@ pub struct Kind {
 }
 
 /// Turns params (and the pipeline's models) into a runnable stage, or says what is wrong.
-pub type Configure = fn(&Value, &Config) -> Result<Box<dyn Stage>, Issue>;
+pub type Configure = fn(&Value, &ConfigureContext) -> Result<Box<dyn Stage>, Issue>;
 
 /// What a kind may look at besides its params when it is configured.
-pub struct Config<'a> {
+pub struct ConfigureContext<'a> {
     /// The pipeline's `models:` entries.
     pub models: &'a BTreeMap<String, crate::dsl::ModelDef>,
     /// The stage's `runtime:` settings, for kinds that check them early (`dtype`).
@@ -316,7 +316,7 @@ pub(crate) fn table_format(path: &str, format: Option<TableFormat>) -> Result<Ta
 
 /// `runtime.dtype` of a stage: it applies to the checkpoints the stage runs, so a bf16 stage
 /// that runs none is told so rather than ignored.
-pub fn precision(config: &Config, runs_checkpoints: bool) -> Result<Precision, Issue> {
+pub fn precision(config: &ConfigureContext, runs_checkpoints: bool) -> Result<Precision, Issue> {
     let precision = config.runtime.compute.dtype.unwrap_or_default();
     if precision != Precision::F32 && !runs_checkpoints {
         return Err(Issue::new(

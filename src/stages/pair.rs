@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::data::pairs::{self, Rejected, Split, Strategy};
 use crate::dsl::Issue;
 use crate::store::OutputRef;
@@ -38,7 +38,7 @@ struct Pair {
     params: Params,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     let heuristic = matches!(params.strategy, Strategy::LongestAsBest | Strategy::ModelAsBest);
     match (params.strategy, &params.model) {

@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::calling::{CallTarget, Decoding, local_def};
 use super::{
-    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
+    ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params,
+    precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{f64_col, frame, i64_col, str_col, strings};
@@ -133,7 +134,7 @@ struct Sample {
     precision: Precision,
 }
 
-fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     if params.pool.is_empty() {
         return Err(Issue::new("params.pool", "the pool is empty; name at least one model"));

@@ -17,7 +17,7 @@ use super::training::{
     Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint,
     resume_or_start, trained_parts, with_trained_parts,
 };
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
+use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, Range};
@@ -110,7 +110,7 @@ struct Sft {
     parts: Option<TrainedParts>,
 }
 
-fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     params.base.settle()?;
     check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;

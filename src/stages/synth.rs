@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::data::frame::{frame, i64_col, str_col};
 use crate::dsl::Issue;
 use crate::eval::synth::{self, WorldConfig};
@@ -62,7 +62,7 @@ struct Synth {
     params: Params,
 }
 
-fn configure(params: &Value, _: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, _: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     params.world.check().map_err(|e| Issue::new("params.world", e))?;
     if !(0.0..=1.0).contains(&params.yes_share) {

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use super::calling::{CallTarget, Decoding, call_models};
 use super::{
-    Config, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params, precision,
+    ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params,
+    precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
 use crate::data::frame::{frame, str_col};
@@ -135,7 +136,7 @@ struct Evaluate {
     precision: Precision,
 }
 
-fn model_entry(config: &Config, name: &str, path: &str) -> Result<(ModelDef, ModelIdentity), Issue> {
+fn model_entry(config: &ConfigureContext, name: &str, path: &str) -> Result<(ModelDef, ModelIdentity), Issue> {
     let Some(def) = config.models.get(name) else {
         return Err(Issue::new(path, format!("`{name}` is not in `models:`"))
             .with_help(did_you_mean(name, config.models.keys().map(String::as_str))));
@@ -143,7 +144,7 @@ fn model_entry(config: &Config, name: &str, path: &str) -> Result<(ModelDef, Mod
     Ok((def.clone(), providers::identity(name, def)))
 }
 
-fn configure(params: &Value, config: &Config) -> Result<Box<dyn Stage>, Issue> {
+fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let params: Params = parse_params(params)?;
     let decoding = Decoding {
         temperature: Some(params.temperature),
