@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint,
-    resume_or_start, trained_parts, with_trained_parts,
+    Base, StepHook, check_loop, check_optimiser, checkpoint_every, image_file, key_params, metrics_table, one,
+    put_checkpoint, resume_or_start, trained_parts, with_trained_parts,
 };
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
@@ -40,9 +40,6 @@ fn beta() -> f64 {
 fn lr() -> f64 {
     1e-4
 }
-fn one() -> usize {
-    1
-}
 fn batch_size() -> usize {
     8
 }
@@ -51,9 +48,6 @@ fn warmup_ratio() -> f64 {
 }
 fn yes() -> bool {
     true
-}
-fn checkpoint_every() -> u64 {
-    50
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -127,10 +121,7 @@ fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>
     {
         return Err(Issue::new("params.lora", "LoRA needs a rank of at least 1 and at least one target"));
     }
-    check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;
-    if params.max_length.is_some_and(|n| n < 2) {
-        return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
-    }
+    check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every, params.max_length)?;
     check_optimiser(params.lr, params.warmup_ratio, params.max_grad_norm, &params.adamw)?;
     Range::above(0.0).check("params.beta", params.beta)?;
     // TRL's conservative DPO: a share of flipped labels, at most a half.

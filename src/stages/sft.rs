@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, image_file, key_params, metrics_table, put_checkpoint,
-    resume_or_start, trained_parts, with_trained_parts,
+    Base, StepHook, check_loop, check_optimiser, checkpoint_every, image_file, key_params, metrics_table, one,
+    put_checkpoint, resume_or_start, trained_parts, with_trained_parts,
 };
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
 use crate::data::frame::strings;
@@ -34,9 +34,6 @@ pub const KIND: Kind = Kind { name: "sft", version: 1, model_params: &["base"], 
 fn lr() -> f64 {
     1e-3
 }
-fn one() -> usize {
-    1
-}
 fn batch_size() -> usize {
     16
 }
@@ -51,9 +48,6 @@ fn prompt() -> String {
 }
 fn target() -> String {
     "response".into()
-}
-fn checkpoint_every() -> u64 {
-    50
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,12 +107,9 @@ struct Sft {
 fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>, Issue> {
     let mut params: Params = parse_params(params)?;
     params.base.settle()?;
-    check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every)?;
+    check_loop(params.batch_size, params.epochs, params.grad_accum, params.checkpoint_every, params.max_length)?;
     check_optimiser(params.lr, params.warmup_ratio, params.max_grad_norm, &params.adamw)?;
     Range::at_least(0.0).at_most(1.0).check("params.label_noise", params.label_noise)?;
-    if params.max_length.is_some_and(|n| n < 2) {
-        return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
-    }
     if params.snapshots.contains(&0) {
         return Err(Issue::new("params.snapshots", "steps count from 1"));
     }

@@ -263,13 +263,32 @@ pub fn check_optimiser(lr: f64, warmup_ratio: f64, max_grad_norm: Option<f64>, a
     Range::at_least(0.0).at_most(1.0).check("params.adamw.weight_decay", adamw.weight_decay)
 }
 
+/// The default of `epochs` and `grad_accum`, for serde.
+pub fn one() -> usize {
+    1
+}
+
+/// The default of `checkpoint_every`, for serde: a save every 50 steps.
+pub fn checkpoint_every() -> u64 {
+    50
+}
+
 /// Checks the settings every trainer has.
-pub fn check_loop(batch_size: usize, epochs: usize, grad_accum: usize, checkpoint_every: u64) -> Result<(), Issue> {
+pub fn check_loop(
+    batch_size: usize,
+    epochs: usize,
+    grad_accum: usize,
+    checkpoint_every: u64,
+    max_length: Option<usize>,
+) -> Result<(), Issue> {
     if batch_size == 0 || epochs == 0 || grad_accum == 0 || checkpoint_every == 0 {
         return Err(Issue::new(
             "params",
             "`batch_size`, `epochs`, `grad_accum` and `checkpoint_every` must be at least 1",
         ));
+    }
+    if max_length.is_some_and(|n| n < 2) {
+        return Err(Issue::new("params.max_length", "a row needs at least 2 tokens"));
     }
     Ok(())
 }
