@@ -214,5 +214,24 @@ pub fn score_dir(dir: &Path, categories: &Categories) -> Result<MmeScores, MmeEr
     score(&lines, categories).map_err(|message| MmeError::File { path: dir.display().to_string(), message })
 }
 
+/// MME in its results layout: a `<subtask>.txt` per subtask in `data`, images beside them,
+/// scored by the official rules.
+pub struct Mme;
+pub const MME: Mme = Mme;
+
+impl super::benchmark::Benchmark for Mme {
+    fn name(&self) -> &'static str {
+        "mme"
+    }
+
+    fn questions(&self) -> super::benchmark::Questions {
+        super::benchmark::Questions::Files { images: super::benchmark::ImagesAt::Data }
+    }
+
+    fn scoring(&self) -> super::benchmark::Scoring {
+        super::benchmark::Scoring::Rules
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -104,6 +104,25 @@ pub fn judge_prompt(template: &str, q: &Question, answer: &str) -> String {
         .replace("{model_answer}", answer)
 }
 
+/// MMHal-Bench: its JSON at `data`, images beside it, each answer rated by a judge.
+pub struct Mmhal;
+pub const MMHAL: Mmhal = Mmhal;
+
+impl super::benchmark::Benchmark for Mmhal {
+    fn name(&self) -> &'static str {
+        "mmhal"
+    }
+
+    fn questions(&self) -> super::benchmark::Questions {
+        super::benchmark::Questions::Files { images: super::benchmark::ImagesAt::Beside }
+    }
+
+    fn scoring(&self) -> super::benchmark::Scoring {
+        // MMHal's judge is text-only: it reads the image's description.
+        super::benchmark::Scoring::Judge { shows_image: false }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

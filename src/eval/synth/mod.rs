@@ -345,6 +345,51 @@ pub struct YesNoPair {
 pub const PERCEPTION: [&str; 4] = ["existence", "count", "position", "color"];
 pub const COGNITION: [&str; 1] = ["comparison"];
 
+use super::benchmark::{Benchmark, Questions, Scoring};
+
+/// The synthetic world's MME-style table (a `synth` stage's `mme` output), scored by MME's
+/// rules over its own subtasks.
+pub struct SynthMme;
+pub const SYNTH_MME: SynthMme = SynthMme;
+
+impl Benchmark for SynthMme {
+    fn name(&self) -> &'static str {
+        "synth-mme"
+    }
+
+    fn questions(&self) -> Questions {
+        Questions::Input
+    }
+
+    fn scoring(&self) -> Scoring {
+        Scoring::Rules
+    }
+
+    fn categories(&self) -> super::mme::Categories {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        super::mme::Categories(vec![("perception".into(), names(&PERCEPTION)), ("cognition".into(), names(&COGNITION))])
+    }
+}
+
+/// The synthetic world's descriptions (a `synth` stage's `hal` output), rated by a judge that
+/// reads the scene from the image.
+pub struct SynthHal;
+pub const SYNTH_HAL: SynthHal = SynthHal;
+
+impl Benchmark for SynthHal {
+    fn name(&self) -> &'static str {
+        "synth-hal"
+    }
+
+    fn questions(&self) -> Questions {
+        Questions::Input
+    }
+
+    fn scoring(&self) -> Scoring {
+        Scoring::Judge { shows_image: true }
+    }
+}
+
 /// A yes/no pair per subtask that fits the scene.
 pub fn yes_no_pairs(scene: &Scene, world: &WorldConfig, rng: &mut StdRng) -> Vec<YesNoPair> {
     PERCEPTION

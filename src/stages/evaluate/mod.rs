@@ -23,6 +23,7 @@ use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIde
 use crate::data::frame::{frame, str_col};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, ModelRef, did_you_mean};
+use crate::eval::benchmark::{self, Benchmark, ImagesAt, Questions, Scoring};
 use crate::eval::mme::{self, Categories, Line};
 use crate::eval::mmhal::{self, Question};
 use crate::eval::results::{self, Metric};
@@ -41,38 +42,6 @@ pub const KIND: Kind = Kind {
     configure,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum Benchmark {
-    /// MME's layout, read from `data`.
-    Mme,
-    /// MMHal-Bench's JSON, read from `data`.
-    Mmhal,
-    /// The synthetic world's MME-style table (`synth` output `mme`), as input `benchmark`.
-    SynthMme,
-    /// The synthetic world's descriptions (`synth` output `hal`), as input `benchmark`.
-    SynthHal,
-}
-
-impl Benchmark {
-    fn is_mme(self) -> bool {
-        matches!(self, Benchmark::Mme | Benchmark::SynthMme)
-    }
-
-    fn reads_input(self) -> bool {
-        matches!(self, Benchmark::SynthMme | Benchmark::SynthHal)
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Benchmark::Mme => "mme",
-            Benchmark::Mmhal => "mmhal",
-            Benchmark::SynthMme => "synth-mme",
-            Benchmark::SynthHal => "synth-hal",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CategoryParam {
@@ -84,7 +53,8 @@ struct CategoryParam {
 #[serde(deny_unknown_fields)]
 struct Params {
     policy: ModelRef,
-    benchmark: Benchmark,
+    /// A name in `eval::benchmark::BENCHMARKS`.
+    benchmark: String,
     /// mme: a directory of `<subtask>.txt` question files; mmhal: the benchmark's JSON file.
     /// (The synthetic benchmarks read input `benchmark` instead.)
     #[serde(default)]
@@ -128,6 +98,7 @@ struct Judge {
 
 struct Evaluate {
     params: Params,
+    benchmark: &'static dyn Benchmark,
     /// Where the policy's answers come from (a checkpoint resolves at run time).
     policy: CallTarget,
     judge: Option<Judge>,
@@ -154,7 +125,13 @@ fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>
     };
     decoding.check("params")?;
     let policy = CallTarget::configure(&params.policy, config.models, "params.policy")?;
-    let judge = match (&params.judge, params.benchmark.is_mme()) {
+    let benchmark = benchmark::find(&params.benchmark).ok_or_else(|| {
+        let names: Vec<&str> = benchmark::BENCHMARKS.iter().map(|b| b.name()).collect();
+        Issue::new("params.benchmark", format!("unknown benchmark `{}`; use {}", params.benchmark, names.join(", ")))
+            .with_help(did_you_mean(&params.benchmark, names.iter().copied()))
+    })?;
+    let rules = benchmark.scoring() == Scoring::Rules;
+    let judge = match (&params.judge, rules) {
         (Some(name), false) => {
             let (def, identity) = model_entry(config, name, "params.judge")?;
             Some(Judge { name: name.clone(), def, identity })
@@ -162,7 +139,7 @@ fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>
         (None, false) => {
             return Err(Issue::new(
                 "params.judge",
-                format!("{} needs a judge: the `models:` entry that rates answers", params.benchmark.name()),
+                format!("{} needs a judge: the `models:` entry that rates answers", benchmark.name()),
             ));
         }
         (Some(_), true) => {
@@ -170,19 +147,19 @@ fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>
         }
         (None, true) => None,
     };
-    match (&params.data, params.benchmark.reads_input()) {
-        (None, false) => {
+    match (&params.data, benchmark.questions()) {
+        (None, Questions::Files { .. }) => {
             return Err(Issue::new(
                 "params.data",
-                format!("{} reads its questions from `data`: name the file or folder", params.benchmark.name()),
+                format!("{} reads its questions from `data`: name the file or folder", benchmark.name()),
             ));
         }
-        (Some(_), true) => {
+        (Some(_), Questions::Input) => {
             return Err(Issue::new(
                 "params.data",
                 format!(
                     "{} reads its questions from input `benchmark` (`inputs: {{ benchmark: STAGE.OUTPUT }}`), not from `data`",
-                    params.benchmark.name()
+                    benchmark.name()
                 ),
             ));
         }
@@ -195,23 +172,13 @@ fn configure(params: &Value, config: &ConfigureContext) -> Result<Box<dyn Stage>
             }
             Categories(list.iter().map(|c| (c.name.clone(), c.subtasks.clone())).collect())
         }
-        None if params.benchmark == Benchmark::SynthMme => synthetic_categories(),
-        None => Categories::official(),
+        None => benchmark.categories(),
     };
-    if params.categories.is_some() && !params.benchmark.is_mme() {
+    if params.categories.is_some() && !rules {
         return Err(Issue::new("params.categories", "only MME-style benchmarks have subtask categories"));
     }
     let precision = precision(config, policy.is_local())?;
-    Ok(Box::new(Evaluate { params, policy, judge, categories, precision }))
-}
-
-/// The synthetic benchmark's map: the four perception subtasks and the comparison one.
-fn synthetic_categories() -> Categories {
-    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
-    Categories(vec![
-        ("perception".into(), names(&crate::eval::synth::PERCEPTION)),
-        ("cognition".into(), names(&crate::eval::synth::COGNITION)),
-    ])
+    Ok(Box::new(Evaluate { params, benchmark, policy, judge, categories, precision }))
 }
 
 /// One question put to the policy.
@@ -226,15 +193,22 @@ impl Evaluate {
     }
 
     fn images_dir(&self) -> PathBuf {
-        match (&self.params.images, self.params.benchmark) {
+        match (&self.params.images, self.benchmark.questions()) {
             (Some(dir), _) => PathBuf::from(dir),
-            (None, Benchmark::Mmhal) => self.data().parent().map(Path::to_path_buf).unwrap_or_default(),
+            (None, Questions::Files { images: ImagesAt::Beside }) => {
+                self.data().parent().map(Path::to_path_buf).unwrap_or_default()
+            }
             (None, _) => self.data(),
         }
     }
 
+    /// Whether the questions are a table another stage made (input `benchmark`).
+    fn reads_input(&self) -> bool {
+        self.benchmark.questions() == Questions::Input
+    }
+
     fn max_tokens(&self) -> u32 {
-        self.params.max_tokens.unwrap_or(if self.params.benchmark.is_mme() { 16 } else { 256 })
+        self.params.max_tokens.unwrap_or(self.benchmark.max_tokens())
     }
 
     /// Answers to `items` from the policy, in order (through the memo).
@@ -268,7 +242,7 @@ impl Evaluate {
 
     fn run_mme(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
         let listed = self.mme_questions(ctx)?;
-        if self.params.benchmark.reads_input() {
+        if self.reads_input() {
             check_pairs(&listed, &self.categories)?;
         }
         report.input("questions", listed.len() as u64);
@@ -301,7 +275,7 @@ impl Evaluate {
             ],
         )
         .map_err(|e| StageError::Failed(e.to_string()))?;
-        Ok((df, results::mme_metrics(self.params.benchmark.name(), &scores)))
+        Ok((df, results::mme_metrics(self.benchmark.name(), &scores)))
     }
 
     fn run_mmhal(&self, ctx: &RunContext, report: &mut DataReport) -> Result<(DataFrame, Vec<Metric>), StageError> {
@@ -337,7 +311,7 @@ impl Evaluate {
             ],
         )
         .map_err(|e| StageError::Failed(e.to_string()))?;
-        Ok((df, results::mmhal_metrics(self.params.benchmark.name(), &summary)))
+        Ok((df, results::mmhal_metrics(self.benchmark.name(), &summary)))
     }
 
     /// The judge's reply and rating for every answer (through the memo).
@@ -349,8 +323,7 @@ impl Evaluate {
         answers: &[(String, CallResult)],
         report: &mut DataReport,
     ) -> Result<Vec<(Option<String>, mmhal::Rating)>, StageError> {
-        // The synthetic world's judge reads the scene from the image; MMHal's judge is text-only.
-        let show_image = self.params.benchmark == Benchmark::SynthHal;
+        let show_image = self.benchmark.scoring() == Scoring::Judge { shows_image: true };
         let judge = self.judge.as_ref().ok_or_else(|| StageError::Failed("internal: no judge".into()))?;
         let template = match &self.params.judge_template {
             Some(path) => std::fs::read_to_string(ctx.workspace.join(path))
@@ -433,12 +406,12 @@ impl Stage for Evaluate {
     }
 
     fn roles(&self) -> Roles {
-        if self.params.benchmark.reads_input() { Roles::Named(&["benchmark"]) } else { Roles::Named(&[]) }
+        if self.reads_input() { Roles::Named(&["benchmark"]) } else { Roles::Named(&[]) }
     }
 
     fn key_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        if !self.params.benchmark.reads_input() {
+        if !self.reads_input() {
             files.push(self.data());
             let images = self.images_dir();
             if !files.contains(&images) && !images.as_os_str().is_empty() {
@@ -451,10 +424,9 @@ impl Stage for Evaluate {
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, crate::store::OutputRef>, StageError> {
         let mut report = DataReport::default();
-        let (mut predictions, metrics) = if self.params.benchmark.is_mme() {
-            self.run_mme(ctx, &mut report)?
-        } else {
-            self.run_mmhal(ctx, &mut report)?
+        let (mut predictions, metrics) = match self.benchmark.scoring() {
+            Scoring::Rules => self.run_mme(ctx, &mut report)?,
+            Scoring::Judge { .. } => self.run_mmhal(ctx, &mut report)?,
         };
         let baseline = match ctx.inputs.get("baseline") {
             Some(_) => Some(results::read_results(&ctx.read_table("baseline")?).map_err(StageError::Failed)?),

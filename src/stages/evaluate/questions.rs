@@ -15,7 +15,7 @@ use crate::eval::mmhal::{self, Question};
 impl Evaluate {
     /// MME-style questions (subtask, line) with their stored images, in file / table order.
     pub(super) fn mme_questions(&self, ctx: &RunContext) -> Result<Vec<(String, Line, String)>, StageError> {
-        if self.params.benchmark.reads_input() {
+        if self.reads_input() {
             return table_mme_questions(&ctx.read_table("benchmark")?);
         }
         let data = ctx.workspace.join(self.data());
@@ -41,7 +41,7 @@ impl Evaluate {
 
     /// MMHal-style questions with their stored images.
     pub(super) fn hal_questions(&self, ctx: &RunContext) -> Result<Vec<(Question, String)>, StageError> {
-        if self.params.benchmark.reads_input() {
+        if self.reads_input() {
             return table_hal_questions(&ctx.read_table("benchmark")?);
         }
         let questions = mmhal::read_questions(&ctx.workspace.join(self.data())).map_err(StageError::Failed)?;
