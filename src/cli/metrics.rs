@@ -10,11 +10,10 @@ use serde::Serialize;
 use clap::{Args, ValueEnum};
 
 use super::plot::Bar;
-use super::{Context, Failure, Outcome, assess, print_json};
+use super::{Context, Failure, Outcome, assess, print_json, read_stored_table};
 use silkie::eval::results::{Metric, read_results, relative_change};
 use silkie::plan::State;
 use silkie::store::{OutputRef, RunRecord, Store};
-use silkie::table::{self, TableFormat};
 
 #[derive(Args)]
 pub struct MetricsArgs {
@@ -96,6 +95,9 @@ pub fn run(ctx: &Context, args: MetricsArgs) -> Outcome {
     Ok(true)
 }
 
+/// What a stage that scores a benchmark outputs: the `results` table every benchmark writes.
+const RESULTS: &str = "results";
+
 /// The fresh evaluate results of one pipeline; stale or never-run ones are named on stderr.
 fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Result<Vec<Row>, Failure> {
     let (pipeline, plan) = ctx.load(file, sets)?;
@@ -104,7 +106,7 @@ fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Re
     let mut rows = Vec::new();
     for &node in &plan.order {
         let inst = &plan.graph[node];
-        if inst.kind.name != "evaluate" {
+        if !inst.stage_impl.outputs().iter().any(|o| o.name == RESULTS && o.table) {
             continue;
         }
         let state = states.iter().find(|s| s.name == inst.name);
@@ -118,7 +120,7 @@ fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Re
             eprintln!("note: {}: `{}` has no fresh results (run it first); left out", pipeline.label, inst.name);
             continue;
         };
-        let Some(out) = record.outputs.get("results") else { continue };
+        let Some(out) = record.outputs.get(RESULTS) else { continue };
         let mut found = results_rows(&store, out, &pipeline.name, &inst.name)?;
         if let Some((node, _)) = inst.inputs.get("baseline") {
             let baseline = format!("{}:{}", pipeline.name, plan.graph[*node].name);
@@ -131,8 +133,7 @@ fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Re
 
 /// The rows of one stored results table.
 fn results_rows(store: &Store, out: &OutputRef, pipeline: &str, instance: &str) -> Result<Vec<Row>, Failure> {
-    let df = table::read(&store.blob_path(&out.digest), TableFormat::Parquet)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let df = read_stored_table(store, out)?;
     let metrics = read_results(&df).map_err(Failure::Runtime)?;
     let column = |name: &str| -> Vec<Option<f64>> {
         df.column(name).ok().and_then(|c| c.f64().ok().map(|c| c.iter().collect())).unwrap_or_default()
@@ -158,8 +159,8 @@ fn results_rows(store: &Store, out: &OutputRef, pipeline: &str, instance: &str) 
 /// `silkie run`; empty when the run evaluated nothing.
 pub fn run_summary(store: &Store, pipeline: &str, record: &RunRecord) -> String {
     let mut rows = Vec::new();
-    for inst in record.instances.iter().filter(|i| i.kind == "evaluate") {
-        if let Some(out) = inst.outputs.get("results")
+    for inst in &record.instances {
+        if let Some(out) = inst.outputs.get(RESULTS)
             && let Ok(found) = results_rows(store, out, pipeline, &inst.name)
         {
             rows.extend(found.into_iter().filter(|r| !r.metric.contains('/')));

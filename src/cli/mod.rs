@@ -129,3 +129,23 @@ pub fn assess(ctx: &Context, pipeline: &Pipeline, plan: &Plan) -> Result<Vec<Ass
     let _ = stat_cache.save(&store);
     Ok(states)
 }
+
+/// How a stored output reads as a table, if it does: by what its stage declared it to be.
+pub fn stored_table_format(out: &silkie::store::OutputRef) -> Option<silkie::table::TableFormat> {
+    use silkie::store::OutputKind;
+    use silkie::table::TableFormat;
+    match out.kind {
+        OutputKind::Table => Some(TableFormat::Parquet),
+        OutputKind::File => out.format.as_deref().and_then(|f| TableFormat::from_path(Path::new(&format!("x.{f}")))),
+        OutputKind::Dir => None,
+    }
+}
+
+/// A stored table output, read in the format its record gives; the one way commands read
+/// tables out of the store.
+pub fn read_stored_table(store: &Store, out: &silkie::store::OutputRef) -> Result<polars::prelude::DataFrame, Failure> {
+    let format = stored_table_format(out).ok_or_else(|| {
+        Failure::Invalid(format!("output {} is not a table", &out.digest[..12.min(out.digest.len())]))
+    })?;
+    silkie::table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))
+}

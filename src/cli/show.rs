@@ -1,19 +1,19 @@
 //! `silkie show`: a stage's table output, its data report, per-model statistics, or a plot
 //! of training curves.
 
-use std::path::Path;
-
 use petgraph::Direction;
 use polars::prelude::DataFrame;
 
 use clap::{Args, ValueEnum};
 
-use super::{Context, Failure, Format, Outcome, PipelineFile, assess, print_json};
+use super::{
+    Context, Failure, Format, Outcome, PipelineFile, assess, print_json, read_stored_table, stored_table_format,
+};
 use silkie::data::report::DataReport;
 use silkie::data::stats;
 use silkie::plan::{Plan, State};
-use silkie::store::{OutputKind, OutputRef, StageRecord, Store};
-use silkie::table::{self, TableFormat};
+use silkie::store::{OutputRef, StageRecord, Store};
+use silkie::table;
 
 #[derive(Args)]
 pub struct ShowArgs {
@@ -137,28 +137,31 @@ impl Shown<'_> {
         })
     }
 
-    /// The pairs of the one fresh `pair` stage fed by this instance, for win rates.
+    /// The pairs of the one fresh stage fed by this instance that outputs a `pairs` table, for
+    /// win rates.
     fn downstream_pairs(&self, name: &str) -> Option<DataFrame> {
         let node = *self.plan.find(name).first()?;
         let pair_nodes: Vec<_> = self
             .plan
             .graph
             .neighbors_directed(node, Direction::Outgoing)
-            .filter(|n| self.plan.graph[*n].kind.name == "pair")
+            .filter(|n| self.plan.graph[*n].stage_impl.outputs().iter().any(|o| o.name == PAIRS && o.table))
             .collect();
         let [pair] = pair_nodes.as_slice() else { return None };
         let record = self.fresh_record(&self.plan.graph[*pair].name).ok()?;
         let store = self.ctx.store().ok()?;
-        let out = record.outputs.get("pairs")?;
-        table::read(&store.blob_path(&out.digest), TableFormat::Parquet).ok()
+        read_stored_table(&store, record.outputs.get(PAIRS)?).ok()
     }
 }
+
+/// What a stage that pairs responses outputs: the `pairs` table.
+const PAIRS: &str = "pairs";
 
 fn print_report(store: &Store, name: &str, record: &StageRecord, format: Format) -> Outcome {
     let Some(out) = record.outputs.get("report") else {
         return Err(Failure::Invalid(format!("`{name}` writes no data report (its outputs: {})", names(record))));
     };
-    let bytes = std::fs::read(store.blob_path(&out.digest)).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let bytes = store.read_blob(&out.digest).map_err(|e| Failure::Runtime(e.to_string()))?;
     let report: DataReport =
         serde_json::from_slice(&bytes).map_err(|e| Failure::Runtime(format!("corrupt report: {e}")))?;
     if format == Format::Json {
@@ -174,15 +177,6 @@ fn names(record: &StageRecord) -> String {
     record.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
-/// How a stored output reads as a table, if it does.
-fn table_format(out: &OutputRef) -> Option<TableFormat> {
-    match out.kind {
-        OutputKind::Table => Some(TableFormat::Parquet),
-        OutputKind::File => out.format.as_deref().and_then(|f| TableFormat::from_path(Path::new(&format!("x.{f}")))),
-        OutputKind::Dir => None,
-    }
-}
-
 fn pick_output<'r>(
     name: &str,
     record: &'r StageRecord,
@@ -195,7 +189,8 @@ fn pick_output<'r>(
             .map(|(k, v)| (k.as_str(), v))
             .ok_or_else(|| Failure::Invalid(format!("`{name}` has no output `{o}`; its outputs: {}", names(record))));
     }
-    let tables: Vec<(&String, &OutputRef)> = record.outputs.iter().filter(|(_, o)| table_format(o).is_some()).collect();
+    let tables: Vec<(&String, &OutputRef)> =
+        record.outputs.iter().filter(|(_, o)| stored_table_format(o).is_some()).collect();
     match tables.as_slice() {
         [(k, v)] => Ok((k.as_str(), v)),
         [] => Err(Failure::Invalid(format!("`{name}` has no table output to show"))),
@@ -207,6 +202,8 @@ fn pick_output<'r>(
 }
 
 fn read_table(store: &Store, name: &str, out_name: &str, out: &OutputRef) -> Result<DataFrame, Failure> {
-    let format = table_format(out).ok_or_else(|| Failure::Invalid(format!("`{name}.{out_name}` is not a table")))?;
-    table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))
+    if stored_table_format(out).is_none() {
+        return Err(Failure::Invalid(format!("`{name}.{out_name}` is not a table")));
+    }
+    read_stored_table(store, out)
 }

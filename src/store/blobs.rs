@@ -179,6 +179,15 @@ impl Store {
         Ok((digest, manifest.files.values().map(|e| e.bytes).sum()))
     }
 
+    /// A blob's bytes.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
+            _ => StoreError::Io { path, source: e },
+        })
+    }
+
     pub fn read_dir_manifest(&self, digest: &str) -> Result<DirManifest> {
         let path = self.blob_path(digest);
         let bytes = std::fs::read(&path).map_err(|_| StoreError::MissingBlob { digest: digest.to_string() })?;
