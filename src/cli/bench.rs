@@ -134,8 +134,7 @@ fn bench_checkpoint(
         let spec = LoraSpec { r: args.lora, alpha: 2.0 * args.lora as f64, targets: all_targets() };
         model = model.with_lora(&spec).map_err(|e| invalid(e.to_string()))?;
     }
-    let t = dpo_steps_on(silkie::model::master::f32_masters(model), &image, args.pairs, args.steps.max(1), device)
-        .map_err(invalid)?;
+    let t = dpo_steps_on(model, &image, args.pairs, args.steps.max(1), device).map_err(invalid)?;
     // The base's count (without LoRA's factors): what transformers reports for the folder.
     let t = silkie::train::bench::CheckpointThroughput { params, ..t };
     let training =

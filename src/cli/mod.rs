@@ -141,11 +141,13 @@ pub fn stored_table_format(out: &silkie::store::OutputRef) -> Option<silkie::tab
     }
 }
 
-/// A stored table output, read in the format its record gives; the one way commands read
-/// tables out of the store.
-pub fn read_stored_table(store: &Store, out: &silkie::store::OutputRef) -> Result<polars::prelude::DataFrame, Failure> {
-    let format = stored_table_format(out).ok_or_else(|| {
-        Failure::Invalid(format!("output {} is not a table", &out.digest[..12.min(out.digest.len())]))
-    })?;
+/// A stored table output (`what`, as `stage.output`, for the message when it is none), read in
+/// the format its record gives; the one way commands read tables out of the store.
+pub fn read_stored_table(
+    store: &Store,
+    what: &str,
+    out: &silkie::store::OutputRef,
+) -> Result<polars::prelude::DataFrame, Failure> {
+    let format = stored_table_format(out).ok_or_else(|| Failure::Invalid(format!("`{what}` is not a table")))?;
     silkie::table::read(&store.blob_path(&out.digest), format).map_err(|e| Failure::Runtime(e.to_string()))
 }

@@ -63,7 +63,7 @@ pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
         return print_report(&store, &name, &record, args.format);
     }
     let (out_name, out) = pick_output(&name, &record, output.as_deref())?;
-    let mut df = read_table(&store, &name, out_name, out)?;
+    let mut df = read_stored_table(&store, &format!("{name}.{out_name}"), out)?;
     if let Some(path) = &args.plot {
         if !(0.0..1.0).contains(&args.smoothing) {
             return Err(Failure::Invalid(format!("--smoothing {}: expected a weight in [0, 1)", args.smoothing)));
@@ -150,7 +150,8 @@ impl Shown<'_> {
         let [pair] = pair_nodes.as_slice() else { return None };
         let record = self.fresh_record(&self.plan.graph[*pair].name).ok()?;
         let store = self.ctx.store().ok()?;
-        read_stored_table(&store, record.outputs.get(PAIRS)?).ok()
+        let pair_stage = &self.plan.graph[*pair].name;
+        read_stored_table(&store, &format!("{pair_stage}.{PAIRS}"), record.outputs.get(PAIRS)?).ok()
     }
 }
 
@@ -199,11 +200,4 @@ fn pick_output<'r>(
             tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")
         ))),
     }
-}
-
-fn read_table(store: &Store, name: &str, out_name: &str, out: &OutputRef) -> Result<DataFrame, Failure> {
-    if stored_table_format(out).is_none() {
-        return Err(Failure::Invalid(format!("`{name}.{out_name}` is not a table")));
-    }
-    read_stored_table(store, out)
 }

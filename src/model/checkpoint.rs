@@ -56,16 +56,23 @@ pub(crate) fn canonical_header(path: &Path) -> std::io::Result<()> {
             as usize;
     let header = bytes.get(8..8 + len).ok_or_else(|| bad("header past the end"))?;
     let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
-    // serde_json maps are sorted; tensor offsets are relative to the data, so they stand.
-    let mut sorted = serde_json::to_vec(&value).map_err(|e| bad(&e.to_string()))?;
-    while sorted.len() % 8 != 0 {
-        sorted.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - len);
-    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
-    out.extend_from_slice(&sorted);
+    // Tensor offsets are relative to the data, so they stand.
+    let mut out = header_bytes(&value).map_err(|e| bad(&e.to_string()))?;
     out.extend_from_slice(&bytes[8 + len..]);
     std::fs::write(path, out)
+}
+
+/// A safetensors header as it is written before the data: its length (8 bytes, little endian)
+/// and the JSON, keys sorted (serde_json's maps are) and padded with spaces to 8 bytes.
+pub(crate) fn header_bytes(header: &serde_json::Value) -> serde_json::Result<Vec<u8>> {
+    let mut json = serde_json::to_vec(header)?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
 }
 
 /// Reads a checkpoint written by [`save`] onto `device`.

@@ -95,18 +95,6 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     Ok(())
 }
 
-/// The tensor names in the checkpoint's safetensors files, from their headers.
-pub fn tensor_names(dir: &Path) -> Result<Vec<String>, WeightsError> {
-    let mut names = Vec::new();
-    for file in weight_files(dir)? {
-        let mut handle =
-            std::fs::File::open(&file).map_err(|e| WeightsError::Read { path: file.clone(), reason: e.to_string() })?;
-        let (_, header) = read_header(&mut handle, &file)?;
-        names.extend(header.as_object().into_iter().flatten().map(|(k, _)| k.clone()).filter(|k| k != "__metadata__"));
-    }
-    Ok(names)
-}
-
 /// Writes `module`'s parameters whose paths `keep` picks to `path` as safetensors in
 /// PyTorch's layout, each name renamed by `renames` (regex → replacement, in order), the
 /// header's keys sorted so the same weights always give the same bytes.
@@ -172,16 +160,21 @@ fn read_header(file: &mut std::fs::File, path: &Path) -> Result<(u64, serde_json
     Ok((len, serde_json::from_slice(&header).map_err(|e| read(format!("header: {e}")))?))
 }
 
-/// The tensors of the checkpoint in `dir` whose names `wanted` picks, as stored: only their
-/// bytes are read, however large the shards around them.
-pub fn raw_tensors(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<RawTensor>, WeightsError> {
+/// The names of every tensor of the checkpoint in `dir`, and the tensors among them that
+/// `wanted` picks, as stored: only their bytes are read, however large the shards around them.
+pub fn read_tensors(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<(Vec<String>, Vec<RawTensor>), WeightsError> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut out = Vec::new();
+    let (mut names, mut out) = (Vec::new(), Vec::new());
     for path in weight_files(dir)? {
         let read = |reason: String| WeightsError::Read { path: path.clone(), reason };
         let mut file = std::fs::File::open(&path).map_err(|e| read(e.to_string()))?;
         let (len, header) = read_header(&mut file, &path)?;
-        for (name, entry) in header.as_object().into_iter().flatten().filter(|(name, _)| wanted(name)) {
+        let tensors = header.as_object().into_iter().flatten().filter(|(name, _)| *name != "__metadata__");
+        for (name, entry) in tensors {
+            names.push(name.clone());
+            if !wanted(name) {
+                continue;
+            }
             let bad = || read(format!("tensor `{name}`: a malformed header entry"));
             let dtype = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
             let shape: Vec<u64> = entry
@@ -202,7 +195,7 @@ pub fn raw_tensors(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<RawT
             out.push(RawTensor { name: name.clone(), dtype, shape, bytes });
         }
     }
-    Ok(out)
+    Ok((names, out))
 }
 
 /// Adds `tensors` to the safetensors file at `path` (written by [`save`]), its header's keys
@@ -224,16 +217,12 @@ pub fn append(path: &Path, tensors: &[RawTensor]) -> Result<(), WeightsError> {
         end += tensor.bytes.len() as u64;
         map.insert(tensor.name.clone(), entry);
     }
-    let mut json = serde_json::to_vec(&header).map_err(|e| failed(e.to_string()))?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
+    let prefix = crate::model::checkpoint::header_bytes(&header).map_err(|e| failed(e.to_string()))?;
     let tmp = path.with_extension("safetensors.tmp");
     let mut write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        out.write_all(&(json.len() as u64).to_le_bytes())?;
-        out.write_all(&json)?;
+        out.write_all(&prefix)?;
         std::io::copy(&mut file, &mut out)?;
         for tensor in tensors {
             out.write_all(&tensor.bytes)?;

@@ -65,9 +65,7 @@ impl LoraSpec {
         }
         Ok(picked)
     }
-}
 
-impl LoraSpec {
     /// `model` with adapters (rank `r`, scale `alpha / r`) on the weights `group` picks and
     /// every other parameter frozen: only the adapters train. [`Module::materialize`] merges
     /// them.

@@ -6,74 +6,43 @@
 use burn::module::{Module, Param, Reparameterization, Reparameterizer};
 use burn::tensor::{DType, FloatDType, Tensor};
 
-/// `model` ready to train: each trainable weight that is not f32 becomes an f32 master cast
-/// back to its own type where used; frozen weights and f32 ones are left as they are.
+/// `model` ready to train: each trainable bf16 weight becomes an f32 master cast back to bf16
+/// where used; frozen weights and f32 ones are left as they are (so a second call changes
+/// nothing).
 pub fn f32_masters<M: Module>(model: M) -> M {
     model.apply_reparameterization(Masters)
 }
 
-/// Whether any trainable weight of `model` is not f32 (what [`f32_masters`] would change).
-pub fn has_low_precision_trainables<M: Module>(model: &M) -> bool {
-    struct Finder(bool);
-    impl burn::module::ModuleVisitor for Finder {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let value = param.val();
-            self.0 |= value.is_require_grad() && value.dtype() != DType::F32;
-        }
-    }
-    let mut finder = Finder(false);
-    model.visit(&mut finder);
-    finder.0
-}
-
-/// Casts an f32 master weight to the type the model computes in, inside the autodiff graph:
-/// gradients reach the master in f32.
+/// Casts an f32 master weight to bf16, the type the model computes in, inside the autodiff
+/// graph: gradients reach the master in f32.
 #[derive(Module, Debug)]
-pub struct CastOnUse {
-    /// 0 for bf16, 1 for f16 (a Module field must be a Module; a dtype is not).
-    half: u8,
-}
+pub struct CastToBf16;
 
-impl CastOnUse {
-    fn new(dtype: FloatDType) -> Option<CastOnUse> {
-        match dtype {
-            FloatDType::BF16 => Some(CastOnUse { half: 0 }),
-            FloatDType::F16 => Some(CastOnUse { half: 1 }),
-            _ => None,
-        }
-    }
-
-    fn dtype(&self) -> FloatDType {
-        if self.half == 0 { FloatDType::BF16 } else { FloatDType::F16 }
-    }
-}
-
-impl Reparameterization for CastOnUse {
+impl Reparameterization for CastToBf16 {
     const NAME: &'static str = "master";
 
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
-        base.cast(self.dtype())
+        base.cast(FloatDType::BF16)
     }
 }
 
 struct Masters;
 
 impl Reparameterizer for Masters {
-    type Reparam = CastOnUse;
+    type Reparam = CastToBf16;
 
     fn reparameterize<const D: usize>(
         &mut self,
         _path: &str,
         param: Param<Tensor<D>>,
-    ) -> (Param<Tensor<D>>, Option<CastOnUse>) {
+    ) -> (Param<Tensor<D>>, Option<CastToBf16>) {
         let value = param.val();
-        if !value.is_require_grad() {
+        if !value.is_require_grad() || value.dtype() != DType::BF16 {
             return (param, None);
         }
-        let Some(cast) = CastOnUse::new(value.dtype().into()) else { return (param, None) };
         // The same parameter (its id, so optimiser state and resumes find it), now f32.
         let master = param.map(|weights| weights.cast(FloatDType::F32).detach().require_grad());
-        (master, Some(cast))
+        (master, Some(CastToBf16))
     }
 }
 
@@ -82,6 +51,20 @@ mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::Device;
+
+    /// Whether any trainable weight of `model` is not f32 (what [`f32_masters`] would change).
+    fn has_low_precision_trainables<M: Module>(model: &M) -> bool {
+        struct Finder(bool);
+        impl burn::module::ModuleVisitor for Finder {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let value = param.val();
+                self.0 |= value.is_require_grad() && value.dtype() != DType::F32;
+            }
+        }
+        let mut finder = Finder(false);
+        model.visit(&mut finder);
+        finder.0
+    }
 
     #[derive(Module, Debug)]
     struct TwoLayers {
@@ -109,7 +92,7 @@ mod tests {
         assert_eq!(model.trained.weight.base().dtype(), DType::F32);
         assert_eq!(model.trained.weight.val().dtype(), DType::BF16, "used in bf16");
         assert_eq!(model.frozen.weight.val().dtype(), DType::BF16);
-        assert!(model.frozen.weight.reparameterization::<CastOnUse>().is_none());
+        assert!(model.frozen.weight.reparameterization::<CastToBf16>().is_none());
         // Gradients come back to the f32 master.
         let x = Tensor::<2>::ones([1, 3], &device).cast(FloatDType::BF16);
         let y = model.frozen.forward(model.trained.forward(x));

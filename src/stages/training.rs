@@ -306,8 +306,6 @@ pub fn resume_or_start<R: StepRecord>(
     fresh: Vlm,
     optimizer: &AdamW,
 ) -> Result<TrainState<Vlm, R>, StageError> {
-    // What trains in bf16 keeps f32 masters, made before a resume so the saved state fits.
-    let fresh = crate::model::master::f32_masters(fresh);
     let resumed = resume::load(scratch, fresh.clone(), optimizer).map_err(|e| StageError::Failed(e.to_string()))?;
     Ok(match resumed {
         Some(state) => {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::clip::clip_global_norm;
 use super::optim::AdamW;
 use super::schedule::{cosine_with_warmup, warmup_steps};
+use crate::model::master::f32_masters;
 
 /// How to optimise, whatever the objective.
 #[derive(Debug, Clone)]
@@ -51,10 +52,11 @@ pub struct TrainState<M, R> {
     pub metrics: Vec<R>,
 }
 
-impl<M, R> TrainState<M, R> {
-    /// A run that has not taken a step.
+impl<M: Module, R> TrainState<M, R> {
+    /// A run that has not taken a step. What trains in a model whose weights are bf16 gets an
+    /// f32 master (`model::master`), so the optimiser's state and updates are f32.
     pub fn start(model: M, optimizer: &AdamW) -> TrainState<M, R> {
-        TrainState { model, optimizer: optimizer.config().init(), metrics: Vec::new() }
+        TrainState { model: f32_masters(model), optimizer: optimizer.config().init(), metrics: Vec::new() }
     }
 }
 

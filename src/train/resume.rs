@@ -14,6 +14,7 @@ use burn::store::ModuleRecord;
 
 use super::fit::{StepRecord, TrainState};
 use super::optim::AdamW;
+use crate::model::master::f32_masters;
 
 #[derive(Debug, thiserror::Error)]
 #[error("training state in {}: {message}", path.display())]
@@ -72,7 +73,8 @@ pub fn load<M: Module, R: StepRecord>(
     let Ok(name) = std::fs::read_to_string(dir.join("latest")) else { return Ok(None) };
     let folder = dir.join(name.trim());
     let record = ModuleRecord::load(folder.join("model.bpk")).map_err(|e| error(&folder, e))?;
-    let model = fresh.try_load_record(record).map_err(|e| error(&folder, e))?;
+    // The masters a started run made (`TrainState::start`), for the saved record to fit.
+    let model = f32_masters(fresh).try_load_record(record).map_err(|e| error(&folder, e))?;
     let optimizer = optimizer.config().init().load(folder.join("optimizer.bpk")).map_err(|e| error(&folder, e))?;
     let metrics = std::fs::read(folder.join("metrics.json")).map_err(|e| error(&folder, e))?;
     let metrics: Vec<R> = serde_json::from_slice(&metrics).map_err(|e| error(&folder, e))?;

@@ -133,21 +133,26 @@ pub fn stop_tokens(dir: &Path, config: &serde_json::Value) -> Result<Vec<u32>, L
     Ok(ids(config.get("text_config").and_then(|t| t.get("eos_token_id"))))
 }
 
-/// `dir`'s config.json, read as transformers' config classes read it.
-pub fn read_config(dir: &Path) -> Result<LlavaConfig, LoadError> {
+/// `dir`'s config.json as it is written, and read as transformers' config classes read it.
+pub fn read_config(dir: &Path) -> Result<(serde_json::Value, LlavaConfig), LoadError> {
     let path = dir.join("config.json");
     let shown = path.display().to_string();
     let bytes = std::fs::read(&path).map_err(|e| LoadError::Read { path: shown.clone(), reason: e.to_string() })?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| LoadError::Read { path: shown.clone(), reason: format!("not JSON: {e}") })?;
-    config::parse(&value).map_err(|source| LoadError::Config { path: shown, source })
+    let config = config::parse(&value).map_err(|source| LoadError::Config { path: shown, source })?;
+    Ok((value, config))
 }
 
 impl Llava {
     /// Loads the checkpoint in `dir` (its `config.json` and safetensors weights) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Llava, LoadError> {
-        let config = read_config(dir)?;
-        let mut model = Llava::new(&config, device);
+        Llava::load_weights(dir, &read_config(dir)?.1, device)
+    }
+
+    /// A model of `config`'s shape with the weights of the checkpoint in `dir`.
+    fn load_weights(dir: &Path, config: &LlavaConfig, device: &Device) -> Result<Llava, LoadError> {
+        let mut model = Llava::new(config, device);
         let unneeded: Vec<&str> =
             UNNEEDED.iter().copied().chain(config.text.tie_word_embeddings.then_some("lm_head.")).collect();
         hf_weights::load_into(&mut model, dir, RENAMES, &unneeded)?;

@@ -73,7 +73,7 @@ impl Origin {
                 }
             }
         }
-        let names = crate::model::hf_weights::tensor_names(dir)?;
+        let (names, kept) = crate::model::hf_weights::read_tensors(dir, super::is_unused_part)?;
         let vision_model =
             if names.iter().any(|n| n.contains("vision_tower.vision_model.")) { "vision_model." } else { "" };
         let pair = |from: &str, to: String| (from.to_string(), to);
@@ -90,22 +90,15 @@ impl Origin {
                 pair(r"^vision_tower\.", format!("vision_tower.{vision_model}")),
             ]
         };
-        let kept = crate::model::hf_weights::raw_tensors(dir, super::is_unused_part)?;
         Ok(Origin { files, names_back, kept })
     }
 }
 
 impl LlavaPolicy {
     pub fn load(dir: &Path, device: &Device) -> Result<LlavaPolicy, LoadError> {
-        let model = Llava::load(dir, device)?;
-        let processor = Processor::load(dir, model.config().image_tokens())
-            .map_err(|e| LoadError::Read { path: e.file.clone(), reason: e.reason.clone() })?;
-        let config: serde_json::Value = std::fs::read(dir.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let origin = Arc::new(Origin::read(dir)?);
-        let policy = LlavaPolicy { stop: stop_tokens(dir, &config)?, model, processor: Arc::new(processor), origin };
+        let (json, config) = super::read_config(dir)?;
+        let model = Llava::load_weights(dir, &config, device)?;
+        let policy = LlavaPolicy::around(model, dir, &json, Origin::read(dir)?)?;
         // A checkpoint with its adapters apart: every reader gets them merged.
         let adapter = dir.join(super::peft::ADAPTER_DIR);
         if !adapter.join("adapter_config.json").is_file() {
@@ -123,18 +116,20 @@ impl LlavaPolicy {
     /// A model of the shape `dir`'s config.json gives, with random weights; the tokenizer,
     /// template and image processor files `dir` lacks are written there as stand-ins.
     pub fn random(dir: &Path, device: &Device) -> Result<LlavaPolicy, LoadError> {
-        let config = super::read_config(dir)?;
+        let (json, config) = super::read_config(dir)?;
         super::stand_in::write_missing(dir, &config)
             .map_err(|e| LoadError::Read { path: dir.display().to_string(), reason: e.to_string() })?;
-        let processor = Processor::load(dir, config.image_tokens())
+        let origin = Origin { files: Vec::new(), names_back: Vec::new(), kept: Vec::new() };
+        LlavaPolicy::around(Llava::new(&config, device), dir, &json, origin)
+    }
+
+    /// `model` with what answering and saving need from the folder `dir` its config came
+    /// from (`json`): its processor, its end-of-sequence tokens and `origin`.
+    fn around(model: Llava, dir: &Path, json: &serde_json::Value, origin: Origin) -> Result<LlavaPolicy, LoadError> {
+        let processor = Processor::load(dir, model.config().image_tokens())
             .map_err(|e| LoadError::Read { path: e.file.clone(), reason: e.reason.clone() })?;
-        let value: serde_json::Value = std::fs::read(dir.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let origin = Arc::new(Origin { files: Vec::new(), names_back: Vec::new(), kept: Vec::new() });
-        let model = Llava::new(&config, device);
-        Ok(LlavaPolicy { stop: stop_tokens(dir, &value)?, model, processor: Arc::new(processor), origin })
+        let stop = stop_tokens(dir, json)?;
+        Ok(LlavaPolicy { stop, model, processor: Arc::new(processor), origin: Arc::new(origin) })
     }
 
     /// The same model computing in `dtype` (its weights cast once).
