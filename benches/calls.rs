@@ -57,7 +57,7 @@ fn main() {
     let store = silkie::store::Store::open(store_dir.path()).expect("open the store");
     let (provider, _) = providers::endpoint("bench", &def, images, &store).unwrap();
     let limits = Limits { max_in_flight: 256, ..Limits::default() };
-    let endpoints = || -> Result<calls::Endpoints, String> {
+    let endpoints = || -> Result<calls::Endpoints, calls::CallsError> {
         Ok(BTreeMap::from([("bench".to_string(), (provider.clone(), limits.clone()))]))
     };
     let identity = providers::identity("bench", &def);

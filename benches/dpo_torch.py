@@ -1,5 +1,5 @@
 """The DPO step of `cargo bench --bench dpo`, in PyTorch eager: silkie's built-in tiny VLM
-rebuilt layer for layer (src/model/tiny.rs over burn-nn's pre-norm TransformerEncoder), the
+rebuilt layer for layer (src/model/tiny/mod.rs over burn-nn's pre-norm TransformerEncoder), the
 same batch shapes, the same loss, clipping and AdamW. The bench passes silkie's parameter count
 in `--params`; a model of another size is refused rather than timed.
 

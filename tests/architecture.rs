@@ -44,12 +44,19 @@ fn library(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
     modules
 }
 
+/// A folder's Rust files, but for `tests.rs` files: a module's tests moved out of its file,
+/// declared `#[cfg(test)] mod tests;` (checked), which may import what the tests need.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
             files.extend(rust_files(&path));
+        } else if path.file_name().is_some_and(|n| n == "tests.rs") {
+            let parent = std::fs::read_to_string(dir.join("mod.rs"))
+                .or_else(|_| std::fs::read_to_string(dir.with_extension("rs")))
+                .unwrap_or_default();
+            assert!(parent.contains("#[cfg(test)]\nmod tests;"), "{}: not declared as test code", path.display());
         } else if path.extension().is_some_and(|e| e == "rs") {
             files.push(path);
         }

@@ -74,6 +74,9 @@ pub enum CallsError {
     Offline { missing: BTreeMap<String, u64> },
     #[error("{0}")]
     Fatal(String),
+    /// A model's provider cannot be set up (no API key, no checkpoint, an unknown provider).
+    #[error("model `{model}` {problem}")]
+    Endpoint { model: String, problem: String },
     #[error(transparent)]
     Memo(#[from] super::memo::MemoError),
     #[error("{} calls still failed after retries ({}); finished calls are remembered, so a rerun sends only these", .0.failed.values().map(|f| f.0).sum::<u64>(), .0.failed.iter().map(|(m, (n, e))| format!("{m}: {n}, last error: {e}")).collect::<Vec<_>>().join("; "))]
@@ -92,7 +95,7 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64, u64, u64) + Sync);
 
 /// Builds the endpoints, only once some call has to be sent (a run answered wholly from the
 /// memo needs no API key).
-pub type MakeEndpoints<'a> = &'a dyn Fn() -> Result<Endpoints, String>;
+pub type MakeEndpoints<'a> = &'a dyn Fn() -> Result<Endpoints, CallsError>;
 
 /// Returns the result of every spec, by key: from the memo, or sent now and remembered.
 pub fn run_calls(
@@ -128,7 +131,7 @@ pub fn run_calls(
         }
         return Err(CallsError::Offline { missing: per_model });
     }
-    let endpoints = endpoints().map_err(CallsError::Fatal)?;
+    let endpoints = endpoints()?;
     for spec in &missing {
         if !endpoints.contains_key(&spec.model) {
             return Err(CallsError::Fatal(format!("no endpoint for model `{}`", spec.model)));

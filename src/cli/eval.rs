@@ -79,7 +79,7 @@ fn mmhal_scores(ctx: &Context, args: &EvalArgs) -> Outcome {
             .unwrap_or_default();
         return Err(Failure::Invalid(format!("`{judge}` is not in the `models:` of {}{help}", pipeline.label)));
     };
-    let questions = mmhal::read_questions(&args.path).map_err(Failure::Invalid)?;
+    let questions = mmhal::read_questions(&args.path).map_err(|e| Failure::Invalid(e.to_string()))?;
     let template = match &args.template {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?
@@ -107,8 +107,8 @@ fn mmhal_scores(ctx: &Context, args: &EvalArgs) -> Outcome {
     };
     let round =
         silkie::providers::Round { store: &store, offline: args.offline, label: "eval mmhal", progress: &on_progress };
-    let results =
-        silkie::providers::call_through_memo(&round, &[(judge.as_str(), def)], &specs).map_err(Failure::Runtime)?;
+    let results = silkie::providers::call_through_memo(&round, &[(judge.as_str(), def)], &specs)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut scored = Vec::with_capacity(questions.len());
     for (i, (q, spec)) in questions.iter().zip(&specs).enumerate() {
         let reply = results.get(&spec.key).and_then(|r| r.text.clone()).unwrap_or_default();

@@ -134,7 +134,7 @@ fn collect(ctx: &Context, file: Option<&std::path::Path>, sets: &[String]) -> Re
 /// The rows of one stored results table.
 fn results_rows(store: &Store, out: &OutputRef, pipeline: &str, instance: &str) -> Result<Vec<Row>, Failure> {
     let df = read_stored_table(store, &format!("{instance}.{RESULTS}"), out)?;
-    let metrics = read_results(&df).map_err(Failure::Runtime)?;
+    let metrics = read_results(&df).map_err(|e| Failure::Runtime(e.to_string()))?;
     let column = |name: &str| -> Vec<Option<f64>> {
         df.column(name).ok().and_then(|c| c.f64().ok().map(|c| c.iter().collect())).unwrap_or_default()
     };

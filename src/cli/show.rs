@@ -78,7 +78,7 @@ pub fn run(ctx: &Context, args: ShowArgs) -> Outcome {
         if pairs.is_none() {
             eprintln!("note: no win rates: they need exactly one fresh `pair` stage built on `{name}`");
         }
-        df = stats::by_model(&df, pairs.as_ref()).map_err(Failure::Runtime)?;
+        df = stats::by_model(&df, pairs.as_ref()).map_err(|e| Failure::Runtime(e.to_string()))?;
     }
     let total = df.height();
     let mut head = df.head(Some(args.rows));

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::DataError;
 use super::frame::{ResponseKeys, f64_col, floats, frame, integers, optional_integers, optional_strings, strings};
 use super::report::DataReport;
 
@@ -48,14 +49,17 @@ pub fn aggregate(
     responses: &DataFrame,
     ratings: &DataFrame,
     opts: &Options,
-) -> Result<(DataFrame, DataReport), String> {
+) -> Result<(DataFrame, DataReport), DataError> {
     let mut report = DataReport::default();
     report.input("responses", responses.height() as u64);
     report.input("ratings", ratings.height() as u64);
     let keys = ResponseKeys::read(responses, "responses")?;
     strings(responses, "responses", "response")?;
     if let Some((i, m, sample)) = keys.first_duplicate() {
-        return Err(format!("table `responses`: two rows for instruction `{i}`, model `{m}`, sample {sample}"));
+        return Err(DataError::table(
+            "responses",
+            format!("two rows for instruction `{i}`, model `{m}`, sample {sample}"),
+        ));
     }
     // Built only if a rating is not found next to the previous one (tables in another order).
     let mut row_of: Option<PlHashMap<(&str, &str, i64), usize>> = None;
@@ -113,9 +117,12 @@ pub fn aggregate(
         let present: std::collections::BTreeSet<&str> = aspect_col.iter().flatten().copied().collect();
         let help =
             crate::dsl::did_you_mean(aspect, present.iter().copied()).map(|h| format!("; {h}")).unwrap_or_default();
-        return Err(format!(
-            "no rating is for the aspect `{aspect}`; the ratings hold: {}{help}",
-            present.into_iter().collect::<Vec<_>>().join(", ")
+        return Err(DataError::table(
+            "ratings",
+            format!(
+                "no rating is for the aspect `{aspect}`; the ratings hold: {}{help}",
+                present.into_iter().collect::<Vec<_>>().join(", ")
+            ),
         ));
     }
     report.note("rating_without_response", orphans);
@@ -134,7 +141,7 @@ pub fn aggregate(
     }
     let n = keys.len();
     // The responses' own columns go through as they are; only the new ones are built.
-    let column = |name: &str| responses.column(name).cloned().map_err(|e| e.to_string());
+    let column = |name: &str| responses.column(name).cloned();
     let mut columns = vec![
         column("instruction_id")?,
         column("model")?,
@@ -149,11 +156,12 @@ pub fn aggregate(
     for (slot, aspect) in opts.aspects.iter().enumerate() {
         columns.push(f64_col(aspect, (0..n).map(|row| cells[row * n_aspects + slot].value()).collect()));
     }
-    let mut df = frame(n, columns).map_err(|e| e.to_string())?;
+    let mut df = frame(n, columns)?;
     if !keys.is_sorted() {
-        df = df
-            .sort(["instruction_id", "model", "sample_index"], SortMultipleOptions::default().with_maintain_order(true))
-            .map_err(|e| e.to_string())?;
+        df = df.sort(
+            ["instruction_id", "model", "sample_index"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )?;
     }
     report.output("scores", df.height() as u64);
     Ok((df, report))

@@ -2,6 +2,8 @@
 
 use polars::prelude::*;
 
+use super::DataError;
+
 /// A DataFrame from equally long columns.
 pub fn frame(height: usize, columns: Vec<Column>) -> PolarsResult<DataFrame> {
     DataFrame::new(height, columns)
@@ -22,38 +24,36 @@ pub fn f64_col(name: &str, values: Vec<Option<f64>>) -> Column {
 }
 
 /// A string column, or an error naming the table and column.
-pub fn strings<'a>(df: &'a DataFrame, table: &str, name: &str) -> Result<&'a StringChunked, String> {
-    df.column(name)
-        .map_err(|_| missing(df, table, name))?
-        .str()
-        .map_err(|_| format!("table `{table}`: column `{name}` must hold text, it holds {}", dtype_of(df, name)))
+pub fn strings<'a>(df: &'a DataFrame, table: &str, name: &str) -> Result<&'a StringChunked, DataError> {
+    let column = df.column(name).map_err(|_| missing(df, table, name))?;
+    column.str().map_err(|_| wrong_type(table, name, "text", column.dtype()))
 }
 
 /// An integer column (any integer width), as i64.
-pub fn integers(df: &DataFrame, table: &str, name: &str) -> Result<Int64Chunked, String> {
+pub fn integers(df: &DataFrame, table: &str, name: &str) -> Result<Int64Chunked, DataError> {
     let column = df.column(name).map_err(|_| missing(df, table, name))?;
     if !column.dtype().is_integer() {
-        return Err(format!("table `{table}`: column `{name}` must hold integers, it holds {}", column.dtype()));
+        return Err(wrong_type(table, name, "integers", column.dtype()));
     }
-    column.cast(&DataType::Int64).map_err(|e| e.to_string())?.i64().cloned().map_err(|e| e.to_string())
+    Ok(column.cast(&DataType::Int64)?.i64()?.clone())
 }
 
 /// A numeric column, as f64.
-pub fn floats(df: &DataFrame, table: &str, name: &str) -> Result<Float64Chunked, String> {
+pub fn floats(df: &DataFrame, table: &str, name: &str) -> Result<Float64Chunked, DataError> {
     let column = df.column(name).map_err(|_| missing(df, table, name))?;
     if !column.dtype().is_primitive_numeric() && !column.dtype().is_null() {
-        return Err(format!("table `{table}`: column `{name}` must hold numbers, it holds {}", column.dtype()));
+        return Err(wrong_type(table, name, "numbers", column.dtype()));
     }
-    column.cast(&DataType::Float64).map_err(|e| e.to_string())?.f64().cloned().map_err(|e| e.to_string())
+    Ok(column.cast(&DataType::Float64)?.f64()?.clone())
 }
 
-fn dtype_of(df: &DataFrame, name: &str) -> String {
-    df.column(name).map(|c| c.dtype().to_string()).unwrap_or_default()
+fn wrong_type(table: &str, name: &str, expected: &'static str, found: &DataType) -> DataError {
+    DataError::ColumnType { table: table.into(), column: name.into(), expected, found: found.to_string() }
 }
 
-fn missing(df: &DataFrame, table: &str, name: &str) -> String {
-    let have: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
-    format!("table `{table}` has no column `{name}`; its columns: {}", have.join(", "))
+fn missing(df: &DataFrame, table: &str, name: &str) -> DataError {
+    let present = df.get_column_names().iter().map(|n| n.to_string()).collect();
+    DataError::MissingColumn { table: table.into(), column: name.into(), present }
 }
 
 /// An optional text column: `None` when the table does not have it.
@@ -61,7 +61,7 @@ pub fn optional_strings<'a>(
     df: &'a DataFrame,
     table: &str,
     name: &str,
-) -> Result<Option<Vec<Option<&'a str>>>, String> {
+) -> Result<Option<Vec<Option<&'a str>>>, DataError> {
     match df.column(name) {
         Ok(_) => Ok(Some(strings(df, table, name)?.iter().collect())),
         Err(_) => Ok(None),
@@ -69,7 +69,7 @@ pub fn optional_strings<'a>(
 }
 
 /// An optional integer column: `None` when the table does not have it.
-pub fn optional_integers(df: &DataFrame, table: &str, name: &str) -> Result<Option<Vec<Option<i64>>>, String> {
+pub fn optional_integers(df: &DataFrame, table: &str, name: &str) -> Result<Option<Vec<Option<i64>>>, DataError> {
     match df.column(name) {
         Ok(_) => Ok(Some(integers(df, table, name)?.iter().collect())),
         Err(_) => Ok(None),
@@ -86,7 +86,7 @@ pub struct ResponseKeys<'a> {
 
 impl<'a> ResponseKeys<'a> {
     /// Reads the key columns; a null anywhere is an error naming the row.
-    pub fn read(df: &'a DataFrame, table: &str) -> Result<ResponseKeys<'a>, String> {
+    pub fn read(df: &'a DataFrame, table: &str) -> Result<ResponseKeys<'a>, DataError> {
         let instruction = text_values(strings(df, table, "instruction_id")?, table, "instruction_id")?;
         let model = text_values(strings(df, table, "model")?, table, "model")?;
         let sample = match df.column("sample_index") {
@@ -133,17 +133,17 @@ impl<'a> ResponseKeys<'a> {
 }
 
 /// The values of a text column that must not hold nulls.
-fn text_values<'a>(ca: &'a StringChunked, table: &str, column: &str) -> Result<Vec<&'a str>, String> {
+fn text_values<'a>(ca: &'a StringChunked, table: &str, column: &str) -> Result<Vec<&'a str>, DataError> {
     match ca.null_count() {
         0 => Ok(ca.downcast_iter().flat_map(|arr| arr.values_iter()).collect()),
         _ => non_null(ca.iter().collect(), table, column),
     }
 }
 
-fn non_null<T>(values: Vec<Option<T>>, table: &str, column: &str) -> Result<Vec<T>, String> {
+fn non_null<T>(values: Vec<Option<T>>, table: &str, column: &str) -> Result<Vec<T>, DataError> {
     values
         .into_iter()
         .enumerate()
-        .map(|(row, v)| v.ok_or_else(|| format!("table `{table}`, row {}: `{column}` is empty", row + 1)))
+        .map(|(row, v)| v.ok_or_else(|| DataError::value(table, row + 1, column, "is empty")))
         .collect()
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::DataError;
+
 /// The most pixels an image may have unless `max_image_pixels` says otherwise: 50 million,
 /// about 7000 × 7000, far above what a VLM sees and far below what would fill memory.
 pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
@@ -15,7 +17,7 @@ pub type BadImage = (&'static str, String);
 
 /// Stores blobs from their bytes (all at once, as a batch): each one's digest and size, in
 /// order.
-pub type PutBlobs<'s> = dyn FnMut(&[&[u8]]) -> Result<Vec<(String, u64)>, String> + Send + 's;
+pub type PutBlobs<'s> = dyn FnMut(&[&[u8]]) -> Result<Vec<(String, u64)>, DataError> + Send + 's;
 
 /// Per image, in order: the stored blob's (digest, size), or why the image is bad.
 pub type StoredImages = Vec<Result<(String, u64), BadImage>>;
@@ -70,9 +72,9 @@ pub fn check_image(bytes: Vec<u8>, name: &str, max_pixels: u64) -> Result<Vec<u8
 /// checked on every core while the batch before it is stored — decoding is work for the
 /// cores, storing mostly waits on the filesystem. In the files' order: the stored image's
 /// (digest, size), or why it is bad.
-pub fn store_images(files: &[PathBuf], max_pixels: u64, put: &mut PutBlobs) -> Result<StoredImages, String> {
+pub fn store_images(files: &[PathBuf], max_pixels: u64, put: &mut PutBlobs) -> Result<StoredImages, DataError> {
     let mut stored = Vec::with_capacity(files.len());
-    let mut store = |read: Vec<Result<Vec<u8>, BadImage>>| -> Result<(), String> {
+    let mut store = |read: Vec<Result<Vec<u8>, BadImage>>| -> Result<(), DataError> {
         let good: Vec<&[u8]> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
         let mut digests = put(&good)?.into_iter();
         stored.extend(read.into_iter().map(|r| r.map(|_| digests.next().expect("a digest per good image"))));
@@ -85,7 +87,10 @@ pub fn store_images(files: &[PathBuf], max_pixels: u64, put: &mut PutBlobs) -> R
         let (was_stored, next) = std::thread::scope(|scope| {
             let storing = checked.take().map(|read| scope.spawn(|| store(read)));
             let next: Vec<_> = batch.par_iter().map(|f| read_image(f, max_pixels)).collect();
-            let stored = storing.map_or(Ok(()), |s| s.join().unwrap_or_else(|_| Err("storing images panicked".into())));
+            let stored = storing.map_or(Ok(()), |s| {
+                s.join()
+                    .unwrap_or_else(|_| Err(DataError::Store { what: "images", problem: "the thread panicked".into() }))
+            });
             (stored, next)
         });
         was_stored?;

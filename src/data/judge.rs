@@ -13,6 +13,18 @@ use serde_json::Value;
 
 use super::rating::{ASPECTS, aspect_id};
 
+/// Why a judge template does not give a prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the template does not render: {0}")]
+    Render(#[from] minijinja::Error),
+    #[error(
+        "the template has placeholders for {slots} texts, but an instruction has {responses} responses; lower \
+         per_instruction or use a template with more"
+    )]
+    TooFewSlots { slots: usize, responses: usize },
+}
+
 /// How a template marks where the instruction and the responses go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -30,7 +42,7 @@ pub fn render(
     style: PlaceholderStyle,
     instruction: &str,
     responses: &[&str],
-) -> Result<String, String> {
+) -> Result<String, TemplateError> {
     match style {
         PlaceholderStyle::Vlfeedback => fill_placeholders(template, instruction, responses),
         PlaceholderStyle::Jinja => {
@@ -38,8 +50,7 @@ pub fn render(
             env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
             let items: Vec<minijinja::Value> =
                 responses.iter().enumerate().map(|(i, t)| minijinja::context! { index => i + 1, text => *t }).collect();
-            env.render_str(template, minijinja::context! { instruction => instruction, responses => items })
-                .map_err(|e| format!("the template does not render: {e}"))
+            Ok(env.render_str(template, minijinja::context! { instruction => instruction, responses => items })?)
         }
     }
 }
@@ -47,7 +58,7 @@ pub fn render(
 /// The release's placeholders, filled in one pass (so a response that itself contains a
 /// placeholder is left as written). A text placeholder with no response becomes empty; a
 /// response with no placeholder is an error, since the judge would never see it.
-fn fill_placeholders(template: &str, instruction: &str, responses: &[&str]) -> Result<String, String> {
+fn fill_placeholders(template: &str, instruction: &str, responses: &[&str]) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     let mut slots = 0;
@@ -76,10 +87,7 @@ fn fill_placeholders(template: &str, instruction: &str, responses: &[&str]) -> R
     }
     out.push_str(rest);
     if responses.len() > slots {
-        return Err(format!(
-            "the template has placeholders for {slots} texts, but an instruction has {} responses; lower per_instruction or use a template with more",
-            responses.len()
-        ));
+        return Err(TemplateError::TooFewSlots { slots, responses: responses.len() });
     }
     Ok(out)
 }

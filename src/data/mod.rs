@@ -2,6 +2,7 @@
 //! reports. Pure functions over polars tables; stage kinds wrap them.
 
 pub mod aggregate;
+pub mod error;
 pub mod frame;
 pub mod images;
 pub mod judge;
@@ -11,3 +12,5 @@ pub mod report;
 pub mod stats;
 pub mod trl;
 pub mod vlfeedback;
+
+pub use error::DataError;

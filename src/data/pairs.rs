@@ -3,6 +3,7 @@
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::DataError;
 use super::frame::{ResponseKeys, f64_col, floats, frame, optional_integers, optional_strings, strings};
 use super::report::DataReport;
 
@@ -97,7 +98,7 @@ pub struct Paired {
     pub report: DataReport,
 }
 
-pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) -> Result<Paired, String> {
+pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) -> Result<Paired, DataError> {
     let mut report = DataReport::default();
     report.input("instructions", instructions.height() as u64);
     report.input("scores", scores.height() as u64);
@@ -116,10 +117,10 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         let mut models: Vec<&str> = keys.model.clone();
         models.sort_unstable();
         models.dedup();
-        return Err(format!(
-            "`model`: `{model}` answered no instruction; the responses' models: {}",
-            models.join(", ")
-        ));
+        return Err(DataError::Option {
+            key: "model",
+            problem: format!("`{model}` answered no instruction; the responses' models: {}", models.join(", ")),
+        });
     }
     let texts: Vec<Option<&str>> = strings(scores, "scores", "response")?.iter().collect();
     let values: Vec<Option<f64>> = floats(scores, "scores", "score")?.iter().collect();
@@ -190,16 +191,16 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
         })
     };
     let (eval, train): (Vec<&Pair>, Vec<&Pair>) = kept.into_iter().partition(|p| in_eval(p));
-    let build = |rows: &[&Pair]| -> Result<DataFrame, String> {
+    let build = |rows: &[&Pair]| -> Result<DataFrame, DataError> {
         // Gather whole columns by row index: no per-row copies of the texts.
         let index =
             |f: &dyn Fn(&Pair) -> usize| IdxCa::from_vec("".into(), rows.iter().map(|p| f(p) as IdxSize).collect());
         let chosen = index(&|p| candidates[p.chosen].row);
         let rejected = index(&|p| candidates[p.rejected].row);
         let instruction = index(&|p| p.instruction_row);
-        let take = |df: &DataFrame, name: &str, idx: &IdxCa, rename: &str| -> Result<Column, String> {
+        let take = |df: &DataFrame, name: &str, idx: &IdxCa, rename: &str| -> PolarsResult<Column> {
             let column = match df.column(name) {
-                Ok(c) => c.take(idx).map_err(|e| e.to_string())?,
+                Ok(c) => c.take(idx)?,
                 Err(_) => Column::full_null(name.into(), idx.len(), &DataType::String),
             };
             Ok(column.with_name(rename.into()))
@@ -231,7 +232,7 @@ pub fn make_pairs(instructions: &DataFrame, scores: &DataFrame, opts: &Options) 
                 f64_col("margin", margin),
             ],
         )
-        .map_err(|e| e.to_string())
+        .map_err(DataError::from)
     };
     let pairs_df = build(&train)?;
     report.output("pairs", pairs_df.height() as u64);

@@ -21,7 +21,7 @@ struct Tally {
 
 /// One row per model: responses, how many have a score, the mean score and mean of each
 /// aspect, and — given pairs — how often it appears in a pair and how often it is chosen.
-pub fn by_model(scores: &DataFrame, pairs: Option<&DataFrame>) -> Result<DataFrame, String> {
+pub fn by_model(scores: &DataFrame, pairs: Option<&DataFrame>) -> Result<DataFrame, super::DataError> {
     let aspects: Vec<String> = scores
         .get_column_names()
         .iter()
@@ -82,5 +82,5 @@ pub fn by_model(scores: &DataFrame, pairs: Option<&DataFrame>) -> Result<DataFra
             tally.values().map(|t| (t.pairs > 0).then(|| t.wins as f64 / t.pairs as f64)).collect(),
         ));
     }
-    frame(n, out).map_err(|e| e.to_string())
+    Ok(frame(n, out)?)
 }

@@ -8,6 +8,7 @@
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::DataError;
 use super::frame::{optional_strings, strings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -36,14 +37,14 @@ pub fn trl_frame(
     style: Style,
     images: Images,
     image_path: &dyn Fn(&str) -> String,
-    image_bytes: &dyn Fn(&str) -> Result<Vec<u8>, String>,
-) -> Result<DataFrame, String> {
+    image_bytes: &dyn Fn(&str) -> Result<Vec<u8>, DataError>,
+) -> Result<DataFrame, DataError> {
     let prompts: Vec<Option<&str>> = strings(pairs, "pairs", "prompt")?.iter().collect();
     let chosen: Vec<Option<&str>> = strings(pairs, "pairs", "chosen")?.iter().collect();
     let rejected: Vec<Option<&str>> = strings(pairs, "pairs", "rejected")?.iter().collect();
     let digests = optional_strings(pairs, "pairs", "image")?.unwrap_or_else(|| vec![None; pairs.height()]);
     if pairs.height() == 0 {
-        return Err("there are no pairs to export".into());
+        return Err(DataError::table("pairs", "there are no pairs to export"));
     }
     let has_image: Vec<bool> = digests.iter().map(|d| d.is_some() && images != Images::None).collect();
     let mut columns = match style {
@@ -63,11 +64,10 @@ pub fn trl_frame(
         let lengths = digests.iter().map(|d| usize::from(d.is_some()));
         columns.push(list_column("images", Series::new("".into(), paths), lengths)?);
     }
-    let mut df =
-        DataFrame::new(pairs.height(), columns.into_iter().map(Column::from).collect()).map_err(|e| e.to_string())?;
+    let mut df = DataFrame::new(pairs.height(), columns.into_iter().map(Column::from).collect())?;
     if images == Images::Embed {
         let column = embedded_images(&digests, image_path, image_bytes)?;
-        df.with_column(column).map_err(|e| e.to_string())?;
+        df.with_column(column)?;
     }
     Ok(df)
 }
@@ -82,7 +82,7 @@ fn texts<'a>(column: &[Option<&'a str>]) -> Vec<&'a str> {
 }
 
 /// `prompt`: per row one user message.
-fn user_messages(texts: &[&str], has_image: &[bool]) -> Result<Series, String> {
+fn user_messages(texts: &[&str], has_image: &[bool]) -> PolarsResult<Series> {
     let mut item_text: Vec<Option<&str>> = Vec::with_capacity(texts.len() * 2);
     let mut item_type: Vec<&str> = Vec::with_capacity(texts.len() * 2);
     for (text, &image) in texts.iter().zip(has_image) {
@@ -98,7 +98,7 @@ fn user_messages(texts: &[&str], has_image: &[bool]) -> Result<Series, String> {
 }
 
 /// `chosen` / `rejected`: per row one assistant message.
-fn assistant_messages(name: &str, texts: &[&str]) -> Result<Series, String> {
+fn assistant_messages(name: &str, texts: &[&str]) -> PolarsResult<Series> {
     let item_text: Vec<Option<&str>> = texts.iter().map(|t| Some(*t)).collect();
     let item_type = vec!["text"; texts.len()];
     messages(name, "assistant", item_text, item_type, std::iter::repeat_n(1, texts.len()))
@@ -112,7 +112,7 @@ fn messages(
     item_text: Vec<Option<&str>>,
     item_type: Vec<&str>,
     content_lengths: impl Iterator<Item = usize>,
-) -> Result<Series, String> {
+) -> PolarsResult<Series> {
     let items = struct_series(
         "",
         item_text.len(),
@@ -124,19 +124,18 @@ fn messages(
     list_column(name, message, std::iter::repeat_n(1, rows))
 }
 
-fn struct_series<const N: usize>(name: &str, len: usize, fields: [Series; N]) -> Result<Series, String> {
-    StructChunked::from_series(name.into(), len, fields.iter()).map(|s| s.into_series()).map_err(|e| e.to_string())
+fn struct_series<const N: usize>(name: &str, len: usize, fields: [Series; N]) -> PolarsResult<Series> {
+    StructChunked::from_series(name.into(), len, fields.iter()).map(|s| s.into_series())
 }
 
 /// A list column whose rows take consecutive runs of `lengths` values.
-fn list_column(name: &str, values: Series, lengths: impl Iterator<Item = usize>) -> Result<Series, String> {
+fn list_column(name: &str, values: Series, lengths: impl Iterator<Item = usize>) -> PolarsResult<Series> {
     use polars_arrow::offset::{Offsets, OffsetsBuffer};
     let values = values.rechunk();
     let field = values.dtype().to_arrow_field("item".into(), CompatLevel::newest());
-    let offsets: OffsetsBuffer<i64> = Offsets::try_from_lengths(lengths).map_err(|e| e.to_string())?.into();
+    let offsets: OffsetsBuffer<i64> = Offsets::try_from_lengths(lengths)?.into();
     let array =
-        LargeListArray::try_new(ArrowDataType::LargeList(Box::new(field)), offsets, values.chunks()[0].clone(), None)
-            .map_err(|e| e.to_string())?;
+        LargeListArray::try_new(ArrowDataType::LargeList(Box::new(field)), offsets, values.chunks()[0].clone(), None)?;
     Ok(ListChunked::with_chunk(name.into(), array).into_series())
 }
 
@@ -144,8 +143,8 @@ fn list_column(name: &str, values: Series, lengths: impl Iterator<Item = usize>)
 fn embedded_images(
     digests: &[Option<&str>],
     image_path: &dyn Fn(&str) -> String,
-    image_bytes: &dyn Fn(&str) -> Result<Vec<u8>, String>,
-) -> Result<Column, String> {
+    image_bytes: &dyn Fn(&str) -> Result<Vec<u8>, DataError>,
+) -> Result<Column, DataError> {
     let present: Vec<&str> = digests.iter().flatten().copied().collect();
     let bytes: Vec<Vec<u8>> = present.iter().map(|d| image_bytes(d)).collect::<Result<_, _>>()?;
     let paths: Vec<String> = present.iter().map(|d| image_path(d)).collect();
@@ -176,23 +175,24 @@ pub enum TrlImage {
 /// style: plain strings, or messages (`[{role, content: [{type, text}]}]`). A row must hold
 /// one user turn (an optional system message is refused: a pairs table has no place for it)
 /// and at most one image. `file` names the table in errors.
-pub fn read_pairs(df: &DataFrame, file: &str) -> Result<ReadPairs, String> {
-    let text_column = |name: &str, role: &str| -> Result<Vec<String>, String> {
-        let column = df
-            .column(name)
-            .map_err(|_| format!("{file}: no `{name}` column (TRL's layout has prompt, chosen, rejected)"))?;
+pub fn read_pairs(df: &DataFrame, file: &str) -> Result<ReadPairs, DataError> {
+    // A cell's problem, located.
+    let at = |row: usize, name: &str| {
+        let location = format!("{file}: row {}, `{name}`", row + 1);
+        move |problem| DataError::Record { location, problem }
+    };
+    let text_column = |name: &str, role: &str| -> Result<Vec<String>, DataError> {
+        let column = df.column(name).map_err(|_| {
+            DataError::file(file, format!("no `{name}` column (TRL's layout has prompt, chosen, rejected)"))
+        })?;
         let series = column.as_materialized_series();
-        (0..series.len())
-            .map(|row| message_text(series, row, role).map_err(|e| format!("{file}: row {}, `{name}`: {e}", row + 1)))
-            .collect()
+        (0..series.len()).map(|row| message_text(series, row, role).map_err(at(row, name))).collect()
     };
     let images = match df.column("images") {
         Err(_) => (0..df.height()).map(|_| None).collect(),
         Ok(column) => {
             let series = column.as_materialized_series();
-            (0..series.len())
-                .map(|row| row_image(series, row).map_err(|e| format!("{file}: row {}, `images`: {e}", row + 1)))
-                .collect::<Result<_, _>>()?
+            (0..series.len()).map(|row| row_image(series, row).map_err(at(row, "images"))).collect::<Result<_, _>>()?
         }
     };
     Ok(ReadPairs {

@@ -24,7 +24,7 @@ pub use model_ref::ModelRef;
 pub use range::Range;
 pub use runtime::{Calls, Compute, Precision, Runtime};
 pub use source::{Issue, PipelineError, PipelineErrors, SourceMap};
-pub use suggest::{did_you_mean, nearest};
+pub use suggest::{did_you_mean, elide, nearest, shorten};
 pub use values::{serde_issue, yaml_to_json};
 use values::{typed, typed_at};
 
@@ -438,23 +438,5 @@ fn build_stage(
         Ok(StageDef { name, kind, needs, params, runtime, matrix, inputs, use_file })
     } else {
         Err(issues)
-    }
-}
-
-/// `s` quoted for a message, cut to its first `max` characters (saying how many more there
-/// were), so a huge value cannot flood a terminal or a log.
-pub fn elide(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => format!("{s:?}"),
-        Some((end, _)) => format!("{:?}… ({} more characters)", &s[..end], s[end..].chars().count()),
-    }
-}
-
-/// `s` as it is when short, else its first `max` characters and how many more there were:
-/// for text shown between backticks (a command), where quoting would escape its quotes.
-pub fn shorten(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some((end, _)) => format!("{}… ({} more characters)", &s[..end], s[end..].chars().count()),
     }
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::EvalError;
+
 /// A parsed prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -120,14 +122,6 @@ pub struct MmeScores {
     pub order: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum MmeError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("{path}, line {line}: {message}")]
-    Line { path: String, line: usize, message: String },
-}
-
 /// Scores one subtask's lines (pairs of consecutive lines are an image's two questions). A
 /// subtask with no parseable answer scores 0 (the official script crashes there).
 pub fn score_subtask(lines: &[Line]) -> SubtaskScore {
@@ -147,13 +141,13 @@ pub fn score_subtask(lines: &[Line]) -> SubtaskScore {
 
 /// Reads `<subtask>.txt` in the official layout (4 tab-separated fields; the prediction may be
 /// empty). With `need_prediction` false, 3-field lines (questions without answers) are accepted.
-pub fn read_subtask(path: &Path, need_prediction: bool) -> Result<Vec<Line>, MmeError> {
+pub fn read_subtask(path: &Path, need_prediction: bool) -> Result<Vec<Line>, EvalError> {
     let shown = path.display().to_string();
     let text =
-        std::fs::read_to_string(path).map_err(|e| MmeError::File { path: shown.clone(), message: e.to_string() })?;
+        std::fs::read_to_string(path).map_err(|e| EvalError::File { path: shown.clone(), message: e.to_string() })?;
     let mut lines = Vec::new();
     for (i, raw) in text.lines().enumerate() {
-        let bad = |message: String| MmeError::Line { path: shown.clone(), line: i + 1, message };
+        let bad = |message: String| EvalError::Line { path: shown.clone(), line: i + 1, message };
         let fields: Vec<&str> = raw.split('\t').collect();
         let (image, question, truth, prediction) = match fields.as_slice() {
             [i, q, t, p] => (*i, *q, *t, *p),
@@ -172,7 +166,7 @@ pub fn read_subtask(path: &Path, need_prediction: bool) -> Result<Vec<Line>, Mme
         lines.push(Line { image: image.into(), question: question.into(), truth, prediction: prediction.into() });
     }
     if lines.len() % 2 != 0 {
-        return Err(MmeError::File {
+        return Err(EvalError::File {
             path: shown,
             message: format!("{} lines: every image needs its two questions on consecutive lines", lines.len()),
         });
@@ -181,14 +175,14 @@ pub fn read_subtask(path: &Path, need_prediction: bool) -> Result<Vec<Line>, Mme
 }
 
 /// Scores lines already in memory, by subtask.
-pub fn score(lines: &BTreeMap<String, Vec<Line>>, categories: &Categories) -> Result<MmeScores, String> {
+pub fn score(lines: &BTreeMap<String, Vec<Line>>, categories: &Categories) -> Result<MmeScores, EvalError> {
     let mut subtasks = BTreeMap::new();
     let mut totals = BTreeMap::new();
     for (category, names) in &categories.0 {
         // `scores = 0; scores += task_score` in the official order.
         let mut total = 0.0;
         for name in names {
-            let lines = lines.get(name).ok_or_else(|| format!("no results for subtask `{name}`"))?;
+            let lines = lines.get(name).ok_or_else(|| EvalError::MissingSubtask { subtask: name.clone() })?;
             let s = score_subtask(lines);
             total += s.score;
             subtasks.insert(name.clone(), s);
@@ -199,19 +193,19 @@ pub fn score(lines: &BTreeMap<String, Vec<Line>>, categories: &Categories) -> Re
 }
 
 /// Scores a results directory.
-pub fn score_dir(dir: &Path, categories: &Categories) -> Result<MmeScores, MmeError> {
+pub fn score_dir(dir: &Path, categories: &Categories) -> Result<MmeScores, EvalError> {
     let mut lines = BTreeMap::new();
     for name in categories.subtasks() {
         let path: PathBuf = dir.join(format!("{name}.txt"));
         if !path.is_file() {
-            return Err(MmeError::File {
+            return Err(EvalError::File {
                 path: path.display().to_string(),
                 message: format!("missing: a results directory needs one file per subtask ({name}.txt)"),
             });
         }
         lines.insert(name.to_string(), read_subtask(&path, true)?);
     }
-    score(&lines, categories).map_err(|message| MmeError::File { path: dir.display().to_string(), message })
+    score(&lines, categories)
 }
 
 /// MME in its results layout: a `<subtask>.txt` per subtask in `data`, images beside them,

@@ -80,12 +80,13 @@ pub fn summarise(scores: &[(String, Rating)]) -> MmhalScores {
 }
 
 /// Reads the benchmark's JSON: a list of questions.
-pub fn read_questions(path: &Path) -> Result<Vec<Question>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_questions(path: &Path) -> Result<Vec<Question>, super::EvalError> {
+    let file = |message| super::EvalError::File { path: path.display().to_string(), message };
+    let bytes = std::fs::read(path).map_err(|e| file(e.to_string()))?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let at = e.path().to_string();
-        format!("{}: at {at}: {}", path.display(), e.into_inner())
+        file(format!("at {at}: {}", e.into_inner()))
     })
 }
 

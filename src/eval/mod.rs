@@ -4,7 +4,10 @@
 //! `benchmark.rs` is what each benchmark is to the `evaluate` stage, and their registry.
 
 pub mod benchmark;
+mod error;
 pub mod mme;
 pub mod mmhal;
 pub mod results;
 pub mod synth;
+
+pub use error::EvalError;

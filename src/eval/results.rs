@@ -3,6 +3,7 @@
 
 use polars::prelude::{Column, DataFrame};
 
+use super::EvalError;
 use super::mme::MmeScores;
 use super::mmhal::MmhalScores;
 
@@ -40,7 +41,7 @@ pub fn relative_change(value: f64, baseline: f64) -> Option<f64> {
 }
 
 /// The results table: `benchmark`, `metric`, `value`, `baseline_value`, `relative_change`.
-pub fn results_table(metrics: &[Metric], baseline: Option<&[Metric]>) -> Result<DataFrame, String> {
+pub fn results_table(metrics: &[Metric], baseline: Option<&[Metric]>) -> Result<DataFrame, EvalError> {
     let base =
         |m: &Metric| baseline?.iter().find(|b| b.benchmark == m.benchmark && b.metric == m.metric).map(|b| b.value);
     let baseline_values: Vec<Option<f64>> = metrics.iter().map(base).collect();
@@ -56,18 +57,17 @@ pub fn results_table(metrics: &[Metric], baseline: Option<&[Metric]>) -> Result<
             Column::new("relative_change".into(), changes),
         ],
     )
-    .map_err(|e| e.to_string())
+    .map_err(EvalError::from)
 }
 
 /// The metrics of a results table.
-pub fn read_results(df: &DataFrame) -> Result<Vec<Metric>, String> {
-    let text = |name: &str| -> Result<Vec<String>, String> {
-        let col = df.column(name).map_err(|_| format!("a results table needs a `{name}` column"))?;
-        let col = col.str().map_err(|e| format!("`{name}`: {e}"))?;
+pub fn read_results(df: &DataFrame) -> Result<Vec<Metric>, EvalError> {
+    let missing = |column, expected| move |_| EvalError::ResultsColumn { column, expected };
+    let text = |name: &'static str| -> Result<Vec<String>, EvalError> {
+        let col = df.column(name).and_then(|c| c.str().cloned()).map_err(missing(name, "text"))?;
         Ok(col.iter().map(|v| v.unwrap_or_default().to_string()).collect())
     };
-    let values = df.column("value").map_err(|_| "a results table needs a `value` column".to_string())?;
-    let values = values.f64().map_err(|e| format!("`value`: {e}"))?;
+    let values = df.column("value").and_then(|c| c.f64().cloned()).map_err(missing("value", "numbers"))?;
     let (benchmarks, metrics) = (text("benchmark")?, text("metric")?);
     Ok(benchmarks
         .into_iter()

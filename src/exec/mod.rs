@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
-use crate::plan::{Instance, Plan, key_of};
+use crate::plan::{Instance, KeyError, Plan, key_of};
 use crate::stages::{Input, RunContext, StageError};
 use crate::store::{
     InstanceReport, InstanceStatus, Label, LockMode, OutputRef, RunRecord, StageRecord, StatCache, Store, StoreError,
@@ -322,7 +322,10 @@ fn compute(
 ) -> Result<(InstanceStatus, BTreeMap<String, OutputRef>), StageError> {
     let preimage = inst
         .preimage(&env.plan.graph, &|n| dep_outputs.get(&n).cloned(), env.workspace, env.stat_cache)
-        .map_err(|e| StageError::Failed(e.to_string()))?;
+        .map_err(|e| match e {
+            KeyError::Unreadable { what, path, reason } => StageError::Unreadable { what, path, reason },
+            KeyError::Pending(up) => StageError::Internal(format!("ran before `{up}` had outputs")),
+        })?;
     let key = key_of(&preimage);
     report.key = Some(key.clone());
     let ctx = RunContext {
@@ -375,7 +378,7 @@ fn compute(
         Some(threads) => rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| StageError::Failed(format!("runtime.threads: cannot start {threads} threads: {e}")))?
+            .map_err(|e| StageError::param("runtime.threads", format!("cannot start {threads} threads: {e}")))?
             .install(|| inst.stage_impl.run(&ctx))?,
         None => inst.stage_impl.run(&ctx)?,
     };

@@ -29,11 +29,11 @@ pub trait Architecture: Sync {
     /// Whether the folder `dir` holds a checkpoint of this architecture.
     fn holds(&self, dir: &Path) -> bool;
     /// The checkpoint in `dir`, on `device`.
-    fn load(&self, dir: &Path, device: &Device) -> Result<Vlm, String>;
+    fn load(&self, dir: &Path, device: &Device) -> Result<Vlm, BoxedError>;
     /// A model of the shape `dir`'s config.json gives, with random weights, to time where
     /// nothing can be downloaded; what else it needs to encode a batch (a tokenizer, say) is
     /// stood in for by files written to `dir` where missing.
-    fn random(&self, dir: &Path, device: &Device) -> Result<Vlm, String>;
+    fn random(&self, dir: &Path, device: &Device) -> Result<Vlm, BoxedError>;
 }
 
 /// Every architecture silkie runs, in the order a folder is tried against them.
@@ -61,9 +61,20 @@ pub struct TrainedParts {
 pub enum ModelError {
     #[error("{dir}: not a checkpoint silkie can run (it reads {known}): {why}")]
     Unknown { dir: String, known: String, why: String },
+    /// The architecture's own reason a checkpoint does not load (its error type, boxed: this
+    /// layer names no architecture's errors).
     #[error("{0}")]
-    Load(String),
+    Load(BoxedError),
+    /// A setting the model's architecture does not take (LoRA targets it lacks, parts it
+    /// does not have).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Writing a checkpoint folder failed.
+    #[error("{0}")]
+    Save(BoxedError),
 }
+
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The checkpoint in `dir`, by the first architecture that holds it.
 pub fn load(dir: &Path, device: &Device) -> Result<Vlm, ModelError> {
@@ -121,7 +132,7 @@ impl Vlm {
     pub fn with_trained_parts(self, parts: TrainedParts) -> Result<Vlm, ModelError> {
         match self {
             Vlm::Llava(m) => Ok(Vlm::Llava(m.with_trained_parts(parts))),
-            Vlm::Tiny(_) => Err(ModelError::Load(
+            Vlm::Tiny(_) => Err(ModelError::Unsupported(
                 "`train_vision` and `train_projector` apply to LLaVA checkpoints; the tiny model has no tower apart"
                     .into(),
             )),
@@ -134,15 +145,15 @@ impl Vlm {
             Vlm::Tiny(m) => m.with_lora(lora).map(Vlm::Tiny),
             Vlm::Llava(m) => m.with_lora(lora).map(Vlm::Llava),
         }
-        .map_err(ModelError::Load)
+        .map_err(ModelError::Unsupported)
     }
 
     /// Writes the model as a checkpoint folder its architecture loads back; `adapter` when
     /// it carries adapters not merged into its weights.
     pub fn save(&self, dir: &Path, adapter: Option<&lora::LoraSpec>) -> Result<(), ModelError> {
         match self {
-            Vlm::Tiny(m) => checkpoint::save(m, m.config(), adapter, dir).map_err(|e| ModelError::Load(e.to_string())),
-            Vlm::Llava(m) => m.save(dir, adapter).map_err(|e| ModelError::Load(e.to_string())),
+            Vlm::Tiny(m) => checkpoint::save(m, m.config(), adapter, dir).map_err(|e| ModelError::Save(e.into())),
+            Vlm::Llava(m) => m.save(dir, adapter).map_err(|e| ModelError::Save(e.into())),
         }
     }
 

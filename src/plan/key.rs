@@ -11,21 +11,15 @@ use super::{Instance, KEY_SCHEMA};
 use crate::store::{OutputRef, StatCache};
 
 /// Why a key cannot be computed yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KeyError {
     /// An upstream instance has no known outputs yet.
+    #[error("waits on `{0}`")]
     Pending(String),
-    /// A file the key reads is missing or unreadable.
-    File(String),
-}
-
-impl std::fmt::Display for KeyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyError::Pending(up) => write!(f, "waits on `{up}`"),
-            KeyError::File(msg) => f.write_str(msg),
-        }
-    }
+    /// A file or folder the key reads (`what` says which, e.g. "the checkpoint folder ") is
+    /// missing or unreadable.
+    #[error("cannot read {what}`{path}`: {reason}")]
+    Unreadable { what: &'static str, path: String, reason: String },
 }
 
 impl Instance {
@@ -66,17 +60,21 @@ impl Instance {
             substitute_model_ref(&mut params, stage, output.as_deref(), &digest);
         }
         for dir in &self.model_dirs {
-            let digest = stat_cache
-                .folder_digest(&workspace.join(dir))
-                .map_err(|e| KeyError::File(format!("cannot read the checkpoint folder `{dir}`: {}", io_reason(&e))))?;
+            let digest = stat_cache.folder_digest(&workspace.join(dir)).map_err(|e| KeyError::Unreadable {
+                what: "the checkpoint folder ",
+                path: dir.to_string(),
+                reason: e.reason(),
+            })?;
             add_model_dir_digest(&mut params, dir, &digest);
         }
         let mut files = Map::new();
         for path in self.stage_impl.key_files().into_iter().chain(self.use_file.clone()) {
             let full = workspace.join(&path);
-            let digest = stat_cache
-                .digest(&full)
-                .map_err(|e| KeyError::File(format!("cannot read `{}`: {}", path.display(), io_reason(&e))))?;
+            let digest = stat_cache.digest(&full).map_err(|e| KeyError::Unreadable {
+                what: "",
+                path: path.display().to_string(),
+                reason: e.reason(),
+            })?;
             files.insert(path.to_string_lossy().into_owned(), Value::String(digest));
         }
         Ok(json!({
@@ -87,16 +85,6 @@ impl Instance {
             "inputs": inputs,
             "files": files,
         }))
-    }
-}
-
-fn io_reason(e: &crate::store::StoreError) -> String {
-    match e {
-        crate::store::StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            "no such file".into()
-        }
-        crate::store::StoreError::Io { source, .. } => source.to_string(),
-        other => other.to_string(),
     }
 }
 

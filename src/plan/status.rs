@@ -88,9 +88,9 @@ pub fn assess(
                 assessment.state = State::Pending;
                 assessment.reason = Some(format!("waits on `{up}`, which is not fresh"));
             }
-            Err(KeyError::File(msg)) => {
+            Err(unreadable @ KeyError::Unreadable { .. }) => {
                 assessment.state = if label.is_some() { State::Stale } else { State::Never };
-                assessment.reason = Some(msg);
+                assessment.reason = Some(unreadable.to_string());
             }
             Ok(preimage) => {
                 let key = key_of(&preimage);

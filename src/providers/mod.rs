@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::calls::{self, CallResult, CallSpec, Limits, Memo, Provider};
+use crate::calls::{self, CallResult, CallSpec, CallsError, Limits, Memo, Provider};
 use crate::dsl::ModelDef;
 use crate::store::Store;
 
@@ -49,7 +49,8 @@ pub fn endpoint(
     def: &ModelDef,
     images: Arc<ImageUrls>,
     store: &crate::store::Store,
-) -> Result<(Arc<dyn Provider>, Limits), String> {
+) -> Result<(Arc<dyn Provider>, Limits), CallsError> {
+    let failed = |problem: String| CallsError::Endpoint { model: name.to_string(), problem };
     let r = &def.runtime.calls;
     let defaults = Limits::default();
     let limits = Limits {
@@ -65,22 +66,21 @@ pub fn endpoint(
         backoff: r.retry_backoff.map_or(defaults.backoff, Duration::from_secs_f64),
     };
     let provider: Arc<dyn Provider> = match def.provider.as_str() {
-        "openai" => Arc::new(OpenAi::new(name, def, images)?),
+        "openai" => Arc::new(OpenAi::new(name, def, images).map_err(failed)?),
         "oracle" => Arc::new(Oracle::new(images)),
         "local" => {
-            let digest =
-                def.model.as_deref().ok_or_else(|| format!("model `{name}`: a local model needs a checkpoint"))?;
+            let digest = def.model.as_deref().ok_or_else(|| failed("is local and needs a checkpoint".into()))?;
             let folder = def.checkpoint_dir.as_deref();
             Arc::new(
                 Local::open(digest, folder, store, &def.runtime.compute, images, limits.max_in_flight)
-                    .map_err(|e| format!("model `{name}`: {e}"))?,
+                    .map_err(|e| failed(format!("cannot be loaded: {e}")))?,
             )
         }
         other => {
-            return Err(format!(
-                "model `{name}`: provider `{other}` cannot be called here (known: {})",
+            return Err(failed(format!(
+                "names provider `{other}`, which cannot be called here (known: {})",
                 PROVIDERS.join(", ")
-            ));
+            )));
         }
     };
     Ok((provider, limits))
@@ -116,10 +116,10 @@ pub fn call_through_memo(
     round: &Round,
     models: &[(&str, &ModelDef)],
     specs: &[CallSpec],
-) -> Result<HashMap<String, CallResult>, String> {
+) -> Result<HashMap<String, CallResult>, CallsError> {
     let store = round.store.clone();
     let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
-    let make_endpoints = || -> Result<calls::Endpoints, String> {
+    let make_endpoints = || -> Result<calls::Endpoints, CallsError> {
         let mut endpoints = calls::Endpoints::new();
         for &(name, def) in models {
             if !endpoints.contains_key(name) {
@@ -128,9 +128,8 @@ pub fn call_through_memo(
         }
         Ok(endpoints)
     };
-    let memo = Memo::open(&round.store.root().join("calls.sqlite")).map_err(|e| e.to_string())?;
-    let (results, stats) =
-        calls::run_calls(specs, &make_endpoints, &memo, round.offline, round.progress).map_err(|e| e.to_string())?;
+    let memo = Memo::open(&round.store.root().join("calls.sqlite"))?;
+    let (results, stats) = calls::run_calls(specs, &make_endpoints, &memo, round.offline, round.progress)?;
     if stats.needed > 0 {
         tracing::info!(
             "{}: {} calls: {} from the memo, {} sent, {} retries",

@@ -21,23 +21,21 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
+    /// The provider of model `name`, or why it cannot be set up.
     pub fn new(name: &str, def: &ModelDef, images: Arc<ImageUrls>) -> Result<OpenAi, String> {
-        let base = def
-            .base_url
-            .as_deref()
-            .ok_or_else(|| format!("model `{name}` needs a `base_url` (e.g. http://127.0.0.1:8000/v1)"))?;
+        let base =
+            def.base_url.as_deref().ok_or_else(|| "needs a `base_url` (e.g. http://127.0.0.1:8000/v1)".to_string())?;
         let model = def.model.clone().unwrap_or_else(|| name.to_string());
         let api_key = match &def.api_key_env {
             None => None,
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| format!("model `{name}` reads its API key from ${var}, which is not set"))?,
-            ),
+            Some(var) => {
+                Some(std::env::var(var).map_err(|_| format!("reads its API key from ${var}, which is not set"))?)
+            }
         };
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .build()
-            .map_err(|e| format!("model `{name}`: cannot build an HTTP client: {e}"))?;
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         let url = format!("{}/chat/completions", base.trim_end_matches('/'));
         Ok(OpenAi { client, url, model, params: def.params.clone(), api_key, images })
     }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use crate::data::DataError;
 use crate::data::aggregate::{self, Method, Missing};
 use crate::data::frame::strings;
 use crate::data::rating::ASPECTS;
@@ -88,19 +89,20 @@ impl Aggregate {
         if let Aspects::Some(list) = &self.params.aspects {
             return Ok(list.clone());
         }
-        let column = strings(ratings, "ratings", "aspect").map_err(StageError::Failed)?;
+        let column = strings(ratings, "ratings", "aspect")?;
         let mut present: Vec<String> =
             column.iter().flatten().map(String::from).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         present.sort_by_key(|a| (ASPECTS.iter().position(|s| s == a).unwrap_or(ASPECTS.len()), a.clone()));
         if present.is_empty() {
-            return Err(StageError::Failed("the ratings table holds no aspects".into()));
+            return Err(DataError::table("ratings", "holds no aspects").into());
         }
         if self.params.method == Method::Weighted
             && let Some(missing) = present.iter().find(|a| !self.params.weights.contains_key(*a))
         {
-            return Err(StageError::Failed(format!(
-                "`method: weighted` needs a weight for `{missing}`, which the ratings hold"
-            )));
+            return Err(StageError::param(
+                "params.weights",
+                format!("`method: weighted` needs a weight for `{missing}`, which the ratings hold"),
+            ));
         }
         Ok(present)
     }
@@ -128,7 +130,7 @@ impl Stage for Aggregate {
             method: self.params.method,
             missing: self.params.missing,
         };
-        let (mut scores, report) = aggregate::aggregate(&responses, &ratings, &options).map_err(StageError::Failed)?;
+        let (mut scores, report) = aggregate::aggregate(&responses, &ratings, &options)?;
         Ok(BTreeMap::from([
             ("scores".to_string(), ctx.put_table(&mut scores)?),
             ("report".to_string(), ctx.put_report(&report)?),

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::calling::Decoding;
+use super::calling::{self, Decoding};
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, Message, ModelIdentity, Part};
+use crate::data::DataError;
 use crate::data::frame::{ResponseKeys, f64_col, frame, i64_col, str_col, strings};
 use crate::data::judge::{self, Judgement, PlaceholderStyle};
 use crate::data::rating::{ASPECTS, aspect_id, parse_rating};
@@ -123,7 +124,7 @@ impl Annotate {
         prompt: &str,
         image: Option<&str>,
         texts: &[&str],
-    ) -> Result<ChatRequest, String> {
+    ) -> Result<ChatRequest, judge::TemplateError> {
         let mut text = judge::render(template, self.params.placeholder_style, prompt, texts)?;
         if self.params.response_format == ResponseFormat::Json {
             text.push_str(&format!(
@@ -222,17 +223,15 @@ impl Stage for Annotate {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, crate::store::OutputRef>, StageError> {
-        let failed = StageError::Failed;
         let template = std::fs::read_to_string(ctx.workspace.join(&self.params.template))
-            .map_err(|e| failed(format!("{}: {e}", self.params.template)))?;
+            .map_err(StageError::io(&self.params.template))?;
         let instructions = ctx.read_table("instructions")?;
         let responses = ctx.read_table("responses")?;
-        let ids: Vec<Option<&str>> = strings(&instructions, "instructions", "id").map_err(failed)?.iter().collect();
-        let prompts: Vec<Option<&str>> =
-            strings(&instructions, "instructions", "prompt").map_err(failed)?.iter().collect();
+        let ids: Vec<Option<&str>> = strings(&instructions, "instructions", "id")?.iter().collect();
+        let prompts: Vec<Option<&str>> = strings(&instructions, "instructions", "prompt")?.iter().collect();
         let images = ctx.stored_images(&instructions, "instructions")?;
-        let keys = ResponseKeys::read(&responses, "responses").map_err(failed)?;
-        let texts: Vec<Option<&str>> = strings(&responses, "responses", "response").map_err(failed)?.iter().collect();
+        let keys = ResponseKeys::read(&responses, "responses")?;
+        let texts: Vec<Option<&str>> = strings(&responses, "responses", "response")?.iter().collect();
 
         let mut report = DataReport::default();
         report.input("instructions", ids.len() as u64);
@@ -246,27 +245,22 @@ impl Stage for Annotate {
             by_instruction.entry(keys.instruction[row]).or_default().push(row);
         }
         let mut cases = Vec::new();
-        for row in 0..ids.len() {
-            let (Some(id), Some(prompt)) = (ids[row], prompts[row]) else {
-                return Err(failed(format!(
-                    "table `instructions`, row {}: `id` and `prompt` must not be empty",
-                    row + 1
-                )));
-            };
+        for (row, &image) in images.iter().enumerate() {
+            let (id, prompt) = calling::instruction(&ids, &prompts, row)?;
             let Some(mut shown) = by_instruction.remove(id) else { continue };
             shown.sort_by_key(|&r| keys.key(r));
             self.order(id, &mut shown, &keys);
             let shown_texts: Vec<&str> = shown.iter().map(|&r| texts[r].unwrap_or_default()).collect();
             let request = self
-                .first_request(&template, prompt, images[row], &shown_texts)
-                .map_err(|e| failed(format!("{}: {e}", self.params.template)))?;
+                .first_request(&template, prompt, image, &shown_texts)
+                .map_err(|source| DataError::Template { file: self.params.template.clone(), source })?;
             cases.push(Case { shown, request });
         }
         report.drop("response_of_unknown_instruction", by_instruction.values().map(|v| v.len() as u64).sum());
 
         let (verdicts, reasks) = self.judge_all(ctx, &cases, &mut report)?;
         report.note("reasks", reasks);
-        let mut ratings = self.ratings_table(&cases, &verdicts, &keys, &mut report).map_err(failed)?;
+        let mut ratings = self.ratings_table(&cases, &verdicts, &keys, &mut report)?;
         report.output("ratings", ratings.height() as u64);
         Ok(BTreeMap::from([
             ("ratings".to_string(), ctx.put_table(&mut ratings)?),
@@ -371,7 +365,7 @@ impl Annotate {
         verdicts: &[Verdict],
         keys: &ResponseKeys,
         report: &mut DataReport,
-    ) -> Result<polars::prelude::DataFrame, String> {
+    ) -> Result<polars::prelude::DataFrame, DataError> {
         let mut rows: Vec<RatingRow> = Vec::new();
         for (case, verdict) in cases.iter().zip(verdicts) {
             for (shown_at, &response) in case.shown.iter().enumerate() {
@@ -418,6 +412,6 @@ impl Annotate {
                 str_col("call_key", rows.iter().map(|r| Some(r.call_key))),
             ],
         )
-        .map_err(|e| e.to_string())
+        .map_err(DataError::from)
     }
 }

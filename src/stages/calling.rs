@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{RunContext, StageError};
 use crate::calls::{CallResult, CallSpec, ModelIdentity};
+use crate::data::DataError;
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, ModelRef, Range, did_you_mean};
 use crate::providers;
@@ -47,7 +48,7 @@ pub fn call_models<'m>(
         providers::Round { store: ctx.store, offline: ctx.offline, label: ctx.instance, progress: &on_progress };
     let outcome = providers::call_through_memo(&round, &models, specs);
     progress.finish();
-    let results = outcome.map_err(StageError::Failed)?;
+    let results = outcome?;
     account(&models, specs, &results, report);
     Ok(results)
 }
@@ -102,10 +103,11 @@ pub fn checkpoint_model(ctx: &RunContext, role: &str) -> Result<(ModelDef, Model
 /// from the folder itself.
 pub fn folder_model(ctx: &RunContext, dir: &str) -> Result<(ModelDef, ModelIdentity), StageError> {
     let full = ctx.workspace.join(dir);
-    let digest = ctx
-        .stat_cache
-        .folder_digest(&full)
-        .map_err(|e| StageError::Failed(format!("cannot read the checkpoint folder `{dir}`: {e}")))?;
+    let digest = ctx.stat_cache.folder_digest(&full).map_err(|e| StageError::Unreadable {
+        what: "the checkpoint folder ",
+        path: dir.into(),
+        reason: e.reason(),
+    })?;
     Ok(local_model(ctx, digest, Some(full)))
 }
 
@@ -161,7 +163,7 @@ impl CallTarget {
                     }
                     ModelRef::Path(dir) => folder_model(ctx, dir)?,
                     ModelRef::Named(name) => {
-                        return Err(StageError::Failed(format!("internal: `{name}` was not looked up in `models:`")));
+                        return Err(StageError::Internal(format!("`{name}` was not looked up in `models:`")));
                     }
                 };
                 Ok((self.call_name(), def, identity))
@@ -177,5 +179,18 @@ impl CallTarget {
             CallTarget::Checkpoint(ModelRef::Stage { stage, output }) => super::model_role(stage, output.as_deref()),
             CallTarget::Checkpoint(reference) => reference.to_string(),
         }
+    }
+}
+
+/// Row `row` of an `instructions` table: its id and prompt, neither of which may be empty.
+pub fn instruction<'a>(
+    ids: &[Option<&'a str>],
+    prompts: &[Option<&'a str>],
+    row: usize,
+) -> Result<(&'a str, &'a str), StageError> {
+    match (ids[row], prompts[row]) {
+        (Some(id), Some(prompt)) => Ok((id, prompt)),
+        (None, _) => Err(DataError::value("instructions", row + 1, "id", "must not be empty").into()),
+        (_, None) => Err(DataError::value("instructions", row + 1, "prompt", "must not be empty").into()),
     }
 }

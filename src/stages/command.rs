@@ -115,7 +115,7 @@ fn env_name(input: &str) -> String {
 impl CommandStage {
     /// Gives every input a path with a telling extension, pointing into the store.
     fn stage_inputs(&self, ctx: &RunContext, dir: &std::path::Path) -> Result<Vec<(String, PathBuf)>, StageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StageError::Failed(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(StageError::io(dir))?;
         let mut env = Vec::new();
         for (name, input) in ctx.inputs {
             let file_name: String =
@@ -161,7 +161,7 @@ fn link(target: &std::path::Path, at: &std::path::Path) -> Result<PathBuf, Stage
     let made = std::os::unix::fs::symlink(target, at);
     #[cfg(not(unix))]
     let made = std::fs::copy(target, at).map(|_| ());
-    made.map_err(|e| StageError::Failed(format!("cannot stage input {}: {e}", at.display())))?;
+    made.map_err(StageError::io(at))?;
     Ok(at.to_path_buf())
 }
 
@@ -207,8 +207,12 @@ impl Stage for CommandStage {
         die_with_parent(&mut process);
         let result = process.output();
         let _ = std::fs::remove_dir_all(&staging);
-        let output = result
-            .map_err(|e| StageError::Failed(format!("cannot start `sh -c {}`: {e}", shorten(&self.params.cmd, 200))))?;
+        let command = shorten(&self.params.cmd, 200);
+        let output = result.map_err(|e| StageError::Command {
+            command: command.clone(),
+            status: format!("`sh` not starting ({e})"),
+            detail: String::new(),
+        })?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !stdout.trim().is_empty() {
             tracing::debug!("{} stdout:\n{stdout}", ctx.instance);
@@ -217,12 +221,8 @@ impl Stage for CommandStage {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
             let status = output.status.code().map_or("a signal".to_string(), |c| format!("exit code {c}"));
-            return Err(StageError::Failed(format!(
-                "`{}` failed with {status}{}{}",
-                shorten(&self.params.cmd, 200),
-                if tail.is_empty() { "" } else { ":\n" },
-                tail.join("\n")
-            )));
+            let detail = if tail.is_empty() { String::new() } else { format!(":\n{}", tail.join("\n")) };
+            return Err(StageError::Command { command, status, detail });
         }
         let mut outputs = BTreeMap::new();
         for out in &self.params.outs {

@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, checkpoint_every, image_file, key_params, metrics_table, one,
-    put_checkpoint, resume_or_start, trained_parts, with_trained_parts,
+    Base, StepHook, check_loop, check_optimiser, checkpoint_every, encode_rows, image_file, key_params, metrics_table,
+    one, put_checkpoint, resume_or_start, trained_parts, with_trained_parts,
 };
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
+use crate::data::DataError;
 use crate::data::frame::strings;
 use crate::dsl::{Issue, Range};
 use crate::model::device::Precision;
@@ -141,13 +142,12 @@ impl Dpo {
     /// The pairs table in batches of `batch_size` rows, in table order, encoded by `policy`.
     fn batches(&self, ctx: &RunContext, policy: &impl Policy, device: &Device) -> Result<Vec<Batch>, StageError> {
         let pairs = ctx.read_table("pairs")?;
-        let failed = StageError::Failed;
-        let prompts: Vec<Option<&str>> = strings(&pairs, "pairs", "prompt").map_err(failed)?.iter().collect();
-        let chosen: Vec<Option<&str>> = strings(&pairs, "pairs", "chosen").map_err(failed)?.iter().collect();
-        let rejected: Vec<Option<&str>> = strings(&pairs, "pairs", "rejected").map_err(failed)?.iter().collect();
+        let prompts: Vec<Option<&str>> = strings(&pairs, "pairs", "prompt")?.iter().collect();
+        let chosen: Vec<Option<&str>> = strings(&pairs, "pairs", "chosen")?.iter().collect();
+        let rejected: Vec<Option<&str>> = strings(&pairs, "pairs", "rejected")?.iter().collect();
         let images = ctx.stored_images(&pairs, "pairs")?;
         if pairs.height() == 0 {
-            return Err(failed("there are no pairs to train on".into()));
+            return Err(DataError::table("pairs", "there are no pairs to train on").into());
         }
         let mut batches = Vec::new();
         for start in (0..pairs.height()).step_by(self.params.batch_size) {
@@ -163,9 +163,7 @@ impl Dpo {
                         completion: answers[r].unwrap_or_default(),
                     })
                     .collect();
-                policy
-                    .encode(&scored, self.params.max_length, device)
-                    .map_err(|e| failed(format!("table `pairs`, rows {}–{}: {e}", rows.start + 1, rows.end)))
+                encode_rows(policy, &scored, ("pairs", rows.start + 1), self.params.max_length, device)
             };
             batches.push(Batch::new(&side(&chosen)?, &side(&rejected)?));
         }
@@ -213,8 +211,8 @@ fn precomputed_reference(
     }
     let computed = dpo::reference_logps(base, batches);
     let rows: Vec<(Vec<f32>, Vec<f32>)> = computed.iter().map(|(c, r)| (floats(c), floats(r))).collect();
-    let json = serde_json::to_vec(&rows).map_err(|e| StageError::Failed(e.to_string()))?;
-    std::fs::write(&saved, json).map_err(|e| StageError::Failed(format!("{}: {e}", saved.display())))?;
+    let json = serde_json::to_vec(&rows).map_err(|e| StageError::Internal(e.to_string()))?;
+    std::fs::write(&saved, json).map_err(StageError::io(&saved))?;
     Ok(computed)
 }
 
@@ -235,7 +233,7 @@ fn reference_table(reference: &dpo::ReferenceLogps) -> Result<DataFrame, StageEr
             Column::new("ref_logps/rejected".into(), rejected),
         ],
     )
-    .map_err(|e| StageError::Failed(e.to_string()))
+    .map_err(|e| DataError::from(e).into())
 }
 
 impl Stage for Dpo {
@@ -269,7 +267,7 @@ impl Stage for Dpo {
         let scratch = ctx.scratch_dir()?;
         let adapt = |model: Vlm| {
             let model = match &self.params.lora {
-                Some(lora) => model.with_lora(lora).map_err(|e| StageError::Failed(format!("params.lora: {e}")))?,
+                Some(lora) => model.with_lora(lora).map_err(|e| StageError::param("params.lora", e.to_string()))?,
                 None => model,
             };
             with_trained_parts(model, self.parts)

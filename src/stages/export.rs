@@ -14,6 +14,7 @@ use super::{
     ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format,
     workspace_files,
 };
+use crate::data::DataError;
 use crate::data::report::DataReport;
 use crate::data::trl::{self, Images, Style};
 use crate::dsl::Issue;
@@ -161,18 +162,16 @@ impl Export {
             Some(dir) => dir.join(name_of(digest)).to_string_lossy().into_owned(),
             None => name_of(digest),
         };
-        let read =
-            |digest: &str| std::fs::read(ctx.store.blob_path(digest)).map_err(|e| format!("image {digest}: {e}"));
+        let read = |digest: &str| {
+            let path = ctx.store.blob_path(digest);
+            std::fs::read(&path).map_err(|source| DataError::Io { path, source })
+        };
         let embedded: HashMap<&str, Vec<u8>> = match images {
-            Images::Embed => distinct
-                .iter()
-                .map(|&d| read(d).map(|bytes| (d, bytes)))
-                .collect::<Result<_, _>>()
-                .map_err(StageError::Failed)?,
+            Images::Embed => distinct.iter().map(|&d| read(d).map(|bytes| (d, bytes))).collect::<Result<_, _>>()?,
             _ => HashMap::new(),
         };
         let image_bytes = |digest: &str| embedded.get(digest).cloned().map_or_else(|| read(digest), Ok);
-        let mut out = trl::trl_frame(df, style, images, &image_path, &image_bytes).map_err(StageError::Failed)?;
+        let mut out = trl::trl_frame(df, style, images, &image_path, &image_bytes)?;
         table::write(&mut out, tmp, file_format)?;
         if images != Images::Files {
             return Ok(None);
@@ -194,11 +193,13 @@ impl Export {
     fn export_checkpoint(&self, ctx: &RunContext) -> Result<BTreeMap<String, OutputRef>, StageError> {
         let input = ctx.input(CHECKPOINT)?;
         if input.output.kind != OutputKind::Dir {
-            return Err(StageError::Failed(format!(
-                "{} is not a checkpoint folder; `format: {}` exports what `dpo` or `sft` outputs as `checkpoint`",
-                input.from,
-                self.format_name()
-            )));
+            return Err(StageError::input(
+                &input.from,
+                format!(
+                    "is not a checkpoint folder; `format: {}` exports what `dpo` or `sft` outputs as `checkpoint`",
+                    self.format_name()
+                ),
+            ));
         }
         let manifest = ctx.store.read_dir_manifest(&input.output.digest)?;
         let (name, output) = match self.params.format {
@@ -249,10 +250,13 @@ fn adapter_alone(ctx: &RunContext, checkpoint: &DirManifest, from: &str) -> Resu
         }
     }
     if !adapter.files.contains_key("adapter_config.json") {
-        return Err(StageError::Failed(format!(
-            "{from} holds no PEFT adapter (no {prefix}adapter_config.json): train it with `lora` and \
-             `merge_lora: false`, or export the whole model with `format: hf`"
-        )));
+        return Err(StageError::input(
+            from,
+            format!(
+                "holds no PEFT adapter (no {prefix}adapter_config.json): train it with `lora` and `merge_lora: \
+                 false`, or export the whole model with `format: hf`"
+            ),
+        ));
     }
     let (digest, bytes) = ctx.store.put_manifest(&adapter)?;
     Ok(OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None })
@@ -268,10 +272,11 @@ fn require_hugging_face(ctx: &RunContext, checkpoint: &DirManifest, from: &str) 
     if config.as_ref().and_then(|c| c.get("model_type")).and_then(Value::as_str).is_some() {
         return Ok(());
     }
-    Err(StageError::Failed(format!(
-        "{from} is not a Hugging Face model folder (its config.json names no `model_type`: silkie's tiny \
-         model keeps a layout of its own); export it with `format: checkpoint`"
-    )))
+    Err(StageError::input(
+        from,
+        "is not a Hugging Face model folder (its config.json names no `model_type`: silkie's tiny model keeps a \
+         layout of its own); export it with `format: checkpoint`",
+    ))
 }
 
 /// A stored image's file name, `<digest>.<ext>` with the extension from its own bytes, and

@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::{
     ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params, table_format,
 };
+use crate::data::DataError;
 use crate::data::frame::strings;
 use crate::data::images::{DEFAULT_MAX_PIXELS, check_image, store_images};
 use crate::data::report::DataReport;
@@ -137,10 +138,8 @@ impl Load {
         df: &mut DataFrame,
         images: &str,
     ) -> Result<(DirManifest, DataReport), StageError> {
-        let failed = StageError::Failed;
         let shown = &self.params.path;
-        let paths: Vec<Option<String>> =
-            strings(df, shown, "image").map_err(failed)?.iter().map(|p| p.map(String::from)).collect();
+        let paths: Vec<Option<String>> = strings(df, shown, "image")?.iter().map(|p| p.map(String::from)).collect();
         let mut report = DataReport::default();
         report.input("rows", df.height() as u64);
         let mut manifest = DirManifest::default();
@@ -149,8 +148,10 @@ impl Load {
         let inside = |path: &str| !(Path::new(path).is_absolute() || path.split(['/', '\\']).any(|p| p == ".."));
         let files: Vec<PathBuf> =
             paths.iter().flatten().filter(|p| inside(p)).map(|p| ctx.workspace.join(images).join(p)).collect();
-        let mut put = |blobs: &[&[u8]]| ctx.store.put_blobs(blobs).map_err(|e| e.to_string());
-        let mut checked_files = store_images(&files, self.max_pixels(), &mut put).map_err(failed)?.into_iter();
+        let mut put = |blobs: &[&[u8]]| {
+            ctx.store.put_blobs(blobs).map_err(|e| DataError::Store { what: "images", problem: e.to_string() })
+        };
+        let mut checked_files = store_images(&files, self.max_pixels(), &mut put)?.into_iter();
         for (row, path) in paths.iter().enumerate() {
             let Some(path) = path else {
                 digests.push(None);
@@ -173,12 +174,12 @@ impl Load {
                     digests.push(None);
                     keep.push(false);
                 }
-                Err((_, why)) => return Err(failed(format!("{shown}: row {}: {why}", row + 1))),
+                Err((_, why)) => return Err(DataError::file_row(shown, row + 1, why).into()),
             }
         }
-        df.with_column(Column::new("image".into(), digests)).map_err(|e| failed(e.to_string()))?;
+        df.with_column(Column::new("image".into(), digests)).map_err(DataError::from)?;
         let mask = BooleanChunked::from_slice("keep".into(), &keep);
-        *df = df.filter(&mask).map_err(|e| failed(e.to_string()))?;
+        *df = df.filter(&mask).map_err(DataError::from)?;
         report.output("table", df.height() as u64);
         Ok((manifest, report))
     }
@@ -187,9 +188,8 @@ impl Load {
     /// column — stored images' digests when the table embeds them, else file paths (relative
     /// to `images:`), which the `images:` step stores as for any table.
     fn trl_pairs(&self, ctx: &RunContext, df: &DataFrame) -> Result<DataFrame, StageError> {
-        let failed = StageError::Failed;
         let shown = &self.params.path;
-        let read = crate::data::trl::read_pairs(df, shown).map_err(failed)?;
+        let read = crate::data::trl::read_pairs(df, shown)?;
         let embedded = read.images.iter().any(|i| matches!(i, Some(TrlImage::Bytes(_))));
         let mut image: Vec<Option<String>> = Vec::with_capacity(read.images.len());
         let mut blobs = Vec::new();
@@ -197,21 +197,21 @@ impl Load {
             match item {
                 None => image.push(None),
                 Some(TrlImage::Path(path)) if embedded => {
-                    return Err(failed(format!(
-                        "{shown}: row {}: image `{path}` is a path while other rows embed theirs; use one or the other",
-                        row + 1
-                    )));
+                    let problem =
+                        format!("image `{path}` is a path while other rows embed theirs; use one or the other");
+                    return Err(DataError::file_row(shown, row + 1, problem).into());
                 }
                 Some(TrlImage::Path(path)) if self.params.images.is_none() => {
-                    return Err(failed(format!(
-                        "{shown}: row {}: image `{path}` is a file path: set `images:` to the folder the paths are relative to (for what `export` writes, the table's folder)",
-                        row + 1
-                    )));
+                    let problem = format!(
+                        "image `{path}` is a file path: set `images:` to the folder the paths are relative to (for \
+                         what `export` writes, the table's folder)"
+                    );
+                    return Err(DataError::file_row(shown, row + 1, problem).into());
                 }
                 Some(TrlImage::Path(path)) => image.push(Some(path)),
                 Some(TrlImage::Bytes(bytes)) => {
-                    let name = format!("{shown}, row {}", row + 1);
-                    let checked = check_image(bytes, &name, self.max_pixels()).map_err(|(_, why)| failed(why))?;
+                    let checked = check_image(bytes, "embedded in it", self.max_pixels())
+                        .map_err(|(_, why)| DataError::file_row(shown, row + 1, why))?;
                     image.push(Some(String::new()));
                     blobs.push(checked);
                 }
@@ -233,7 +233,7 @@ impl Load {
                 Column::new("image".into(), image),
             ],
         )
-        .map_err(|e| failed(e.to_string()))
+        .map_err(|e| DataError::from(e).into())
     }
 
     fn max_pixels(&self) -> u64 {
@@ -254,10 +254,11 @@ impl Load {
             judge: self.params.judge.as_deref().unwrap_or("gpt-4v"),
             source: self.params.source.as_deref().unwrap_or("vlfeedback"),
         };
-        let mut put = |blobs: &[&[u8]]| ctx.store.put_blobs(blobs).map_err(|e| e.to_string());
+        let mut put = |blobs: &[&[u8]]| {
+            ctx.store.put_blobs(blobs).map_err(|e| DataError::Store { what: "images", problem: e.to_string() })
+        };
         let path = ctx.workspace.join(&self.params.path);
-        let mut imported =
-            vlfeedback::import(&path, &self.params.path, &options, &mut put).map_err(StageError::Failed)?;
+        let mut imported = vlfeedback::import(&path, &self.params.path, &options, &mut put)?;
         let mut outputs = BTreeMap::new();
         outputs.insert("instructions".to_string(), ctx.put_table(&mut imported.instructions)?);
         outputs.insert("responses".to_string(), ctx.put_table(&mut imported.responses)?);
@@ -329,7 +330,7 @@ impl Stage for Load {
             df = self.trl_pairs(ctx, &df)?;
         }
         if df.height() == 0 {
-            return Err(StageError::Failed(format!("{}: the table has no rows", self.params.path)));
+            return Err(DataError::file(&self.params.path, "the table has no rows").into());
         }
         let Some(images) = &self.params.images else {
             return Ok(BTreeMap::from([("table".to_string(), ctx.put_table(&mut df)?)]));

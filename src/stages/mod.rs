@@ -7,6 +7,7 @@ mod annotate;
 mod calling;
 mod command;
 mod dpo;
+mod error;
 mod evaluate;
 mod export;
 mod load;
@@ -25,12 +26,14 @@ use polars::prelude::DataFrame;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use error::StageError;
 pub use progress::{DEFAULT_PROGRESS_INTERVAL, StageProgress};
 
+use crate::data::DataError;
 use crate::dsl::{Issue, serde_issue};
 use crate::model::device::Precision;
 use crate::store::{OutputKind, OutputRef, StatCache, Store, StoreError};
-use crate::table::{self, TableError, TableFormat};
+use crate::table::{self, TableFormat};
 
 /// A stage kind: its name, the version of its semantics (part of every key), and how to
 /// turn params into a runnable stage.
@@ -117,16 +120,6 @@ pub trait Stage: Send + Sync {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    #[error(transparent)]
-    Table(#[from] TableError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Failed(String),
-}
-
 /// One bound input: which upstream output feeds a role.
 #[derive(Debug, Clone)]
 pub struct Input {
@@ -181,7 +174,7 @@ impl RunContext<'_> {
     }
 
     pub fn input(&self, role: &str) -> Result<&Input, StageError> {
-        self.inputs.get(role).ok_or_else(|| StageError::Failed(format!("no input bound to role `{role}`")))
+        self.inputs.get(role).ok_or_else(|| StageError::input(format!("role `{role}`"), "has no input bound to it"))
     }
 
     /// Reads a table input (a Parquet table, or a file in a table format).
@@ -190,7 +183,7 @@ impl RunContext<'_> {
     /// the row (the run names the stage) — most often a column of file paths that `load` was
     /// not told to read.
     pub fn stored_images<'t>(&self, df: &'t DataFrame, table: &str) -> Result<Vec<Option<&'t str>>, StageError> {
-        let Some(images) = crate::data::frame::optional_strings(df, table, "image").map_err(StageError::Failed)? else {
+        let Some(images) = crate::data::frame::optional_strings(df, table, "image")? else {
             return Ok(vec![None; df.height()]);
         };
         // Each distinct image is looked up once, however many rows show it.
@@ -199,13 +192,12 @@ impl RunContext<'_> {
         if let Some((row, value)) =
             images.iter().enumerate().find_map(|(row, v)| v.filter(|v| !stored(v)).map(|v| (row, v)))
         {
-            return Err(StageError::Failed(format!(
-                "table `{table}`, row {}: `image` is {}, which is not an image in the store; to use image \
-                 files, load the table with `images: FOLDER` (a `load` param): each value is then read as a \
-                 path under FOLDER and stored",
-                row + 1,
+            let problem = format!(
+                "is {}, which is not an image in the store; to use image files, load the table with `images: \
+                 FOLDER` (a `load` param): each value is then read as a path under FOLDER and stored",
                 crate::dsl::elide(value, 80),
-            )));
+            );
+            return Err(DataError::value(table, row + 1, "image", problem).into());
         }
         Ok(images)
     }
@@ -219,8 +211,8 @@ impl RunContext<'_> {
         let format = match (input.output.kind, input.output.format.as_deref()) {
             (OutputKind::Table, _) => TableFormat::Parquet,
             (OutputKind::File, Some(f)) => serde_json::from_value(Value::String(f.to_string()))
-                .map_err(|_| StageError::Failed(format!("{}: `{f}` is not a table format", input.from)))?,
-            _ => return Err(StageError::Failed(format!("{} is not a table", input.from))),
+                .map_err(|_| StageError::input(&input.from, format!("holds `{f}`, which is not a table format")))?,
+            _ => return Err(StageError::input(&input.from, "is not a table")),
         };
         Ok(table::read(&path, format)?)
     }
@@ -235,7 +227,7 @@ impl RunContext<'_> {
 
     /// Stores a data report (JSON) as the `report` output.
     pub fn put_report(&self, report: &crate::data::report::DataReport) -> Result<OutputRef, StageError> {
-        let json = serde_json::to_vec_pretty(report).map_err(|e| StageError::Failed(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(report).map_err(|e| StageError::Internal(e.to_string()))?;
         let (digest, bytes) = self.store.put_bytes(&json)?;
         Ok(OutputRef { digest, kind: OutputKind::File, rows: None, bytes, format: Some("report".into()) })
     }
@@ -254,7 +246,7 @@ impl RunContext<'_> {
 pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf, StageError> {
     let rel = Path::new(relative);
     if rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(StageError::Failed(format!("`{relative}` leaves the workspace; outputs must stay inside it")));
+        return Err(StageError::workspace(relative, "leaves the workspace; outputs must stay inside it"));
     }
     let path = workspace.join(rel);
     // The common case costs one lstat per folder below the workspace, not a realpath.
@@ -282,8 +274,7 @@ pub(crate) fn workspace_path(workspace: &Path, relative: &str) -> Result<PathBuf
 /// The slow check: the deepest folder of `path` that exists, resolved with its links, lies
 /// inside the resolved workspace.
 fn resolves_inside(workspace: &Path, path: &Path, relative: &str) -> Result<PathBuf, StageError> {
-    let root = std::fs::canonicalize(workspace)
-        .map_err(|e| StageError::Failed(format!("cannot resolve the workspace {}: {e}", workspace.display())))?;
+    let root = std::fs::canonicalize(workspace).map_err(StageError::io(workspace))?;
     let mut existing = path.parent();
     while let Some(dir) = existing
         && std::fs::symlink_metadata(dir).is_err()
@@ -293,16 +284,19 @@ fn resolves_inside(workspace: &Path, path: &Path, relative: &str) -> Result<Path
     let resolved = existing
         .map(std::fs::canonicalize)
         .transpose()
-        .map_err(|e| StageError::Failed(format!("cannot resolve the folder of `{relative}`: {e}")))?;
+        .map_err(|e| StageError::workspace(relative, format!("has a folder that cannot be resolved: {e}")))?;
     match resolved {
         Some(dir) if dir.starts_with(&root) => Ok(path.to_path_buf()),
-        Some(dir) => Err(StageError::Failed(format!(
-            "`{relative}` lies outside the workspace {} (its folder resolves to {}{}); silkie writes only inside it",
-            root.display(),
-            dir.display(),
-            if Path::new(relative).is_absolute() { "" } else { ", through a symbolic link" },
-        ))),
-        None => Err(StageError::Failed(format!("`{relative}` has no folder to write in"))),
+        Some(dir) => Err(StageError::workspace(
+            relative,
+            format!(
+                "lies outside the workspace {} (its folder resolves to {}{}); silkie writes only inside it",
+                root.display(),
+                dir.display(),
+                if Path::new(relative).is_absolute() { "" } else { ", through a symbolic link" },
+            ),
+        )),
+        None => Err(StageError::workspace(relative, "has no folder to write in")),
     }
 }
 

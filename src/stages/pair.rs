@@ -102,7 +102,7 @@ impl Stage for Pair {
             split: self.params.split,
             seed: self.params.seed,
         };
-        let mut paired = pairs::make_pairs(&instructions, &scores, &options).map_err(StageError::Failed)?;
+        let mut paired = pairs::make_pairs(&instructions, &scores, &options)?;
         let mut outputs = BTreeMap::from([("pairs".to_string(), ctx.put_table(&mut paired.pairs)?)]);
         if let Some(mut eval) = paired.eval_pairs {
             outputs.insert("eval_pairs".to_string(), ctx.put_table(&mut eval)?);

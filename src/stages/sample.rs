@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::calling::{CallTarget, Decoding, local_def};
+use super::calling::{self, CallTarget, Decoding, local_def};
 use super::{
     ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, key_precision, parse_params,
     precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
+use crate::data::DataError;
 use crate::data::frame::{f64_col, frame, i64_col, str_col, strings};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, ModelRef};
@@ -250,25 +251,18 @@ impl Stage for Sample {
 
     fn run(&self, ctx: &RunContext) -> Result<BTreeMap<String, crate::store::OutputRef>, StageError> {
         let instructions = ctx.read_table("instructions")?;
-        let ids: Vec<Option<&str>> =
-            strings(&instructions, "instructions", "id").map_err(StageError::Failed)?.iter().collect();
-        let prompts: Vec<Option<&str>> =
-            strings(&instructions, "instructions", "prompt").map_err(StageError::Failed)?.iter().collect();
+        let ids: Vec<Option<&str>> = strings(&instructions, "instructions", "id")?.iter().collect();
+        let prompts: Vec<Option<&str>> = strings(&instructions, "instructions", "prompt")?.iter().collect();
         let images = ctx.stored_images(&instructions, "instructions")?;
 
         let pool: Vec<Member> = self.pool.iter().map(|m| resolve(ctx, m)).collect::<Result<_, _>>()?;
         // (instruction id, member, call key)
         let mut planned: Vec<(&str, &Member, String)> = Vec::new();
         let mut specs = Vec::new();
-        for row in 0..ids.len() {
-            let (Some(id), Some(prompt)) = (ids[row], prompts[row]) else {
-                return Err(StageError::Failed(format!(
-                    "table `instructions`, row {}: `id` and `prompt` must not be empty",
-                    row + 1
-                )));
-            };
+        for (row, &image) in images.iter().enumerate() {
+            let (id, prompt) = calling::instruction(&ids, &prompts, row)?;
             for member in self.draw(id).into_iter().map(|i| &pool[i]) {
-                let request = self.request(member, prompt, images[row]);
+                let request = self.request(member, prompt, image);
                 let key = calls::call_key(&member.identity, &request, 0);
                 specs.push(CallSpec { key: key.clone(), model: member.model.clone(), request });
                 planned.push((id, member, key));
@@ -276,7 +270,7 @@ impl Stage for Sample {
         }
         let mut report = DataReport::default();
         let results = run_pool_calls(ctx, &pool, &specs, &mut report)?;
-        let mut responses = responses_table(&planned, &results, ids.len(), &mut report).map_err(StageError::Failed)?;
+        let mut responses = responses_table(&planned, &results, ids.len(), &mut report)?;
         Ok(BTreeMap::from([
             ("responses".to_string(), ctx.put_table(&mut responses)?),
             ("report".to_string(), ctx.put_report(&report)?),
@@ -308,14 +302,14 @@ fn responses_table(
     results: &HashMap<String, CallResult>,
     instructions: usize,
     report: &mut DataReport,
-) -> Result<polars::prelude::DataFrame, String> {
+) -> Result<polars::prelude::DataFrame, StageError> {
     let mut rows: Vec<(&str, &str, &String, &CallResult)> = planned
         .iter()
         .map(|(id, member, key)| {
             results
                 .get(key)
                 .map(|r| (*id, member.label.as_str(), key, r))
-                .ok_or_else(|| format!("internal: no result for call {key}"))
+                .ok_or_else(|| StageError::Internal(format!("no result for call {key}")))
         })
         .collect::<Result<_, _>>()?;
     rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
@@ -342,7 +336,7 @@ fn responses_table(
             str_col("status", rows.iter().map(|r| Some(r.3.status.as_str()))),
         ],
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(DataError::from)?;
     report.output("responses", n as u64);
     Ok(df)
 }

@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::training::{
-    Base, StepHook, check_loop, check_optimiser, checkpoint_every, image_file, key_params, metrics_table, one,
-    put_checkpoint, resume_or_start, trained_parts, with_trained_parts,
+    Base, StepHook, check_loop, check_optimiser, checkpoint_every, encode_rows, image_file, key_params, metrics_table,
+    one, put_checkpoint, resume_or_start, trained_parts, with_trained_parts,
 };
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, parse_params, precision};
+use crate::data::DataError;
 use crate::data::frame::strings;
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, Range};
@@ -134,14 +135,11 @@ impl Sft {
         table: &'a polars::prelude::DataFrame,
         report: &mut DataReport,
     ) -> Result<Vec<Row<'a>>, StageError> {
-        let failed = StageError::Failed;
-        let prompts = strings(table, "examples", &self.params.prompt).map_err(failed)?;
-        let targets = strings(table, "examples", &self.params.target).map_err(failed)?;
+        let prompts = strings(table, "examples", &self.params.prompt)?;
+        let targets = strings(table, "examples", &self.params.target)?;
         let images = ctx.stored_images(table, "examples")?;
         let groups: Vec<Option<String>> = match &self.params.noise_by {
-            Some(column) => {
-                strings(table, "examples", column).map_err(failed)?.iter().map(|v| v.map(String::from)).collect()
-            }
+            Some(column) => strings(table, "examples", column)?.iter().map(|v| v.map(String::from)).collect(),
             None => vec![None; table.height()],
         };
         // Rows of each group, in table order: a noised row takes another row's target from it.
@@ -154,7 +152,7 @@ impl Sft {
         for (i, ((prompt, target), image)) in prompts.iter().zip(targets.iter()).zip(images).enumerate() {
             let (Some(prompt), Some(target)) = (prompt, target) else {
                 let column = if prompt.is_none() { &self.params.prompt } else { &self.params.target };
-                return Err(failed(format!("table `examples`, row {}: `{column}` is empty", i + 1)));
+                return Err(DataError::value("examples", i + 1, column, "is empty").into());
             };
             let mut rng = crate::eval::synth::rng_for(self.params.seed, "label-noise", i as u64);
             let mut target = target.to_string();
@@ -187,7 +185,7 @@ impl Sft {
         device: &Device,
     ) -> Result<Vec<TokenBatch>, StageError> {
         if rows.is_empty() {
-            return Err(StageError::Failed("there are no examples to train on".into()));
+            return Err(DataError::table("examples", "there are no examples to train on").into());
         }
         rows.chunks(self.params.batch_size)
             .enumerate()
@@ -203,9 +201,7 @@ impl Sft {
                     })
                     .collect();
                 let first = b * self.params.batch_size + 1;
-                policy.encode(&scored, self.params.max_length, device).map_err(|e| {
-                    StageError::Failed(format!("table `examples`, rows {first}–{}: {e}", first + chunk.len() - 1))
-                })
+                encode_rows(policy, &scored, ("examples", first), self.params.max_length, device)
             })
             .collect()
     }
@@ -258,7 +254,10 @@ impl Stage for Sft {
         let schedule = self.schedule();
         let total = schedule.total_steps(batches.len());
         if let Some(past) = self.params.snapshots.iter().find(|s| **s > total) {
-            return Err(StageError::Failed(format!("snapshot at step {past}, but the run has only {total} steps")));
+            return Err(StageError::param(
+                "params.snapshots",
+                format!("snapshot at step {past}, but the run has only {total} steps"),
+            ));
         }
         let scratch = ctx.scratch_dir()?;
         let base = with_trained_parts(base, self.parts)?;
@@ -274,8 +273,8 @@ impl Stage for Sft {
             if self.params.snapshots.contains(&done) {
                 let out = put_checkpoint(ctx, &state.model.valid(), None)?;
                 snapshots.insert(snapshot_name(done), out);
-                let json = serde_json::to_vec(&snapshots).map_err(|e| StageError::Failed(e.to_string()))?;
-                std::fs::write(&saved, json).map_err(|e| StageError::Failed(format!("{}: {e}", saved.display())))?;
+                let json = serde_json::to_vec(&snapshots).map_err(|e| StageError::Internal(e.to_string()))?;
+                std::fs::write(&saved, json).map_err(StageError::io(&saved))?;
             }
             hook.after(state)
         };

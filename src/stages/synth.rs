@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ConfigureContext, Kind, OutputDecl, Roles, RunContext, Stage, StageError, canonical, parse_params};
+use crate::data::DataError;
 use crate::data::frame::{frame, i64_col, str_col};
 use crate::dsl::Issue;
 use crate::eval::synth::{self, WorldConfig};
@@ -84,16 +85,12 @@ impl Drawn<'_> {
     fn draw(&mut self, name: String, scene: &synth::Scene, world: &WorldConfig) -> Result<String, StageError> {
         let png = synth::render_png(scene, world);
         if png.is_empty() {
-            return Err(StageError::Failed(format!("could not draw {name}")));
+            return Err(StageError::Internal(format!("the synthetic image {name} did not draw")));
         }
         let (digest, bytes) = self.ctx.store.put_bytes(&png)?;
         self.files.insert(name, DirEntry { digest: digest.clone(), bytes, executable: false });
         Ok(digest)
     }
-}
-
-fn failed(e: impl std::fmt::Display) -> StageError {
-    StageError::Failed(e.to_string())
 }
 
 impl Stage for Synth {
@@ -145,7 +142,7 @@ impl Stage for Synth {
         }
         let mut columns = string_columns(&instructions, ["id", "prompt", "image", "truth", "kind"]);
         columns.push(i64_col("scene", scene_of.into_iter().map(Some).collect()));
-        let mut instructions_table = frame(instructions.len(), columns).map_err(failed)?;
+        let mut instructions_table = frame(instructions.len(), columns).map_err(DataError::from)?;
 
         // (subtask, image digest, image name, question, Yes/No)
         let mut mme: Vec<[String; 5]> = Vec::new();
@@ -161,20 +158,20 @@ impl Stage for Synth {
                     mme.push([pair.subtask.into(), image.clone(), name.clone(), question, truth.into()]);
                 }
             }
-            let contents = serde_json::to_string(&scene.labels()).map_err(failed)?;
+            let contents = serde_json::to_string(&scene.labels()).map_err(|e| StageError::Internal(e.to_string()))?;
             hal.push([image, name, scene.description(), contents]);
         }
         // Grouped by subtask (each image's two questions stay together), as MME's files are.
         mme.sort_by_key(|r| synth::PERCEPTION.iter().chain(synth::COGNITION.iter()).position(|s| *s == r[0]));
         let columns = string_columns(&mme, ["subtask", "image", "image_name", "question", "ground_truth"]);
-        let mut mme_table = frame(mme.len(), columns).map_err(failed)?;
+        let mut mme_table = frame(mme.len(), columns).map_err(DataError::from)?;
         let n = hal.len();
         let mut columns = vec![
             str_col("question_type", std::iter::repeat_n(Some("description"), n)),
             str_col("question", std::iter::repeat_n(Some("Describe the image."), n)),
         ];
         columns.extend(string_columns(&hal, ["image", "image_name", "gt_answer", "image_content"]));
-        let mut hal_table = frame(n, columns).map_err(failed)?;
+        let mut hal_table = frame(n, columns).map_err(DataError::from)?;
         let (digest, bytes) = ctx.store.put_manifest(&DirManifest { files: drawn.files })?;
         Ok(BTreeMap::from([
             ("instructions".to_string(), ctx.put_table(&mut instructions_table)?),

@@ -11,9 +11,11 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::{RunContext, StageError, StageProgress, model_role};
+use crate::data::DataError;
 use crate::dsl::{Issue, ModelRef, Range};
 use crate::model::device::Precision;
 use crate::model::lora::LoraSpec;
+use crate::model::policy::{Policy, Scored, TokenBatch};
 use crate::model::tiny::TinyConfig;
 use crate::model::{TrainedParts, Vlm};
 use crate::store::{OutputKind, OutputRef};
@@ -55,7 +57,7 @@ pub fn trained_parts(
 pub fn with_trained_parts(model: Vlm, parts: Option<TrainedParts>) -> Result<Vlm, StageError> {
     match parts {
         None => Ok(model),
-        Some(parts) => model.with_trained_parts(parts).map_err(|e| StageError::Failed(e.to_string())),
+        Some(parts) => Ok(model.with_trained_parts(parts)?),
     }
 }
 
@@ -176,14 +178,13 @@ impl Base {
     /// checkpoint.
     pub fn open(&self, ctx: &RunContext, seed: u64, precision: Precision) -> Result<(Device, Vlm), StageError> {
         let mut device = crate::model::device::open(ctx.runtime.compute.device.as_deref(), precision, true)
-            .map_err(|e| StageError::Failed(format!("runtime.{}: {e}", e.setting())))?;
+            .map_err(|e| StageError::param(format!("runtime.{}", e.setting()), e.to_string()))?;
         if ctx.runtime.compute.gradient_checkpointing == Some(true) {
             device = device.gradient_checkpointing();
         }
         device.seed(seed);
         let model = self.load(ctx, &device)?;
-        let model = model.with_precision(precision).map_err(|e| StageError::Failed(e.to_string()))?;
-        let model = model.for_training().map_err(|e| StageError::Failed(e.to_string()))?;
+        let model = model.with_precision(precision)?.for_training()?;
         Ok((device, model))
     }
 
@@ -193,7 +194,7 @@ impl Base {
             Base::Checkpoint(reference) => {
                 let folder = CheckpointFolder::open(ctx, reference)?;
                 crate::model::load(folder.path(), device)
-                    .map_err(|e| StageError::Failed(format!("{}: {e}", folder.from)))
+                    .map_err(|e| StageError::input(&folder.from, format!("does not load: {e}")))
             }
         }
     }
@@ -213,9 +214,8 @@ impl CheckpointFolder {
         if let Some(dir) = reference.path() {
             return Ok(CheckpointFolder { dir: ctx.workspace.join(dir), restored: false, from: format!("`{dir}`") });
         }
-        let (stage, output) = reference
-            .stage()
-            .ok_or_else(|| StageError::Failed(format!("internal: `{reference}` is not a checkpoint")))?;
+        let (stage, output) =
+            reference.stage().ok_or_else(|| StageError::Internal(format!("`{reference}` is not a checkpoint")))?;
         let input = ctx.input(&model_role(stage, output))?;
         let dir = ctx.store.tmp_path("base");
         let folder = CheckpointFolder { dir, restored: true, from: input.from.clone() };
@@ -293,10 +293,26 @@ pub fn check_loop(
     Ok(())
 }
 
+/// `rows` (rows `first`.. of `table`, counted from 1) encoded by `policy` as one batch; an
+/// error names the rows.
+pub fn encode_rows(
+    policy: &impl Policy,
+    rows: &[Scored],
+    (table, first): (&str, usize),
+    max_length: Option<usize>,
+    device: &Device,
+) -> Result<TokenBatch, StageError> {
+    policy.encode(rows, max_length, device).map_err(|e| {
+        let last = first + rows.len() - 1;
+        DataError::Rows { table: table.into(), first, last, problem: e.to_string() }.into()
+    })
+}
+
 /// A stored image's file, for a model to read; none when the row has no image.
 pub fn image_file(ctx: &RunContext, digest: Option<&str>) -> Result<Option<Vec<u8>>, StageError> {
     let Some(digest) = digest else { return Ok(None) };
-    std::fs::read(ctx.store.blob_path(digest)).map(Some).map_err(|e| StageError::Failed(format!("image {digest}: {e}")))
+    let path = ctx.store.blob_path(digest);
+    std::fs::read(&path).map(Some).map_err(StageError::io(path))
 }
 
 /// The run's state from an interrupted run's last save in `scratch`, or a fresh start.
@@ -306,7 +322,7 @@ pub fn resume_or_start<R: StepRecord>(
     fresh: Vlm,
     optimizer: &AdamW,
 ) -> Result<TrainState<Vlm, R>, StageError> {
-    let resumed = resume::load(scratch, fresh.clone(), optimizer).map_err(|e| StageError::Failed(e.to_string()))?;
+    let resumed = resume::load(scratch, fresh.clone(), optimizer)?;
     Ok(match resumed {
         Some(state) => {
             tracing::info!("{}: resuming after step {}", ctx.instance, state.metrics.len());
@@ -343,7 +359,7 @@ impl<'a> StepHook<'a> {
             format!("{}, {rate:.0} tokens/s", last.summary())
         });
         if (done as u64).is_multiple_of(self.every) && (done as u64) < self.total {
-            resume::save(state, self.scratch).map_err(|e| StageError::Failed(e.to_string()))?;
+            resume::save(state, self.scratch)?;
         }
         Ok(())
     }
@@ -356,7 +372,7 @@ impl<'a> StepHook<'a> {
 /// Stores `model` as a checkpoint directory output; `adapter` when its adapters stay apart.
 pub fn put_checkpoint(ctx: &RunContext, model: &Vlm, adapter: Option<&LoraSpec>) -> Result<OutputRef, StageError> {
     let dir = ctx.store.tmp_path("checkpoint");
-    model.save(&dir, adapter).map_err(|e| StageError::Failed(e.to_string()))?;
+    model.save(&dir, adapter)?;
     let stored = ctx.store.put_dir(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     let (digest, bytes) = stored?;
@@ -370,5 +386,5 @@ pub fn metrics_table<R: Serialize>(metrics: &[R]) -> Result<DataFrame, StageErro
     JsonReader::new(Cursor::new(rows.join("\n").into_bytes()))
         .with_json_format(JsonFormat::JsonLines)
         .finish()
-        .map_err(|e| StageError::Failed(e.to_string()))
+        .map_err(|e| DataError::from(e).into())
 }

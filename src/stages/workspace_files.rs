@@ -11,7 +11,7 @@ use crate::table::{self, TableFormat};
 pub fn capture(ctx: &RunContext, relative: &str) -> Result<OutputRef, StageError> {
     let path = ctx.workspace_path(relative)?;
     let meta = std::fs::metadata(&path)
-        .map_err(|_| StageError::Failed(format!("the stage did not produce its declared output `{relative}`")))?;
+        .map_err(|_| StageError::workspace(relative, "was not produced, though the stage declares it as an output"))?;
     if meta.is_dir() {
         let (digest, bytes) = ctx.store.put_dir(&path)?;
         return Ok(OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None });
@@ -93,19 +93,19 @@ pub fn clear(ctx: &RunContext, relative: &str) -> Result<(), StageError> {
     let path = ctx.workspace_path(relative)?;
     let cache = ctx.store.root();
     if cache.starts_with(&path) || path.starts_with(cache) {
-        return Err(StageError::Failed(format!(
-            "`{relative}` holds or lies inside the cache {}; write outputs elsewhere",
-            cache.display()
-        )));
+        return Err(StageError::workspace(
+            relative,
+            format!("holds or lies inside the cache {}; write outputs elsewhere", cache.display()),
+        ));
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| StageError::Failed(format!("cannot create the directory of `{relative}`: {e}")))?;
+            .map_err(|e| StageError::workspace(relative, format!("has a folder that cannot be made: {e}")))?;
     }
     let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
     match result {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(StageError::Failed(format!("cannot remove the old `{relative}` before running: {e}")))
+            Err(StageError::workspace(relative, format!("cannot be removed before the stage runs: {e}")))
         }
         _ => Ok(()),
     }

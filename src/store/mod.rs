@@ -48,6 +48,17 @@ pub enum StoreError {
     MissingBlob { digest: String },
 }
 
+impl StoreError {
+    /// Why, for a person who named the path already: "no such file" for a missing one.
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "no such file".into(),
+            StoreError::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

@@ -99,12 +99,12 @@ impl super::Architecture for LlavaArchitecture {
             .is_some_and(|c| c.get("model_type").and_then(|t| t.as_str()) == Some("llava"))
     }
 
-    fn load(&self, dir: &Path, device: &Device) -> Result<super::Vlm, String> {
-        LlavaPolicy::load(dir, device).map(super::Vlm::Llava).map_err(|e| e.to_string())
+    fn load(&self, dir: &Path, device: &Device) -> Result<super::Vlm, super::BoxedError> {
+        Ok(LlavaPolicy::load(dir, device).map(super::Vlm::Llava)?)
     }
 
-    fn random(&self, dir: &Path, device: &Device) -> Result<super::Vlm, String> {
-        LlavaPolicy::random(dir, device).map(super::Vlm::Llava).map_err(|e| e.to_string())
+    fn random(&self, dir: &Path, device: &Device) -> Result<super::Vlm, super::BoxedError> {
+        Ok(LlavaPolicy::random(dir, device).map(super::Vlm::Llava)?)
     }
 }
 

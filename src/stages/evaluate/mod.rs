@@ -20,6 +20,7 @@ use super::{
     precision,
 };
 use crate::calls::{self, CallResult, CallSpec, CallStatus, ChatRequest, ModelIdentity};
+use crate::data::DataError;
 use crate::data::frame::{frame, str_col};
 use crate::data::report::DataReport;
 use crate::dsl::{Issue, ModelDef, ModelRef, did_you_mean};
@@ -257,7 +258,7 @@ impl Evaluate {
             let prediction = result.text.clone().unwrap_or_default();
             by_subtask.entry(subtask.clone()).or_default().push(Line { prediction, ..line.clone() });
         }
-        let scores = mme::score(&by_subtask, &self.categories).map_err(StageError::Failed)?;
+        let scores = mme::score(&by_subtask, &self.categories)?;
         let df = frame(
             questions.len(),
             vec![
@@ -274,7 +275,7 @@ impl Evaluate {
                 str_col("call_key", answers.iter().map(|(k, _)| Some(k))),
             ],
         )
-        .map_err(|e| StageError::Failed(e.to_string()))?;
+        .map_err(DataError::from)?;
         Ok((df, results::mme_metrics(self.benchmark.name(), &scores)))
     }
 
@@ -310,7 +311,7 @@ impl Evaluate {
                 crate::data::frame::i64_col("rating", ratings.iter().map(|(_, r)| Some(i64::from(r.score))).collect()),
             ],
         )
-        .map_err(|e| StageError::Failed(e.to_string()))?;
+        .map_err(DataError::from)?;
         Ok((df, results::mmhal_metrics(self.benchmark.name(), &summary)))
     }
 
@@ -324,10 +325,10 @@ impl Evaluate {
         report: &mut DataReport,
     ) -> Result<Vec<(Option<String>, mmhal::Rating)>, StageError> {
         let show_image = self.benchmark.scoring() == Scoring::Judge { shows_image: true };
-        let judge = self.judge.as_ref().ok_or_else(|| StageError::Failed("internal: no judge".into()))?;
+        let judge =
+            self.judge.as_ref().ok_or_else(|| StageError::Internal("a judged benchmark without a judge".into()))?;
         let template = match &self.params.judge_template {
-            Some(path) => std::fs::read_to_string(ctx.workspace.join(path))
-                .map_err(|e| StageError::Failed(format!("judge_template {path}: {e}")))?,
+            Some(path) => std::fs::read_to_string(ctx.workspace.join(path)).map_err(StageError::io(path))?,
             None => mmhal::JUDGE_TEMPLATE.to_string(),
         };
         let specs: Vec<CallSpec> = questions
@@ -374,7 +375,7 @@ fn keyed(specs: &[CallSpec], results: &HashMap<String, CallResult>) -> Result<Ve
             results
                 .get(&s.key)
                 .map(|r| (s.key.clone(), r.clone()))
-                .ok_or_else(|| StageError::Failed(format!("internal: no result for call {}", s.key)))
+                .ok_or_else(|| StageError::Internal(format!("no result for call {}", s.key)))
         })
         .collect()
 }
@@ -429,10 +430,10 @@ impl Stage for Evaluate {
             Scoring::Judge { .. } => self.run_mmhal(ctx, &mut report)?,
         };
         let baseline = match ctx.inputs.get("baseline") {
-            Some(_) => Some(results::read_results(&ctx.read_table("baseline")?).map_err(StageError::Failed)?),
+            Some(_) => Some(results::read_results(&ctx.read_table("baseline")?)?),
             None => None,
         };
-        let mut results = results::results_table(&metrics, baseline.as_deref()).map_err(StageError::Failed)?;
+        let mut results = results::results_table(&metrics, baseline.as_deref())?;
         report.output("predictions", predictions.height() as u64);
         Ok(BTreeMap::from([
             ("predictions".to_string(), ctx.put_table(&mut predictions)?),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use polars::prelude::DataFrame;
 
 use super::{Evaluate, RunContext, StageError};
+use crate::data::DataError;
 use crate::data::frame::{optional_strings, strings};
 use crate::eval::mme::{self, Categories, Line};
 use crate::eval::mmhal::{self, Question};
@@ -24,15 +25,14 @@ impl Evaluate {
         let mut out = Vec::new();
         for subtask in self.categories.subtasks() {
             let path = data.join(format!("{subtask}.txt"));
-            for line in mme::read_subtask(&path, false).map_err(|e| StageError::Failed(e.to_string()))? {
+            for line in mme::read_subtask(&path, false)? {
                 let candidates = [
                     images.join(subtask).join("images").join(&line.image),
                     images.join(subtask).join(&line.image),
                     images.join(&line.image),
                 ];
-                let image = stored.put(&candidates).map_err(|e| {
-                    StageError::Failed(format!("{}/{subtask}.txt, image `{}`: {e}", self.data().display(), line.image))
-                })?;
+                let image = stored
+                    .put(&candidates, || format!("{}/{subtask}.txt, image `{}`", self.data().display(), line.image))?;
                 out.push((subtask.to_string(), line, image));
             }
         }
@@ -44,7 +44,7 @@ impl Evaluate {
         if self.reads_input() {
             return table_hal_questions(&ctx.read_table("benchmark")?);
         }
-        let questions = mmhal::read_questions(&ctx.workspace.join(self.data())).map_err(StageError::Failed)?;
+        let questions = mmhal::read_questions(&ctx.workspace.join(self.data()))?;
         let images = self.images_dir();
         let mut stored = StoredImages::new(ctx);
         let mut out = Vec::with_capacity(questions.len());
@@ -60,9 +60,7 @@ impl Evaluate {
                     images.join(format!("{id}.png")),
                 ]);
             }
-            let image = stored
-                .put(&candidates)
-                .map_err(|e| StageError::Failed(format!("{}, question {}: {e}", self.data().display(), i + 1)))?;
+            let image = stored.put(&candidates, || format!("{}, question {}", self.data().display(), i + 1))?;
             out.push((q, image));
         }
         Ok(out)
@@ -80,15 +78,19 @@ impl<'a> StoredImages<'a> {
         StoredImages { ctx, digests: HashMap::new() }
     }
 
-    /// The digest of the first of `candidates` (workspace paths) that exists.
-    fn put(&mut self, candidates: &[PathBuf]) -> Result<String, StageError> {
+    /// The digest of the first of `candidates` (workspace paths) that exists; `question`
+    /// names the question for an error.
+    fn put(&mut self, candidates: &[PathBuf], question: impl Fn() -> String) -> Result<String, StageError> {
         let found = candidates.iter().map(|c| self.ctx.workspace.join(c)).find(|p| p.is_file());
         let Some(path) = found else {
-            if candidates.is_empty() {
-                return Err(StageError::Failed("the question names no image (no `image_src` or `image_id`)".into()));
-            }
-            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-            return Err(StageError::Failed(format!("image not found (looked at {})", tried.join(", "))));
+            let problem = match candidates {
+                [] => "the question names no image (no `image_src` or `image_id`)".to_string(),
+                _ => {
+                    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+                    format!("image not found (looked at {})", tried.join(", "))
+                }
+            };
+            return Err(DataError::Record { location: question(), problem }.into());
         };
         if let Some(digest) = self.digests.get(&path) {
             return Ok(digest.clone());
@@ -104,23 +106,29 @@ impl<'a> StoredImages<'a> {
 pub(super) fn check_pairs(listed: &[(String, Line, String)], categories: &Categories) -> Result<(), StageError> {
     let known: Vec<&str> = categories.subtasks().collect();
     if let Some((subtask, _, _)) = listed.iter().find(|(s, _, _)| !known.contains(&s.as_str())) {
-        return Err(StageError::Failed(format!(
-            "input `benchmark` has subtask `{subtask}`, which `params.categories` does not list ({})",
-            known.join(", ")
-        )));
+        return Err(StageError::param(
+            "params.categories",
+            format!("input `benchmark` has subtask `{subtask}`, which is not listed ({})", known.join(", ")),
+        ));
     }
     for subtask in known {
         let rows: Vec<&Line> = listed.iter().filter(|(s, _, _)| s == subtask).map(|(_, l, _)| l).collect();
         if rows.is_empty() {
-            return Err(StageError::Failed(format!(
-                "input `benchmark` has no questions of subtask `{subtask}`: give the world more scenes (or \
-                 colours), or leave `{subtask}` out of `params.categories`"
-            )));
+            return Err(DataError::table(
+                "benchmark",
+                format!(
+                    "no questions of subtask `{subtask}`: give the world more scenes (or colours), or leave \
+                     `{subtask}` out of `params.categories`"
+                ),
+            )
+            .into());
         }
         if !rows.len().is_multiple_of(2) || rows.chunks(2).any(|pair| pair[0].image != pair[1].image) {
-            return Err(StageError::Failed(format!(
-                "input `benchmark`, subtask `{subtask}`: every image needs its two questions on consecutive rows"
-            )));
+            return Err(DataError::table(
+                "benchmark",
+                format!("subtask `{subtask}`: every image needs its two questions on consecutive rows"),
+            )
+            .into());
         }
     }
     Ok(())
@@ -128,14 +136,11 @@ pub(super) fn check_pairs(listed: &[(String, Line, String)], categories: &Catego
 
 /// A column of a `benchmark` input table with no empty cell.
 fn required(table: &DataFrame, name: &str) -> Result<Vec<String>, StageError> {
-    let values = strings(table, "benchmark", name).map_err(StageError::Failed)?;
+    let values = strings(table, "benchmark", name)?;
     values
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            v.map(String::from)
-                .ok_or_else(|| StageError::Failed(format!("table `benchmark`, row {}: `{name}` is empty", i + 1)))
-        })
+        .map(|(i, v)| v.map(String::from).ok_or_else(|| DataError::value("benchmark", i + 1, name, "is empty").into()))
         .collect()
 }
 
@@ -148,15 +153,12 @@ fn table_mme_questions(table: &DataFrame) -> Result<Vec<(String, Line, String)>,
         required(table, "question")?,
         required(table, "ground_truth")?,
     );
-    let names = optional_strings(table, "benchmark", "image_name").map_err(StageError::Failed)?;
+    let names = optional_strings(table, "benchmark", "image_name")?;
     let mut out = Vec::with_capacity(table.height());
     for i in 0..table.height() {
         let Some(truth) = mme::Answer::from_truth(&truths[i]) else {
-            return Err(StageError::Failed(format!(
-                "table `benchmark`, row {}: ground truth `{}` is not yes or no",
-                i + 1,
-                truths[i].to_lowercase()
-            )));
+            let problem = format!("is `{}`, not yes or no", truths[i].to_lowercase());
+            return Err(DataError::value("benchmark", i + 1, "ground_truth", problem).into());
         };
         let name = names.as_ref().and_then(|n| n[i]).unwrap_or(&images[i]).to_string();
         let line = Line { image: name, question: questions[i].clone(), truth, prediction: String::new() };
@@ -170,8 +172,8 @@ fn table_mme_questions(table: &DataFrame) -> Result<Vec<(String, Line, String)>,
 fn table_hal_questions(table: &DataFrame) -> Result<Vec<(Question, String)>, StageError> {
     let (types, questions, images) =
         (required(table, "question_type")?, required(table, "question")?, required(table, "image")?);
-    let truths = optional_strings(table, "benchmark", "gt_answer").map_err(StageError::Failed)?;
-    let contents = optional_strings(table, "benchmark", "image_content").map_err(StageError::Failed)?;
+    let truths = optional_strings(table, "benchmark", "gt_answer")?;
+    let contents = optional_strings(table, "benchmark", "image_content")?;
     let mut out = Vec::with_capacity(table.height());
     for i in 0..table.height() {
         let content = contents.as_ref().and_then(|c| c[i]);
