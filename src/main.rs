@@ -58,6 +58,9 @@ enum Command {
     Metrics(cli::metrics::MetricsArgs),
     /// Measure DPO training throughput on a device (what scripts/gpu-check runs)
     Bench(cli::bench::BenchArgs),
+    /// Run one stage instance from its description in the cache (what a Slurm job runs)
+    #[command(hide = true)]
+    RunInstance(cli::run_instance::RunInstanceArgs),
 }
 
 // glibc's allocator hands big freed buffers back to the OS and faults them in again on the
@@ -121,5 +124,6 @@ fn dispatch(cli: Cli) -> Outcome {
         Command::Bench(args) => cli::bench::run(args),
         Command::Eval(args) => cli::eval::run(&ctx, args),
         Command::Metrics(args) => cli::metrics::run(&ctx, args),
+        Command::RunInstance(args) => cli::run_instance::run(args),
     }
 }

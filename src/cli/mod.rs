@@ -10,6 +10,7 @@ pub mod gc;
 pub mod metrics;
 pub mod plot;
 pub mod run;
+pub mod run_instance;
 pub mod show;
 pub mod status;
 pub mod validate;

@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// Off a terminal, log each long stage's progress (calls, training steps) this often
     #[arg(long, value_name = "SECONDS", default_value_t = silkie::stages::DEFAULT_PROGRESS_INTERVAL.as_secs_f64())]
     progress_interval: f64,
+    /// Where instances run whose stage names no `runtime.executor`: local, or slurm (each
+    /// instance a job; load, aggregate, pair and export stay local unless their stage asks)
+    #[arg(long, value_name = "EXECUTOR", default_value = "local")]
+    executor: String,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -54,6 +58,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Outcome {
         progress: args.format == Format::Text && std::io::stderr().is_terminal(),
         progress_interval: seconds("--progress-interval", args.progress_interval)?,
         offline: args.offline,
+        executor: args.executor,
     };
     let record = exec::run(&plan, &store, &ctx.workspace, &pipeline, &opts).map_err(|e| match e {
         exec::ExecError::Usage(msg) => Failure::Invalid(msg),

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 pub use interp::{Scope, resolve, type_name};
 pub use model_ref::ModelRef;
 pub use range::Range;
-pub use runtime::{Calls, Compute, Precision, Runtime};
+pub use runtime::{Calls, Compute, Placement, Precision, Runtime, Slurm, is_slurm_time};
 pub use source::{Issue, PipelineError, PipelineErrors, SourceMap};
 pub use suggest::{did_you_mean, elide, nearest, shorten};
 pub use values::{serde_issue, yaml_to_json};

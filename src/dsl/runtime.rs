@@ -27,6 +27,7 @@ pub enum Precision {
 pub struct Runtime {
     pub calls: Calls,
     pub compute: Compute,
+    pub placement: Placement,
 }
 
 /// What the call runner and reports read: concurrency, rate limits, retries, prices.
@@ -57,6 +58,75 @@ pub struct Compute {
     pub gradient_checkpointing: Option<bool>,
 }
 
+/// Where an instance runs: what executors read. `executor` names one (`local`, `slurm`);
+/// unset, the run's `--executor` decides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    pub executor: Option<String>,
+    pub slurm: Option<Slurm>,
+}
+
+/// `runtime.slurm`: what a Slurm job of the instance asks for, each an `sbatch` option.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slurm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Generic resources, as `--gres` takes them (`gpu:1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gres: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_per_task: Option<u32>,
+    /// Memory, as `--mem` takes it (`16G`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// The time limit, in one of Slurm's forms (`30`, `2:00:00`, `1-12:00:00`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
+    /// Further `sbatch` options, passed as they are (`--exclusive`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<String>,
+}
+
+impl Slurm {
+    /// The options `sbatch` gets for these settings, in a fixed order.
+    pub fn sbatch_options(&self) -> Vec<String> {
+        let named = [
+            ("--partition", &self.partition),
+            ("--gres", &self.gres),
+            ("--mem", &self.mem),
+            ("--time", &self.time),
+            ("--account", &self.account),
+            ("--qos", &self.qos),
+            ("--constraint", &self.constraint),
+        ];
+        let mut options: Vec<String> =
+            named.iter().filter_map(|(flag, value)| value.as_ref().map(|v| format!("{flag}={v}"))).collect();
+        options.extend(self.cpus_per_task.map(|n| format!("--cpus-per-task={n}")));
+        options.extend(self.extra.iter().cloned());
+        options
+    }
+}
+
+/// Whether `time` is a time limit in a form Slurm reads: minutes, minutes:seconds,
+/// hours:minutes:seconds, days-hours, days-hours:minutes or days-hours:minutes:seconds
+/// (sbatch itself takes some malformed ones, `-5` among them, for a limit of years).
+pub fn is_slurm_time(time: &str) -> bool {
+    let number = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+    let (days, clock) = match time.split_once('-') {
+        Some((days, clock)) => (Some(days), clock),
+        None => (None, time),
+    };
+    let parts: Vec<&str> = clock.split(':').collect();
+    (1..=3).contains(&parts.len()) && days.is_none_or(number) && parts.iter().all(|p| number(p))
+}
+
 /// `runtime:` as written: one map, every key known.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +143,10 @@ struct Flat {
     retry_backoff: Option<f64>,
     price_input_per_million: Option<f64>,
     price_output_per_million: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    executor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slurm: Option<Slurm>,
 }
 
 impl From<Flat> for Runtime {
@@ -94,13 +168,14 @@ impl From<Flat> for Runtime {
                 threads: f.threads,
                 gradient_checkpointing: f.gradient_checkpointing,
             },
+            placement: Placement { executor: f.executor, slurm: f.slurm },
         }
     }
 }
 
 impl From<Runtime> for Flat {
     fn from(r: Runtime) -> Flat {
-        let (c, m) = (r.calls, r.compute);
+        let (c, m, p) = (r.calls, r.compute, r.placement);
         Flat {
             max_in_flight: c.max_in_flight,
             requests_per_minute: c.requests_per_minute,
@@ -114,6 +189,8 @@ impl From<Runtime> for Flat {
             retry_backoff: c.retry_backoff,
             price_input_per_million: c.price_input_per_million,
             price_output_per_million: c.price_output_per_million,
+            executor: p.executor,
+            slurm: p.slurm,
         }
     }
 }
@@ -140,7 +217,17 @@ impl Runtime {
             Range::at_least(0.0).check_some(&at("price_input_per_million"), calls.price_input_per_million),
             Range::at_least(0.0).check_some(&at("price_output_per_million"), calls.price_output_per_million),
         ];
-        checks.into_iter().filter_map(Result::err).collect()
+        let mut issues: Vec<Issue> = checks.into_iter().filter_map(Result::err).collect();
+        if let Some(time) = self.placement.slurm.as_ref().and_then(|s| s.time.as_deref())
+            && !is_slurm_time(time)
+        {
+            let why = format!(
+                "`{time}` is not a Slurm time limit: write minutes (`30`), hours:minutes:seconds (`2:00:00`) or \
+                 days-hours:minutes:seconds (`1-12:00:00`)"
+            );
+            issues.push(Issue::new(at("slurm.time"), why));
+        }
+        issues
     }
 }
 
@@ -163,5 +250,23 @@ mod tests {
         assert!(back.get("calls").is_none(), "one flat map: {back}");
         let typo = serde_json::from_value::<Runtime>(serde_json::json!({"devise": "flex"})).unwrap_err();
         assert!(typo.to_string().contains("unknown field `devise`"), "{typo}");
+        let slurm: Runtime = serde_json::from_value(
+            serde_json::json!({"executor": "slurm", "slurm": {"gres": "gpu:1", "time": "1:00:00"}}),
+        )
+        .unwrap();
+        assert_eq!(slurm.placement.executor.as_deref(), Some("slurm"));
+        assert_eq!(slurm.placement.slurm.as_ref().unwrap().sbatch_options(), ["--gres=gpu:1", "--time=1:00:00"]);
+        let typo = serde_json::from_value::<Runtime>(serde_json::json!({"slurm": {"partiton": "a"}})).unwrap_err();
+        assert!(typo.to_string().contains("unknown field `partiton`"), "{typo}");
+    }
+
+    #[test]
+    fn slurm_times_are_checked_in_every_form_slurm_reads() {
+        for good in ["30", "30:00", "2:00:00", "1-12", "1-12:30", "1-12:30:00"] {
+            assert!(is_slurm_time(good), "{good}");
+        }
+        for bad in ["", "-5", "abc", "1:2:3:4", "1-", "1-2-3", "1.5", "1-1:2:3:4"] {
+            assert!(!is_slurm_time(bad), "{bad}");
+        }
     }
 }

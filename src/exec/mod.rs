@@ -1,23 +1,28 @@
 //! Runs a plan: stale instances in dependency order, independent ones concurrently.
 //! A failing instance skips its dependents; everything else still runs.
 
+mod executor;
+mod local;
 mod progress;
+mod scheduler;
+mod slurm;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use executor::{Described, Submission};
+pub use executor::{EXECUTORS, Executor, run_described};
+use scheduler::Scheduler;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
 use crate::plan::{Instance, KeyError, Plan, key_of};
 use crate::stages::{Input, RunContext, StageError};
 use crate::store::{
-    InstanceReport, InstanceStatus, Label, LockMode, OutputRef, RunRecord, StageRecord, StatCache, Store, StoreError,
-    now_ms,
+    InstanceReport, InstanceStatus, Label, LockMode, OutputRef, RunRecord, StatCache, Store, StoreError, now_ms,
 };
 
 pub use progress::Progress;
@@ -34,6 +39,8 @@ pub struct RunOptions {
     pub progress_interval: Duration,
     /// Send no model call; stages that would need one fail, saying how many.
     pub offline: bool,
+    /// Where instances run whose stage names no executor (`--executor`).
+    pub executor: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +90,11 @@ struct RunEnv<'a> {
     offline: bool,
     bars: Option<indicatif::MultiProgress>,
     progress_interval: Duration,
+    /// Where instances run whose stage names no executor.
+    executor: &'static dyn Executor,
+    models: &'a BTreeMap<String, crate::dsl::ModelDef>,
+    /// The workspace and the cache as absolute paths, for processes that start elsewhere.
+    absolute: (std::path::PathBuf, std::path::PathBuf),
 }
 
 /// Runs the selected part of a plan and writes its run record.
@@ -101,6 +113,25 @@ pub fn run(
             return Err(ExecError::Usage(format!("--force {name}: no such stage in this pipeline")));
         }
     }
+    let executor = executor::executor(&opts.executor).ok_or_else(|| {
+        ExecError::Usage(format!(
+            "--executor {}: no such executor (known: {})",
+            opts.executor,
+            executor::names().join(", ")
+        ))
+    })?;
+    for inst in selected.iter().map(|&n| &plan.graph[n]) {
+        if let Some(name) = &inst.runtime.placement.executor
+            && executor::executor(name).is_none()
+        {
+            let known = executor::names().join(", ");
+            return Err(ExecError::Usage(format!(
+                "stages.{}.runtime.executor: `{name}` is no executor (known: {known})",
+                inst.stage
+            )));
+        }
+    }
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let _store_lock = store.lock_store(LockMode::Shared, opts.lock_timeout)?;
     store.remove_dead_temps();
     let stat_cache = StatCache::load(store);
@@ -114,6 +145,9 @@ pub fn run(
         offline: opts.offline,
         bars: None,
         progress_interval: opts.progress_interval,
+        executor,
+        models: &pipeline.models,
+        absolute: (absolute(workspace), absolute(store.root())),
     };
     let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
 
@@ -185,75 +219,7 @@ pub fn run(
     Ok(record)
 }
 
-/// Which instances may start: all their dependencies finished, none of them failed.
-/// A topological sort run live: each instance counts the dependencies it still waits on,
-/// and those that reach zero queue by their place in the run order, so picking the next
-/// one costs a heap pop, whatever the size of the sweep.
-struct Scheduler<'a> {
-    plan: &'a Plan,
-    order: &'a [NodeIndex],
-    /// Each instance's place in `order`.
-    position: HashMap<NodeIndex, usize>,
-    waiting: HashMap<NodeIndex, usize>,
-    /// The failed upstream instance that keeps each of these from running.
-    blocked: HashMap<NodeIndex, String>,
-    /// Places in `order` of the instances free to start, earliest first.
-    ready: BinaryHeap<Reverse<usize>>,
-    reports: HashMap<NodeIndex, InstanceReport>,
-}
-
-impl<'a> Scheduler<'a> {
-    fn new(plan: &'a Plan, order: &'a [NodeIndex]) -> Self {
-        let position: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-        // `order` holds every dependency of what it holds (selecting a stage selects what it needs).
-        let waiting: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, plan.graph[n].deps.len())).collect();
-        let ready = (0..order.len()).filter(|&i| waiting[&order[i]] == 0).map(Reverse).collect();
-        Scheduler { plan, order, position, waiting, blocked: HashMap::new(), ready, reports: HashMap::new() }
-    }
-
-    /// The ready instance that comes first in dependency order (deterministic scheduling).
-    fn next_ready(&mut self) -> Option<NodeIndex> {
-        self.ready.pop().map(|Reverse(at)| self.order[at])
-    }
-
-    /// Records a finished instance; returns the reports of instances skipped because of it.
-    fn finish(&mut self, node: NodeIndex, report: InstanceReport) -> Vec<InstanceReport> {
-        let failed = !matches!(report.status, InstanceStatus::Hit | InstanceStatus::Ran);
-        let mut cause = failed.then(|| report.name.clone());
-        self.reports.insert(node, report);
-        let mut skipped = Vec::new();
-        let mut queue = vec![(node, cause.take())];
-        while let Some((done, failure)) = queue.pop() {
-            for next in self.plan.graph.neighbors_directed(done, Direction::Outgoing) {
-                let Some(count) = self.waiting.get_mut(&next) else { continue };
-                if let Some(cause) = &failure {
-                    self.blocked.entry(next).or_insert_with(|| cause.clone());
-                }
-                *count -= 1;
-                if *count > 0 {
-                    continue;
-                }
-                match self.blocked.get(&next).cloned() {
-                    None => self.ready.push(Reverse(self.position[&next])),
-                    Some(cause) => {
-                        let mut report = blank_report(&self.plan.graph[next], InstanceStatus::Skipped);
-                        report.error = Some(format!("not run: `{cause}` failed"));
-                        skipped.push(report.clone());
-                        self.reports.insert(next, report);
-                        queue.push((next, Some(cause)));
-                    }
-                }
-            }
-        }
-        skipped
-    }
-
-    fn into_reports(mut self) -> Vec<InstanceReport> {
-        self.order.iter().filter_map(|n| self.reports.remove(n)).collect()
-    }
-}
-
-fn blank_report(inst: &Instance, status: InstanceStatus) -> InstanceReport {
+pub(super) fn blank_report(inst: &Instance, status: InstanceStatus) -> InstanceReport {
     InstanceReport {
         name: inst.name.clone(),
         kind: inst.kind.name.to_string(),
@@ -262,6 +228,7 @@ fn blank_report(inst: &Instance, status: InstanceStatus) -> InstanceReport {
         key: None,
         outputs: BTreeMap::new(),
         error: None,
+        placement: None,
     }
 }
 
@@ -372,27 +339,36 @@ fn compute(
     if !force && let Some(hit) = cached(env, inst, &ctx, &label)? {
         return Ok(hit);
     }
-    let start = Instant::now();
-    let outputs = match inst.runtime.compute.threads {
-        // The stage's compute (flex's kernels, decoding, hashing) on a pool of its own size.
-        Some(threads) => rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| StageError::param("runtime.threads", format!("cannot start {threads} threads: {e}")))?
-            .install(|| inst.stage_impl.run(&ctx))?,
-        None => inst.stage_impl.run(&ctx)?,
-    };
-    let record = StageRecord {
-        key,
+    let description = Described {
+        workspace: env.absolute.0.clone(),
+        cache: env.absolute.1.clone(),
+        pipeline: env.pipeline.to_string(),
+        instance: inst.name.clone(),
         kind: inst.kind.name.to_string(),
+        params: inst.params.clone(),
+        models: env.models.clone(),
+        runtime: inst.runtime.clone(),
+        key: key.clone(),
         preimage,
-        outputs: outputs.clone(),
-        created_unix_ms: now_ms(),
-        duration_ms: start.elapsed().as_millis() as u64,
+        inputs: inputs.clone(),
+        offline: env.offline,
+        progress_interval_ms: env.progress_interval.as_millis() as u64,
     };
-    env.store.put_record(&record)?;
+    let submission = Submission { stage: inst.stage_impl.as_ref(), ctx: &ctx, description: &description };
+    let (outputs, placement) = executor_for(env, inst).run(&submission)?;
+    report.placement = Some(placement);
     update_label(env.store, &label)?;
     Ok((InstanceStatus::Ran, outputs))
+}
+
+/// Where `inst` runs: the executor its stage names, else the run's — except that a cheap
+/// instance stays local unless its stage itself asks for an executor that takes only those.
+fn executor_for(env: &RunEnv, inst: &Instance) -> &'static dyn Executor {
+    match inst.runtime.placement.executor.as_deref().and_then(executor::executor) {
+        Some(named) => named,
+        None if env.executor.keeps_cheap_local() && inst.stage_impl.is_cheap() => &local::LOCAL,
+        None => env.executor,
+    }
 }
 
 type Done = (InstanceStatus, BTreeMap<String, OutputRef>);

@@ -33,6 +33,9 @@ pub struct Instance {
     pub kind: &'static Kind,
     pub stage_impl: Box<dyn Stage>,
     pub bindings: BTreeMap<String, Value>,
+    /// The params the kind was configured from (matrix values in place): what a process that
+    /// runs the instance elsewhere configures it from again.
+    pub params: Value,
     pub runtime: Runtime,
     /// Instances this one needs, in `needs` order.
     pub deps: Vec<NodeIndex>,
@@ -365,6 +368,7 @@ fn instantiate(
         kind,
         stage_impl,
         bindings,
+        params,
         runtime: stage.runtime.clone(),
         deps: ordered_deps,
         inputs,

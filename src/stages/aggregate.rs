@@ -117,6 +117,10 @@ impl Stage for Aggregate {
         vec![OutputDecl { name: "scores".into(), table: true }, OutputDecl { name: "report".into(), table: false }]
     }
 
+    fn is_cheap(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&["responses", "ratings"])
     }

@@ -52,6 +52,10 @@ pub enum StageError {
     /// A process the stage started failed.
     #[error("`{command}` failed with {status}{detail}")]
     Command { command: String, status: String, detail: String },
+    /// The job an executor ran the instance as ended without its record (failed, cancelled,
+    /// out of time, its node lost); `detail` has its exit code, reason and log's tail.
+    #[error("{executor} job {id} ended {state}{detail}")]
+    Job { executor: String, id: String, state: String, detail: String },
     /// A defect in silkie, not in the input: says what should have held.
     #[error("internal error: {0}")]
     Internal(String),

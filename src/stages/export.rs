@@ -312,6 +312,10 @@ impl Stage for Export {
         outs
     }
 
+    fn is_cheap(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(if self.file_format.is_none() { &[CHECKPOINT] } else { &["table"] })
     }

@@ -306,6 +306,10 @@ impl Stage for Load {
         }
     }
 
+    fn is_cheap(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&[])
     }

@@ -110,6 +110,11 @@ pub trait Stage: Send + Sync {
     fn workspace_outputs(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether it is cheap (reading, joining, writing tables): such instances stay in the
+    /// driver's process unless their stage names another executor itself.
+    fn is_cheap(&self) -> bool {
+        false
+    }
     /// Whether it trains a model (so `runtime.gradient_checkpointing` applies).
     fn trains(&self) -> bool {
         false
@@ -121,7 +126,7 @@ pub trait Stage: Send + Sync {
 }
 
 /// One bound input: which upstream output feeds a role.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Input {
     /// `instance.output`, for messages.
     pub from: String,

@@ -86,6 +86,10 @@ impl Stage for Pair {
         outs
     }
 
+    fn is_cheap(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&["instructions", "scores"])
     }

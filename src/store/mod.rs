@@ -31,7 +31,7 @@ pub use gc::{GcOptions, GcReport, ScratchSpace};
 /// The file in a scratch space naming the instance it belongs to.
 pub const SCRATCH_OWNER: &str = "instance";
 pub use lock::{LockGuard, LockMode};
-pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, RunRecord, StageRecord};
+pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, Placement, RunRecord, StageRecord};
 pub use restoring::{RestoreMark, remove_restore_leftovers};
 pub use statcache::{HashStats, StatCache};
 pub use verify::Problem;

@@ -72,6 +72,32 @@ pub struct InstanceReport {
     pub outputs: BTreeMap<String, OutputRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where it ran, when it ran (a cache hit ran nowhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where an instance ran: this process, or a job of a scheduler, with its id, node, final
+/// state and how long it queued and ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    pub executor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<u64>,
+}
+
+impl Placement {
+    pub fn local() -> Placement {
+        Placement { executor: "local".into(), job_id: None, node: None, state: None, queued_ms: None, run_ms: None }
+    }
 }
 
 /// One `silkie run`: what each instance did. Timings and hosts live here, never in outputs.
