@@ -89,7 +89,7 @@ fn instances_run_as_jobs_with_the_keys_and_outputs_of_a_local_run_and_a_rerun_su
         let fields = controller_fields(&id);
         let key = instance(&record, name)["key"].as_str().unwrap();
         assert!(
-            fields.contains(&format!("JobName=silkie-{}", &key[..20])),
+            fields.contains(&format!("JobName=silkie-{}-", &key[..16])),
             "{name}: job {id} is not its job: {fields}"
         );
         assert!(fields.contains("JobState=COMPLETED"), "{fields}");
@@ -119,11 +119,11 @@ stages:
   nowhere:
     kind: command
     runtime: { executor: slurm, slurm: { partition: no-such-partition } }
-    params: { cmd: \"true\" }
+    params: { cmd: \"true nowhere\" }
   fine:
     kind: command
     runtime: { executor: slurm }
-    params: { cmd: \"true\" }
+    params: { cmd: \"true fine\" }
 ",
     );
     let ran = ws.silkie(&["run", "--format", "json"]);
@@ -142,4 +142,117 @@ stages:
         "{}",
         bad.stderr
     );
+}
+
+/// Waits (at most three minutes: other tests' jobs may hold the cluster's two CPUs) for the
+/// workspace file `rel`, which a job writes once it runs.
+fn wait_for(ws: &Workspace, rel: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ws.path().join(rel))
+            && !text.trim().is_empty()
+        {
+            return text.trim().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no job wrote {rel} within three minutes");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn finished(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    let ran: common::Ran = out.into();
+    ran.json()
+}
+
+#[test]
+fn a_cancelled_job_fails_its_instance_skips_its_dependents_and_its_siblings_finish() {
+    if !cluster_up() {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        "version: 1
+stages:
+  work:
+    kind: command
+    matrix: { n: [1, 2] }
+    runtime: { executor: slurm }
+    params:
+      cmd: if [ ${matrix.n} = 1 ]; then echo $SLURM_JOB_ID > started-1; sleep 120; fi; echo ${matrix.n} > out/w-${matrix.n}.txt
+      outs: [\"out/w-${matrix.n}.txt\"]
+  after:
+    kind: command
+    needs: [work]
+    runtime: { executor: slurm }
+    params:
+      cmd: echo after ${matrix.n} > out/a-${matrix.n}.txt
+      outs: [\"out/a-${matrix.n}.txt\"]
+",
+    );
+    let check = ws.silkie(&["validate"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let driver = ws.command(&["run", "--format", "json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let id = wait_for(&ws, "started-1");
+    assert!(Command::new("scancel").arg(&id).status().unwrap().success());
+    let record = finished(driver);
+    assert_eq!(status_of(&record, "work[n=1]"), "failed");
+    let error = instance(&record, "work[n=1]")["error"].as_str().unwrap();
+    assert!(error.starts_with(&format!("Slurm job {id} ended CANCELLED")), "{error}");
+    assert_eq!(status_of(&record, "after[n=1]"), "skipped");
+    assert_eq!(status_of(&record, "work[n=2]"), "ran");
+    assert_eq!(status_of(&record, "after[n=2]"), "ran");
+    assert_eq!(ws.read("out/a-2.txt").trim(), "after 2");
+}
+
+#[test]
+fn a_job_past_its_time_limit_fails_its_instance_with_timeout() {
+    if !cluster_up() {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: { executor: slurm, slurm: { time: \"1\" } }\n    params: { cmd: \"echo started; sleep 600\" }\n",
+    );
+    let ran = ws.silkie(&["run", "--format", "json"]);
+    assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
+    let record = ran.json();
+    let error = instance(&record, "slow")["error"].as_str().unwrap();
+    assert!(error.contains("ended TIMEOUT") && error.contains("reason TimeLimit"), "{error}");
+    assert!(error.contains("DUE TO TIME LIMIT"), "the log's tail: {error}");
+}
+
+#[test]
+fn a_driver_killed_while_its_job_runs_adopts_the_job_when_restarted() {
+    if !cluster_up() {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        // The workspace's name in the command: a key of its own, whatever earlier runs submitted.
+        &format!(
+            "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; sleep 6; echo done > out.txt # {}\", outs: [out.txt] }}\n",
+            ws.path().file_name().unwrap().to_string_lossy()
+        ),
+    );
+    let mut driver = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let id = wait_for(&ws, "started");
+    driver.kill().unwrap(); // SIGKILL: the driver cannot cancel or clean up
+    driver.wait().unwrap();
+    let record = ws.run(&[]);
+    let placement = &instance(&record, "slow")["placement"];
+    assert_eq!(placement["job_id"], id.as_str(), "the restarted driver did not adopt job {id}: {placement}");
+    let key = instance(&record, "slow")["key"].as_str().unwrap();
+    let listed = Command::new("squeue").args(["-h", "-t", "all", "-o", "%i|%j"]).output().unwrap();
+    let jobs: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .filter(|(_, name)| name.starts_with(&format!("silkie-{}", &key[..16])))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(jobs, [id], "the instance was submitted again");
+    assert_eq!(ws.read("out.txt").trim(), "done");
 }

@@ -42,7 +42,7 @@ impl Executor for SlurmExecutor {
         let description = dir.join("instance.json");
         let json = serde_json::to_vec_pretty(d).map_err(|e| StageError::Internal(e.to_string()))?;
         store.write_atomic(&description, &json)?;
-        let name = job_name(&d.key);
+        let name = job_name(&d.key, &d.cache);
         let id = match find_active(&name)? {
             Some(id) => {
                 tracing::info!("{}: adopting Slurm job {id}, still {} for this key", d.instance, "queued or running");
@@ -60,9 +60,11 @@ impl Executor for SlurmExecutor {
     }
 }
 
-/// The job name for a key: a second driver finds a job by it.
-pub fn job_name(key: &str) -> String {
-    format!("silkie-{}", &key[..key.len().min(20)])
+/// The job name for a key in a cache: a second driver of the same cache finds the job by
+/// it, and a driver of another cache (whose record would land elsewhere) does not.
+pub fn job_name(key: &str, cache: &Path) -> String {
+    let cache = blake3::hash(cache.as_os_str().as_encoded_bytes()).to_hex();
+    format!("silkie-{}-{}", &key[..key.len().min(16)], &cache[..8])
 }
 
 /// The id of a job of this name still queued or running, if any.
