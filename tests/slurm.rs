@@ -256,3 +256,69 @@ fn a_driver_killed_while_its_job_runs_adopts_the_job_when_restarted() {
     assert_eq!(jobs, [id], "the instance was submitted again");
     assert_eq!(ws.read("out.txt").trim(), "done");
 }
+
+#[test]
+fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights() {
+    if !cluster_up() {
+        return;
+    }
+    let pipeline = dpo_pipeline(3, 2).replace("seed: 7 }", "seed: 7, checkpoint_every: 4 }");
+    let setup = || {
+        let ws = Workspace::new();
+        ws.write("pairs.csv", &counting_pairs_csv(64));
+        ws.write("pipeline.yaml", &pipeline);
+        ws
+    };
+    let whole = setup().run(&[]);
+    let ws = setup();
+    let mut driver = ws
+        .command(&["run", "--executor", "slurm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scratch = ws.path().join("cache/scratch");
+    let saved = || {
+        std::fs::read_dir(&scratch)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|d| d.path().join("latest").is_file())
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let key = loop {
+        if let Some(key) = saved() {
+            break key;
+        }
+        assert!(std::time::Instant::now() < deadline, "no save appeared in {}", scratch.display());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let listed = Command::new("squeue").args(["-h", "-o", "%i|%j"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let id = listed
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .find(|(_, name)| name.starts_with(&format!("silkie-{}", &key[..16])))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("the dpo job ended before it could be cancelled: {listed}"));
+    assert!(Command::new("scancel").arg(&id).status().unwrap().success());
+    assert_eq!(driver.wait().unwrap().code(), Some(1), "the cancelled instance did not fail the run");
+
+    let mut rerun = ws.command(&["run", "--executor", "slurm", "--format", "json"]);
+    rerun.env("SILKIE_LOG", "silkie=info");
+    let rerun: common::Ran = rerun.output().unwrap().into();
+    assert_eq!(rerun.code, 0, "{}\n{}", rerun.stdout, rerun.stderr);
+    let record = rerun.json();
+    let placement = &instance(&record, "policy")["placement"];
+    assert_ne!(placement["job_id"], id.as_str(), "{placement}");
+    let log = ws.path().join(format!("cache/slurm/{key}/job-{}.log", placement["job_id"].as_str().unwrap()));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("resuming after step"), "the job started over:\n{log}");
+    assert_eq!(
+        instance(&record, "policy")["outputs"]["checkpoint"],
+        instance(&whole, "policy")["outputs"]["checkpoint"],
+        "the resumed job ended with other weights"
+    );
+}
