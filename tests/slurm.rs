@@ -3,6 +3,8 @@
 //! CI, where a cluster that does not start fails them.
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -321,4 +323,44 @@ fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights(
         instance(&whole, "policy")["outputs"]["checkpoint"],
         "the resumed job ended with other weights"
     );
+}
+
+#[test]
+fn a_calling_job_adds_to_a_copy_of_the_memo_that_the_driver_merges_so_no_call_is_paid_twice() {
+    if !cluster_up() {
+        return;
+    }
+    let server = server::Server::start(|_| server::Fault::None);
+    let ws = Workspace::new();
+    ws.write("instructions.csv", "id,prompt\nq1,What is shown?\nq2,How many?\nq3,Which colour?\n");
+    ws.write(
+        "pipeline.yaml",
+        &format!(
+            "version: 1
+models:
+  model-a: {{ provider: openai, model: model-a, base_url: \"{}\" }}
+stages:
+  instructions: {{ kind: load, params: {{ path: instructions.csv }} }}
+  responses:
+    kind: sample
+    needs: [instructions]
+    params: {{ pool: [model-a], per_instruction: 1, max_tokens: 16 }}
+",
+            server.url
+        ),
+    );
+    let record = ws.run(&["--executor", "slurm"]);
+    assert_eq!(instance(&record, "responses")["placement"]["executor"], "slurm");
+    assert_eq!(server.request_count(), 3);
+    let forced = ws.run(&["--force", "responses"]);
+    assert_eq!(status_of(&forced, "responses"), "ran");
+    assert_eq!(server.request_count(), 3, "the job's calls did not reach the cache's memo");
+    ws.run(&["--executor", "slurm", "--force", "responses"]);
+    assert_eq!(server.request_count(), 3, "the job's copy of the memo did not answer");
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path().join("cache/slurm"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().join("calls.sqlite").exists())
+        .collect();
+    assert!(leftovers.is_empty(), "a job's memo copy was left behind");
 }

@@ -120,6 +120,32 @@ impl Memo {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Writes a copy of the memo to `path`, which must not exist yet: the private memo of a
+    /// process elsewhere (a Slurm job), which answers from it what is remembered and adds to it
+    /// what it sends, so that no two hosts ever write one SQLite file.
+    pub fn copy_to(&self, path: &Path) -> Result<(), MemoError> {
+        let conn = self.conn.lock().expect("memo lock");
+        let target = path.to_str().ok_or_else(|| self.err(rusqlite::Error::InvalidPath(path.to_path_buf())))?;
+        conn.execute("VACUUM INTO ?1", params![target]).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// Adds what the memo at `path` remembers and this one does not (first wins, as in
+    /// [`Memo::put_many`]); how many calls it added.
+    pub fn merge_from(&self, path: &Path) -> Result<u64, MemoError> {
+        let conn = self.conn.lock().expect("memo lock");
+        let other = path.to_str().ok_or_else(|| self.err(rusqlite::Error::InvalidPath(path.to_path_buf())))?;
+        conn.execute("ATTACH DATABASE ?1 AS other", params![other]).map_err(|e| self.err(e))?;
+        let added = conn.execute(
+            "INSERT OR IGNORE INTO calls (key, model, status, result, created_unix_ms) \
+             SELECT key, model, status, result, created_unix_ms FROM other.calls",
+            [],
+        );
+        let detached = conn.execute("DETACH DATABASE other", []);
+        let added = added.map_err(|e| self.err(e))?;
+        detached.map_err(|e| self.err(e))?;
+        Ok(added as u64)
+    }
+
     /// How many calls are remembered.
     pub fn len(&self) -> Result<u64, MemoError> {
         let conn = self.conn.lock().expect("memo lock");
@@ -183,5 +209,22 @@ mod tests {
             }
             assert_eq!(Memo::open(&path).unwrap().len().unwrap(), 8);
         }
+    }
+
+    #[test]
+    fn a_copy_answers_what_was_remembered_and_merging_it_back_adds_only_what_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, copy) = (dir.path().join("calls.sqlite"), dir.path().join("job.sqlite"));
+        let memo = Memo::open(&main).unwrap();
+        memo.put_many(&[("k1".into(), "m".into(), result("one"))]).unwrap();
+        memo.copy_to(&copy).unwrap();
+        let job = Memo::open(&copy).unwrap();
+        assert_eq!(job.get("k1").unwrap().unwrap().text.as_deref(), Some("one"));
+        job.put_many(&[("k2".into(), "m".into(), result("two"))]).unwrap();
+        drop(job);
+        assert_eq!(memo.merge_from(&copy).unwrap(), 1);
+        assert_eq!(memo.len().unwrap(), 2);
+        assert_eq!(memo.get("k2").unwrap().unwrap().text.as_deref(), Some("two"));
+        assert_eq!(memo.merge_from(&copy).unwrap(), 0, "merging twice adds nothing");
     }
 }

@@ -105,8 +105,13 @@ fn mmhal_scores(ctx: &Context, args: &EvalArgs) -> Outcome {
     let on_progress = |done: u64, total: u64, hits: u64, failed: u64| {
         progress.update(done, total, |_| format!("{hits} from the memo, {failed} failed"));
     };
-    let round =
-        silkie::providers::Round { store: &store, offline: args.offline, label: "eval mmhal", progress: &on_progress };
+    let round = silkie::providers::Round {
+        store: &store,
+        memo: &store.memo_path(),
+        offline: args.offline,
+        label: "eval mmhal",
+        progress: &on_progress,
+    };
     let results = silkie::providers::call_through_memo(&round, &[(judge.as_str(), def)], &specs)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut scored = Vec::with_capacity(questions.len());

@@ -61,6 +61,9 @@ pub struct Described {
     pub inputs: BTreeMap<String, Input>,
     pub offline: bool,
     pub progress_interval_ms: u64,
+    /// A private call memo to use instead of the cache's (see [`crate::calls::Memo::copy_to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<PathBuf>,
 }
 
 /// Runs `stage` and stores its record: the one path from a configured instance to a
@@ -106,9 +109,11 @@ pub fn run_described(path: &Path) -> Result<(), StageError> {
         .map_err(|issue| StageError::param(format!("params.{}", issue.path), issue.message))?;
     let store = Store::open(&job.cache)?;
     let stat_cache = StatCache::load(&store);
+    let memo = job.memo.clone().unwrap_or_else(|| store.memo_path());
     let ctx = RunContext {
         workspace: &job.workspace,
         store: &store,
+        memo: &memo,
         stat_cache: &stat_cache,
         instance: &job.instance,
         key: &job.key,

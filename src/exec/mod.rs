@@ -295,9 +295,11 @@ fn compute(
         })?;
     let key = key_of(&preimage);
     report.key = Some(key.clone());
+    let memo = env.store.memo_path();
     let ctx = RunContext {
         workspace: env.workspace,
         store: env.store,
+        memo: &memo,
         stat_cache: env.stat_cache,
         instance: &inst.name,
         key: &key,
@@ -353,6 +355,7 @@ fn compute(
         inputs: inputs.clone(),
         offline: env.offline,
         progress_interval_ms: env.progress_interval.as_millis() as u64,
+        memo: None,
     };
     let submission = Submission { stage: inst.stage_impl.as_ref(), ctx: &ctx, description: &description };
     let (outputs, placement) = executor_for(env, inst).run(&submission)?;

@@ -13,7 +13,8 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::executor::{Executor, Submission};
+use super::executor::{Described, Executor, Submission};
+use crate::calls::{CallsError, Memo};
 use crate::stages::StageError;
 use crate::store::{OutputRef, Placement};
 
@@ -35,10 +36,34 @@ impl Executor for SlurmExecutor {
     }
 
     fn run(&self, job: &Submission) -> Result<(BTreeMap<String, OutputRef>, Placement), StageError> {
-        let d = job.description;
-        let store = job.ctx.store;
-        let dir = job_dir(&d.cache, &d.key);
+        let dir = job_dir(&job.description.cache, &job.description.key);
         std::fs::create_dir_all(&dir).map_err(StageError::io(&dir))?;
+        // No two hosts write one SQLite file: a calling job answers from and adds to a copy,
+        // merged back whatever becomes of the job (every paid call is kept).
+        let private_memo = job.stage.calls_models().then(|| dir.join("calls.sqlite"));
+        let d = &Described { memo: private_memo.clone(), ..job.description.clone() };
+        if let Some(private) = &private_memo {
+            let _ = std::fs::remove_file(private);
+            memo(job.ctx.memo)?.copy_to(private).map_err(CallsError::from)?;
+        }
+        let result = self.submit_and_wait(job, d, &dir);
+        if let Some(private) = &private_memo {
+            let added = memo(job.ctx.memo)?.merge_from(private).map_err(CallsError::from)?;
+            tracing::debug!("{}: {added} calls from the job's memo", d.instance);
+            let _ = std::fs::remove_file(private);
+        }
+        result
+    }
+}
+
+impl SlurmExecutor {
+    fn submit_and_wait(
+        &self,
+        job: &Submission,
+        d: &Described,
+        dir: &Path,
+    ) -> Result<(BTreeMap<String, OutputRef>, Placement), StageError> {
+        let store = job.ctx.store;
         let description = dir.join("instance.json");
         let json = serde_json::to_vec_pretty(d).map_err(|e| StageError::Internal(e.to_string()))?;
         store.write_atomic(&description, &json)?;
@@ -48,16 +73,20 @@ impl Executor for SlurmExecutor {
                 tracing::info!("{}: adopting Slurm job {id}, still {} for this key", d.instance, "queued or running");
                 id
             }
-            None => submit(&name, &dir, &description, d)?,
+            None => submit(&name, dir, &description, d)?,
         };
         tracing::info!("{}: Slurm job {id}", d.instance);
         let end = queue().wait(&id)?;
         let placement = end.placement(&id);
         match store.complete_record(&d.key)? {
             Some(record) if end.state == "COMPLETED" => Ok((record.outputs, placement)),
-            _ => Err(end.failure(&id, &dir)),
+            _ => Err(end.failure(&id, dir)),
         }
     }
+}
+
+fn memo(path: &Path) -> Result<Memo, StageError> {
+    Ok(Memo::open(path).map_err(CallsError::from)?)
 }
 
 /// The job name for a key in a cache: a second driver of the same cache finds the job by
@@ -74,7 +103,7 @@ fn find_active(name: &str) -> Result<Option<String>, StageError> {
 }
 
 /// Submits the job that runs `description`; its id.
-fn submit(name: &str, dir: &Path, description: &Path, d: &super::executor::Described) -> Result<String, StageError> {
+fn submit(name: &str, dir: &Path, description: &Path, d: &Described) -> Result<String, StageError> {
     let script = dir.join("job.sh");
     let exe = std::env::current_exe().map_err(|e| StageError::Internal(format!("cannot find silkie's binary: {e}")))?;
     let text = job_script(&exe, description, &d.cache, &d.instance);

@@ -104,6 +104,8 @@ fn prompt_and_image(request: &crate::calls::ChatRequest) -> (String, Option<Stri
 /// sending is allowed, a label for log lines and what to tell of progress.
 pub struct Round<'a> {
     pub store: &'a Store,
+    /// The call memo to answer from and add to.
+    pub memo: &'a std::path::Path,
     pub offline: bool,
     pub label: &'a str,
     pub progress: calls::Progress<'a>,
@@ -128,7 +130,7 @@ pub fn call_through_memo(
         }
         Ok(endpoints)
     };
-    let memo = Memo::open(&round.store.root().join("calls.sqlite"))?;
+    let memo = Memo::open(round.memo)?;
     let (results, stats) = calls::run_calls(specs, &make_endpoints, &memo, round.offline, round.progress)?;
     if stats.needed > 0 {
         tracing::info!(

@@ -214,6 +214,10 @@ impl Stage for Annotate {
         vec![OutputDecl { name: "ratings".into(), table: true }, OutputDecl { name: "report".into(), table: false }]
     }
 
+    fn calls_models(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&["instructions", "responses"])
     }

@@ -44,8 +44,13 @@ pub fn call_models<'m>(
     let on_progress = |done: u64, total: u64, hits: u64, failed: u64| {
         progress.update(done, total, |_| format!("{hits} from the memo, {failed} failed"));
     };
-    let round =
-        providers::Round { store: ctx.store, offline: ctx.offline, label: ctx.instance, progress: &on_progress };
+    let round = providers::Round {
+        store: ctx.store,
+        memo: ctx.memo,
+        offline: ctx.offline,
+        label: ctx.instance,
+        progress: &on_progress,
+    };
     let outcome = providers::call_through_memo(&round, &models, specs);
     progress.finish();
     let results = outcome?;

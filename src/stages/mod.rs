@@ -115,6 +115,10 @@ pub trait Stage: Send + Sync {
     fn is_cheap(&self) -> bool {
         false
     }
+    /// Whether it sends model calls (through the memo).
+    fn calls_models(&self) -> bool {
+        false
+    }
     /// Whether it trains a model (so `runtime.gradient_checkpointing` applies).
     fn trains(&self) -> bool {
         false
@@ -137,6 +141,9 @@ pub struct Input {
 pub struct RunContext<'a> {
     pub workspace: &'a Path,
     pub store: &'a Store,
+    /// The call memo a calling stage answers from and adds to: the cache's, or a private
+    /// copy where another host runs the instance.
+    pub memo: &'a Path,
     pub stat_cache: &'a StatCache,
     pub instance: &'a str,
     /// The instance's key: names its scratch space (state a crash should not lose).

@@ -245,6 +245,10 @@ impl Stage for Sample {
         vec![OutputDecl { name: "responses".into(), table: true }, OutputDecl { name: "report".into(), table: false }]
     }
 
+    fn calls_models(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         Roles::Named(&["instructions"])
     }

@@ -110,6 +110,11 @@ impl Store {
         }
     }
 
+    /// The call memo's file (see `crate::calls`).
+    pub fn memo_path(&self) -> PathBuf {
+        self.root.join("calls.sqlite")
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

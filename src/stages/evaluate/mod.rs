@@ -406,6 +406,10 @@ impl Stage for Evaluate {
         ]
     }
 
+    fn calls_models(&self) -> bool {
+        true
+    }
+
     fn roles(&self) -> Roles {
         if self.reads_input() { Roles::Named(&["benchmark"]) } else { Roles::Named(&[]) }
     }
