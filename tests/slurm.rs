@@ -195,10 +195,19 @@ stages:
     );
     let check = ws.silkie(&["validate"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
-    let driver = ws.command(&["run", "--format", "json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let driver = ws
+        .command(&["run", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let id = wait_for(&ws, "started-1");
+    let status = ws.silkie(&["status"]).stdout;
+    assert!(status.contains(&format!("now running on Slurm (job {id} on ")), "{status}");
     assert!(Command::new("scancel").arg(&id).status().unwrap().success());
     let record = finished(driver);
+    let status = ws.silkie(&["status"]).stdout;
+    assert!(status.contains(&format!("last run failed: Slurm job {id} ended CANCELLED")), "{status}");
     assert_eq!(status_of(&record, "work[n=1]"), "failed");
     let error = instance(&record, "work[n=1]")["error"].as_str().unwrap();
     assert!(error.starts_with(&format!("Slurm job {id} ended CANCELLED")), "{error}");

@@ -126,8 +126,23 @@ pub fn seconds(flag: &str, s: f64) -> Result<Duration, Failure> {
 pub fn assess(ctx: &Context, pipeline: &Pipeline, plan: &Plan) -> Result<Vec<Assessment>, Failure> {
     let store = ctx.store()?;
     let stat_cache = StatCache::load(&store);
-    let states = plan::assess(plan, &store, &stat_cache, &ctx.workspace, &pipeline.label);
+    let mut states = plan::assess(plan, &store, &stat_cache, &ctx.workspace, &pipeline.label);
     let _ = stat_cache.save(&store);
+    let unfinished: Vec<&str> =
+        states.iter().filter(|s| s.state != plan::State::Fresh).filter_map(|s| s.key.as_deref()).collect();
+    let in_flight = silkie::exec::in_flight(store.root(), &unfinished);
+    // The last run of this pipeline: how its instances that are still not fresh failed.
+    let last_run = store.runs().ok().and_then(|runs| runs.into_iter().rev().find(|r| r.pipeline == pipeline.label));
+    for state in states.iter_mut().filter(|s| s.state != plan::State::Fresh) {
+        state.in_flight = state.key.as_ref().and_then(|k| in_flight.get(k).cloned());
+        state.last_failure = last_run
+            .as_ref()
+            .and_then(|run| run.instances.iter().find(|i| i.name == state.name))
+            .filter(|i| i.status == silkie::store::InstanceStatus::Failed)
+            .and_then(|i| i.error.as_deref())
+            .and_then(|e| e.lines().next())
+            .map(String::from);
+    }
     Ok(states)
 }
 

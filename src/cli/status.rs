@@ -20,6 +20,15 @@ pub fn run(ctx: &Context, args: PositionalPipeline) -> Outcome {
         };
         let reason = s.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
         println!("{:width$}  {:8} {state}{reason}", s.name, s.kind);
+        for detail in [
+            s.in_flight.as_deref().map(|f| format!("now {f}")),
+            s.last_failure.as_ref().map(|f| format!("last run failed: {f}")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            println!("{:width$}  {:8} {detail}", "", "");
+        }
     }
     Ok(true)
 }

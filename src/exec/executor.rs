@@ -22,6 +22,16 @@ pub trait Executor: Sync {
     fn keeps_cheap_local(&self) -> bool;
     /// Runs the instance until its record is in the store: its outputs, and where it ran.
     fn run(&self, job: &Submission) -> Result<(BTreeMap<String, OutputRef>, Placement), StageError>;
+    /// Of the instances of `keys` (in the cache at `cache`), those this executor is running
+    /// for some driver right now, by key: where and how far (`queued on Slurm (job 12)`).
+    fn in_flight(&self, _cache: &Path, _keys: &[&str]) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+}
+
+/// Every executor's instances in flight among `keys`, by key (see [`Executor::in_flight`]).
+pub fn in_flight(cache: &Path, keys: &[&str]) -> BTreeMap<String, String> {
+    EXECUTORS.iter().flat_map(|e| e.in_flight(cache, keys)).collect()
 }
 
 /// Every executor, by the name `runtime.executor` and `--executor` give.

@@ -8,7 +8,7 @@ mod scheduler;
 mod slurm;
 
 use executor::{Described, Submission};
-pub use executor::{EXECUTORS, Executor, run_described};
+pub use executor::{EXECUTORS, Executor, in_flight, run_described};
 use scheduler::Scheduler;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -54,6 +54,24 @@ impl Executor for SlurmExecutor {
         }
         result
     }
+
+    fn in_flight(&self, cache: &Path, keys: &[&str]) -> BTreeMap<String, String> {
+        let cache = std::fs::canonicalize(cache).unwrap_or_else(|_| cache.to_path_buf());
+        let by_name: HashMap<String, &str> = keys.iter().map(|k| (job_name(k, &cache), *k)).collect();
+        // One call for all: a controller that cannot be reached has nothing to say here.
+        let listed = controller("squeue", &["-h", "-t", "pending,running,configuring,completing", "-o", "%i|%j|%T|%N"]);
+        let mut found = BTreeMap::new();
+        for line in listed.unwrap_or_default().lines() {
+            let fields: Vec<&str> = line.trim().split('|').collect();
+            if let [id, name, state, node] = fields[..]
+                && let Some(key) = by_name.get(name)
+            {
+                let at = if node.is_empty() { String::new() } else { format!(" on {node}") };
+                found.insert(key.to_string(), format!("{} on Slurm (job {id}{at})", state.to_lowercase()));
+            }
+        }
+        found
+    }
 }
 
 impl SlurmExecutor {

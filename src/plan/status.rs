@@ -47,6 +47,12 @@ pub struct Assessment {
     pub kind: String,
     pub state: State,
     pub reason: Option<String>,
+    /// Where it is computing now, when a driver runs it (`running on Slurm (job 12 on n1)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<String>,
+    /// How its last run failed, when it did (the first line of the error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
     #[serde(skip)]
     pub key: Option<String>,
     #[serde(skip)]
@@ -80,6 +86,8 @@ pub fn assess(
             kind: inst.kind.name.to_string(),
             state: State::Never,
             reason: None,
+            in_flight: None,
+            last_failure: None,
             key: None,
             preimage: None,
         };
