@@ -373,3 +373,55 @@ stages:
         .collect();
     assert!(leftovers.is_empty(), "a job's memo copy was left behind");
 }
+
+/// The job's state as the controller has it, once it is `want` (waiting up to 30 s).
+fn job_state_becomes(id: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let fields = controller_fields(id);
+        let state = fields.split_whitespace().find_map(|f| f.strip_prefix("JobState=")).unwrap_or("").to_string();
+        if state == want || std::time::Instant::now() > deadline {
+            return state;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_interrupted_driver_cancels_its_jobs_when_told_to_and_otherwise_leaves_them_for_a_rerun() {
+    if !cluster_up() {
+        return;
+    }
+    for cancel in [true, false] {
+        let ws = Workspace::new();
+        ws.write(
+            "pipeline.yaml",
+            &format!(
+                "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; sleep 120 # {}\" }}\n",
+                ws.path().file_name().unwrap().to_string_lossy()
+            ),
+        );
+        let args: &[&str] = if cancel { &["run", "--cancel-on-exit"] } else { &["run"] };
+        let mut driver = ws
+            .command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let id = wait_for(&ws, "started");
+        assert!(Command::new("kill").args(["-INT", &driver.id().to_string()]).status().unwrap().success());
+        let status = driver.wait().unwrap();
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut driver.stderr.take().unwrap(), &mut said).unwrap();
+        assert_eq!(status.code(), Some(130), "{said}");
+        if cancel {
+            assert!(said.contains(&format!("cancelled 1 slurm job(s): {id}")), "{said}");
+            assert_eq!(job_state_becomes(&id, "CANCELLED"), "CANCELLED");
+        } else {
+            assert!(said.contains("a rerun adopts them"), "{said}");
+            assert_eq!(job_state_becomes(&id, "RUNNING"), "RUNNING");
+            Command::new("scancel").arg(&id).status().unwrap();
+        }
+    }
+}

@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// instance a job; load, aggregate, pair and export stay local unless their stage asks)
     #[arg(long, value_name = "EXECUTOR", default_value = "local")]
     executor: String,
+    /// On Ctrl-C or SIGTERM, cancel the jobs this run waits on elsewhere (Slurm) without
+    /// asking; otherwise a terminal is asked, and off one they are left for a rerun to adopt
+    #[arg(long)]
+    cancel_on_exit: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -50,6 +54,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Outcome {
     let (pipeline, plan) = ctx.load(given, &args.file.sets)?;
     let store = ctx.store()?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    exec::handle_interrupts(if args.cancel_on_exit { exec::OnInterrupt::Cancel } else { exec::OnInterrupt::Ask });
     let opts = RunOptions {
         jobs,
         targets: rest,

@@ -27,6 +27,12 @@ pub trait Executor: Sync {
     fn in_flight(&self, _cache: &Path, _keys: &[&str]) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
+    /// The ids of the jobs this process waits on elsewhere (none for work in this process).
+    fn jobs_in_flight(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Cancels jobs of [`Executor::jobs_in_flight`].
+    fn cancel(&self, _ids: &[String]) {}
 }
 
 /// Every executor's instances in flight among `keys`, by key (see [`Executor::in_flight`]).

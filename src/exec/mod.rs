@@ -2,6 +2,7 @@
 //! A failing instance skips its dependents; everything else still runs.
 
 mod executor;
+mod interrupt;
 mod local;
 mod progress;
 mod scheduler;
@@ -9,6 +10,7 @@ mod slurm;
 
 use executor::{Described, Submission};
 pub use executor::{EXECUTORS, Executor, in_flight, run_described};
+pub use interrupt::{OnInterrupt, handle_interrupts};
 use scheduler::Scheduler;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

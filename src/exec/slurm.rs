@@ -72,6 +72,17 @@ impl Executor for SlurmExecutor {
         }
         found
     }
+
+    fn jobs_in_flight(&self) -> Vec<String> {
+        queue().state.lock().map(|s| s.waiting.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn cancel(&self, ids: &[String]) {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if let Err(e) = controller("scancel", &ids) {
+            eprintln!("{e}");
+        }
+    }
 }
 
 impl SlurmExecutor {
