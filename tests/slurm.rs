@@ -122,6 +122,14 @@ stages:
     kind: command
     runtime: { executor: slurm, slurm: { partition: no-such-partition } }
     params: { cmd: \"true nowhere\" }
+  no-tpu:
+    kind: command
+    runtime: { executor: slurm, slurm: { gres: \"tpu:1\" } }
+    params: { cmd: \"true no-tpu\" }
+  five-gpus:
+    kind: command
+    runtime: { executor: slurm, slurm: { gres: \"gpu:5\" } }
+    params: { cmd: \"true five-gpus\" }
   fine:
     kind: command
     runtime: { executor: slurm }
@@ -134,6 +142,10 @@ stages:
     let error = instance(&record, "nowhere")["error"].as_str().unwrap().to_string();
     assert!(error.contains("`runtime.slurm`: sbatch refused the job"), "{error}");
     assert!(error.contains("Invalid partition name specified"), "{error}");
+    let error = instance(&record, "no-tpu")["error"].as_str().unwrap();
+    assert!(error.contains("Invalid generic resource (gres) specification"), "{error}");
+    let error = instance(&record, "five-gpus")["error"].as_str().unwrap();
+    assert!(error.contains("Requested node configuration is not available"), "{error}");
     assert_eq!(status_of(&record, "fine"), "ran");
 
     ws.write("pipeline.yaml", "version: 1\nstages:\n  late:\n    kind: command\n    runtime: { executor: slurm, slurm: { time: \"-5\" } }\n    params: { cmd: \"true\" }\n");

@@ -36,23 +36,45 @@ impl Executor for SlurmExecutor {
     }
 
     fn run(&self, job: &Submission) -> Result<(BTreeMap<String, OutputRef>, Placement), StageError> {
-        let dir = job_dir(&job.description.cache, &job.description.key);
+        let d = job.description;
+        let dir = job_dir(&d.cache, &d.key);
         std::fs::create_dir_all(&dir).map_err(StageError::io(&dir))?;
         // No two hosts write one SQLite file: a calling job answers from and adds to a copy,
         // merged back whatever becomes of the job (every paid call is kept).
         let private_memo = job.stage.calls_models().then(|| dir.join("calls.sqlite"));
-        let d = &Described { memo: private_memo.clone(), ..job.description.clone() };
-        if let Some(private) = &private_memo {
-            let _ = std::fs::remove_file(private);
-            memo(job.ctx.memo)?.copy_to(private).map_err(CallsError::from)?;
-        }
-        let result = self.submit_and_wait(job, d, &dir);
+        let d = &Described { memo: private_memo.clone(), ..d.clone() };
+        let id = match find_active(&job_name(&d.key, &d.cache))? {
+            // Its description and memo copy are the ones it reads: left as they are.
+            Some(id) => {
+                tracing::info!("{}: adopting Slurm job {id}, still queued or running for this key", d.instance);
+                id
+            }
+            None => {
+                if let Some(private) = &private_memo {
+                    let _ = std::fs::remove_file(private);
+                    memo(job.ctx.memo)?.copy_to(private).map_err(CallsError::from)?;
+                }
+                let submitted = submit(job, d, &dir);
+                if submitted.is_err()
+                    && let Some(private) = &private_memo
+                {
+                    let _ = std::fs::remove_file(private);
+                }
+                submitted?
+            }
+        };
+        tracing::info!("{}: Slurm job {id}", d.instance);
+        let end = queue().wait(&id);
         if let Some(private) = &private_memo {
             let added = memo(job.ctx.memo)?.merge_from(private).map_err(CallsError::from)?;
             tracing::debug!("{}: {added} calls from the job's memo", d.instance);
             let _ = std::fs::remove_file(private);
         }
-        result
+        let end = end?;
+        match job.ctx.store.complete_record(&d.key)? {
+            Some(record) if end.state == "COMPLETED" => Ok((record.outputs, end.placement(&id))),
+            _ => Err(end.failure(&id, &dir)),
+        }
     }
 
     fn in_flight(&self, cache: &Path, keys: &[&str]) -> BTreeMap<String, String> {
@@ -85,35 +107,6 @@ impl Executor for SlurmExecutor {
     }
 }
 
-impl SlurmExecutor {
-    fn submit_and_wait(
-        &self,
-        job: &Submission,
-        d: &Described,
-        dir: &Path,
-    ) -> Result<(BTreeMap<String, OutputRef>, Placement), StageError> {
-        let store = job.ctx.store;
-        let description = dir.join("instance.json");
-        let json = serde_json::to_vec_pretty(d).map_err(|e| StageError::Internal(e.to_string()))?;
-        store.write_atomic(&description, &json)?;
-        let name = job_name(&d.key, &d.cache);
-        let id = match find_active(&name)? {
-            Some(id) => {
-                tracing::info!("{}: adopting Slurm job {id}, still {} for this key", d.instance, "queued or running");
-                id
-            }
-            None => submit(&name, dir, &description, d)?,
-        };
-        tracing::info!("{}: Slurm job {id}", d.instance);
-        let end = queue().wait(&id)?;
-        let placement = end.placement(&id);
-        match store.complete_record(&d.key)? {
-            Some(record) if end.state == "COMPLETED" => Ok((record.outputs, placement)),
-            _ => Err(end.failure(&id, dir)),
-        }
-    }
-}
-
 fn memo(path: &Path) -> Result<Memo, StageError> {
     Ok(Memo::open(path).map_err(CallsError::from)?)
 }
@@ -131,11 +124,15 @@ fn find_active(name: &str) -> Result<Option<String>, StageError> {
     Ok(out.lines().map(str::trim).find(|l| !l.is_empty()).map(String::from))
 }
 
-/// Submits the job that runs `description`; its id.
-fn submit(name: &str, dir: &Path, description: &Path, d: &Described) -> Result<String, StageError> {
+/// Writes out the instance and submits the job that runs it; the job's id.
+fn submit(job: &Submission, d: &Described, dir: &Path) -> Result<String, StageError> {
+    let description = dir.join("instance.json");
+    let json = serde_json::to_vec_pretty(d).map_err(|e| StageError::Internal(e.to_string()))?;
+    job.ctx.store.write_atomic(&description, &json)?;
+    let name = job_name(&d.key, &d.cache);
     let script = dir.join("job.sh");
     let exe = std::env::current_exe().map_err(|e| StageError::Internal(format!("cannot find silkie's binary: {e}")))?;
-    let text = job_script(&exe, description, &d.cache, &d.instance);
+    let text = job_script(&exe, &description, &d.cache, &d.instance);
     std::fs::write(&script, text).map_err(StageError::io(&script))?;
     let mut args = vec![
         "--parsable".to_string(),
@@ -261,6 +258,41 @@ fn timestamp(text: &str) -> Option<u64> {
     Some(u64::try_from(days).ok()? * 86_400 + h * 3600 + min * 60 + s)
 }
 
+/// How a job that left the queue ended: from accounting (`sacct`) where the cluster keeps it,
+/// else from the controller, which remembers finished jobs for `MinJobAge` (many small
+/// clusters, the test one among them, run without slurmdbd).
+fn how_it_ended(id: &str) -> Option<JobEnd> {
+    static ACCOUNTING: OnceLock<bool> = OnceLock::new();
+    let accounting = *ACCOUNTING.get_or_init(|| controller("sacct", &["-n", "-X", "-j", "1"]).is_ok());
+    if accounting
+        && let Ok(text) = controller("sacct", &["-n", "-P", "-X", "-j", id, "-o", SACCT_FIELDS])
+        && let Some(end) = parse_sacct(&text, id)
+    {
+        return Some(end);
+    }
+    let text = controller("scontrol", &["-o", "show", "job", id]).ok()?;
+    parse_jobs(&text).remove(id).map(|f| JobEnd::from_fields(&f))
+}
+
+const SACCT_FIELDS: &str = "JobID,State,ExitCode,Reason,NodeList,Submit,Start,End";
+
+/// `sacct -P -o SACCT_FIELDS`'s line for job `id`. Its state may carry a note
+/// (`CANCELLED by 0`): the first word is the state.
+fn parse_sacct(text: &str, id: &str) -> Option<JobEnd> {
+    text.lines().map(|l| l.split('|').collect::<Vec<_>>()).find(|f| f.first() == Some(&id)).and_then(|f| {
+        let [_, state, exit_code, reason, node, submitted, started, ended] = f[..] else { return None };
+        Some(JobEnd {
+            state: state.split_whitespace().next().unwrap_or_default().to_string(),
+            exit_code: exit_code.into(),
+            reason: reason.into(),
+            node: node.into(),
+            submitted: submitted.into(),
+            started: started.into(),
+            ended: ended.into(),
+        })
+    })
+}
+
 /// `scontrol -o show job` as fields per job id.
 fn parse_jobs(text: &str) -> HashMap<String, HashMap<String, String>> {
     text.lines()
@@ -381,12 +413,8 @@ fn poll(ids: &[String]) -> Result<Vec<(String, JobEnd)>, StageError> {
         if state.is_some_and(|s| !ENDED.contains(&s)) {
             continue;
         }
-        // Gone from the queue or ended: the controller still knows how (for MinJobAge).
-        let end = match controller("scontrol", &["-o", "show", "job", id]) {
-            Ok(text) => parse_jobs(&text).remove(id.as_str()).map(|f| JobEnd::from_fields(&f)),
-            Err(_) => None,
-        };
-        let end = end.unwrap_or_else(|| JobEnd { state: state.unwrap_or("UNKNOWN").to_string(), ..JobEnd::default() });
+        let end = how_it_ended(id)
+            .unwrap_or_else(|| JobEnd { state: state.unwrap_or("UNKNOWN").to_string(), ..JobEnd::default() });
         ended.push((id.clone(), end));
     }
     Ok(ended)
@@ -416,6 +444,31 @@ mod tests {
         let message = end.failure("15", dir.path()).to_string();
         assert!(message.starts_with("Slurm job 15 ended FAILED (exit code 3:0, reason NonZeroExitCode"), "{message}");
         assert!(message.ends_with("step 1\nboom"), "{message}");
+    }
+
+    #[test]
+    fn sacct_lines_say_how_a_job_ended() {
+        let text = "41|CANCELLED by 0|0:15|None|n3|2026-12-06T08:59:29|2026-12-06T08:59:30|2026-12-06T09:00:30\n";
+        let end = parse_sacct(text, "41").unwrap();
+        assert_eq!((end.state.as_str(), end.exit_code.as_str(), end.node.as_str()), ("CANCELLED", "0:15", "n3"));
+        assert_eq!(end.placement("41").run_ms, Some(60_000));
+        assert!(parse_sacct(text, "4").is_none());
+    }
+
+    #[test]
+    fn a_job_on_a_node_that_cannot_see_the_cache_says_so_and_exits_97() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job.sh");
+        let missing = dir.path().join("gone/instance.json");
+        std::fs::write(&script, job_script(Path::new("/bin/false"), &missing, Path::new("/shared/cache"), "a"))
+            .unwrap();
+        let out = Command::new("sh").arg(&script).output().unwrap();
+        assert_eq!(out.status.code(), Some(NO_CACHE));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("cannot see the cache '/shared/cache'"), "{said}");
+        let end = JobEnd { state: "FAILED".into(), exit_code: format!("{NO_CACHE}:0"), ..JobEnd::default() };
+        let message = end.failure("7", dir.path()).to_string();
+        assert!(message.contains("the node cannot see the driver's cache"), "{message}");
     }
 
     #[test]
