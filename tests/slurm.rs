@@ -46,6 +46,23 @@ fn pipeline() -> String {
     )
 }
 
+/// A workspace holding `pipeline`, when there is a cluster to run it on.
+fn slurm_workspace(pipeline: &str) -> Option<Workspace> {
+    if !cluster_up() {
+        return None;
+    }
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", pipeline);
+    Some(ws)
+}
+
+/// Text no earlier run has used: in a command, it gives the instance a key of its own,
+/// whatever earlier test runs left in the controller's memory.
+fn nonce() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}-{}", std::process::id(), now.as_nanos())
+}
+
 fn workspace() -> Workspace {
     let ws = Workspace::new();
     ws.write("pairs.csv", &counting_pairs_csv(8));
@@ -110,12 +127,7 @@ fn instances_run_as_jobs_with_the_keys_and_outputs_of_a_local_run_and_a_rerun_su
 
 #[test]
 fn a_job_sbatch_refuses_fails_its_instance_naming_the_stage_key_and_why() {
-    if !cluster_up() {
-        return;
-    }
-    let ws = Workspace::new();
-    ws.write(
-        "pipeline.yaml",
+    let Some(ws) = slurm_workspace(
         "version: 1
 stages:
   nowhere:
@@ -135,7 +147,9 @@ stages:
     runtime: { executor: slurm }
     params: { cmd: \"true fine\" }
 ",
-    );
+    ) else {
+        return;
+    };
     let ran = ws.silkie(&["run", "--format", "json"]);
     assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
     let record = ran.json();
@@ -181,12 +195,7 @@ fn finished(child: std::process::Child) -> Value {
 
 #[test]
 fn a_cancelled_job_fails_its_instance_skips_its_dependents_and_its_siblings_finish() {
-    if !cluster_up() {
-        return;
-    }
-    let ws = Workspace::new();
-    ws.write(
-        "pipeline.yaml",
+    let Some(ws) = slurm_workspace(
         "version: 1
 stages:
   work:
@@ -204,7 +213,9 @@ stages:
       cmd: echo after ${matrix.n} > out/a-${matrix.n}.txt
       outs: [\"out/a-${matrix.n}.txt\"]
 ",
-    );
+    ) else {
+        return;
+    };
     let check = ws.silkie(&["validate"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
     let driver = ws
@@ -231,14 +242,11 @@ stages:
 
 #[test]
 fn a_job_past_its_time_limit_fails_its_instance_with_timeout() {
-    if !cluster_up() {
-        return;
-    }
-    let ws = Workspace::new();
-    ws.write(
-        "pipeline.yaml",
+    let Some(ws) = slurm_workspace(
         "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: { executor: slurm, slurm: { time: \"1\" } }\n    params: { cmd: \"echo started; sleep 600\" }\n",
-    );
+    ) else {
+        return;
+    };
     let ran = ws.silkie(&["run", "--format", "json"]);
     assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
     let record = ran.json();
@@ -249,18 +257,12 @@ fn a_job_past_its_time_limit_fails_its_instance_with_timeout() {
 
 #[test]
 fn a_driver_killed_while_its_job_runs_adopts_the_job_when_restarted() {
-    if !cluster_up() {
+    let Some(ws) = slurm_workspace(&format!(
+        "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; sleep 6; echo done > out.txt # {}\", outs: [out.txt] }}\n",
+        nonce()
+    )) else {
         return;
-    }
-    let ws = Workspace::new();
-    ws.write(
-        "pipeline.yaml",
-        // The workspace's name in the command: a key of its own, whatever earlier runs submitted.
-        &format!(
-            "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; sleep 6; echo done > out.txt # {}\", outs: [out.txt] }}\n",
-            ws.path().file_name().unwrap().to_string_lossy()
-        ),
-    );
+    };
     let mut driver = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
     let id = wait_for(&ws, "started");
     driver.kill().unwrap(); // SIGKILL: the driver cannot cancel or clean up
@@ -410,7 +412,7 @@ fn an_interrupted_driver_cancels_its_jobs_when_told_to_and_otherwise_leaves_them
             "pipeline.yaml",
             &format!(
                 "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; sleep 120 # {}\" }}\n",
-                ws.path().file_name().unwrap().to_string_lossy()
+                nonce()
             ),
         );
         let args: &[&str] = if cancel { &["run", "--cancel-on-exit"] } else { &["run"] };
