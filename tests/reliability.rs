@@ -318,6 +318,10 @@ fn temp_files_of_dead_processes_are_removed_by_the_next_run() {
     // A run that died on a full disk leaves a partial blob under the cache's tmp/.
     let left = ws.path().join("cache/tmp/999999-0-0-blob");
     std::fs::write(&left, "partial").unwrap();
+    // Another host's (a Slurm job writing into a shared cache): its pid says nothing here.
+    let elsewhere = ws.path().join("cache/tmp/999999-h00000000-0-0-blob");
+    std::fs::write(&elsewhere, "being written").unwrap();
     ws.run(&[]);
     assert!(!left.exists());
+    assert!(elsewhere.exists(), "another host's temp file was removed");
 }

@@ -12,6 +12,22 @@ use std::sync::OnceLock;
 use common::{Workspace, counting_pairs_csv, dpo_pipeline, status_of};
 use serde_json::Value;
 
+/// The tests take the cluster's two CPUs in turn: a job of one held up behind another's
+/// (a time limit takes a minute and more to hit) would make their waits a matter of luck.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Cancels a job when dropped: a test that fails half-way leaves no job holding a CPU.
+struct CancelOnDrop(String);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel").arg(&self.0).status();
+    }
+}
+
 fn cluster_up() -> bool {
     static UP: OnceLock<Result<(), String>> = OnceLock::new();
     let up = UP.get_or_init(|| {
@@ -82,6 +98,7 @@ fn controller_fields(id: &str) -> String {
 
 #[test]
 fn instances_run_as_jobs_with_the_keys_and_outputs_of_a_local_run_and_a_rerun_submits_nothing() {
+    let _one_at_a_time = one_at_a_time();
     if !cluster_up() {
         return;
     }
@@ -127,6 +144,7 @@ fn instances_run_as_jobs_with_the_keys_and_outputs_of_a_local_run_and_a_rerun_su
 
 #[test]
 fn a_job_sbatch_refuses_fails_its_instance_naming_the_stage_key_and_why() {
+    let _one_at_a_time = one_at_a_time();
     let Some(ws) = slurm_workspace(
         "version: 1
 stages:
@@ -195,6 +213,7 @@ fn finished(child: std::process::Child) -> Value {
 
 #[test]
 fn a_cancelled_job_fails_its_instance_skips_its_dependents_and_its_siblings_finish() {
+    let _one_at_a_time = one_at_a_time();
     let Some(ws) = slurm_workspace(
         "version: 1
 stages:
@@ -225,6 +244,7 @@ stages:
         .spawn()
         .unwrap();
     let id = wait_for(&ws, "started-1");
+    let _cancel = CancelOnDrop(id.clone());
     let status = ws.silkie(&["status"]).stdout;
     assert!(status.contains(&format!("now running on Slurm (job {id} on ")), "{status}");
     assert!(Command::new("scancel").arg(&id).status().unwrap().success());
@@ -242,6 +262,7 @@ stages:
 
 #[test]
 fn a_job_past_its_time_limit_fails_its_instance_with_timeout() {
+    let _one_at_a_time = one_at_a_time();
     let Some(ws) = slurm_workspace(
         "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: { executor: slurm, slurm: { time: \"1\" } }\n    params: { cmd: \"echo started; sleep 600\" }\n",
     ) else {
@@ -257,17 +278,23 @@ fn a_job_past_its_time_limit_fails_its_instance_with_timeout() {
 
 #[test]
 fn a_driver_killed_while_its_job_runs_adopts_the_job_when_restarted() {
+    let _one_at_a_time = one_at_a_time();
     let Some(ws) = slurm_workspace(&format!(
-        "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; sleep 6; echo done > out.txt # {}\", outs: [out.txt] }}\n",
+        "version: 1\nstages:\n  slow:\n    kind: command\n    runtime: {{ executor: slurm }}\n    params: {{ cmd: \"echo $SLURM_JOB_ID > started; until [ -f go ]; do sleep 0.1; done; echo done > out.txt # {}\", outs: [out.txt] }}\n",
         nonce()
     )) else {
         return;
     };
     let mut driver = ws.command(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
     let id = wait_for(&ws, "started");
+    let _cancel = CancelOnDrop(id.clone());
     driver.kill().unwrap(); // SIGKILL: the driver cannot cancel or clean up
     driver.wait().unwrap();
-    let record = ws.run(&[]);
+    // The job runs on until the restarted driver has had time to find it.
+    let restarted = ws.command(&["run", "--format", "json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    ws.write("go", "");
+    let record = finished(restarted);
     let placement = &instance(&record, "slow")["placement"];
     assert_eq!(placement["job_id"], id.as_str(), "the restarted driver did not adopt job {id}: {placement}");
     let key = instance(&record, "slow")["key"].as_str().unwrap();
@@ -284,10 +311,12 @@ fn a_driver_killed_while_its_job_runs_adopts_the_job_when_restarted() {
 
 #[test]
 fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights() {
+    let _one_at_a_time = one_at_a_time();
     if !cluster_up() {
         return;
     }
-    let pipeline = dpo_pipeline(3, 2).replace("seed: 7 }", "seed: 7, checkpoint_every: 4 }");
+    // 256 steps, saved every 4: the job is cancelled long before its end.
+    let pipeline = dpo_pipeline(8, 2).replace("seed: 7 }", "seed: 7, checkpoint_every: 4 }");
     let setup = || {
         let ws = Workspace::new();
         ws.write("pairs.csv", &counting_pairs_csv(64));
@@ -338,7 +367,8 @@ fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights(
     let record = rerun.json();
     let placement = &instance(&record, "policy")["placement"];
     assert_ne!(placement["job_id"], id.as_str(), "{placement}");
-    let log = ws.path().join(format!("cache/slurm/{key}/job-{}.log", placement["job_id"].as_str().unwrap()));
+    let rerun_job = placement["job_id"].as_str().expect("the rerun ran the instance as a job");
+    let log = ws.path().join(format!("cache/slurm/{key}/job-{rerun_job}.log"));
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("resuming after step"), "the job started over:\n{log}");
     assert_eq!(
@@ -350,6 +380,7 @@ fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights(
 
 #[test]
 fn a_calling_job_adds_to_a_copy_of_the_memo_that_the_driver_merges_so_no_call_is_paid_twice() {
+    let _one_at_a_time = one_at_a_time();
     if !cluster_up() {
         return;
     }
@@ -403,6 +434,7 @@ fn job_state_becomes(id: &str, want: &str) -> String {
 
 #[test]
 fn an_interrupted_driver_cancels_its_jobs_when_told_to_and_otherwise_leaves_them_for_a_rerun() {
+    let _one_at_a_time = one_at_a_time();
     if !cluster_up() {
         return;
     }
@@ -424,6 +456,7 @@ fn an_interrupted_driver_cancels_its_jobs_when_told_to_and_otherwise_leaves_them
             .spawn()
             .unwrap();
         let id = wait_for(&ws, "started");
+        let _cancel = CancelOnDrop(id.clone());
         assert!(Command::new("kill").args(["-INT", &driver.id().to_string()]).status().unwrap().success());
         let status = driver.wait().unwrap();
         let mut said = String::new();

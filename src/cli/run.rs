@@ -54,7 +54,6 @@ pub fn run(ctx: &Context, args: RunArgs) -> Outcome {
     let (pipeline, plan) = ctx.load(given, &args.file.sets)?;
     let store = ctx.store()?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    exec::handle_interrupts(if args.cancel_on_exit { exec::OnInterrupt::Cancel } else { exec::OnInterrupt::Ask });
     let opts = RunOptions {
         jobs,
         targets: rest,
@@ -64,6 +63,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Outcome {
         progress_interval: seconds("--progress-interval", args.progress_interval)?,
         offline: args.offline,
         executor: args.executor,
+        on_interrupt: if args.cancel_on_exit { exec::OnInterrupt::Cancel } else { exec::OnInterrupt::Ask },
     };
     let record = exec::run(&plan, &store, &ctx.workspace, &pipeline, &opts).map_err(|e| match e {
         exec::ExecError::Usage(msg) => Failure::Invalid(msg),

@@ -114,6 +114,31 @@ impl Slurm {
     }
 }
 
+/// `sbatch` options silkie sets itself, or that would take a job out of its hands: with its
+/// name, a restarted driver would not find the job; with its output, the log's tail; with
+/// `--array`, `--hold`, `--wait` or `--clusters`, the job would not be followed.
+const RESERVED_SBATCH: &[(&str, &str)] = &[
+    ("--job-name", "-J"),
+    ("--output", "-o"),
+    ("--error", "-e"),
+    ("--chdir", "-D"),
+    ("--array", "-a"),
+    ("--wait", "-W"),
+    ("--hold", "-H"),
+    ("--clusters", "-M"),
+    ("--parsable", ""),
+    ("--wrap", ""),
+];
+
+/// The reserved option `option` sets, if it sets one.
+fn reserved_sbatch_option(option: &str) -> Option<&'static str> {
+    RESERVED_SBATCH.iter().find_map(|&(long, short)| {
+        let is_long = option == long || option.starts_with(&format!("{long}="));
+        let is_short = !short.is_empty() && option.starts_with(short);
+        (is_long || is_short).then_some(long)
+    })
+}
+
 /// Whether `time` is a time limit in a form Slurm reads: minutes, minutes:seconds,
 /// hours:minutes:seconds, days-hours, days-hours:minutes or days-hours:minutes:seconds
 /// (sbatch itself takes some malformed ones, `-5` among them, for a limit of years).
@@ -227,6 +252,13 @@ impl Runtime {
             );
             issues.push(Issue::new(at("slurm.time"), why));
         }
+        let extra = self.placement.slurm.iter().flat_map(|s| s.extra.iter().enumerate());
+        for (i, option) in extra {
+            if let Some(long) = reserved_sbatch_option(option) {
+                let why = format!("`{long}` is silkie's to set: the driver names, logs and follows each job itself");
+                issues.push(Issue::new(at(&format!("slurm.extra[{i}]")), why));
+            }
+        }
         issues
     }
 }
@@ -258,6 +290,21 @@ mod tests {
         assert_eq!(slurm.placement.slurm.as_ref().unwrap().sbatch_options(), ["--gres=gpu:1", "--time=1:00:00"]);
         let typo = serde_json::from_value::<Runtime>(serde_json::json!({"slurm": {"partiton": "a"}})).unwrap_err();
         assert!(typo.to_string().contains("unknown field `partiton`"), "{typo}");
+    }
+
+    #[test]
+    fn sbatch_options_silkie_sets_are_refused_in_extra() {
+        let runtime: Runtime = serde_json::from_value(
+            serde_json::json!({"slurm": {"extra": ["--exclusive", "--job-name=x", "-Jx", "--array=1-3", "--mail-type=END"]}}),
+        )
+        .unwrap();
+        let issues = runtime.check("stages.a.runtime");
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["stages.a.runtime.slurm.extra[1]", "stages.a.runtime.slurm.extra[2]", "stages.a.runtime.slurm.extra[3]"]
+        );
+        assert!(issues[0].message.contains("`--job-name` is silkie's to set"), "{}", issues[0].message);
     }
 
     #[test]

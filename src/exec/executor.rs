@@ -124,6 +124,8 @@ pub fn run_described(path: &Path) -> Result<(), StageError> {
     let stage = (kind.configure)(&job.params, &ConfigureContext { models: &job.models, runtime: &job.runtime })
         .map_err(|issue| StageError::param(format!("params.{}", issue.path), issue.message))?;
     let store = Store::open(&job.cache)?;
+    // As any run holds it: `silkie gc` waits until the job has written its record.
+    let _store_lock = store.lock_store(crate::store::LockMode::Shared, None)?;
     let stat_cache = StatCache::load(&store);
     let memo = job.memo.clone().unwrap_or_else(|| store.memo_path());
     let ctx = RunContext {

@@ -10,7 +10,7 @@ mod slurm;
 
 use executor::{Described, Submission};
 pub use executor::{EXECUTORS, Executor, in_flight, run_described};
-pub use interrupt::{OnInterrupt, handle_interrupts};
+pub use interrupt::OnInterrupt;
 use scheduler::Scheduler;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub offline: bool,
     /// Where instances run whose stage names no executor (`--executor`).
     pub executor: String,
+    /// What an interrupt does to jobs in flight elsewhere (only caught when some instance
+    /// runs elsewhere).
+    pub on_interrupt: OnInterrupt,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +155,9 @@ pub fn run(
         absolute: (absolute(workspace), absolute(store.root())),
     };
     let forced: BTreeSet<NodeIndex> = opts.force.iter().flat_map(|f| plan.find(f)).collect();
+    if selected.iter().any(|&n| executor_for(&env, &plan.graph[n]).name() != local::LOCAL.name()) {
+        interrupt::handle_interrupts(opts.on_interrupt);
+    }
 
     let order: Vec<NodeIndex> = plan.order.iter().copied().filter(|n| selected.contains(n)).collect();
     let progress = Progress::new(order.len(), opts.progress);

@@ -56,6 +56,10 @@ pub enum StageError {
     /// out of time, its node lost); `detail` has its exit code, reason and log's tail.
     #[error("{executor} job {id} ended {state}{detail}")]
     Job { executor: String, id: String, state: String, detail: String },
+    /// A command of the scheduler an executor drives (`squeue`, `scontrol`) failed or did not
+    /// answer; `said` is its words.
+    #[error("`{command}` failed: {said}")]
+    Scheduler { command: String, said: String },
     /// A defect in silkie, not in the input: says what should have held.
     #[error("internal error: {0}")]
     Internal(String),

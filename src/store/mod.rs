@@ -81,6 +81,20 @@ const LAYOUT: &str = "silkie-store/1";
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This host, as 8 hex digits of its name's digest: what tells its temp files from another
+/// node's in a shared cache.
+fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let mut name = [0u8; 256];
+        // SAFETY: gethostname writes at most `name.len()` bytes into the buffer it is given.
+        let ok = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+        let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        let host = if ok { &name[..len] } else { b"unknown".as_slice() };
+        blake3::hash(host).to_hex()[..8].to_string()
+    })
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
@@ -137,17 +151,26 @@ impl Store {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        self.root.join("tmp").join(format!("{}-{n}-{nanos}-{hint}", std::process::id()))
+        self.root.join("tmp").join(format!("{}-h{}-{n}-{nanos}-{hint}", std::process::id(), host_tag()))
     }
 
     /// Removes temp files that processes no longer running left in `tmp/` (a run killed, or
-    /// one that failed on a full disk): their names start with the pid that made them.
+    /// one that failed on a full disk): their names start with the pid that made them and the
+    /// host it ran on. Only this host's are judged: a pid says nothing of another node's
+    /// processes (a Slurm job writing into a shared cache).
     pub fn remove_dead_temps(&self) {
         let dir = self.root.join("tmp");
         let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let here = format!("h{}", host_tag());
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let mut fields = name.split('-');
+            let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            // Names without a host (made before hosts were named) are this host's.
+            let host = fields.next().filter(|f| f.len() == 9 && f.starts_with('h'));
+            if host.is_some_and(|h| h != here) {
+                continue;
+            }
             if pid.is_some_and(|pid| pid != std::process::id() && !process_alive(pid)) {
                 let path = entry.path();
                 let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };

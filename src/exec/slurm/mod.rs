@@ -2,7 +2,8 @@
 //! `silkie run-instance` on the description this process wrote into the cache, and writes
 //! its blobs and record there as a local run would. This process stays the driver: it holds
 //! the instance's key lock, follows every job it waits on with one controller call per poll
-//! (`squeue`), reads how a job ended from `scontrol show job`, and picks the record up.
+//! (`squeue`), reads how a job ended from `sacct` or `scontrol show job`, and picks the
+//! record up.
 //!
 //! A job is named after the instance's key, so a driver that was killed and restarted adopts
 //! a job still queued or running for the same key instead of submitting it again.
@@ -42,7 +43,7 @@ impl Executor for SlurmExecutor {
         let dir = job_dir(&d.cache, &d.key);
         std::fs::create_dir_all(&dir).map_err(StageError::io(&dir))?;
         // No two hosts write one SQLite file: a calling job answers from and adds to a copy,
-        // merged back whatever becomes of the job (every paid call is kept).
+        // which the driver merges back once the job has ended.
         let private_memo = job.stage.calls_models().then(|| dir.join("calls.sqlite"));
         let d = &Described { memo: private_memo.clone(), ..d.clone() };
         let id = match find_active(&job_name(&d.key, &d.cache))? {
@@ -52,30 +53,42 @@ impl Executor for SlurmExecutor {
                 id
             }
             None => {
+                if super::interrupt::stopping() {
+                    let said = "not run: the driver was interrupted".to_string();
+                    return Err(StageError::Scheduler { command: "sbatch".into(), said });
+                }
                 if let Some(private) = &private_memo {
-                    let _ = std::fs::remove_file(private);
+                    // A copy left by a job no driver merged (killed, interrupted) holds paid
+                    // calls: merged before it is replaced.
+                    settle_memo_copy(job.ctx.memo, private, &d.instance);
                     memo(job.ctx.memo)?.copy_to(private).map_err(CallsError::from)?;
                 }
                 let submitted = submit(job, d, &dir);
                 if submitted.is_err()
                     && let Some(private) = &private_memo
                 {
-                    let _ = std::fs::remove_file(private);
+                    remove_memo_copy(private);
                 }
-                submitted?
+                let id = submitted?;
+                // Known to an interrupt from now on.
+                queue().watch(&id);
+                id
             }
         };
         tracing::info!("{}: Slurm job {id}", d.instance);
-        let end = queue().wait(&id);
+        // Given up waiting, the job may still run and write its copy: left for a rerun.
+        let end = queue().wait(&id)?;
         if let Some(private) = &private_memo {
-            let added = memo(job.ctx.memo)?.merge_from(private).map_err(CallsError::from)?;
-            tracing::debug!("{}: {added} calls from the job's memo", d.instance);
-            let _ = std::fs::remove_file(private);
+            settle_memo_copy(job.ctx.memo, private, &d.instance);
         }
-        let end = end?;
-        match job.ctx.store.complete_record(&d.key)? {
-            Some(record) if end.state == "COMPLETED" => Ok((record.outputs, end.placement(&id))),
-            _ => Err(end.failure(&id, &dir)),
+        match record_of(job.ctx.store, &d.key, &end)? {
+            Some(record) => {
+                // The outputs a stage keeps in the workspace, where the driver's workspace is
+                // not the node's (restored from the store, as on a cache hit).
+                job.stage.restore(job.ctx, &record.outputs)?;
+                Ok((record.outputs, end.placement(&id)))
+            }
+            None => Err(end.failure(&id, &dir)),
         }
     }
 
@@ -83,7 +96,7 @@ impl Executor for SlurmExecutor {
         let cache = std::fs::canonicalize(cache).unwrap_or_else(|_| cache.to_path_buf());
         let by_name: HashMap<String, &str> = keys.iter().map(|k| (job_name(k, &cache), *k)).collect();
         // One call for all: a controller that cannot be reached has nothing to say here.
-        let listed = controller("squeue", &["-h", "-t", "pending,running,configuring,completing", "-o", "%i|%j|%T|%N"]);
+        let listed = controller("squeue", &["-h", "--me", "-o", "%i|%j|%T|%N"]);
         let mut found = BTreeMap::new();
         for line in listed.unwrap_or_default().lines() {
             let fields: Vec<&str> = line.trim().split('|').collect();
@@ -113,6 +126,49 @@ fn memo(path: &Path) -> Result<Memo, StageError> {
     Ok(Memo::open(path).map_err(CallsError::from)?)
 }
 
+/// Merges a job's memo copy into `main`, if there is one, and removes it (with SQLite's
+/// journal files, which a job ended by a signal leaves). A copy that does not merge stays,
+/// for the next attempt: the calls in it were paid for.
+fn settle_memo_copy(main: &Path, copy: &Path, instance: &str) {
+    if !copy.exists() {
+        return;
+    }
+    match memo(main).and_then(|m| Ok(m.merge_from(copy).map_err(CallsError::from)?)) {
+        Ok(added) => {
+            tracing::debug!("{instance}: {added} calls from the job's memo");
+            remove_memo_copy(copy);
+        }
+        Err(e) => tracing::warn!("{instance}: the job's memo {} is not merged yet: {e}", copy.display()),
+    }
+}
+
+fn remove_memo_copy(copy: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+    }
+}
+
+/// The record of a job that completed. A shared filesystem may show a file another host made
+/// a little late (NFS caches that it was missing): looked for again for a few seconds.
+fn record_of(
+    store: &crate::store::Store,
+    key: &str,
+    end: &queue::JobEnd,
+) -> Result<Option<crate::store::StageRecord>, StageError> {
+    if end.state != "COMPLETED" {
+        return Ok(None);
+    }
+    for pause in [0, 100, 300, 1000, 3000] {
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        // Listing the folder makes an NFS client look again.
+        let _ = std::fs::read_dir(store.root().join("records").join(key.get(..2).unwrap_or_default()));
+        if let Some(record) = store.complete_record(key)? {
+            return Ok(Some(record));
+        }
+    }
+    Ok(None)
+}
+
 /// The job name for a key in a cache: a second driver of the same cache finds the job by
 /// it, and a driver of another cache (whose record would land elsewhere) does not.
 pub fn job_name(key: &str, cache: &Path) -> String {
@@ -120,10 +176,12 @@ pub fn job_name(key: &str, cache: &Path) -> String {
     format!("silkie-{}-{}", &key[..key.len().min(16)], &cache[..8])
 }
 
-/// The id of a job of this name still queued or running, if any.
+/// The id of this user's job of this name that has not ended (queued, running, suspended,
+/// requeued, held), if any.
 fn find_active(name: &str) -> Result<Option<String>, StageError> {
-    let out = controller("squeue", &["-h", "-t", "pending,running,configuring,completing", "-n", name, "-o", "%i"])?;
-    Ok(out.lines().map(str::trim).find(|l| !l.is_empty()).map(String::from))
+    let out = controller("squeue", &["-h", "--me", "-t", "all", "-n", name, "-o", "%i|%T"])?;
+    let live = out.lines().filter_map(|l| l.trim().split_once('|')).find(|(_, state)| !queue::ENDED.contains(state));
+    Ok(live.map(|(id, _)| id.to_string()))
 }
 
 /// Writes out the instance and submits the job that runs it; the job's id.

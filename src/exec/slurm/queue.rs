@@ -18,7 +18,7 @@ pub(super) fn controller(program: &str, args: &[&str]) -> Result<String, StageEr
     })?;
     if !output.status.success() {
         let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        return Err(StageError::Internal(format!("`{program} {}` failed: {said}", args.join(" "))));
+        return Err(StageError::Scheduler { command: format!("{program} {}", args.join(" ")), said });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -107,7 +107,10 @@ fn how_it_ended(id: &str) -> Option<JobEnd> {
     if accounting
         && let Ok(text) = controller("sacct", &["-n", "-P", "-X", "-j", id, "-o", SACCT_FIELDS])
         && let Some(end) = parse_sacct(&text, id)
+        && ENDED.contains(&end.state.as_str())
     {
+        // Accounting catches up with the controller a little later: until then, the
+        // controller says.
         return Some(end);
     }
     let text = controller("scontrol", &["-o", "show", "job", id]).ok()?;
@@ -148,7 +151,7 @@ pub(super) fn parse_jobs(text: &str) -> HashMap<String, HashMap<String, String>>
 }
 
 /// States a job ends in.
-const ENDED: &[&str] = &[
+pub(super) const ENDED: &[&str] = &[
     "COMPLETED",
     "FAILED",
     "CANCELLED",
@@ -158,6 +161,8 @@ const ENDED: &[&str] = &[
     "PREEMPTED",
     "BOOT_FAIL",
     "DEADLINE",
+    "SPECIAL_EXIT",
+    "REVOKED",
 ];
 
 /// Every job this process waits on, followed together: whichever waiting thread finds the
@@ -175,14 +180,18 @@ pub(super) struct Watched {
     last_poll: Option<Instant>,
     /// Polls since a job last ended: the interval grows with them.
     quiet_polls: u32,
-    failed_polls: u32,
+    /// Since when polls have failed (the controller restarting, overloaded).
+    unanswered_since: Option<Instant>,
+    /// Each job's last state and reason, so that a change is logged once.
+    last_seen: HashMap<String, String>,
 }
 
 /// The shortest and longest time between two polls.
 const FIRST_INTERVAL: Duration = Duration::from_millis(250);
 const LONGEST_INTERVAL: Duration = Duration::from_secs(5);
-/// Polls in a row that may fail (the controller restarting) before the jobs are given up.
-const FAILED_POLLS_ALLOWED: u32 = 60;
+/// How long the controller may leave polls unanswered before the jobs waited on are given up
+/// (left running: a rerun adopts them).
+const UNANSWERED_FOR: Duration = Duration::from_secs(600);
 
 pub(super) fn queue() -> &'static Queue {
     static QUEUE: OnceLock<Queue> = OnceLock::new();
@@ -196,46 +205,70 @@ impl Watched {
 }
 
 impl Queue {
+    /// Follows job `id` from now on (as [`Queue::wait`] does).
+    pub(super) fn watch(&self, id: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.waiting.insert(id.to_string());
+        }
+    }
+
     /// Waits until job `id` has ended; how it ended.
     pub(super) fn wait(&self, id: &str) -> Result<JobEnd, StageError> {
-        let lock = || self.state.lock().map_err(|_| StageError::Internal("the Slurm queue's lock is poisoned".into()));
-        let mut state = lock()?;
+        let poisoned = || StageError::Internal("the Slurm queue's lock is poisoned".into());
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
         state.waiting.insert(id.to_string());
         loop {
             if let Some(end) = state.ended.remove(id) {
                 return Ok(end);
             }
-            if state.failed_polls > FAILED_POLLS_ALLOWED {
+            if let Some(since) = state.unanswered_since
+                && since.elapsed() > UNANSWERED_FOR
+            {
                 state.waiting.remove(id);
-                return Err(StageError::Internal(format!(
-                    "the Slurm controller did not answer {FAILED_POLLS_ALLOWED} polls in a row; job {id} may still run"
-                )));
+                return Err(StageError::Scheduler {
+                    command: "squeue".into(),
+                    said: format!(
+                        "no answer for {} minutes; job {id} may still run, and a rerun adopts it",
+                        UNANSWERED_FOR.as_secs() / 60
+                    ),
+                });
             }
             let due = state.last_poll.is_none_or(|at| at.elapsed() >= state.interval());
             if state.polling || !due {
                 let wait = state.interval();
-                state = self.changed.wait_timeout(state, wait).map_err(|_| StageError::Internal("poisoned".into()))?.0;
+                state = self.changed.wait_timeout(state, wait).map_err(|_| poisoned())?.0;
                 continue;
             }
             state.polling = true;
             let ids: Vec<String> = state.waiting.iter().cloned().collect();
             drop(state);
-            let polled = poll(&ids);
-            state = lock()?;
+            // A panic must not leave `polling` set: every waiter would wait for ever.
+            let polled = std::panic::catch_unwind(|| poll(&ids))
+                .unwrap_or_else(|_| Err(StageError::Internal("polling Slurm panicked".into())));
+            state = self.state.lock().map_err(|_| poisoned())?;
             state.polling = false;
             state.last_poll = Some(Instant::now());
             match polled {
-                Ok(ended) => {
-                    state.failed_polls = 0;
+                Ok(Polled { ended, states }) => {
+                    state.unanswered_since = None;
                     state.quiet_polls = if ended.is_empty() { state.quiet_polls + 1 } else { 0 };
+                    for (job, now) in states {
+                        if state.last_seen.get(&job) != Some(&now) {
+                            tracing::info!("Slurm job {job}: {now}");
+                            state.last_seen.insert(job, now);
+                        }
+                    }
                     for (job, end) in ended {
-                        state.waiting.remove(&job);
-                        state.ended.insert(job, end);
+                        state.last_seen.remove(&job);
+                        // Kept only while someone waits for it (a waiter may have given up).
+                        if state.waiting.remove(&job) {
+                            state.ended.insert(job, end);
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::warn!("polling Slurm: {e}");
-                    state.failed_polls += 1;
+                    state.unanswered_since.get_or_insert_with(Instant::now);
                 }
             }
             self.changed.notify_all();
@@ -243,19 +276,39 @@ impl Queue {
     }
 }
 
-/// One poll: the jobs of `ids` that have ended, with how.
-fn poll(ids: &[String]) -> Result<Vec<(String, JobEnd)>, StageError> {
-    let listed = controller("squeue", &["-h", "-t", "all", "-j", &ids.join(","), "-o", "%i|%T"])?;
-    let states: HashMap<&str, &str> = listed.lines().filter_map(|l| l.trim().split_once('|')).collect();
-    let mut ended = Vec::new();
+/// What one poll found: the jobs that have ended, with how, and the state of the others.
+struct Polled {
+    ended: Vec<(String, JobEnd)>,
+    states: Vec<(String, String)>,
+}
+
+/// One poll: this user's jobs as the controller lists them (`--me`: never one call per job,
+/// and no error for a job it has forgotten), then how those of `ids` that ended, ended.
+fn poll(ids: &[String]) -> Result<Polled, StageError> {
+    let listed = controller("squeue", &["-h", "--me", "-t", "all", "-o", "%i|%T|%r"])?;
+    let listed: HashMap<&str, (&str, &str)> = listed
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.trim().splitn(3, '|');
+            Some((f.next()?, (f.next()?, f.next().unwrap_or_default())))
+        })
+        .collect();
+    let mut polled = Polled { ended: Vec::new(), states: Vec::new() };
     for id in ids {
-        let state = states.get(id.as_str()).copied();
-        if state.is_some_and(|s| !ENDED.contains(&s)) {
-            continue;
+        let state = listed.get(id.as_str()).copied();
+        match state {
+            Some((now, reason)) if !ENDED.contains(&now) => {
+                let why = if reason.is_empty() || reason == "None" { String::new() } else { format!(" ({reason})") };
+                polled.states.push((id.clone(), format!("{}{why}", now.to_lowercase())));
+            }
+            _ => {
+                let end = how_it_ended(id).unwrap_or_else(|| JobEnd {
+                    state: state.map_or("UNKNOWN", |(now, _)| now).to_string(),
+                    ..JobEnd::default()
+                });
+                polled.ended.push((id.clone(), end));
+            }
         }
-        let end = how_it_ended(id)
-            .unwrap_or_else(|| JobEnd { state: state.unwrap_or("UNKNOWN").to_string(), ..JobEnd::default() });
-        ended.push((id.clone(), end));
     }
-    Ok(ended)
+    Ok(polled)
 }
