@@ -57,6 +57,7 @@ fn pipeline() -> String {
     params:
       cmd: echo $(( ${{matrix.n}} * ${{matrix.n}} )) > out/square-${{matrix.n}}.txt
       outs: [\"out/square-${{matrix.n}}.txt\"]
+      deps: [pairs.csv]
 ",
         dpo_pipeline(1, 4)
     )

@@ -127,6 +127,7 @@ pub fn run_described(path: &Path) -> Result<(), StageError> {
     // As any run holds it: `silkie gc` waits until the job has written its record.
     let _store_lock = store.lock_store(crate::store::LockMode::Shared, None)?;
     let stat_cache = StatCache::load(&store);
+    unchanged_since_submitted(&job, &stat_cache)?;
     let memo = job.memo.clone().unwrap_or_else(|| store.memo_path());
     let ctx = RunContext {
         workspace: &job.workspace,
@@ -143,4 +144,54 @@ pub fn run_described(path: &Path) -> Result<(), StageError> {
     };
     run_and_record(stage.as_ref(), &ctx, &job.kind, &job.preimage)?;
     Ok(())
+}
+
+/// Fails unless the workspace files the key holds are as they were when the key was
+/// computed: a job may start hours after it was submitted, and its record must hold what that
+/// key names, not what an edit made meanwhile.
+fn unchanged_since_submitted(job: &Described, stat_cache: &StatCache) -> Result<(), StageError> {
+    let files = job.preimage.get("files").and_then(Value::as_object).into_iter().flatten();
+    for (path, digest) in files {
+        let now = stat_cache.digest(&job.workspace.join(path)).map(Some).unwrap_or(None);
+        if now.as_deref() != digest.as_str() {
+            let problem = "changed since the instance was submitted, so the key it was submitted under no longer \
+                           holds: run again to compute it anew";
+            return Err(StageError::workspace(path, problem));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_described_instance_whose_key_files_changed_since_submission_does_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workspace, cache) = (dir.path().join("ws"), dir.path().join("cache"));
+        std::fs::create_dir_all(&workspace).unwrap();
+        std::fs::write(workspace.join("data.txt"), "edited\n").unwrap();
+        let described = Described {
+            workspace: workspace.clone(),
+            cache,
+            pipeline: "p.yaml".into(),
+            instance: "a".into(),
+            kind: "command".into(),
+            params: serde_json::json!({"cmd": "touch ran", "deps": ["data.txt"]}),
+            models: BTreeMap::new(),
+            runtime: Runtime::default(),
+            key: "0".repeat(64),
+            preimage: serde_json::json!({"files": {"data.txt": blake3::hash(b"as submitted\n").to_hex().to_string()}}),
+            inputs: BTreeMap::new(),
+            offline: false,
+            progress_interval_ms: 1000,
+            memo: None,
+        };
+        let path = dir.path().join("instance.json");
+        std::fs::write(&path, serde_json::to_vec(&described).unwrap()).unwrap();
+        let error = run_described(&path).unwrap_err().to_string();
+        assert!(error.starts_with("`data.txt` changed since the instance was submitted"), "{error}");
+        assert!(!workspace.join("ran").exists(), "the instance ran");
+    }
 }
