@@ -141,6 +141,12 @@ fn instances_run_as_jobs_with_the_keys_and_outputs_of_a_local_run_and_a_rerun_su
         assert_eq!(status_of(&again, name), "hit", "{name}");
         assert!(instance(&again, name).get("placement").is_none(), "{name} was submitted again");
     }
+    // The jobs' folders (description, script, log) have served once their keys finished.
+    let jobs = || std::fs::read_dir(slurm.path().join("cache/jobs/slurm")).unwrap().count();
+    assert_eq!(jobs(), 4);
+    let gc = slurm.silkie(&["gc", "--format", "json"]).json();
+    assert_eq!(gc["jobs_removed"], 4, "{gc}");
+    assert_eq!(jobs(), 0);
 }
 
 #[test]
@@ -369,7 +375,7 @@ fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights(
     let placement = &instance(&record, "policy")["placement"];
     assert_ne!(placement["job_id"], id.as_str(), "{placement}");
     let rerun_job = placement["job_id"].as_str().expect("the rerun ran the instance as a job");
-    let log = ws.path().join(format!("cache/slurm/{key}/job-{rerun_job}.log"));
+    let log = ws.path().join(format!("cache/jobs/slurm/{key}/job-{rerun_job}.log"));
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("resuming after step"), "the job started over:\n{log}");
     assert_eq!(
@@ -412,7 +418,7 @@ stages:
     assert_eq!(server.request_count(), 3, "the job's calls did not reach the cache's memo");
     ws.run(&["--executor", "slurm", "--force", "responses"]);
     assert_eq!(server.request_count(), 3, "the job's copy of the memo did not answer");
-    let leftovers: Vec<_> = std::fs::read_dir(ws.path().join("cache/slurm"))
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path().join("cache/jobs/slurm"))
         .unwrap()
         .flatten()
         .filter(|d| d.path().join("calls.sqlite").exists())

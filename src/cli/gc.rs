@@ -36,12 +36,13 @@ pub fn run(ctx: &Context, args: GcArgs) -> Outcome {
     }
     let verb = if args.dry_run { "would free" } else { "freed" };
     println!(
-        "gc: {verb} {:.1} MB ({} blobs, {} stage records, {} old runs, {} scratch spaces); kept {} runs",
+        "gc: {verb} {:.1} MB ({} blobs, {} stage records, {} old runs, {} scratch spaces, {} job folders); kept {} runs",
         report.bytes_freed as f64 / 1e6,
         report.blobs_removed,
         report.records_removed,
         report.runs_removed,
         report.scratch_removed,
+        report.jobs_removed,
         report.runs_kept
     );
     if report.scratch_kept > 0 {

@@ -42,6 +42,8 @@ pub struct GcReport {
     /// Scratch spaces kept: unfinished stages a rerun with the same key resumes.
     pub scratch_kept: usize,
     pub scratch_bytes_kept: u64,
+    /// Folders executors kept of instances run elsewhere, removed because their key finished.
+    pub jobs_removed: usize,
     /// The kept ones, oldest first, so a user can judge whether anything will resume them.
     pub scratch: Vec<ScratchSpace>,
     pub bytes_freed: u64,
@@ -110,6 +112,7 @@ impl Store {
             }
         }
         self.collect_scratch(&finished, options, &mut report)?;
+        self.collect_job_folders(&finished, dry_run, &mut report)?;
         // Nothing else runs while we hold the store lock: leftovers of killed runs can go.
         for dir in ["tmp", "locks"] {
             let dir = self.root.join(dir);
@@ -126,6 +129,30 @@ impl Store {
 }
 
 impl Store {
+    /// An executor's folder of a finished key (its record complete) has served: its job's
+    /// description, script and log. One holding a memo copy is kept: the calls in it were
+    /// paid for and wait to be merged by the next run of the instance.
+    fn collect_job_folders(&self, finished: &HashSet<String>, dry_run: bool, report: &mut GcReport) -> Result<()> {
+        let root = self.root.join("jobs");
+        let executors = match std::fs::read_dir(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other.map_err(io_err(&root))?,
+        };
+        for executor in executors {
+            let executor = executor.map_err(io_err(&root))?.path();
+            for entry in std::fs::read_dir(&executor).map_err(io_err(&executor))? {
+                let path = entry.map_err(io_err(&executor))?.path();
+                let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if finished.contains(&key) && !path.join("calls.sqlite").exists() {
+                    report.jobs_removed += 1;
+                    report.bytes_freed += tree_bytes(&path);
+                    remove(&path, dry_run)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A scratch space is a killed stage's saved progress: worth keeping until that stage has
     /// finished (a process killed between storing its outputs and clearing its scratch leaves
     /// one behind) or the user asks for it to go.

@@ -9,7 +9,10 @@
 //! - `statcache.json`: (path, size, mtime, inode) → digest;
 //! - `calls.sqlite`: the call memo (see `crate::calls`);
 //! - `tmp/`: files being written; renamed into place only when complete;
-//! - `scratch/<key>/`: a running (or killed) stage's saved progress, cleared when it finishes.
+//! - `scratch/<key>/`: a running (or killed) stage's saved progress, cleared when it finishes;
+//! - `jobs/<executor>/<key>/`: what an executor keeps of an instance it ran elsewhere (its
+//!   description, script, log, a private memo copy), removed by `gc` once the key is finished
+//!   and no memo copy waits to be merged.
 //!
 //! Every write is temp file → fsync → rename, values before the keys that point at them.
 
@@ -122,6 +125,11 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_atomic(&marker, LAYOUT.as_bytes()),
             Err(e) => Err(StoreError::Io { path: marker, source: e }),
         }
+    }
+
+    /// Where `executor` keeps what it has of the instance of `key` it runs elsewhere.
+    pub fn job_dir(&self, executor: &str, key: &str) -> PathBuf {
+        self.root.join("jobs").join(executor).join(key)
     }
 
     /// The call memo's file (see `crate::calls`).

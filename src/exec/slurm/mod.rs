@@ -11,7 +11,7 @@
 mod queue;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use queue::{controller, queue};
@@ -40,7 +40,9 @@ impl Executor for SlurmExecutor {
 
     fn run(&self, job: &Submission) -> Result<(BTreeMap<String, OutputRef>, Placement), StageError> {
         let d = job.description;
-        let dir = job_dir(&d.cache, &d.key);
+        // Named in full: the job reads it on another node, from another working folder.
+        let dir = job.ctx.store.job_dir("slurm", &d.key);
+        let dir = std::path::absolute(&dir).map_err(StageError::io(&dir))?;
         std::fs::create_dir_all(&dir).map_err(StageError::io(&dir))?;
         // No two hosts write one SQLite file: a calling job answers from and adds to a copy,
         // which the driver merges back once the job has ended.
@@ -229,11 +231,6 @@ fn job_script(exe: &Path, description: &Path, cache: &Path, instance: &str) -> S
         cache = quote(cache),
         exe = quote(exe),
     )
-}
-
-/// Where a job's files are kept (description, script, log): its key's folder in the cache.
-pub fn job_dir(cache: &Path, key: &str) -> PathBuf {
-    cache.join("slurm").join(key)
 }
 
 #[cfg(test)]
