@@ -197,19 +197,26 @@ stages:
     );
 }
 
+/// What `check` finds, asked every `pause_ms` until it finds something; fails after `seconds`,
+/// naming what it waited for.
+fn eventually<T>(seconds: u64, pause_ms: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited {seconds} s for {what} in vain");
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+    }
+}
+
 /// Waits (at most three minutes: other tests' jobs may hold the cluster's two CPUs) for the
 /// workspace file `rel`, which a job writes once it runs.
 fn wait_for(ws: &Workspace, rel: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(ws.path().join(rel))
-            && !text.trim().is_empty()
-        {
-            return text.trim().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "no job wrote {rel} within three minutes");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(180, 100, &format!("a job to write {rel}"), || {
+        let text = std::fs::read_to_string(ws.path().join(rel)).ok()?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
+    })
 }
 
 fn finished(child: std::process::Child) -> Value {
@@ -348,14 +355,7 @@ fn a_cancelled_dpo_job_resumes_on_rerun_and_ends_with_the_uninterrupted_weights(
             .find(|d| d.path().join("latest").is_file())
             .map(|d| d.file_name().to_string_lossy().into_owned())
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    let key = loop {
-        if let Some(key) = saved() {
-            break key;
-        }
-        assert!(std::time::Instant::now() < deadline, "no save appeared in {}", scratch.display());
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    let key = eventually(180, 2, &format!("a save in {}", scratch.display()), saved);
     let listed = Command::new("squeue").args(["-h", "-o", "%i|%j"]).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     let id = listed
@@ -428,15 +428,11 @@ stages:
 
 /// The job's state as the controller has it, once it is `want` (waiting up to 30 s).
 fn job_state_becomes(id: &str, want: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    eventually(30, 200, &format!("job {id} to be {want}"), || {
         let fields = controller_fields(id);
-        let state = fields.split_whitespace().find_map(|f| f.strip_prefix("JobState=")).unwrap_or("").to_string();
-        if state == want || std::time::Instant::now() > deadline {
-            return state;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        let state = fields.split_whitespace().find_map(|f| f.strip_prefix("JobState="))?.to_string();
+        Some(state).filter(|s| s == want)
+    })
 }
 
 #[test]

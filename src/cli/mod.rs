@@ -132,7 +132,7 @@ pub fn assess(ctx: &Context, pipeline: &Pipeline, plan: &Plan) -> Result<Vec<Ass
         states.iter().filter(|s| s.state != plan::State::Fresh).filter_map(|s| s.key.as_deref()).collect();
     let in_flight = silkie::exec::in_flight(store.root(), &unfinished);
     // The last run of this pipeline: how its instances that are still not fresh failed.
-    let last_run = store.runs().ok().and_then(|runs| runs.into_iter().rev().find(|r| r.pipeline == pipeline.label));
+    let last_run = store.last_run(&pipeline.label).ok().flatten();
     for state in states.iter_mut().filter(|s| s.state != plan::State::Fresh) {
         state.in_flight = state.key.as_ref().and_then(|k| in_flight.get(k).cloned());
         state.last_failure = last_run

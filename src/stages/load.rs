@@ -148,9 +148,7 @@ impl Load {
         let inside = |path: &str| !(Path::new(path).is_absolute() || path.split(['/', '\\']).any(|p| p == ".."));
         let files: Vec<PathBuf> =
             paths.iter().flatten().filter(|p| inside(p)).map(|p| ctx.workspace.join(images).join(p)).collect();
-        let mut put = |blobs: &[&[u8]]| {
-            ctx.store.put_blobs(blobs).map_err(|e| DataError::Store { what: "images", problem: e.to_string() })
-        };
+        let mut put = |blobs: &[&[u8]]| put_images(ctx, blobs);
         let mut checked_files = store_images(&files, self.max_pixels(), &mut put)?.into_iter();
         for (row, path) in paths.iter().enumerate() {
             let Some(path) = path else {
@@ -254,9 +252,7 @@ impl Load {
             judge: self.params.judge.as_deref().unwrap_or("gpt-4v"),
             source: self.params.source.as_deref().unwrap_or("vlfeedback"),
         };
-        let mut put = |blobs: &[&[u8]]| {
-            ctx.store.put_blobs(blobs).map_err(|e| DataError::Store { what: "images", problem: e.to_string() })
-        };
+        let mut put = |blobs: &[&[u8]]| put_images(ctx, blobs);
         let path = ctx.workspace.join(&self.params.path);
         let mut imported = vlfeedback::import(&path, &self.params.path, &options, &mut put)?;
         let mut outputs = BTreeMap::new();
@@ -347,4 +343,9 @@ impl Stage for Load {
             ("report".to_string(), ctx.put_report(&report)?),
         ]))
     }
+}
+
+/// Stores a batch of checked images, for `data`'s image reading (which never names the store).
+fn put_images(ctx: &RunContext, blobs: &[&[u8]]) -> Result<Vec<(String, u64)>, DataError> {
+    ctx.store.put_blobs(blobs).map_err(|e| DataError::Store { what: "images", problem: e.to_string() })
 }

@@ -201,6 +201,27 @@ impl Store {
         Ok(runs)
     }
 
+    /// The newest run record of `pipeline`: run files are read newest first (their names
+    /// start with the run's start time) until one is of that pipeline, not all of them.
+    pub fn last_run(&self, pipeline: &str) -> Result<Option<RunRecord>> {
+        let dir = self.root.join("runs");
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let started = path.file_stem().and_then(|s| s.to_str()?.split('-').next()?.parse::<u64>().ok());
+                paths.push((started.unwrap_or(0), path));
+            }
+        }
+        paths.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, path) in paths {
+            if let Some(run) = self.read_json::<RunRecord>(&path)?.filter(|r| r.pipeline == pipeline) {
+                return Ok(Some(run));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn remove_run(&self, id: &str) -> Result<()> {
         let path = self.root.join("runs").join(format!("{id}.json"));
         std::fs::remove_file(&path).map_err(io_err(&path))

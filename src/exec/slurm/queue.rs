@@ -65,7 +65,7 @@ impl JobEnd {
     /// The instance's failure: the job's state, exit code, reason and the tail of its log.
     pub(super) fn failure(&self, id: &str, dir: &Path) -> StageError {
         let log = dir.join(format!("job-{id}.log"));
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = log_end(&log);
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
         let state =
@@ -78,6 +78,21 @@ impl JobEnd {
             detail.push_str(&format!(":\n{tail}"));
         }
         StageError::Job { executor: "Slurm".into(), id: id.to_string(), state, detail }
+    }
+}
+
+/// The last 64 KiB of a job's log, enough for its last lines: a training job's log may be
+/// large, and only its end is shown.
+fn log_end(log: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const END: u64 = 64 << 10;
+    let Ok(mut file) = std::fs::File::open(log) else { return String::new() };
+    let length = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::new();
+    let read = file.seek(SeekFrom::Start(length.saturating_sub(END))).and_then(|_| file.read_to_end(&mut bytes));
+    match read {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
     }
 }
 
