@@ -52,7 +52,7 @@ fn main() {
 
     let def: ModelDef =
         serde_json::from_value(json!({"provider": "openai", "model": "bench", "base_url": url})).unwrap();
-    let images = Arc::new(ImageUrls::new(|_| std::path::PathBuf::new()));
+    let images = Arc::new(ImageUrls::new(|_| Err("this bench sends no images".into())));
     let store_dir = tempfile::tempdir().expect("a temporary store");
     let store = silkie::store::Store::open(store_dir.path()).expect("open the store");
     let (provider, _) = providers::endpoint("bench", &def, images, &store).unwrap();

@@ -419,8 +419,8 @@ fn missing_and_undecodable_images_fail_or_are_counted() {
     assert_eq!(ids, ["i1", "i4"]);
     // The images are in the store: every instruction's digest is a blob of the `images` output.
     let digest = instructions[0]["image"].as_str().unwrap();
-    let blob = ws.path().join("cache/blobs").join(&digest[..2]).join(digest);
-    assert_eq!(std::fs::read(blob).unwrap(), std::fs::read(ws.path().join("data/images/i1.jpg")).unwrap());
+    let store = silkie::store::Store::open(&ws.path().join("cache")).unwrap();
+    assert_eq!(store.read_blob(digest).unwrap(), std::fs::read(ws.path().join("data/images/i1.jpg")).unwrap());
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Cursor;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine;
@@ -21,19 +20,22 @@ struct Cache {
     order: VecDeque<Key>,
 }
 
+/// Reads a stored image's bytes by its digest, or says why it cannot.
+type ReadImage = dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync;
+
 pub struct ImageUrls {
-    blob_path: Box<dyn Fn(&str) -> PathBuf + Send + Sync>,
+    read: Box<ReadImage>,
     cache: Mutex<Cache>,
 }
 
 impl ImageUrls {
-    pub fn new(blob_path: impl Fn(&str) -> PathBuf + Send + Sync + 'static) -> ImageUrls {
-        ImageUrls { blob_path: Box::new(blob_path), cache: Mutex::new(Cache::default()) }
+    pub fn new(read: impl Fn(&str) -> Result<Vec<u8>, String> + Send + Sync + 'static) -> ImageUrls {
+        ImageUrls { read: Box::new(read), cache: Mutex::new(Cache::default()) }
     }
 
-    /// Where a stored image's bytes are.
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        (self.blob_path)(digest)
+    /// A stored image's bytes, as stored.
+    pub fn bytes(&self, digest: &str) -> Result<Vec<u8>, String> {
+        (self.read)(digest).map_err(|e| format!("image {digest}: {e}"))
     }
 
     /// `data:image/…;base64,…` for a stored image, no larger than `max_side` pixels.
@@ -69,7 +71,7 @@ impl ImageUrls {
     }
 
     fn encode(&self, digest: &str, max_side: Option<u32>) -> Result<Arc<str>, String> {
-        let bytes = std::fs::read((self.blob_path)(digest)).map_err(|e| format!("image {digest}: {e}"))?;
+        let bytes = self.bytes(digest)?;
         let (bytes, mime) = fit(bytes, max_side).map_err(|e| format!("image {digest}: {e}"))?;
         Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)).into())
     }

@@ -143,10 +143,9 @@ fn image_files(urls: &ImageUrls, request: &ChatRequest) -> Result<Vec<Vec<u8>>, 
         .iter()
         .flat_map(|m| &m.content)
         .filter_map(|p| match p {
-            crate::calls::Part::Image { digest } => Some(urls.blob_path(digest)),
+            crate::calls::Part::Image { digest } => Some(urls.bytes(digest).map_err(CallError::Fatal)),
             crate::calls::Part::Text { .. } => None,
         })
-        .map(|path| std::fs::read(&path).map_err(|e| CallError::Fatal(format!("{}: {e}", path.display()))))
         .collect()
 }
 

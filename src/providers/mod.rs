@@ -120,7 +120,7 @@ pub fn call_through_memo(
     specs: &[CallSpec],
 ) -> Result<HashMap<String, CallResult>, CallsError> {
     let store = round.store.clone();
-    let images = Arc::new(ImageUrls::new(move |digest| store.blob_path(digest)));
+    let images = Arc::new(ImageUrls::new(move |digest| store.read_blob(digest).map_err(|e| e.reason())));
     let make_endpoints = || -> Result<calls::Endpoints, CallsError> {
         let mut endpoints = calls::Endpoints::new();
         for &(name, def) in models {

@@ -24,8 +24,7 @@ impl Oracle {
     fn scene(&self, image: Option<&str>) -> Result<Scene, CallError> {
         let digest =
             image.ok_or_else(|| CallError::Fatal("the oracle judge needs the scene's image in the request".into()))?;
-        let path = self.images.blob_path(digest);
-        let bytes = std::fs::read(&path).map_err(|e| CallError::Fatal(format!("image {digest}: {e}")))?;
+        let bytes = self.images.bytes(digest).map_err(CallError::Fatal)?;
         synth::read_scene(&bytes).ok_or_else(|| {
             CallError::Fatal(format!(
                 "image {digest} was not drawn by a `synth` stage: the oracle knows only that world"

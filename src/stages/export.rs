@@ -163,8 +163,7 @@ impl Export {
             None => name_of(digest),
         };
         let read = |digest: &str| {
-            let path = ctx.store.blob_path(digest);
-            std::fs::read(&path).map_err(|source| DataError::Io { path, source })
+            ctx.store.read_blob(digest).map_err(|e| DataError::Store { what: "images", problem: e.to_string() })
         };
         let embedded: HashMap<&str, Vec<u8>> = match images {
             Images::Embed => distinct.iter().map(|&d| read(d).map(|bytes| (d, bytes))).collect::<Result<_, _>>()?,
@@ -266,7 +265,7 @@ fn adapter_alone(ctx: &RunContext, checkpoint: &DirManifest, from: &str) -> Resu
 /// model folder's does.
 fn require_hugging_face(ctx: &RunContext, checkpoint: &DirManifest, from: &str) -> Result<(), StageError> {
     let config = checkpoint.files.get("config.json").and_then(|entry| {
-        let bytes = std::fs::read(ctx.store.blob_path(&entry.digest)).ok()?;
+        let bytes = ctx.store.read_blob(&entry.digest).ok()?;
         serde_json::from_slice::<Value>(&bytes).ok()
     });
     if config.as_ref().and_then(|c| c.get("model_type")).and_then(Value::as_str).is_some() {
@@ -282,10 +281,10 @@ fn require_hugging_face(ctx: &RunContext, checkpoint: &DirManifest, from: &str) 
 /// A stored image's file name, `<digest>.<ext>` with the extension from its own bytes, and
 /// its size — from one open of the blob.
 fn image_file(ctx: &RunContext, digest: &str) -> (String, u64) {
-    let file = std::fs::File::open(ctx.store.blob_path(digest)).ok();
-    let bytes = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-    let ext = file
-        .and_then(|f| image::ImageReader::new(std::io::BufReader::new(f)).with_guessed_format().ok())
+    let blob = ctx.store.open_blob(digest).ok();
+    let bytes = blob.as_ref().map_or(0, |b| b.len());
+    let ext = blob
+        .and_then(|b| image::ImageReader::new(std::io::BufReader::new(b)).with_guessed_format().ok())
         .and_then(|r| r.format())
         .and_then(|f| f.extensions_str().first().copied())
         .unwrap_or("img");

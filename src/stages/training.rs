@@ -311,8 +311,7 @@ pub fn encode_rows(
 /// A stored image's file, for a model to read; none when the row has no image.
 pub fn image_file(ctx: &RunContext, digest: Option<&str>) -> Result<Option<Vec<u8>>, StageError> {
     let Some(digest) = digest else { return Ok(None) };
-    let path = ctx.store.blob_path(digest);
-    std::fs::read(&path).map(Some).map_err(StageError::io(path))
+    Ok(Some(ctx.store.read_blob(digest)?))
 }
 
 /// The run's state from an interrupted run's last save in `scratch`, or a fresh start.

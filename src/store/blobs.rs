@@ -56,15 +56,18 @@ pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
 }
 
 impl Store {
+    /// Where a blob stored as a file of its own lies: a table's, a file output's, a manifest's
+    /// (what [`Store::put_bytes`], [`Store::put_file`] and [`Store::adopt`] store). A data
+    /// set's blobs ([`Store::put_blobs`]) are packed: read them with [`Store::open_blob`].
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let fan = digest.get(..2).unwrap_or("00");
         self.root.join("blobs").join(fan).join(digest)
     }
 
-    /// Whether `digest` names a blob in the store; anything but a digest (a file path, say)
-    /// does not, whatever files exist.
+    /// Whether `digest` names a blob in the store, loose or packed; anything but a digest (a
+    /// file path, say) does not, whatever files exist.
     pub fn has_blob(&self, digest: &str) -> bool {
-        is_digest(digest) && self.blob_path(digest).is_file()
+        is_digest(digest) && (self.blob_path(digest).is_file() || self.packed(digest).is_ok_and(|p| p.is_some()))
     }
 
     /// Moves a finished file from `tmp/` into the store under its digest.
@@ -84,64 +87,42 @@ impl Store {
         Ok((digest, bytes))
     }
 
+    /// Stores one blob as a file of its own (a table, a manifest: what is read by its path).
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
-        let stored = self.put_blobs(&[bytes])?;
-        Ok(stored.into_iter().next().expect("one digest per blob"))
+        let digest = blake3::hash(bytes).to_hex().to_string();
+        let dest = self.blob_path(&digest);
+        if !dest.is_file() {
+            let tmp = self.tmp_path("blob");
+            // Read-only from its creation (the open file still writes).
+            let mut file = new_file(&tmp, 0o444).map_err(io_err(&tmp))?;
+            file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io_err(&tmp))?;
+            let parent = dest.parent().expect("blob paths have a fan-out parent");
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        }
+        Ok((digest, bytes.len() as u64))
     }
 
-    /// Stores many blobs at once, on every core: each is hashed, and those not yet stored are
-    /// written to temp files, made durable together — one filesystem sync for the batch, not an
-    /// fsync per blob — and only then renamed to their digests. A crash at any point leaves
-    /// either no blob under a digest or a whole one, as [`Store::adopt`] does blob by blob.
+    /// Stores a data set's blobs (images, by the thousand) at once: each is hashed on every
+    /// core, and those not yet stored go into one pack (see `packs`), made durable before its
+    /// index names them — a crash leaves either no blob under a digest or a whole one. They
+    /// are read by [`Store::open_blob`] and [`Store::read_blob`], not by a path.
     pub fn put_blobs(&self, blobs: &[&[u8]]) -> Result<Vec<(String, u64)>> {
         use rayon::prelude::*;
         let digests: Vec<String> = blobs.par_iter().map(|b| blake3::hash(b).to_hex().to_string()).collect();
+        self.read_new_indexes()?;
         // The first of each digest not yet stored; later copies of it are the same bytes.
         let mut seen = std::collections::HashSet::new();
-        let missing: Vec<usize> =
-            (0..blobs.len()).filter(|&i| seen.insert(&digests[i]) && !self.blob_path(&digests[i]).is_file()).collect();
-        let temps: Vec<PathBuf> = missing
-            .par_iter()
-            .map(|&i| {
-                let tmp = self.tmp_path("blob");
-                // Read-only from its creation (the open file still writes).
-                let mut file = new_file(&tmp, 0o444).map_err(io_err(&tmp))?;
-                file.write_all(blobs[i]).map_err(io_err(&tmp))?;
-                Ok(tmp)
+        let missing: Vec<(&str, &[u8])> = (0..blobs.len())
+            .filter(|&i| {
+                seen.insert(&digests[i]) && !self.is_packed(&digests[i]) && !self.blob_path(&digests[i]).is_file()
             })
-            .collect::<Result<_>>()?;
-        self.sync_all_of(&temps)?;
-        let folders: BTreeSet<PathBuf> =
-            missing.iter().filter_map(|&i| self.blob_path(&digests[i]).parent().map(Path::to_path_buf)).collect();
-        for folder in &folders {
-            std::fs::create_dir_all(folder).map_err(io_err(folder))?;
-        }
-        for (&i, tmp) in missing.iter().zip(&temps) {
-            let dest = self.blob_path(&digests[i]);
-            std::fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+            .map(|i| (digests[i].as_str(), blobs[i]))
+            .collect();
+        if !missing.is_empty() {
+            self.write_pack(&missing)?;
         }
         Ok(digests.into_iter().zip(blobs).map(|(d, b)| (d, b.len() as u64)).collect())
-    }
-
-    /// Makes the contents of `files` (all under this store's `tmp/`) durable: one file by its
-    /// fsync; many on Linux by one `syncfs` of the store's filesystem (which writes back other
-    /// dirty files there too, and reports a failed write-back only from Linux 5.8 on), elsewhere
-    /// or where it is refused by an fsync each.
-    fn sync_all_of(&self, files: &[PathBuf]) -> Result<()> {
-        #[cfg(target_os = "linux")]
-        if files.len() > 1 {
-            use std::os::fd::AsRawFd;
-            let tmp = self.root.join("tmp");
-            let dir = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
-            // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
-            if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-                return Ok(());
-            }
-        }
-        for file in files {
-            std::fs::File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file))?;
-        }
-        Ok(())
     }
 
     /// Copies a workspace file into the store — unless its bytes are there already: it is
@@ -179,19 +160,18 @@ impl Store {
         Ok((digest, manifest.files.values().map(|e| e.bytes).sum()))
     }
 
-    /// A blob's bytes.
+    /// A blob's bytes, loose or packed.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let path = self.blob_path(digest);
-        std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
-            _ => StoreError::Io { path, source: e },
-        })
+        let mut reader = self.open_blob(digest)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(reader.len()).unwrap_or(0));
+        reader.read_to_end(&mut bytes).map_err(|e| StoreError::Io { path: self.blob_path(digest), source: e })?;
+        Ok(bytes)
     }
 
     pub fn read_dir_manifest(&self, digest: &str) -> Result<DirManifest> {
-        let path = self.blob_path(digest);
-        let bytes = std::fs::read(&path).map_err(|_| StoreError::MissingBlob { digest: digest.to_string() })?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })
+        let bytes = self.read_blob(digest)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: self.blob_path(digest), reason: e.to_string() })
     }
 
     /// Writes a stored file to `dest` (replacing what is there), through a temp file.
@@ -211,15 +191,7 @@ impl Store {
 
     /// Writes a blob's bytes to a new file `dest`, whose folder exists.
     fn write_blob_to(&self, digest: &str, dest: &Path, executable: bool) -> Result<()> {
-        let src = self.blob_path(digest);
-        let missing = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
-            _ => StoreError::Io { path: src.clone(), source: e },
-        };
-        let mut blob = std::fs::File::open(&src).map_err(missing)?;
-        if !blob.metadata().map_err(missing)?.is_file() {
-            return Err(StoreError::MissingBlob { digest: digest.to_string() });
-        }
+        let mut blob = self.open_blob(digest)?;
         let mut out = new_file(dest, if executable { 0o755 } else { 0o644 }).map_err(io_err(dest))?;
         std::io::copy(&mut blob, &mut out).map_err(io_err(dest))?;
         Ok(())
@@ -334,7 +306,7 @@ pub(super) fn is_executable(_: &Path) -> bool {
 /// A new file at `path` (emptying a leftover there) with `mode` less the umask, as `cp` makes one:
 /// one system call, where creating and then setting the mode takes three — which counts when
 /// a data set's images are written by the ten thousand.
-fn new_file(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+pub(super) fn new_file(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

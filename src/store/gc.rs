@@ -111,6 +111,7 @@ impl Store {
                 remove(&path, dry_run)?;
             }
         }
+        self.collect_packs(&blobs, dry_run, &mut report)?;
         self.collect_scratch(&finished, options, &mut report)?;
         self.collect_job_folders(&finished, dry_run, &mut report)?;
         // Nothing else runs while we hold the store lock: leftovers of killed runs can go.
@@ -201,7 +202,7 @@ fn tree_bytes(path: &Path) -> u64 {
     entries.flatten().map(|e| tree_bytes(&e.path())).sum()
 }
 
-fn remove(path: &Path, dry_run: bool) -> Result<()> {
+pub(super) fn remove(path: &Path, dry_run: bool) -> Result<()> {
     if dry_run {
         return Ok(());
     }

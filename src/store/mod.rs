@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - `blobs/ab/<digest>`: immutable content by BLAKE3 digest;
+//! - `packs/<id>.pack`, `packs/<id>.idx`: a data set's many small blobs, a batch to a file
+//!   (see `packs`), under the same digests;
 //! - `records/ab/<key>.json`: stage key → output manifest and key pre-image;
 //! - `labels/<hash>.json`: the last key a (pipeline, instance) ran with, for `explain`;
 //! - `runs/<id>.json`: one record per `silkie run`;
@@ -19,6 +21,7 @@
 mod blobs;
 mod gc;
 mod lock;
+mod packs;
 mod records;
 mod restoring;
 mod statcache;
@@ -34,6 +37,7 @@ pub use gc::{GcOptions, GcReport, ScratchSpace};
 /// The file in a scratch space naming the instance it belongs to.
 pub const SCRATCH_OWNER: &str = "instance";
 pub use lock::{LockGuard, LockMode};
+pub use packs::BlobReader;
 pub use records::{InstanceReport, InstanceStatus, Label, OutputKind, OutputRef, Placement, RunRecord, StageRecord};
 pub use restoring::{RestoreMark, remove_restore_leftovers};
 pub use statcache::{HashStats, StatCache};
@@ -77,6 +81,8 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Shared by clones: what one learns of the packs, all know.
+    packs: std::sync::Arc<packs::PackIndex>,
 }
 
 /// The on-disk layout this build reads and writes.
@@ -101,11 +107,11 @@ fn host_tag() -> &'static str {
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for dir in ["blobs", "records", "labels", "runs", "locks", "tmp"] {
+        for dir in ["blobs", "packs", "records", "labels", "runs", "locks", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
-        let store = Store { root: root.to_path_buf() };
+        let store = Store { root: root.to_path_buf(), packs: Default::default() };
         store.check_layout()?;
         Ok(store)
     }

@@ -42,13 +42,12 @@ impl Store {
         Ok(problems)
     }
 
-    fn check_blob(&self, digest: &str) -> Option<String> {
-        let blob = self.blob_path(digest);
-        let file = match std::fs::File::open(&blob) {
-            Ok(f) => f,
+    pub(super) fn check_blob(&self, digest: &str) -> Option<String> {
+        let blob = match self.open_blob(digest) {
+            Ok(blob) => blob,
             Err(_) => return Some(format!("blob {digest} is missing")),
         };
-        match hash_reader(std::io::BufReader::new(file)) {
+        match hash_reader(blob) {
             Ok((actual, _)) if actual == digest => None,
             Ok((actual, _)) => Some(format!("blob {digest} holds content with digest {actual}")),
             Err(e) => Some(format!("blob {digest} cannot be read: {e}")),
