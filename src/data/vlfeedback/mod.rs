@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod json;
 mod parse;
 
 use parse::{Completion, OddAnnotations, Row, for_each_row};

@@ -5,8 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use polars::prelude::*;
-use serde::Deserialize;
 use serde_json::Value;
+
+use super::json::{Annotation, Field, RawRow};
 
 use crate::data::DataError;
 use crate::data::rating::{ASPECTS, aspect_id};
@@ -33,14 +34,6 @@ pub(super) struct Row {
     pub id: String,
     pub prompt: String,
     pub completions: Vec<Completion>,
-}
-
-/// One record: its JSON, and the order of each completion's annotation keys as written
-/// (serde_json's maps are sorted; the release sums the ratings in file order, which can matter
-/// to the last bit).
-struct Record {
-    value: Value,
-    annotation_order: Vec<Vec<String>>,
 }
 
 /// A row as read, with the annotations in it that do not count; or why it is not a row.
@@ -108,55 +101,15 @@ fn parse_line(bytes: &[u8], names_images: bool) -> Option<ParsedRow> {
         Ok(text) if text.trim().is_empty() => return None,
         Ok(text) => text,
     };
-    let record = serde_json::from_str::<Value>(text)
-        .map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))
-        .map(|value| Record { value, annotation_order: annotation_order(text) });
-    Some(record.and_then(|record| parse_row(&record, names_images)))
+    Some(parse_row(text, names_images))
 }
 
-/// The annotation keys of each completion, in the order the text gives them.
-fn annotation_order(text: &str) -> Vec<Vec<String>> {
-    #[derive(Deserialize)]
-    struct Row {
-        #[serde(default)]
-        completions: Vec<CompletionKeys>,
-    }
-    #[derive(Deserialize)]
-    struct CompletionKeys {
-        #[serde(default, deserialize_with = "keys_in_order")]
-        annotations: Vec<String>,
-    }
-    fn keys_in_order<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-        struct Keys;
-        impl<'de> serde::de::Visitor<'de> for Keys {
-            type Value = Vec<String>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
-                let mut keys = Vec::new();
-                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
-                    keys.push(key);
-                }
-                Ok(keys)
-            }
-            fn visit_unit<E>(self) -> Result<Vec<String>, E> {
-                Ok(Vec::new())
-            }
-        }
-        d.deserialize_any(Keys)
-    }
-    serde_json::from_str::<Row>(text)
-        .map(|r| r.completions.into_iter().map(|c| c.annotations).collect())
-        .unwrap_or_default()
-}
-
-fn text_of(value: &Value, what: &str) -> Result<String, String> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Null => Err(format!("`{what}` is missing")),
-        other => Err(format!("`{what}` must be text, found {}", crate::dsl::type_name(other))),
+fn text_of(field: Field, what: &str) -> Result<String, String> {
+    match field {
+        Field::Text(s) => Ok(s.into_owned()),
+        Field::Other(Value::Number(n)) => Ok(n.to_string()),
+        Field::Other(Value::Null) => Err(format!("`{what}` is missing")),
+        Field::Other(other) => Err(format!("`{what}` must be text, found {}", crate::dsl::type_name(&other))),
     }
 }
 
@@ -176,42 +129,34 @@ impl OddAnnotations {
     }
 }
 
-fn parse_row(record: &Record, names_images: bool) -> Result<(Row, OddAnnotations), String> {
+fn parse_row(text: &str, names_images: bool) -> Result<(Row, OddAnnotations), String> {
+    let RawRow(row) =
+        serde_json::from_str::<RawRow>(text).map_err(|e| format!("invalid JSON (column {}): {e}", e.column()))?;
+    let row = row.ok_or("expected a JSON object")?;
     let mut odd = OddAnnotations::default();
-    let obj = record.value.as_object().ok_or("expected a JSON object")?;
-    let id = text_of(obj.get("id").unwrap_or(&Value::Null), "id")?;
+    let id = text_of(row.id, "id")?;
     // The id names the image file: it must stay inside the images folder.
     if names_images && (id.is_empty() || id.starts_with(['/', '\\']) || id.split(['/', '\\']).any(|p| p == "..")) {
         return Err(format!("id `{id}` cannot name an image inside the images folder"));
     }
-    let prompt = text_of(obj.get("prompt").unwrap_or(&Value::Null), "prompt")?;
-    let completions =
-        obj.get("completions").and_then(Value::as_array).ok_or("`completions` is missing or not a list")?;
+    let prompt = text_of(row.prompt, "prompt")?;
+    let completions = row.completions.0.ok_or("`completions` is missing or not a list")?;
     if completions.is_empty() {
         return Err("`completions` is empty".into());
     }
     let mut parsed = Vec::with_capacity(completions.len());
-    for (i, c) in completions.iter().enumerate() {
+    for (i, c) in completions.into_iter().enumerate() {
         let at = |field: &str| format!("completions[{i}].{field}");
-        let model = text_of(c.get("model").unwrap_or(&Value::Null), &at("model"))?;
-        let response = text_of(c.get("response").unwrap_or(&Value::Null), &at("response"))?;
-        let annotations = c
-            .get("annotations")
-            .and_then(Value::as_object)
-            .ok_or_else(|| format!("`{}` is missing or not a map", at("annotations")))?;
+        let model = text_of(c.model, &at("model"))?;
+        let response = text_of(c.response, &at("response"))?;
+        let annotations = c.annotations.0.ok_or_else(|| format!("`{}` is missing or not a map", at("annotations")))?;
+        // A key written twice reaches us once, with its last value (as a JSON map keeps it).
+        odd.duplicates += annotations.repeated as u64;
         let mut ratings: [Option<Rating>; 3] = Default::default();
-        let order = record.annotation_order.get(i);
-        // A key written twice reaches us once (a JSON map keeps its last value); the text says so.
-        if let Some(keys) = order {
-            let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
-            odd.duplicates += (keys.len() - distinct.len()) as u64;
-        }
-        for (name, annotation) in annotations {
+        for entry in annotations.entries {
             // Parquet gives every row every aspect field; an absent one comes back as null.
-            if annotation.is_null() {
-                continue;
-            }
-            let Some(aspect) = aspect_id(name) else {
+            let Annotation::Fields { rating, rationale } = entry.value else { continue };
+            let Some(aspect) = aspect_id(&entry.key) else {
                 odd.unknown_aspects += 1;
                 continue;
             };
@@ -220,14 +165,16 @@ fn parse_row(record: &Record, names_images: bool) -> Result<(Row, OddAnnotations
                 odd.duplicates += 1;
                 continue;
             }
-            let rating = match annotation.get("Rating") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
+            let rating = match rating {
+                Field::Text(s) => s.into_owned(),
+                Field::Other(Value::Null) => String::new(),
+                Field::Other(other) => other.to_string(),
             };
-            let rationale = annotation.get("Rationale").and_then(Value::as_str).unwrap_or_default().to_string();
-            let position = order.and_then(|keys| keys.iter().position(|k| k == name)).unwrap_or(slot);
-            ratings[slot] = Some(Rating { text: rating, rationale, position: position as i64 });
+            let rationale = match rationale {
+                Field::Text(s) => s.into_owned(),
+                Field::Other(_) => String::new(),
+            };
+            ratings[slot] = Some(Rating { text: rating, rationale, position: entry.position as i64 });
         }
         parsed.push(Completion { index: i as i64, model, response, ratings });
     }
@@ -238,18 +185,53 @@ fn parse_row(record: &Record, names_images: bool) -> Result<(Row, OddAnnotations
 mod tests {
     use super::*;
 
-    fn record(text: &str) -> Record {
-        Record { value: serde_json::from_str(text).unwrap(), annotation_order: annotation_order(text) }
-    }
-
     #[test]
     fn a_second_annotation_of_one_aspect_is_counted_and_the_first_kept() {
         let text = r#"{"id": "a", "prompt": "p", "completions": [{"model": "m", "response": "r", "annotations": {
             "Ethical Considerations": {"Rating": "5", "Rationale": "first"}, "Ethics": {"Rating": "1", "Rationale": "second"},
             "Helpfulness": {"Rating": "3"}, "Helpfulness": {"Rating": "4"}}}]}"#;
-        let (row, odd) = parse_row(&record(text), false).unwrap();
+        let (row, odd) = parse_row(text, false).unwrap();
         assert_eq!(odd.duplicates, 2, "one aspect under two names, and one key written twice");
         let ethics = row.completions[0].ratings[2].as_ref().unwrap();
         assert_eq!((ethics.text.as_str(), ethics.rationale.as_str()), ("5", "first"));
+        let helpfulness = row.completions[0].ratings[0].as_ref().unwrap();
+        assert_eq!((helpfulness.text.as_str(), helpfulness.position), ("4", 2), "the last value, where first written");
+    }
+
+    #[test]
+    fn values_of_any_shape_read_as_the_release_reads_them_or_are_named() {
+        let row =
+            |completion: &str| format!(r#"{{"id": 7, "prompt": "a \"quoted\" p", "completions": [{completion}]}}"#);
+        let good = row(r#"{"model": "m", "response": "r", "extra": [1, {"x": null}], "annotations": {
+            "Helpfulness": {"Rating": 4, "Rationale": 3}, "Ethics": null, "Visual Faithfulness": {"Rating": {"a": 1}},
+            "Style": {"Rating": "1"}}}"#);
+        let (parsed, odd) = parse_row(&good, false).unwrap();
+        assert_eq!((parsed.id.as_str(), parsed.prompt.as_str()), ("7", "a \"quoted\" p"));
+        let ratings = &parsed.completions[0].ratings;
+        let helpfulness = ratings[0].as_ref().unwrap();
+        assert_eq!((helpfulness.text.as_str(), helpfulness.rationale.as_str()), ("4", ""));
+        assert_eq!(ratings[1].as_ref().unwrap().text, r#"{"a":1}"#);
+        assert!(ratings[2].is_none(), "a null annotation is an absent one");
+        assert_eq!(odd.unknown_aspects, 1);
+
+        let failing = |text: &str| parse_row(text, false).err().unwrap();
+        assert_eq!(failing("[1, 2]"), "expected a JSON object");
+        assert_eq!(
+            failing(r#"{"id": "a", "prompt": "p", "completions": {"m": 1}}"#),
+            "`completions` is missing or not a list"
+        );
+        assert_eq!(failing(&row(r#""just text""#)), "`completions[0].model` is missing");
+        assert_eq!(
+            failing(&row(r#"{"model": ["m"], "response": "r", "annotations": {}}"#)),
+            "`completions[0].model` must be text, found list"
+        );
+        assert_eq!(
+            failing(&row(r#"{"model": "m", "response": "r", "annotations": [1]}"#)),
+            "`completions[0].annotations` is missing or not a map"
+        );
+        assert_eq!(
+            failing(r#"{"id": "a", "prompt": }"#),
+            "invalid JSON (column 23): expected value at line 1 column 23"
+        );
     }
 }
