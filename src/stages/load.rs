@@ -255,10 +255,11 @@ impl Load {
         let mut put = |blobs: &[&[u8]]| put_images(ctx, blobs);
         let path = ctx.workspace.join(&self.params.path);
         let mut imported = vlfeedback::import(&path, &self.params.path, &options, &mut put)?;
-        let mut outputs = BTreeMap::new();
-        outputs.insert("instructions".to_string(), ctx.put_table(&mut imported.instructions)?);
-        outputs.insert("responses".to_string(), ctx.put_table(&mut imported.responses)?);
-        outputs.insert("ratings".to_string(), ctx.put_table(&mut imported.ratings)?);
+        let mut outputs = ctx.put_tables(vec![
+            ("instructions", &mut imported.instructions),
+            ("responses", &mut imported.responses),
+            ("ratings", &mut imported.ratings),
+        ])?;
         if self.params.images.is_some() {
             let files = imported
                 .images

@@ -237,6 +237,13 @@ impl RunContext<'_> {
         Ok(OutputRef { digest, kind: OutputKind::Table, rows: Some(df.height() as u64), bytes, format: None })
     }
 
+    /// Stores several tables at once, each on a core of its own (writing one — encoding and
+    /// compressing its columns — is mostly one core's work): output name → its reference.
+    pub fn put_tables(&self, tables: Vec<(&str, &mut DataFrame)>) -> Result<BTreeMap<String, OutputRef>, StageError> {
+        use rayon::prelude::*;
+        tables.into_par_iter().map(|(name, df)| Ok((name.to_string(), self.put_table(df)?))).collect()
+    }
+
     /// Stores a data report (JSON) as the `report` output.
     pub fn put_report(&self, report: &crate::data::report::DataReport) -> Result<OutputRef, StageError> {
         let json = serde_json::to_vec_pretty(report).map_err(|e| StageError::Internal(e.to_string()))?;

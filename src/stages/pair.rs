@@ -107,10 +107,9 @@ impl Stage for Pair {
             seed: self.params.seed,
         };
         let mut paired = pairs::make_pairs(&instructions, &scores, &options)?;
-        let mut outputs = BTreeMap::from([("pairs".to_string(), ctx.put_table(&mut paired.pairs)?)]);
-        if let Some(mut eval) = paired.eval_pairs {
-            outputs.insert("eval_pairs".to_string(), ctx.put_table(&mut eval)?);
-        }
+        let mut tables = vec![("pairs", &mut paired.pairs)];
+        tables.extend(paired.eval_pairs.as_mut().map(|eval| ("eval_pairs", eval)));
+        let mut outputs = ctx.put_tables(tables)?;
         outputs.insert("report".to_string(), ctx.put_report(&paired.report)?);
         Ok(outputs)
     }

@@ -173,12 +173,14 @@ impl Stage for Synth {
         columns.extend(string_columns(&hal, ["image", "image_name", "gt_answer", "image_content"]));
         let mut hal_table = frame(n, columns).map_err(DataError::from)?;
         let (digest, bytes) = ctx.store.put_manifest(&DirManifest { files: drawn.files })?;
-        Ok(BTreeMap::from([
-            ("instructions".to_string(), ctx.put_table(&mut instructions_table)?),
-            ("mme".to_string(), ctx.put_table(&mut mme_table)?),
-            ("hal".to_string(), ctx.put_table(&mut hal_table)?),
-            ("images".to_string(), OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None }),
-        ]))
+        let mut outputs = ctx.put_tables(vec![
+            ("instructions", &mut instructions_table),
+            ("mme", &mut mme_table),
+            ("hal", &mut hal_table),
+        ])?;
+        outputs
+            .insert("images".to_string(), OutputRef { digest, kind: OutputKind::Dir, rows: None, bytes, format: None });
+        Ok(outputs)
     }
 }
 

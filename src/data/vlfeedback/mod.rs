@@ -108,8 +108,12 @@ pub fn import(path: &Path, shown: &str, opts: &Options, put_images: &mut PutBlob
     report.note("duplicate_aspect_annotation", odd.duplicates);
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].id.cmp(&rows[b].id));
-    let instructions = instructions_table(&rows, &digests, &order, opts.source)?;
-    let (responses, ratings) = response_tables(&rows, &order, opts.judge, &mut report)?;
+    // Building a table's columns is one core's work, so the two builds share the cores.
+    let (instructions, responses_and_ratings) = rayon::join(
+        || instructions_table(&rows, &digests, &order, opts.source),
+        || response_tables(&rows, &order, opts.judge, &mut report),
+    );
+    let (instructions, (responses, ratings)) = (instructions?, responses_and_ratings?);
     report.output("instructions", instructions.height() as u64);
     report.output("responses", responses.height() as u64);
     report.output("ratings", ratings.height() as u64);
@@ -220,19 +224,25 @@ fn response_tables(
     report.note("missing_rating", missing);
     report.note("out_of_range_rating", out_of_range);
     let m = values.len();
-    let [ids, models, aspects, texts, rationales, statuses] = cols;
+    let named: Vec<_> =
+        ["instruction_id", "model", "aspect", "rating_text", "rationale", "status"].into_iter().zip(cols).collect();
+    let [ids, models, aspects, texts, rationales, statuses]: [Column; 6] = {
+        use rayon::prelude::*;
+        let built: Vec<Column> = named.into_par_iter().map(|(name, values)| str_col(name, values)).collect();
+        built.try_into().expect("six columns")
+    };
     let ratings_df = frame(
         m,
         vec![
-            str_col("instruction_id", ids),
-            str_col("model", models),
+            ids,
+            models,
             i64_col("sample_index", sample_index),
-            str_col("aspect", aspects),
+            aspects,
             f64_col("rating", values),
             i64_col("position", positions),
-            str_col("rating_text", texts),
-            str_col("rationale", rationales),
-            str_col("status", statuses),
+            texts,
+            rationales,
+            statuses,
             str_col("judge", std::iter::repeat_n(Some(judge), m)),
             str_col("call_key", std::iter::repeat_n(None::<&str>, m)),
         ],
