@@ -85,8 +85,12 @@ pub struct Store {
     packs: std::sync::Arc<packs::PackIndex>,
 }
 
-/// The on-disk layout this build reads and writes.
-const LAYOUT: &str = "silkie-store/1";
+/// The on-disk layout this build writes: with packs (see `packs`).
+const LAYOUT: &str = "silkie-store/2";
+/// The layout before packs, which this build reads too and marks as [`LAYOUT`] when it first
+/// writes a pack: a silkie older than packs then refuses the cache rather than finding its
+/// packed images missing.
+const LOOSE_LAYOUT: &str = "silkie-store/1";
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -121,10 +125,14 @@ impl Store {
         let marker = self.root.join("LAYOUT");
         match std::fs::read_to_string(&marker) {
             Ok(text) if text.trim() == LAYOUT => Ok(()),
+            Ok(text) if text.trim() == LOOSE_LAYOUT => {
+                self.packs.layout_is_loose();
+                Ok(())
+            }
             Ok(text) => Err(StoreError::Corrupt {
                 path: marker,
                 reason: format!(
-                    "this cache has layout `{}`, this silkie reads `{LAYOUT}`; use another --cache",
+                    "this cache has layout `{}`, this silkie reads `{LAYOUT}` and `{LOOSE_LAYOUT}`; use another --cache",
                     text.trim()
                 ),
             }),

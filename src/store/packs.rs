@@ -27,6 +27,8 @@ pub(super) struct Packed {
 #[derive(Debug, Default)]
 pub(super) struct PackIndex {
     known: Mutex<Known>,
+    /// The cache's marker still says the layout before packs.
+    loose_layout: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +39,10 @@ struct Known {
 }
 
 impl PackIndex {
+    pub(super) fn layout_is_loose(&self) {
+        self.loose_layout.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
         // A panic while holding it leaves a map that is only ever added to: still true.
         self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -70,7 +76,8 @@ impl BlobReader {
 
 impl Read for BlobReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = usize::try_from(self.len - self.pos).unwrap_or(usize::MAX);
+        // A seek may go past the end, as a file's may; reading there gives nothing.
+        let left = usize::try_from(self.len.saturating_sub(self.pos)).unwrap_or(usize::MAX);
         let room = buf.len().min(left);
         let n = self.file.read(&mut buf[..room])?;
         self.pos += n as u64;
@@ -87,7 +94,8 @@ impl Seek for BlobReader {
         };
         let target =
             target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before start"))?;
-        self.file.seek(SeekFrom::Start(self.start + target))?;
+        let at = self.start.checked_add(target);
+        self.file.seek(SeekFrom::Start(at.ok_or_else(|| std::io::Error::other("seek past any file's end"))?))?;
         self.pos = target;
         Ok(target)
     }
@@ -96,6 +104,14 @@ impl Seek for BlobReader {
 impl Store {
     fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
+    }
+
+    /// Marks a cache of the layout before packs as holding them, before its first pack.
+    fn mark_packed_layout(&self) -> Result<()> {
+        if self.packs.loose_layout.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.write_atomic(&self.root.join("LAYOUT"), super::LAYOUT.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Where a packed blob lies: from the indexes read so far, else after reading those
@@ -162,15 +178,18 @@ impl Store {
             Err(e) => return Err(StoreError::Io { path: loose, source: e }),
         }
         let Some(packed) = self.packed(digest)? else { return Err(missing()) };
-        let open = std::fs::File::open(&*packed.pack).and_then(|f| BlobReader::new(f, packed.offset, packed.len));
-        open.map_err(|e| match e.kind() {
+        let file = std::fs::File::open(&*packed.pack).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => missing(),
             _ => StoreError::Io { path: packed.pack.to_path_buf(), source: e },
-        })
+        })?;
+        check_span(&file, &packed.pack, packed.offset, packed.len)?;
+        BlobReader::new(file, packed.offset, packed.len).map_err(io_err(&packed.pack))
     }
 
-    /// Stores `blobs` (digest, bytes) as one pack, made durable before its index names them.
-    pub(super) fn write_pack(&self, blobs: &[(&str, &[u8])]) -> Result<()> {
+    /// Stores `blobs` (digest, bytes) as one pack, made durable before its index names them;
+    /// the index's file name.
+    pub(super) fn write_pack(&self, blobs: &[(&str, &[u8])]) -> Result<String> {
+        self.mark_packed_layout()?;
         let mut index = String::with_capacity(blobs.len() * 84);
         let mut offset = 0u64;
         for (digest, bytes) in blobs {
@@ -186,6 +205,9 @@ impl Store {
         let id = &blake3::hash(index.as_bytes()).to_hex()[..32];
         let (pack, idx) = (dir.join(format!("{id}.pack")), dir.join(format!("{id}.idx")));
         std::fs::rename(&pack_tmp, &pack).map_err(io_err(&pack))?;
+        // The pack's name must be on disk before its index's: an index whose pack a crash
+        // lost would name blobs that are not there.
+        sync_dir(&dir)?;
         std::fs::rename(&index_tmp, &idx).map_err(io_err(&idx))?;
         let pack = Arc::new(pack);
         let mut known = self.packs.known();
@@ -195,8 +217,9 @@ impl Store {
             known.blobs.insert(digest.to_string(), Packed { pack: pack.clone(), offset, len });
             offset += len;
         }
-        known.indexes.insert(format!("{id}.idx"));
-        Ok(())
+        let name = format!("{id}.idx");
+        known.indexes.insert(name.clone());
+        Ok(name)
     }
 
     /// Removes the packed blobs `live` does not name: a pack with none of them goes, one with
@@ -206,7 +229,20 @@ impl Store {
         let indexes = self.index_files()?;
         self.remove_unindexed_packs(&indexes, dry_run, report)?;
         let mut claimed: HashSet<String> = HashSet::new();
-        for idx in indexes.values() {
+        // A rewritten pack is named by its index, so it may take the name of one not yet
+        // looked at (the same blobs, written twice): that one is now what was just written.
+        let mut written: HashSet<String> = HashSet::new();
+        for (name, idx) in &indexes {
+            if written.contains(name) {
+                continue;
+            }
+            let pack = idx.with_extension("pack");
+            if !pack.exists() {
+                // Its blobs are gone (a crash lost the pack): the records naming them rerun.
+                report.blobs_removed += read_index(idx).map_or(0, |entries| entries.len());
+                super::gc::remove(idx, dry_run)?;
+                continue;
+            }
             let entries = read_index(idx)?;
             let (kept, dropped): (Vec<_>, Vec<_>) =
                 entries.into_iter().partition(|(digest, ..)| live.contains(digest) && claimed.insert(digest.clone()));
@@ -218,12 +254,11 @@ impl Store {
             if dry_run {
                 continue;
             }
-            let pack = idx.with_extension("pack");
             if !kept.is_empty() {
                 let bytes = read_spans(&pack, &kept)?;
                 let blobs: Vec<(&str, &[u8])> =
                     kept.iter().zip(&bytes).map(|((digest, ..), b)| (digest.as_str(), b.as_slice())).collect();
-                self.write_pack(&blobs)?;
+                written.insert(self.write_pack(&blobs)?);
             }
             super::gc::remove(idx, false)?;
             super::gc::remove(&pack, false)?;
@@ -281,11 +316,33 @@ fn read_spans(pack: &Path, spans: &[(String, u64, u64)]) -> Result<Vec<Vec<u8>>>
     spans
         .iter()
         .map(|&(_, offset, len)| {
+            check_span(&file, pack, offset, len)?;
             let mut bytes = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
             file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut bytes)).map_err(io_err(pack))?;
             Ok(bytes)
         })
         .collect()
+}
+
+/// Fails unless `pack` holds `len` bytes from `offset`: an index is the store's own file, but a
+/// damaged one must not have us read past its pack or allocate what it claims.
+fn check_span(file: &std::fs::File, pack: &Path, offset: u64, len: u64) -> Result<()> {
+    let size = file.metadata().map_err(io_err(pack))?.len();
+    if offset.checked_add(len).is_some_and(|end| end <= size) {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: pack.to_path_buf(),
+        reason: format!("its index names bytes {offset}..{} of a {size}-byte pack", offset.saturating_add(len)),
+    })
+}
+
+/// Makes the names made in `dir` durable (where the platform can open a folder to sync it).
+fn sync_dir(dir: &Path) -> Result<()> {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if cfg!(unix) => Err(StoreError::Io { path: dir.to_path_buf(), source: e }),
+        _ => Ok(()),
+    }
 }
 
 /// A new read-only file at `path` holding `parts` one after another, synced to disk.
@@ -348,6 +405,8 @@ mod tests {
         reader.read_exact(&mut head).unwrap();
         assert_eq!(&head, b"sec");
         assert!(reader.seek(SeekFrom::Current(-4)).is_err());
+        reader.seek(SeekFrom::Start(100)).unwrap();
+        assert_eq!(reader.read(&mut head).unwrap(), 0, "past its end a blob reads as ended, not the next one");
     }
 
     #[test]
@@ -381,6 +440,58 @@ mod tests {
         for digest in [&stored[1].0, &stored[2].0, &gone[0].0] {
             assert!(!store.has_blob(digest));
         }
+    }
+
+    #[test]
+    fn gc_keeps_a_blob_held_twice_when_its_rewrite_takes_the_name_of_the_other_pack() {
+        let (_dir, store) = store();
+        let [x, y]: [&[u8]; 2] = [b"held twice", b"dead"];
+        store.write_pack(&[(&blake3::hash(x).to_hex(), x), (&blake3::hash(y).to_hex(), y)]).unwrap();
+        let alone = store.write_pack(&[(&blake3::hash(x).to_hex(), x)]).unwrap();
+        // The pack of both sorts first, so its rewrite (x alone) lands on the other's name.
+        for (name, idx) in store.index_files().unwrap() {
+            if name != alone {
+                std::fs::rename(&idx, idx.with_file_name("0.idx")).unwrap();
+                std::fs::rename(idx.with_extension("pack"), idx.with_file_name("0.pack")).unwrap();
+            }
+        }
+        let live: HashSet<String> = [blake3::hash(x).to_hex().to_string()].into();
+        store.collect_packs(&live, false, &mut GcReport::default()).unwrap();
+        assert_eq!(store.read_blob(&blake3::hash(x).to_hex()).unwrap(), x);
+        assert_eq!(packs_on_disk(&store), 1);
+    }
+
+    #[test]
+    fn an_index_whose_pack_is_gone_or_short_names_no_readable_blob_and_gc_drops_it() {
+        let (dir, store) = store();
+        let stored = store.put_blobs(&[b"abc", b"defg"]).unwrap();
+        let idx = store.index_files().unwrap().into_values().next().unwrap();
+        let pack = idx.with_extension("pack");
+        std::fs::remove_file(&pack).unwrap();
+        std::fs::write(&pack, b"abc").unwrap(); // cut short: the second blob's span is past its end
+        let fresh = Store::open(dir.path()).unwrap();
+        assert_eq!(fresh.read_blob(&stored[0].0).unwrap(), b"abc");
+        assert!(matches!(fresh.open_blob(&stored[1].0), Err(StoreError::Corrupt { .. })));
+        std::fs::remove_file(&pack).unwrap();
+        let mut report = GcReport::default();
+        fresh.collect_packs(&HashSet::new(), false, &mut report).unwrap();
+        assert_eq!((report.blobs_removed, packs_on_disk(&fresh)), (2, 0));
+    }
+
+    #[test]
+    fn a_cache_of_the_layout_before_packs_is_marked_when_it_first_holds_one() {
+        let (dir, _) = store();
+        let marker = dir.path().join("LAYOUT");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), super::super::LAYOUT);
+        std::fs::write(&marker, super::super::LOOSE_LAYOUT).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_bytes(b"a loose blob").unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), super::super::LOOSE_LAYOUT);
+        store.put_blobs(&[b"packed"]).unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), super::super::LAYOUT);
+        std::fs::write(&marker, "silkie-store/9").unwrap();
+        let refused = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains("this silkie reads `silkie-store/2` and `silkie-store/1`"), "{refused}");
     }
 
     #[test]

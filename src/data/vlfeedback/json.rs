@@ -2,12 +2,13 @@
 //! line where it has no escapes. Each part takes whatever JSON it is given: a field of the
 //! wrong shape is read as such and named by `parse_row`'s message, not as a JSON error.
 //! Maps read as serde_json's `Value` reads them here (its maps keep their order): a key
-//! written twice sits where it first stood and holds its last value.
+//! written twice sits where it first stood and holds its last value. Values no row uses are
+//! still read whole, as `Value`s, so a line is invalid JSON exactly when it was before.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// A value where the release has text: the text as written, or any other value as read.
@@ -74,11 +75,11 @@ trait Shape<'de>: Sized {
         Self::wrong()
     }
     fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry::<String, Value>()?.is_some() {}
         Ok(Self::wrong())
     }
     fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Value>()?.is_some() {}
         Ok(Self::wrong())
     }
 }
@@ -160,7 +161,7 @@ impl<'de> Shape<'de> for RawRow<'de> {
                 "id" => row.id = map.next_value()?,
                 "prompt" => row.prompt = map.next_value()?,
                 "completions" => row.completions = map.next_value()?,
-                _ => drop(map.next_value::<IgnoredAny>()?),
+                _ => drop(map.next_value::<Value>()?),
             }
         }
         Ok(RawRow(Some(row)))
@@ -203,7 +204,7 @@ impl<'de> Shape<'de> for RawCompletion<'de> {
                 "model" => completion.model = map.next_value()?,
                 "response" => completion.response = map.next_value()?,
                 "annotations" => completion.annotations = map.next_value()?,
-                _ => drop(map.next_value::<IgnoredAny>()?),
+                _ => drop(map.next_value::<Value>()?),
             }
         }
         Ok(completion)
@@ -273,7 +274,7 @@ impl<'de> Shape<'de> for Annotation<'de> {
             match &*key {
                 "Rating" => rating = map.next_value()?,
                 "Rationale" => rationale = map.next_value()?,
-                _ => drop(map.next_value::<IgnoredAny>()?),
+                _ => drop(map.next_value::<Value>()?),
             }
         }
         Ok(Annotation::Fields { rating, rationale })

@@ -215,6 +215,9 @@ mod tests {
         assert_eq!(odd.unknown_aspects, 1);
 
         let failing = |text: &str| parse_row(text, false).err().unwrap();
+        // A value no row uses is still JSON that must be valid.
+        let unused = r#"{"id": "a", "prompt": "p", "models": [1e999], "completions": []}"#;
+        assert!(failing(unused).starts_with("invalid JSON"), "{}", failing(unused));
         assert_eq!(failing("[1, 2]"), "expected a JSON object");
         assert_eq!(
             failing(r#"{"id": "a", "prompt": "p", "completions": {"m": 1}}"#),
