@@ -67,7 +67,10 @@ impl Store {
     /// Whether `digest` names a blob in the store, loose or packed; anything but a digest (a
     /// file path, say) does not, whatever files exist.
     pub fn has_blob(&self, digest: &str) -> bool {
-        is_digest(digest) && (self.blob_path(digest).is_file() || self.packed(digest).is_ok_and(|p| p.is_some()))
+        is_digest(digest)
+            && (self.is_packed(digest)
+                || self.blob_path(digest).is_file()
+                || self.packed(digest).is_ok_and(|p| p.is_some()))
     }
 
     /// Moves a finished file from `tmp/` into the store under its digest.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{InstanceStatus, LockMode, OutputKind, Result, Store, io_err};
+use super::{InstanceStatus, LockMode, OutputKind, Result, Store, entries_of, io_err};
 
 /// What to collect.
 #[derive(Debug, Clone, Default)]
@@ -134,15 +134,8 @@ impl Store {
     /// description, script and log. One holding a memo copy is kept: the calls in it were
     /// paid for and wait to be merged by the next run of the instance.
     fn collect_job_folders(&self, finished: &HashSet<String>, dry_run: bool, report: &mut GcReport) -> Result<()> {
-        let root = self.root.join("jobs");
-        let executors = match std::fs::read_dir(&root) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            other => other.map_err(io_err(&root))?,
-        };
-        for executor in executors {
-            let executor = executor.map_err(io_err(&root))?.path();
-            for entry in std::fs::read_dir(&executor).map_err(io_err(&executor))? {
-                let path = entry.map_err(io_err(&executor))?.path();
+        for executor in entries_of(&self.root.join("jobs"))? {
+            for path in entries_of(&executor)? {
                 let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 if finished.contains(&key) && !path.join("calls.sqlite").exists() {
                     report.jobs_removed += 1;
@@ -158,13 +151,7 @@ impl Store {
     /// finished (a process killed between storing its outputs and clearing its scratch leaves
     /// one behind) or the user asks for it to go.
     fn collect_scratch(&self, finished: &HashSet<String>, options: &GcOptions, report: &mut GcReport) -> Result<()> {
-        let root = self.root.join("scratch");
-        let entries = match std::fs::read_dir(&root) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            other => other.map_err(io_err(&root))?,
-        };
-        for entry in entries {
-            let path = entry.map_err(io_err(&root))?.path();
+        for path in entries_of(&self.root.join("scratch"))? {
             let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let bytes = tree_bytes(&path);
             if options.scratch || finished.contains(&key) {

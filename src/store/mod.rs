@@ -72,6 +72,15 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError +
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
+/// The paths in `dir`; none when it does not exist (a folder a store makes only once needed).
+pub(crate) fn entries_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StoreError::Io { path: dir.to_path_buf(), source: e }),
+        Ok(entries) => entries.map(|entry| entry.map(|e| e.path()).map_err(io_err(dir))).collect(),
+    }
+}
+
 /// Whether a process with this pid runs (on a system without `/proc`, assumed so).
 pub(crate) fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists() || !Path::new("/proc/self").exists()

@@ -140,6 +140,20 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Reads a map's entries: `field(key, map)` reads the value of a key it uses and says so; any
+/// other value is read whole (and so checked) and dropped.
+fn each_field<'de, A: MapAccess<'de>>(
+    mut map: A,
+    mut field: impl FnMut(&str, &mut A) -> Result<bool, A::Error>,
+) -> Result<(), A::Error> {
+    while let Some(Key(key)) = map.next_key()? {
+        if !field(&key, &mut map)? {
+            drop(map.next_value::<Value>()?);
+        }
+    }
+    Ok(())
+}
+
 /// The line: `None` when it is not a JSON object.
 pub(super) struct RawRow<'a>(pub Option<RowFields<'a>>);
 
@@ -154,16 +168,17 @@ impl<'de> Shape<'de> for RawRow<'de> {
     fn wrong() -> Self {
         RawRow(None)
     }
-    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let mut row = RowFields::default();
-        while let Some(Key(key)) = map.next_key()? {
-            match &*key {
+        each_field(map, |key, map| {
+            match key {
                 "id" => row.id = map.next_value()?,
                 "prompt" => row.prompt = map.next_value()?,
                 "completions" => row.completions = map.next_value()?,
-                _ => drop(map.next_value::<Value>()?),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         Ok(RawRow(Some(row)))
     }
 }
@@ -197,16 +212,17 @@ impl<'de> Shape<'de> for RawCompletion<'de> {
     fn wrong() -> Self {
         RawCompletion::default()
     }
-    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let mut completion = RawCompletion::default();
-        while let Some(Key(key)) = map.next_key()? {
-            match &*key {
+        each_field(map, |key, map| {
+            match key {
                 "model" => completion.model = map.next_value()?,
                 "response" => completion.response = map.next_value()?,
                 "annotations" => completion.annotations = map.next_value()?,
-                _ => drop(map.next_value::<Value>()?),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         Ok(completion)
     }
 }
@@ -268,15 +284,16 @@ impl<'de> Shape<'de> for Annotation<'de> {
     fn null() -> Self {
         Annotation::Null
     }
-    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         let (mut rating, mut rationale) = (Field::default(), Field::default());
-        while let Some(Key(key)) = map.next_key()? {
-            match &*key {
+        each_field(map, |key, map| {
+            match key {
                 "Rating" => rating = map.next_value()?,
                 "Rationale" => rationale = map.next_value()?,
-                _ => drop(map.next_value::<Value>()?),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         Ok(Annotation::Fields { rating, rationale })
     }
 }
